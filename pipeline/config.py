@@ -1,0 +1,217 @@
+"""The one config loader: ``params.yaml`` -> frozen dataclasses, validated on load.
+
+Every section of ``params.yaml`` is a dataclass below; unknown keys, wrong types and values
+outside a ``Literal`` raise :class:`ConfigError` naming the dotted key and what is allowed.
+Stages call :func:`load_params` and read only their own section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """Invalid params.yaml: the message names the key and the allowed values."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Paths:
+    prepared: str = "data/prepared"  # manifest, labels.h5, *_order.h5, report
+    features: str = "data/features"  # <model>.h5 feature files
+    finetune: str = "data/finetune"  # tuned encoder weights
+    models: str = "models"  # trained head checkpoints
+    reports: str = "reports"  # evaluation and results tables
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Synthetic AVE-format demo set (pipeline.data.synth)."""
+    root: str = "raw/demo"  # where the AVE-format set is written
+    seed: int = 0  # everything is drawn from this seed
+    num_classes: int = 6  # categories used (AVE's first N category names)
+    train: int = 96  # videos per split
+    val: int = 24
+    test: int = 24
+    width: int = 160  # frame size in pixels
+    height: int = 120
+    fps: float = 25.0  # video frame rate
+    sample_rate: int = 16000  # audio sample rate of the AAC track
+    full_fraction: float = 0.66  # share of events spanning all ten segments (AVE: ~2/3)
+    noise: float = 0.1  # audio/visual noise level (0..1)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The AVE-format root the pipeline reads (prepare stage)."""
+    root: str = "raw/demo"  # raw/demo (synthetic) or raw/ave (real AVE: put videos in raw/ave/AVE/)
+    min_duration: float = 1.0  # seconds; shorter videos are reported 'too_short' and excluded
+    probe_timeout_s: float = 30.0  # per-video probe timeout (decord can hang)
+    workers: int = 2  # probe worker processes
+
+
+# --------------------------------------------------------------------------------------------
+# Loader
+# --------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: "
+                              + ", ".join(repr(a) for a in args))
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (dict,):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        et = args[0] if args else Any
+        return type(value)(_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)) \
+            if origin is list else tuple(_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Any, key: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, strictly: unknown keys and bad types raise."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'params'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys"
+                          f"{' of ' + key if key else ''}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{key}.{name}" if key else name)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check(key)
+    return obj
+
+
+_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str):
+    """Register the dataclass of a top-level params.yaml section (used by the library rooms)."""
+    def deco(cls):
+        if name in _SECTIONS and _SECTIONS[name] is not cls:
+            raise ValueError(f"params section {name!r} registered twice")
+        _SECTIONS[name] = cls
+        return cls
+    return deco
+
+
+register_section("paths")(Paths)
+register_section("synth")(SynthConfig)
+register_section("data")(DataConfig)
+
+
+def _all_sections() -> dict[str, type]:
+    # Importing the rooms' config modules registers their sections.
+    import importlib
+    for mod in ("pipeline.features.config", "pipeline.training.config", "pipeline.finetune.config"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    return _SECTIONS
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Optional[dict] = None) -> dict[str, Any]:
+    """Load and validate every section of ``params.yaml``; returns ``{section: dataclass}``."""
+    path = Path(path)
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if overrides:
+        raw = _merge(raw, overrides)
+    return validate(raw, where=str(path))
+
+
+def validate(raw: dict, where: str = "params") -> dict[str, Any]:
+    sections = _all_sections()
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section {unknown[0]!r}; allowed: {', '.join(sections)}")
+    return {name: from_dict(cls, raw.get(name), name) for name, cls in sections.items()}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data snapshot of a config object (for checkpoints and feature metadata)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj

@@ -1,0 +1,252 @@
+"""AVE annotations, standard splits and label tensors.
+
+Format (Tian et al., ECCV 2018): ``Annotations.txt`` has one sample a line,
+``Category&VideoID&Quality&StartTime&EndTime``; the event covers the 1-second segments
+``StartTime .. EndTime-1`` of the ten, the rest is background. ``trainSet.txt`` /
+``valSet.txt`` / ``testSet.txt`` repeat lines of ``Annotations.txt``; the published
+``*_order.h5`` files hold their 0-based line indices in ``Annotations.txt``.
+
+Category index = order of first appearance in ``Annotations.txt``; background = C (28 on AVE).
+
+Policy for bad input (each case is a ``AnnotationWarning`` naming file and line, never a crash):
+
+* wrong field count or non-integer times: the line is unusable; its index is kept (indices are
+  line numbers), its label row is all background and it is left out of every split;
+* times outside ``0..num_segments`` or ``start > end``: clamped / swapped into range;
+* empty interval (``start == end``, real line 27): kept, all segments background, as the
+  published ``labels.h5`` does;
+* a split line that is not in ``Annotations.txt`` (unknown category or video) or repeats an
+  earlier split line: left out of the split;
+* an annotation line repeated verbatim: kept (it is its own index), warned about.
+
+CLI: ``python -m pipeline.data.ave export-labels RAW_DIR OUT_DIR`` writes the community files
+``labels.h5`` (``avadataset``, float32 ``(N,10,C+1)``) and ``{train,val,test}_order.h5``
+(``order``, int64).
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+NUM_SEGMENTS = 10  # AVE clips are ten 1-second segments
+SPLITS = ("train", "val", "test")
+SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+ANNOTATIONS_FILE = "Annotations.txt"
+VIDEO_DIR = "AVE"  # videos live in <root>/AVE/<VideoID>.mp4
+HEADER_PREFIX = "Category&VideoID"
+
+
+class AnnotationWarning(UserWarning):
+    """A bad line in an AVE annotation or split file (the message names file and line)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One annotation line: one (video, category, interval) sample."""
+
+    index: int  # 0-based data-line index in Annotations.txt (the published order.h5 value)
+    category: str
+    video_id: str
+    quality: str
+    start: int  # first event segment
+    end: int  # one past the last event segment (start == end: no event)
+
+    @property
+    def line(self) -> str:
+        return f"{self.category}&{self.video_id}&{self.quality}&{self.start}&{self.end}"
+
+
+@dataclass
+class AVEAnnotations:
+    """Parsed AVE annotations and splits of one AVE-format root."""
+
+    root: Path
+    num_lines: int  # data lines in Annotations.txt (unusable ones included)
+    samples: list[Sample]  # usable samples, in file order
+    categories: list[str]  # index order = first appearance
+    splits: dict[str, list[int]] = field(default_factory=dict)  # split -> sample indices
+    problems: list[str] = field(default_factory=list)  # every warning issued while parsing
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    @property
+    def background(self) -> int:
+        return len(self.categories)
+
+    def by_index(self) -> dict[int, Sample]:
+        return {s.index: s for s in self.samples}
+
+    def video_path(self, video_id: str) -> Path:
+        return self.root / VIDEO_DIR / f"{video_id}.mp4"
+
+    def video_ids(self) -> list[str]:
+        """Unique video ids in first-appearance order (a video may carry two samples)."""
+        return list(dict.fromkeys(s.video_id for s in self.samples))
+
+    def labels(self, num_segments: int = NUM_SEGMENTS) -> np.ndarray:
+        """Fully supervised one-hot labels ``(num_lines, T, C+1)`` float32, row = line index."""
+        out = np.zeros((self.num_lines, num_segments, self.num_classes + 1), np.float32)
+        out[:, :, self.background] = 1.0
+        cat = {c: i for i, c in enumerate(self.categories)}
+        for s in self.samples:
+            out[s.index, s.start : s.end, self.background] = 0.0
+            out[s.index, s.start : s.end, cat[s.category]] = 1.0
+        return out
+
+    def weak_labels(self, num_segments: int = NUM_SEGMENTS) -> np.ndarray:
+        """Video-level labels ``(num_lines, C+1)``: the event class, and background when any
+        segment is background (max over segments of the one-hot labels)."""
+        return self.labels(num_segments).max(axis=1)
+
+    def order(self, split: str) -> np.ndarray:
+        return np.asarray(self.splits[split], dtype=np.int64)
+
+
+def _warn(problems: list[str], msg: str) -> None:
+    problems.append(msg)
+    warnings.warn(msg, AnnotationWarning, stacklevel=3)
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based file line number, stripped text) of non-empty lines, header skipped."""
+    out = []
+    with open(path, encoding="utf-8-sig") as f:
+        for n, raw in enumerate(f, start=1):
+            text = raw.strip()
+            if not text or (n == 1 and text.startswith(HEADER_PREFIX)):
+                continue
+            out.append((n, text))
+    return out
+
+
+def parse_annotation_line(
+    text: str, index: int, where: str, problems: list[str], num_segments: int = NUM_SEGMENTS
+) -> Sample | None:
+    """Parse one ``Category&VideoID&Quality&StartTime&EndTime`` line under the module's policy."""
+    parts = text.split("&")
+    if len(parts) != 5:
+        _warn(problems, f"{where}: expected 5 '&'-separated fields, got {len(parts)}: {text!r}; "
+                        "line unusable (all background, left out of splits)")
+        return None
+    category, video_id, quality, s_txt, e_txt = (p.strip() for p in parts)
+    try:
+        start, end = int(s_txt), int(e_txt)
+    except ValueError:
+        _warn(problems, f"{where}: StartTime/EndTime not integers ({s_txt!r}, {e_txt!r}); "
+                        "line unusable (all background, left out of splits)")
+        return None
+    if not category or not video_id:
+        _warn(problems, f"{where}: empty category or video id: {text!r}; line unusable")
+        return None
+    if start > end:
+        _warn(problems, f"{where}: StartTime {start} > EndTime {end}; swapped")
+        start, end = end, start
+    if start < 0 or end > num_segments:
+        c0, c1 = max(0, min(start, num_segments)), max(0, min(end, num_segments))
+        _warn(problems, f"{where}: interval {start}..{end} outside 0..{num_segments}; "
+                        f"clamped to {c0}..{c1}")
+        start, end = c0, c1
+    if start == end:
+        _warn(problems, f"{where}: empty interval {start}..{end}; all segments background "
+                        "(as the published labels.h5)")
+    return Sample(index, category, video_id, quality, start, end)
+
+
+def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
+                     splits: bool = True) -> AVEAnnotations:
+    """Parse ``<root>/Annotations.txt`` and (when present) the three split files."""
+    root = Path(root)
+    ann_path = root / ANNOTATIONS_FILE
+    if not ann_path.is_file():
+        raise FileNotFoundError(f"{ann_path}: no AVE annotation file (expected "
+                                f"'{ANNOTATIONS_FILE}' with Category&VideoID&Quality&Start&End lines)")
+    problems: list[str] = []
+    lines = _read_lines(ann_path)
+    samples, seen = [], {}
+    for index, (n, text) in enumerate(lines):
+        s = parse_annotation_line(text, index, f"{ann_path}:{n}", problems, num_segments)
+        if s is None:
+            continue
+        if s.line in seen:
+            _warn(problems, f"{ann_path}:{n}: repeats line {seen[s.line]} verbatim; kept as its own "
+                            "sample (index = line number)")
+        seen.setdefault(s.line, n)
+        samples.append(s)
+    categories = list(dict.fromkeys(s.category for s in samples))
+    ann = AVEAnnotations(root, len(lines), samples, categories, problems=problems)
+    if splits:
+        for split in SPLITS:
+            path = root / SPLIT_FILES[split]
+            if path.is_file():
+                ann.splits[split] = _match_split(path, samples, categories, problems)
+            else:
+                ann.splits[split] = []
+                _warn(problems, f"{path}: split file missing; split '{split}' is empty")
+    return ann
+
+
+def _match_split(path: Path, samples: list[Sample], categories: list[str],
+                 problems: list[str]) -> list[int]:
+    """Map each split line to the index of the identical Annotations.txt line."""
+    free: dict[str, list[int]] = {}
+    for s in samples:
+        free.setdefault(s.line, []).append(s.index)
+    known = set(categories)
+    order, used = [], {}
+    for n, text in _read_lines(path):
+        parts = [p.strip() for p in text.split("&")]
+        key = "&".join(parts)
+        if key in free and free[key]:
+            used[key] = n
+            order.append(free[key].pop(0))
+        elif key in used:
+            _warn(problems, f"{path}:{n}: repeats split line {used[key]}; left out")
+        elif len(parts) >= 1 and parts[0] not in known:
+            _warn(problems, f"{path}:{n}: unknown category {parts[0]!r} (not in "
+                            f"{ANNOTATIONS_FILE}); left out of the split")
+        else:
+            _warn(problems, f"{path}:{n}: line not found in {ANNOTATIONS_FILE}: {text!r}; "
+                            "left out of the split")
+    return order
+
+
+def export_labels(root: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write the community label/order files from the annotation files alone."""
+    import h5py
+
+    ann = load_annotations(root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    path = out_dir / "labels.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("avadataset", data=ann.labels())
+    written["labels"] = path
+    for split in SPLITS:
+        path = out_dir / f"{split}_order.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("order", data=ann.order(split))
+        written[split] = path
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pipeline.data.ave", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export-labels", help="write labels.h5 and {train,val,test}_order.h5")
+    e.add_argument("raw_dir", help="AVE-format root with Annotations.txt and the split files")
+    e.add_argument("out_dir")
+    args = p.parse_args(argv)
+    if args.cmd == "export-labels":
+        for name, path in export_labels(args.raw_dir, args.out_dir).items():
+            print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Registry of localization heads (one module a paper), filled by importing ``pipeline.heads``.
+
+A head module defines one :class:`Head` subclass decorated with ``@register_head("<name>")``
+and two module-level dicts on the class:
+
+* ``DEFAULTS``: model hyperparameters, each commented with the paper's equation/table;
+* ``TRAIN_DEFAULTS``: ``{"fully": {...}, "weak": {...}}`` with the paper's optimizer
+  (``"adam"`` | ``"sgd"``), ``lr``, ``weight_decay``, ``batch_size``, ``epochs``,
+  ``lr_step`` (epochs between decays, 0 = none), ``lr_gamma``, ``clip_grad`` (0 = none).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+SETTINGS = ("fully", "weak")
+TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step", "lr_gamma",
+              "clip_grad")
+
+_HEADS: dict[str, type["Head"]] = {}
+
+
+class Head(nn.Module):
+    """Base class of every head.
+
+    Inputs: ``visual`` ``(B, T, H, W, Cv)`` spatial maps (T=10 segments, any H, W, Cv) and
+    ``audio`` ``(B, T, Ca)``. ``forward`` returns a dict of tensors; ``loss`` turns it and the
+    batch into a scalar; ``predict`` gives per-segment labels ``(B, T)`` in ``0..C`` where
+    ``C = num_classes`` is background. Both settings are evaluated per segment.
+
+    ``batch`` keys: ``labels`` ``(B, T, C+1)`` one-hot (fully supervised targets; in the weak
+    setting the loop passes them only to evaluation), ``weak`` ``(B, C+1)`` video-level labels
+    (max over segments of ``labels``), ``epoch`` and ``epochs`` (ints, for schedules inside a loss).
+    """
+
+    name: str = ""
+    settings: tuple[str, ...] = SETTINGS
+    DEFAULTS: dict[str, Any] = {}
+    TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
+    supports_cross_modal: bool = False  # M2N-style A2V / V2A localization (see m2n)
+
+    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully"):
+        super().__init__()
+        if setting not in self.settings:
+            raise ValueError(f"head {self.name!r} has no {setting!r} setting; "
+                             f"it supports: {', '.join(self.settings)}")
+        self.visual_dim, self.audio_dim = visual_dim, audio_dim
+        self.num_classes, self.setting = num_classes, setting
+
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss and its named parts (floats, for logging)."""
+        raise NotImplementedError
+
+    def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-segment class indices ``(B, T)``, background = ``num_classes``."""
+        raise NotImplementedError
+
+
+def register_head(name: str):
+    def deco(cls: type[Head]) -> type[Head]:
+        if name in _HEADS:
+            raise ValueError(f"head {name!r} is registered twice ({_HEADS[name].__module__} and "
+                             f"{cls.__module__})")
+        unknown = set(k for s in cls.TRAIN_DEFAULTS.values() for k in s) - set(TRAIN_KEYS)
+        if unknown:
+            raise ValueError(f"head {name!r}: unknown TRAIN_DEFAULTS keys {sorted(unknown)}")
+        cls.name = name
+        _HEADS[name] = cls
+        return cls
+    return deco
+
+
+def list_heads() -> list[str]:
+    return sorted(_HEADS)
+
+
+def get_head_class(name: str) -> type[Head]:
+    try:
+        return _HEADS[name]
+    except KeyError:
+        raise KeyError(f"unknown head {name!r}; registered heads: {', '.join(list_heads())}") from None
+
+
+def resolve_hparams(name: str, **overrides: Any) -> dict[str, Any]:
+    """``DEFAULTS`` of head ``name`` with ``overrides`` merged in; unknown keys raise."""
+    cls = get_head_class(name)
+    unknown = sorted(set(overrides) - set(cls.DEFAULTS))
+    if unknown:
+        raise KeyError(f"head {name!r} has no hyperparameter {unknown[0]!r}; valid: "
+                       f"{', '.join(sorted(cls.DEFAULTS))}")
+    return {**cls.DEFAULTS, **overrides}
+
+
+def train_defaults(name: str, setting: str) -> dict[str, Any]:
+    cls = get_head_class(name)
+    if setting not in cls.settings:
+        raise ValueError(f"head {name!r} has no {setting!r} setting; it supports: "
+                         f"{', '.join(cls.settings)}")
+    return dict(cls.TRAIN_DEFAULTS[setting])
+
+
+def build_head(name: str, *, visual_dim: int, audio_dim: int, num_classes: int,
+               setting: str = "fully", **overrides: Any) -> Head:
+    """Build head ``name`` with its paper defaults, ``overrides`` merged over ``DEFAULTS``."""
+    cls = get_head_class(name)
+    return cls(visual_dim, audio_dim, num_classes, setting, **resolve_hparams(name, **overrides))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (heads build no dead layers, so all of them receive gradients)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
