@@ -49,6 +49,18 @@ class SynthConfig:
     sample_rate: int = 16000  # audio sample rate of the AAC track
     full_fraction: float = 0.66  # share of events spanning all ten segments (AVE: ~2/3)
     noise: float = 0.1  # audio/visual noise level (0..1)
+    workers: int = 2  # encoder processes (1: in-process)
+
+    def validate(self, key: str = "synth") -> None:
+        if self.width % 2 or self.height % 2 or min(self.width, self.height) < 16:
+            raise ConfigError(f"{key}.width/height: even and >= 16 (H.264 4:2:0), got "
+                              f"{self.width}x{self.height}")
+        if not 1 <= self.num_classes <= 28:
+            raise ConfigError(f"{key}.num_classes: 1..28 (AVE categories), got {self.num_classes}")
+        if min(self.train, self.val, self.test) < 0 or self.fps <= 0 or self.sample_rate < 8000:
+            raise ConfigError(f"{key}: split sizes >= 0, fps > 0, sample_rate >= 8000")
+        if not (0 <= self.full_fraction <= 1 and 0 <= self.noise <= 1) or self.workers < 1:
+            raise ConfigError(f"{key}.full_fraction/noise: 0..1; workers >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,78 @@
-"""Placeholder: being written."""
+"""AVEL: Tian et al. ECCV 2018, "Audio-Visual Event Localization in Unconstrained Videos".
+
+The "A+V-att" model, following the authors' public code (YapengTian/AVE-ECCV18, ``models.py``
+fully supervised, ``models_weakly.py`` weakly supervised; training scripts ``supervised_main.py``,
+``weak_supervised_main.py``):
+
+* audio-guided visual attention over the ``H x W`` positions (Sec. 3.2, :mod:`._avga`);
+* one Bi-LSTM per modality (audio on the raw audio vector, visual on the attended vector);
+* fusion by concatenation, ReLU, ``L1`` (64) + ReLU + ``L2`` -> per-segment scores over C+1 classes.
+
+Fully supervised: softmax per segment, ``MultiLabelSoftMarginLoss`` against the one-hot segment
+labels (the authors' code applies that loss to the softmax output; kept as written).
+Weakly supervised (MIL over segments): the per-segment scores are max-pooled over time, softmaxed
+and trained with ``MultiLabelSoftMarginLoss`` against the video-level label; segments are
+predicted by the argmax of their own scores.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._avga import AudioGuidedVisualAttention, bilstm
+from ._registry import Head, register_head
+
+
+@register_head("avel")
+class AVEL(Head):
+    DEFAULTS = {
+        "att_hidden": 512,  # AVGA projection width of audio and visual (Sec. 3.2; code hidden_size=512)
+        "att_dim": 49,  # AVGA scoring-MLP width (code: affine_v/affine_g to 49)
+        "lstm_hidden": 128,  # per-direction Bi-LSTM units (code hidden_dim=128; fused 4*128)
+        "fc_hidden": 64,  # width of the first fusion FC (code L1: 4*hidden -> 64)
+    }
+    TRAIN_DEFAULTS = {
+        # supervised_main.py: Adam 1e-3, batch 64, 300 epochs, StepLR(step_size=15000 iterations,
+        # gamma=0.1) stepped per batch: 15000 / (3339 // 64 = 52) ~ 288 epochs.
+        "fully": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64,
+                  "epochs": 300, "lr_step": 288, "lr_gamma": 0.1, "clip_grad": 0.0},
+        # weak_supervised_main.py: Adam 1e-3, batch 64, 250 epochs; its 15000-iteration step
+        # (~277 epochs with the 178 extra background videos) is never reached -> no decay.
+        "weak": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64,
+                 "epochs": 250, "lr_step": 0, "lr_gamma": 0.1, "clip_grad": 0.0},
+    }
+
+    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
+                 att_hidden: int, att_dim: int, lstm_hidden: int, fc_hidden: int):
+        super().__init__(visual_dim, audio_dim, num_classes, setting)
+        self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
+        self.lstm_audio = bilstm(audio_dim, lstm_hidden)
+        self.lstm_video = bilstm(visual_dim, lstm_hidden)
+        self.L1 = nn.Linear(4 * lstm_hidden, fc_hidden)
+        self.L2 = nn.Linear(fc_hidden, num_classes + 1)
+        for layer in (self.L1, self.L2):
+            nn.init.xavier_uniform_(layer.weight)
+
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        attended, alpha = self.attention(visual, audio)
+        lstm_a, _ = self.lstm_audio(audio)
+        lstm_v, _ = self.lstm_video(attended)
+        fused = F.relu(torch.cat([lstm_a, lstm_v], dim=-1))
+        logits = self.L2(F.relu(self.L1(fused)))  # (B, T, C+1)
+        out = {"logits": logits, "attention": alpha}
+        if self.setting == "weak":
+            out["video_prob"] = F.softmax(logits.max(dim=1).values, dim=-1)  # MIL max-pooling
+        return out
+
+    def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.setting == "fully":
+            loss = F.multilabel_soft_margin_loss(F.softmax(out["logits"], dim=-1), batch["labels"].float())
+        else:
+            loss = F.multilabel_soft_margin_loss(out["video_prob"], batch["weak"].float())
+        return loss, {"loss": float(loss.detach())}
+
+    def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return out["logits"].argmax(dim=-1)

@@ -1,1 +1,218 @@
-"""Placeholder: being written."""
+"""PSP: Zhou et al. CVPR 2021, "Positive Sample Propagation along the Audio-Visual Event Line".
+
+Pipeline (Fig. 2): AVGA -> two Bi-LSTMs -> positive sample propagation (Eqs. 1-3) -> fusion
+(Eq. 4) -> classifier. Fully supervised: per-segment CE (Eq. 7) + ``lambda`` * AVPS loss
+(Eqs. 8-10). Weakly supervised: the weighting branch (Eq. 5) and BCE on the video-level
+prediction (Eq. 11). Layer sizes follow the authors' code (jasongief/PSP_CVPR_2021,
+``fully_model.py`` / ``weakly_model.py``), which differs between the settings:
+
+* fully: audio goes through ``fa`` (Ca->256->128, linear, no bias) before AVGA and its LSTM, the
+  attended visual vector through ``fv`` (Cv->256->128); PSP ends with ``W_3`` (Eq. 4) + ReLU +
+  dropout + LayerNorm;
+* weak: raw audio feeds AVGA and its LSTM, the attended visual vector goes through one
+  ``linear_v`` (Cv->128, with bias); PSP has no ``W_3`` (LayerNorm of ``v + v_pos`` directly).
+
+Where the paper's equations leave activations out, the code's are used: ReLU + dropout after each
+PSP branch projection (Eqs. 1, 3), ReLU between the two classifier FCs. The code's ReLU before
+the sigmoid of the weighting branch is not taken: Eq. 5 writes ``phi = sigmoid(f^h W_6)``, and
+``sigmoid(relu(.))`` leaves ``W_6`` without gradient whenever all its outputs are negative.
+The second l1-normalisation after thresholding (Eq. 2, "again performed") is applied in both
+settings; the authors' weak code skips it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._avga import AudioGuidedVisualAttention, bilstm, segment_targets
+from ._registry import Head, register_head
+
+_EPS = 1e-8  # the authors' code adds 1e-8 to every l1-normalisation denominator
+
+
+def l1_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return x / (x.sum(dim=dim, keepdim=True) + _EPS)
+
+
+def positive_connections(beta: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 2: ReLU, row-wise l1 normalisation, zero entries ``< tau``, row-wise l1 again.
+
+    ``beta`` ``(..., T, T)`` raw similarities (Eq. 1). The indicator is 1 for ``beta - tau >= 0``
+    as the paper defines it (the code uses ``>``; they differ only on exact ties).
+    """
+    beta = l1_normalize(F.relu(beta))
+    return l1_normalize(beta * (beta >= tau).to(beta.dtype))
+
+
+def avps_loss(v: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Audio-visual pair similarity loss (Eqs. 8-9) for ``v, a`` ``(B, T, D)``, ``labels`` ``(B,T,C+1)``.
+
+    Eq. 8 leaves the per-segment similarity open; as in the authors' code (``AVSimilarity`` +
+    ``AVPSLoss``) it is the cosine similarity of ``v_t`` and ``a_t``, ReLU'd and l1-normalised
+    over the T segments. ``G`` is the event indicator (segment not background), l1-normalised.
+    """
+    s = l1_normalize(F.relu(F.cosine_similarity(v, a, dim=-1, eps=1e-12)))
+    g = l1_normalize((labels[..., :num_classes].sum(-1) > 0).to(v.dtype))
+    return F.mse_loss(s, g)
+
+
+class PositiveSamplePropagation(nn.Module):
+    """Eqs. 1-4 on LSTM features ``a, v`` ``(B, T, d_l)``; returns ``(v_psp, a_psp, fusion)``.
+
+    ``W_1`` (similarity, ``d_l -> d_h``) and ``W_2`` (propagated values, ``d_l -> d_l``) are ReLU'd
+    and dropped out (code). With ``project`` the outputs pass ``W_3`` + ReLU + dropout before
+    the (shared) LayerNorm (Eq. 4, fully-supervised code); without it LayerNorm is applied
+    directly (weakly-supervised code).
+    """
+
+    def __init__(self, dim: int, hidden: int, tau: float, branch_dropout: float, project: bool,
+                 project_dropout: float = 0.0):
+        super().__init__()
+        self.tau, self.dim = tau, dim
+        self.v_W1 = nn.Linear(dim, hidden, bias=False)
+        self.a_W1 = nn.Linear(dim, hidden, bias=False)
+        self.v_W2 = nn.Linear(dim, dim, bias=False)
+        self.a_W2 = nn.Linear(dim, dim, bias=False)
+        layers = [self.v_W1, self.a_W1, self.v_W2, self.a_W2]
+        self.project = project
+        if project:
+            self.v_W3 = nn.Linear(dim, dim, bias=False)
+            self.a_W3 = nn.Linear(dim, dim, bias=False)
+            layers += [self.v_W3, self.a_W3]
+        for layer in layers:
+            nn.init.xavier_uniform_(layer.weight)
+        self.branch_dropout = nn.Dropout(branch_dropout)
+        self.project_dropout = nn.Dropout(project_dropout)
+        self.layer_norm = nn.LayerNorm(dim, eps=1e-6)  # one LayerNorm for both modalities (code)
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        branch = lambda layer, x: self.branch_dropout(F.relu(layer(x)))  # noqa: E731
+        beta_va = branch(self.v_W1, v) @ branch(self.a_W1, a).transpose(1, 2) / math.sqrt(self.dim)  # Eq. 1
+        gamma_va = positive_connections(beta_va, self.tau)  # rows: visual segments
+        gamma_av = positive_connections(beta_va.transpose(1, 2), self.tau)  # rows: audio segments
+        v_psp = v + gamma_va @ branch(self.a_W2, a)  # Eq. 3
+        a_psp = a + gamma_av @ branch(self.v_W2, v)
+        if self.project:
+            v_psp = self.project_dropout(F.relu(self.v_W3(v_psp)))
+            a_psp = self.project_dropout(F.relu(self.a_W3(a_psp)))
+        v_psp, a_psp = self.layer_norm(v_psp), self.layer_norm(a_psp)
+        return {"v_psp": v_psp, "a_psp": a_psp, "fusion": 0.5 * (v_psp + a_psp),  # Eq. 4
+                "gamma_va": gamma_va, "gamma_av": gamma_av}
+
+
+class WeightedMILClassifier(nn.Module):
+    """Eq. 5: ``f^h = relu(f W_4) W_5`` per segment (ReLU from the code), weights
+    ``phi = sigmoid(f^h W_6)``, video prediction ``softmax(mean_t(f^h * phi))``."""
+
+    def __init__(self, dim: int, hidden: int, num_outputs: int):
+        super().__init__()
+        self.W4 = nn.Linear(dim, hidden, bias=False)
+        self.W5 = nn.Linear(hidden, num_outputs, bias=False)
+        self.W6 = nn.Linear(num_outputs, 1, bias=False)  # default init, as in the code
+        nn.init.xavier_uniform_(self.W4.weight)
+        nn.init.xavier_uniform_(self.W5.weight)
+
+    def forward(self, fusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f_h = self.W5(F.relu(self.W4(fusion)))  # (B, T, C+1)
+        phi = torch.sigmoid(self.W6(f_h))  # (B, T, 1)
+        scores = f_h * phi
+        return scores, F.softmax(scores.mean(dim=1), dim=-1)
+
+
+def weak_target(weak: torch.Tensor) -> torch.Tensor:
+    """Video-level BCE target: the weak label l1-normalised.
+
+    The authors train on ``prob_label.h5``, the per-class proportion of segments (Sec. 3,
+    ``Y^weak`` = temporal mean of ``Y^fully``), which needs segment labels; the loop passes only
+    the binary video label in the weak setting, so its l1-normalisation stands in for it (equal
+    when the video has a single class, e.g. an event over all segments).
+    """
+    return l1_normalize(weak.float())
+
+
+@register_head("psp")
+class PSP(Head):
+    DEFAULTS = {
+        "att_hidden": 512,  # AVGA projection width (Sec. 4.2 uses AVGA [28]; code hidden_size=512)
+        "att_dim": 49,  # AVGA scoring-MLP width (code map_size=49)
+        "embed_hidden": 256,  # fully: fa/fv first layer width (code: Ca/Cv -> 256 -> 128)
+        "embed_dim": 128,  # LSTM input width: fa/fv output (fully), linear_v output (weak) (code)
+        "lstm_hidden": 128,  # per-direction Bi-LSTM units, d_l = 2 * 128 (Sec. 4.2; code)
+        "psp_hidden": 256,  # d_h of W_1 in Eq. 1 (code hidden_dim=256)
+        "tau_fully": 0.099,  # Eq. 2 threshold, fully (code --threshold 0.099; Table 3 lists 0.095)
+        "tau_weak": 0.095,  # Eq. 2 threshold, weak (Table 3 best; code --threshold 0.095)
+        "avps_weight": 100.0,  # lambda of Eq. 10 (Sec. 5.1: set to 100)
+        "dropout": 0.1,  # dropout in the PSP linear layers (Sec. 5.1 "dropout"; rate from code)
+        "fc_hidden": 64,  # first classifier FC (Sec. 4.4 "two FC layers"; W_4 in Eq. 5; code 64)
+    }
+    TRAIN_DEFAULTS = {
+        # fully_supervised_main.py: Adam 1e-3, batch 128, 300 epochs, lr *= 0.8 every 60 epochs
+        # (the code stops decaying after epoch 170, i.e. only at 60 and 120; a plain step
+        # schedule also decays at 180 and 240).
+        "fully": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+                  "epochs": 300, "lr_step": 60, "lr_gamma": 0.8, "clip_grad": 0.0},
+        # weakly_supervised_main.py: same, lr *= 0.8 every 80 epochs (code: at 80 and 160 only).
+        "weak": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+                 "epochs": 300, "lr_step": 80, "lr_gamma": 0.8, "clip_grad": 0.0},
+    }
+
+    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
+                 att_hidden: int, att_dim: int, embed_hidden: int, embed_dim: int, lstm_hidden: int,
+                 psp_hidden: int, tau_fully: float, tau_weak: float, avps_weight: float,
+                 dropout: float, fc_hidden: int):
+        super().__init__(visual_dim, audio_dim, num_classes, setting)
+        self.avps_weight = avps_weight
+        d_l = 2 * lstm_hidden
+        if setting == "fully":
+            self.fa = nn.Sequential(nn.Linear(audio_dim, embed_hidden, bias=False),
+                                    nn.Linear(embed_hidden, embed_dim, bias=False))
+            self.fv = nn.Sequential(nn.Linear(visual_dim, embed_hidden, bias=False),
+                                    nn.Linear(embed_hidden, embed_dim, bias=False))
+            self.attention = AudioGuidedVisualAttention(visual_dim, embed_dim, att_hidden, att_dim)
+            self.lstm_audio = bilstm(embed_dim, lstm_hidden)
+            self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_fully, dropout, project=True,
+                                                 project_dropout=dropout)
+            self.L1 = nn.Linear(d_l, fc_hidden, bias=False)
+            self.L2 = nn.Linear(fc_hidden, num_classes + 1, bias=False)
+            nn.init.xavier_uniform_(self.L1.weight)
+            nn.init.xavier_uniform_(self.L2.weight)
+        else:
+            self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
+            self.fv = nn.Linear(visual_dim, embed_dim)  # code: linear_v
+            self.lstm_audio = bilstm(audio_dim, lstm_hidden)
+            self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_weak, dropout, project=False)
+            self.classifier = WeightedMILClassifier(d_l, fc_hidden, num_classes + 1)
+        self.lstm_video = bilstm(embed_dim, lstm_hidden)
+
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.setting == "fully":
+            audio = self.fa(audio)
+        attended, alpha = self.attention(visual, audio)
+        lstm_a, _ = self.lstm_audio(audio)
+        lstm_v, _ = self.lstm_video(self.fv(attended))
+        psp = self.psp(lstm_a, lstm_v)
+        out = {"attention": alpha, "v_psp": psp["v_psp"], "a_psp": psp["a_psp"],
+               "gamma_va": psp["gamma_va"], "gamma_av": psp["gamma_av"]}
+        if self.setting == "fully":
+            out["logits"] = self.L2(F.relu(self.L1(psp["fusion"])))  # (B, T, C+1)
+        else:
+            out["logits"], out["video_prob"] = self.classifier(psp["fusion"])
+        return out
+
+    def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.setting == "fully":
+            labels = batch["labels"].float()
+            ce = F.cross_entropy(out["logits"].flatten(0, 1), segment_targets(labels).flatten())  # Eq. 7
+            avps = avps_loss(out["v_psp"], out["a_psp"], labels, self.num_classes)  # Eq. 9
+            loss = ce + self.avps_weight * avps  # Eq. 10
+            return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "avps": float(avps.detach())}
+        loss = F.binary_cross_entropy(out["video_prob"], weak_target(batch["weak"]))  # Eq. 11 (w-bce)
+        return loss, {"loss": float(loss.detach())}
+
+    def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        # weak: argmax of each segment's weighted score (code: softmax then argmax)
+        return out["logits"].argmax(dim=-1)

@@ -1,1 +1,213 @@
-"""Placeholder: being written."""
+"""VSCG: Jiang, Yin, Dang, "Leveraging the Video-level Semantic Consistency of Event for
+Audio-visual Event Localization" (IEEE TMM 2023).
+
+Pipeline (Fig. 3): AGVA -> Bi-LSTMs -> PSP (segment-level encoding, Sec. III-C) -> ESCM
+(Sec. III-D): CERE, two 1D-conv blocks shared by audio and visual (Eqs. 1-3), gives video-level
+event vectors ``E^a, E^v`` ``(2, d_e)``; ISCE uses them as the initial hidden state of one
+bidirectional GRU per modality (Eqs. 4-11) -> project-and-norm blocks and late fusion
+(Eqs. 12-13) -> classifier. Layer sizes follow the authors' code (Bravo5542/VSCG,
+``vscgfully_model.py`` / ``vscgweakly_model.py``), which differs between the settings:
+
+* fully (as the paper): audio through ``fa``, attended visual through ``fv`` (as PSP fully), PSP
+  with ``W_3``; ISCE initialises both GRUs with ``E^av = (E^a + E^v) / 2`` (Eq. 9); Eq. 12 project
+  (Linear + ReLU + dropout ``r_i``) + shared LayerNorm (Eq. 13); event-relevance score ``o_t``
+  (Eq. 14) and video-level category ``o_c`` from the max-pooled fusion (Eq. 15); the negative
+  pair filter loss (Eqs. 16-18); inference ``o_t > tau_b`` -> ``argmax o_c`` else background.
+* weak (the authors' weak code, not Eq. 9/12): raw audio and one ``linear_v`` (as PSP weak);
+  each GRU starts from a linear map (d_e -> d_e) of the *other* modality's CERE vector; GRU
+  outputs get dropout ``r_i`` and LayerNorm without the Eq. 12 projection; PSP's weighting
+  branch classifier (Eq. 5 of PSP) and the smooth loss (Eqs. 19-21).
+
+The attention, PSP and weighting-branch blocks are those of :mod:`.psp` (connections thresholded
+and re-normalised as PSP's Eq. 2 in both settings; the authors' weak code skips the re-normalisation).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._avga import AudioGuidedVisualAttention, bilstm
+from ._registry import Head, register_head
+from .psp import PositiveSamplePropagation, WeightedMILClassifier, avps_loss, weak_target
+
+
+class CERE(nn.Module):
+    """Eqs. 1-3: ``E = MAX(relu(K2 * MAX(relu(K1 * f^T))))`` along time; ``(B,T,D) -> (2, B, d_e)``.
+
+    Kernel size ``T/2`` (5), padding keeps the length, max pooling 2/2 after each block
+    (code), so T=10 gives the 2 time steps that initialise the two GRU directions.
+    """
+
+    def __init__(self, dim: int, out_dim: int, kernel: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(dim, out_dim, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv1d(out_dim, out_dim, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = F.max_pool1d(F.relu(self.conv1(x.transpose(1, 2))), 2, 2)
+        e = F.max_pool1d(F.relu(self.conv2(e)), 2, 2)  # (B, d_e, T // 4)
+        if e.shape[-1] != 2:
+            raise ValueError(f"CERE needs T with T // 4 == 2 (one step per GRU direction); got T={x.shape[1]}")
+        return e.permute(2, 0, 1).contiguous()
+
+
+def negative_pair_filter_loss(is_event: torch.Tensor, event_logits: torch.Tensor, v: torch.Tensor,
+                              a: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                              avps_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eqs. 16-18: ``L_c + L_t + L_avps``.
+
+    ``is_event`` ``(B, T)`` logits ``o_t``; ``event_logits`` ``(B, C)`` video-level ``o_c`` (Eq. 15);
+    ``v, a`` ``(B, T, D)``; ``labels`` ``(B, T, C+1)`` one-hot. ``L_c``: cross-entropy of ``o_c``
+    against the video's event category (Eq. 17 writes it per segment, but ``o_c`` is one vector
+    per video; the code uses the video class); videos without any event are left out of ``L_c``.
+    ``L_t``: BCE of ``sigmoid(o_t)`` against the segment's event indicator (Eq. 18). ``L_avps``:
+    PSP's AVPS loss on ``v, a`` (Eq. 16; see :func:`.psp.avps_loss`).
+    """
+    foreground = labels[..., :num_classes]
+    is_fg = (foreground.sum(-1) > 0).to(is_event.dtype)  # y_t
+    video_class = foreground.sum(1).argmax(-1)
+    video_class = torch.where(is_fg.sum(1) > 0, video_class, torch.full_like(video_class, -100))
+    l_c = (F.cross_entropy(event_logits, video_class, ignore_index=-100) if (video_class >= 0).any()
+           else event_logits.sum() * 0.0)
+    l_t = F.binary_cross_entropy_with_logits(is_event, is_fg)
+    l_avps = avps_loss(v, a, labels, num_classes)
+    loss = l_c + l_t + avps_weight * l_avps
+    return loss, {"loss": float(loss.detach()), "l_c": float(l_c.detach()), "l_t": float(l_t.detach()),
+                  "l_avps": float(l_avps.detach())}
+
+
+def smooth_loss(video_prob: torch.Tensor, target: torch.Tensor, lam: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eqs. 19-21: ``lam * BCE(O, Y) + BCE(softmax(O), Y)`` for video probabilities ``O`` ``(B, C+1)``."""
+    l_bce = F.binary_cross_entropy(video_prob, target)
+    l_s = F.binary_cross_entropy(F.softmax(video_prob, dim=-1), target)
+    loss = lam * l_bce + l_s
+    return loss, {"loss": float(loss.detach()), "l_bce": float(l_bce.detach()), "l_s_bce": float(l_s.detach())}
+
+
+@register_head("vscg")
+class VSCG(Head):
+    DEFAULTS = {
+        "att_hidden": 512,  # AGVA projection width (Sec. III-C uses AGVA [3]; code hidden_size=512)
+        "att_dim": 49,  # AGVA scoring-MLP width (code map_size=49)
+        "embed_hidden": 256,  # fully: fa/fv first layer width (code, as PSP)
+        "embed_dim": 128,  # LSTM input width (code)
+        "lstm_hidden": 128,  # per-direction Bi-LSTM units, d_s = 256 (Sec. III-C; code)
+        "psp_hidden": 256,  # d_h of PSP's W_1 (code)
+        "psp_tau": 0.099,  # PSP threshold (authors' code passes thr_val=0.099 in both settings)
+        "psp_dropout_fully": 0.2,  # dropout of PSP's branch projections, fully (code p=0.2)
+        "psp_dropout_weak": 0.1,  # dropout of PSP's branch projections, weak (code p=0.1)
+        "r_s": 0.2,  # dropout of the project-and-norm blocks after PSP (Sec. III-C, IV-A: r_s=0.2)
+        "r_i_fully": 0.2,  # dropout after ISCE, Eq. 12, fully (Sec. IV-A: 0.2; the code uses 0.1)
+        "r_i_weak": 0.5,  # dropout after ISCE, weak (Sec. IV-A: 0.5; code 0.5)
+        "cere_dim": 128,  # d_e: CERE output channels, GRU hidden, d_i = 2 d_e (Sec. III-D; code)
+        "cere_kernel": 5,  # CERE kernel size T/2 (Eq. 3)
+        "fuse_dim": 256,  # d_f of Eq. 12 (fully; code 256)
+        "fc_hidden": 64,  # weak classifier first FC (PSP weighting branch; code 64)
+        "event_threshold": 0.7,  # tau_b: o_t > tau_b is an event (Sec. III-E: 0.7)
+        "avps_weight": 1.0,  # weight of L_avps in Eq. 18 (Table V: L_c + L_t + L_avps)
+        "smooth_lambda": 2.0,  # lambda of Eq. 19 (Sec. IV-A: 2)
+    }
+    TRAIN_DEFAULTS = {
+        # Sec. IV-A: Adam, batch 128; fully_supervised_main.py: lr 1e-3, 300 epochs, lr *= 0.8 at
+        # epochs 60, 120 and 240 (a plain step of 60 also decays at 180).
+        "fully": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+                  "epochs": 300, "lr_step": 60, "lr_gamma": 0.8, "clip_grad": 0.0},
+        # weakly_supervised_main.py: lr 1e-3, 300 epochs, lr *= 0.8 at 80, 180 and 240 (a plain
+        # step of 80 decays at 80, 160, 240).
+        "weak": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+                 "epochs": 300, "lr_step": 80, "lr_gamma": 0.8, "clip_grad": 0.0},
+    }
+
+    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
+                 att_hidden: int, att_dim: int, embed_hidden: int, embed_dim: int, lstm_hidden: int,
+                 psp_hidden: int, psp_tau: float, psp_dropout_fully: float, psp_dropout_weak: float,
+                 r_s: float, r_i_fully: float, r_i_weak: float, cere_dim: int, cere_kernel: int,
+                 fuse_dim: int, fc_hidden: int, event_threshold: float, avps_weight: float,
+                 smooth_lambda: float):
+        super().__init__(visual_dim, audio_dim, num_classes, setting)
+        self.event_threshold, self.avps_weight, self.smooth_lambda = event_threshold, avps_weight, smooth_lambda
+        d_s, d_i = 2 * lstm_hidden, 2 * cere_dim
+        if setting == "fully":
+            self.fa = nn.Sequential(nn.Linear(audio_dim, embed_hidden, bias=False),
+                                    nn.Linear(embed_hidden, embed_dim, bias=False))
+            self.fv = nn.Sequential(nn.Linear(visual_dim, embed_hidden, bias=False),
+                                    nn.Linear(embed_hidden, embed_dim, bias=False))
+            self.attention = AudioGuidedVisualAttention(visual_dim, embed_dim, att_hidden, att_dim)
+            self.lstm_audio = bilstm(embed_dim, lstm_hidden)
+            self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau, psp_dropout_fully, project=True,
+                                                 project_dropout=r_s)
+            self.a_W1 = nn.Linear(d_i, fuse_dim, bias=False)  # Eq. 12
+            self.v_W1 = nn.Linear(d_i, fuse_dim, bias=False)
+            nn.init.xavier_uniform_(self.a_W1.weight)
+            nn.init.xavier_uniform_(self.v_W1.weight)
+            self.isce_dropout = nn.Dropout(r_i_fully)
+            self.layer_norm = nn.LayerNorm(fuse_dim, eps=1e-6)  # Eq. 13, shared (code)
+            self.W3 = nn.Linear(fuse_dim, 1)  # Eq. 14: event-relevance score o_t
+            self.W4 = nn.Linear(fuse_dim, num_classes)  # Eq. 15: event category o_c
+            nn.init.xavier_uniform_(self.W3.weight)
+            nn.init.xavier_uniform_(self.W4.weight)
+        else:
+            self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
+            self.fv = nn.Linear(visual_dim, embed_dim)  # code: linear_v
+            self.lstm_audio = bilstm(audio_dim, lstm_hidden)
+            self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau, psp_dropout_weak, project=True,
+                                                 project_dropout=r_s)
+            self.a_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L1 (weak only)
+            self.v_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L2 (weak only)
+            nn.init.xavier_uniform_(self.a_init.weight)
+            nn.init.xavier_uniform_(self.v_init.weight)
+            self.isce_dropout = nn.Dropout(r_i_weak)
+            self.layer_norm = nn.LayerNorm(d_i, eps=1e-6)
+            self.classifier = WeightedMILClassifier(d_i, fc_hidden, num_classes + 1)
+        self.lstm_video = bilstm(embed_dim, lstm_hidden)
+        self.cere = CERE(d_s, cere_dim, cere_kernel)  # shared by audio and visual (Sec. III-D1)
+        self.a_gru = nn.GRU(d_s, cere_dim, num_layers=1, batch_first=True, bidirectional=True)
+        self.v_gru = nn.GRU(d_s, cere_dim, num_layers=1, batch_first=True, bidirectional=True)
+
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.setting == "fully":
+            audio = self.fa(audio)
+        attended, alpha = self.attention(visual, audio)
+        lstm_a, _ = self.lstm_audio(audio)
+        lstm_v, _ = self.lstm_video(self.fv(attended))
+        psp = self.psp(lstm_a, lstm_v)
+        a_seg, v_seg = psp["a_psp"], psp["v_psp"]  # A^seg, V^seg
+        e_a, e_v = self.cere(a_seg), self.cere(v_seg)  # Eqs. 1-2, (2, B, d_e)
+        if self.setting == "fully":
+            e_av = 0.5 * (e_a + e_v)  # Eq. 9
+            h0_a = h0_v = e_av  # Eqs. 10-11
+        else:
+            h0_a, h0_v = self.v_init(e_v), self.a_init(e_a)  # authors' weak code
+        a_isce, _ = self.a_gru(a_seg, h0_a)
+        v_isce, _ = self.v_gru(v_seg, h0_v)
+        out = {"attention": alpha, "gamma_va": psp["gamma_va"], "gamma_av": psp["gamma_av"]}
+        if self.setting == "fully":
+            f_a = self.layer_norm(self.isce_dropout(F.relu(self.a_W1(a_isce))))  # Eqs. 12-13
+            f_v = self.layer_norm(self.isce_dropout(F.relu(self.v_W1(v_isce))))
+            fusion = 0.5 * (f_a + f_v)
+            out["is_event"] = self.W3(fusion).squeeze(-1)  # (B, T) o_t logits
+            out["event_logits"] = self.W4(fusion.max(dim=1).values)  # (B, C) o_c
+            out["v_final"], out["a_final"] = f_v, f_a
+        else:
+            f_a = self.layer_norm(self.isce_dropout(a_isce))
+            f_v = self.layer_norm(self.isce_dropout(v_isce))
+            out["logits"], out["video_prob"] = self.classifier(0.5 * (f_a + f_v))
+        return out
+
+    def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.setting == "fully":
+            # AVPS on the fused-branch features, as the code (Eq. 16 names V^ISCE, A^ISCE).
+            return negative_pair_filter_loss(out["is_event"], out["event_logits"], out["v_final"],
+                                             out["a_final"], batch["labels"].float(), self.num_classes,
+                                             self.avps_weight)
+        return smooth_loss(out["video_prob"], weak_target(batch["weak"]), self.smooth_lambda)
+
+    def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.setting == "fully":
+            event = out["event_logits"].argmax(-1, keepdim=True).expand_as(out["is_event"])
+            background = torch.full_like(event, self.num_classes)
+            return torch.where(torch.sigmoid(out["is_event"]) > self.event_threshold, event, background)
+        return out["logits"].argmax(dim=-1)

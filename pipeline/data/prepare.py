@@ -1,0 +1,259 @@
+"""The ``prepare`` stage: AVE-format root -> manifest, label tensors, split orders, report.
+
+Reads ``<root>/Annotations.txt`` and the split files (:mod:`pipeline.data.ave`; its warnings go
+to the report), probes every unique video once in worker processes with a timeout
+(:func:`pipeline.media.probe_many`), and writes to ``out_dir`` (atomically: a temporary
+directory renamed into place):
+
+* ``manifest.csv``: one row per Annotations.txt data line (``index`` = line index = row of
+  labels.h5 and of the feature files), columns :data:`MANIFEST_COLUMNS`;
+* ``labels.h5`` / ``weak_labels.h5`` (``avadataset``), ``{train,val,test}_order.h5``
+  (``order``: the split files as published; rows that are not usable stay in the orders and
+  are masked by consumers through the manifest status / the feature files' ``valid``);
+* ``categories.json`` (names in label-index order) and ``report.md``.
+
+Policy per video (a bad video never stops the run):
+
+============== ================================ ===========================================
+status          cause                            what is done
+============== ================================ ===========================================
+missing         no file                          excluded (features marked invalid)
+corrupt         cannot be opened / decoded       excluded
+no_video        no video stream                  excluded
+unusable        probe hung or crashed; video     excluded (flag ``too_short`` for the
+                shorter than ``min_duration``;    duration case)
+                annotation line unparsable
+short           video < 10 s                     last frame repeated (flag ``padded_short``)
+no_audio        no audio stream                  silence (flag ``no_audio``)
+ok              --                               --
+============== ================================ ===========================================
+
+Other flags: ``padded_audio`` (audio shorter than the clip: silence appended), ``vfr``
+(variable frame rate: sampled by timestamps).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from pipeline.data.ave import NUM_SEGMENTS, SPLITS, AVEAnnotations, load_annotations
+from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
+                            VideoInfo, probe_many)
+
+MANIFEST_COLUMNS = ("index", "video_id", "category", "split", "start", "end", "path", "status",
+                    "duration", "fps", "num_frames", "has_audio", "flags", "message")
+STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusable")
+EXCLUDED = frozenset({"corrupt", "missing", "no_video", "unusable"})  # no features for these
+FLAG_TOO_SHORT = "too_short"  # shorter than min_duration: excluded
+AUDIO_SHORT_TOLERANCE_S = 0.1  # audio may end this much before the video without a flag
+ACTIONS = {
+    "missing": "excluded (features marked invalid)", "corrupt": "excluded (features marked invalid)",
+    "no_video": "excluded (features marked invalid)", "unusable": "excluded (features marked invalid)",
+    "short": "padded with the last frame", "no_audio": "silent audio", "ok": "",
+}
+_TYPES = {"index": int, "start": int, "end": int, "duration": float, "fps": float,
+          "num_frames": int}
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare` wrote and found."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    categories: list[str]
+    annotation_problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(r["status"] for r in self.rows)
+        return {s: c[s] for s in STATUSES if c[s]}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts().items())
+        usable = sum(r["status"] not in EXCLUDED for r in self.rows)
+        return (f"prepare: {len(self.rows)} samples, {len(self.categories)} categories, "
+                f"{usable} usable ({counts}); {len(self.annotation_problems)} annotation "
+                f"problems; {self.seconds:.1f} s -> {self.out_dir}")
+
+
+def video_status(info: VideoInfo, min_duration: float,
+                 num_segments: int = NUM_SEGMENTS) -> tuple[str, list[str], str]:
+    """``(status, flags, message)`` of one probed video under the module's policy."""
+    if info.status in EXCLUDED:
+        return info.status, [], info.message
+    if info.duration < min_duration:
+        return "unusable", [FLAG_TOO_SHORT], (f"video is {info.duration:.2f} s < min_duration "
+                                              f"{min_duration:g} s")
+    flags, notes = [], []
+    if info.status == "short":
+        flags.append(FLAG_PADDED_SHORT)
+        notes.append(f"video {info.duration:.2f} s < {num_segments} s")
+    if not info.has_audio:
+        flags.append(FLAG_NO_AUDIO)
+        notes.append("no audio stream")
+    elif info.audio_duration < min(info.duration, num_segments) - AUDIO_SHORT_TOLERANCE_S:
+        flags.append(FLAG_PADDED_AUDIO)
+        notes.append(f"audio {info.audio_duration:.2f} s")
+    if info.vfr:
+        flags.append(FLAG_VFR)
+        notes.append("variable frame rate")
+    status = "short" if info.status == "short" else ("no_audio" if not info.has_audio else "ok")
+    return status, flags, "; ".join(notes)
+
+
+def build_rows(ann: AVEAnnotations, infos: dict[str, VideoInfo], min_duration: float) -> list[dict]:
+    """Manifest rows, one per annotation data line (unparsable lines: status ``unusable``)."""
+    split_of = {i: split for split in SPLITS for i in ann.splits.get(split, [])}
+    by_index = ann.by_index()
+    rows = []
+    for index in range(ann.num_lines):
+        s = by_index.get(index)
+        if s is None:
+            rows.append(dict(index=index, video_id="", category="", split="none", start=0, end=0,
+                             path="", status="unusable", duration=0.0, fps=0.0, num_frames=0,
+                             has_audio=False, flags=(), message="annotation line unusable "
+                             "(see annotation problems)"))
+            continue
+        info = infos[s.video_id]
+        status, flags, message = video_status(info, min_duration)
+        rows.append(dict(index=index, video_id=s.video_id, category=s.category,
+                         split=split_of.get(index, "none"), start=s.start, end=s.end,
+                         path=str(ann.video_path(s.video_id)), status=status,
+                         duration=round(info.duration, 4), fps=round(info.fps, 4),
+                         num_frames=info.num_frames, has_audio=info.has_audio,
+                         flags=tuple(flags), message=message))
+    return rows
+
+
+def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration: float = 1.0,
+            workers: int = 2, timeout_s: float = 30.0, progress: bool = False) -> PrepareResult:
+    """Run the stage: read ``root``, write ``out_dir`` atomically; see the module doc."""
+    t0 = time.time()
+    root, out_dir = Path(root), Path(out_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each one is in ann.problems, hence in the report
+        ann = load_annotations(root)
+    ids = ann.video_ids()
+    paths = [ann.video_path(v) for v in ids]
+    infos_iter: Iterable[VideoInfo] = probe_many(paths, workers=workers, timeout_s=timeout_s)
+    if progress:
+        from tqdm import tqdm
+        infos_iter = tqdm(infos_iter, total=len(ids), desc="probe", unit="video")
+    infos = dict(zip(ids, infos_iter))
+    rows = build_rows(ann, infos, min_duration)
+    result = PrepareResult(out_dir, rows, list(ann.categories), list(ann.problems))
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _write_outputs(tmp, ann, result, root, min_duration)
+        result.seconds = time.time() - t0
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
+
+
+def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path,
+                   min_duration: float) -> None:
+    import h5py
+
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        w.writeheader()
+        for r in result.rows:
+            w.writerow({**r, "flags": ";".join(r["flags"]), "has_audio": int(r["has_audio"])})
+    with h5py.File(out / "labels.h5", "w") as f:
+        f.create_dataset("avadataset", data=ann.labels())
+    with h5py.File(out / "weak_labels.h5", "w") as f:
+        f.create_dataset("avadataset", data=ann.weak_labels())
+    for split in SPLITS:
+        with h5py.File(out / f"{split}_order.h5", "w") as f:
+            f.create_dataset("order", data=ann.order(split))
+    (out / "categories.json").write_text(json.dumps(result.categories, indent=1) + "\n")
+    (out / "report.md").write_text(render_report(result, ann, root, min_duration))
+
+
+def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path, min_duration: float) -> str:
+    """Human-readable report: counts, then every problem and what was done about it."""
+    rows = result.rows
+    lines = ["# Prepare report", "",
+             f"- root: `{root}`", f"- annotation lines: {ann.num_lines}; usable samples: "
+             f"{sum(r['status'] not in EXCLUDED for r in rows)}; unique videos: "
+             f"{len(ann.video_ids())}; categories: {len(result.categories)}",
+             f"- splits: " + ", ".join(f"{s} {len(ann.splits.get(s, []))}" for s in SPLITS),
+             f"- min_duration: {min_duration:g} s", "",
+             "## Samples per status", "", "| status | samples | what is done |", "|---|---|---|"]
+    for status, n in result.counts().items():
+        lines.append(f"| {status} | {n} | {ACTIONS[status] or 'used as is'} |")
+    flags = Counter(f for r in rows for f in r["flags"])
+    if flags:
+        lines += ["", "## Flags", "", "| flag | samples |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(flags.items())]
+    lines += ["", f"## Annotation problems ({len(result.annotation_problems)})", ""]
+    lines += [f"- {p}" for p in result.annotation_problems] or ["none"]
+    bad = {}
+    for r in rows:
+        if r["video_id"] and (r["status"] != "ok" or r["flags"]):
+            bad.setdefault(r["video_id"], r)
+    lines += ["", f"## Video problems ({len(bad)} videos)", ""]
+    if bad:
+        lines += ["| video | lines | status | flags | what is done | details |", "|---|---|---|---|---|---|"]
+        by_video: dict[str, list[int]] = {}
+        for r in rows:
+            by_video.setdefault(r["video_id"], []).append(r["index"])
+        for vid, r in bad.items():
+            done = ACTIONS[r["status"]]
+            if r["flags"] and r["status"] not in EXCLUDED:
+                done = "; ".join(filter(None, [done] + [_FLAG_ACTIONS[f] for f in r["flags"]
+                                                         if f in _FLAG_ACTIONS]))
+            lines.append(f"| `{vid}` ({r['path']}) | {', '.join(map(str, by_video[vid]))} | "
+                         f"{r['status']} | {';'.join(r['flags'])} | {done} | "
+                         f"{r['message'].replace('|', '/')} |")
+    else:
+        lines.append("none")
+    return "\n".join(lines) + "\n"
+
+
+_FLAG_ACTIONS = {FLAG_PADDED_AUDIO: "audio padded with silence", FLAG_VFR: "sampled by timestamps",
+                 FLAG_NO_AUDIO: "silence", FLAG_PADDED_SHORT: "last frame repeated"}
+
+
+def load_manifest(prepared_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of ``manifest.csv`` with typed values (``flags`` a tuple, ``has_audio`` a bool)."""
+    rows = []
+    with open(Path(prepared_dir) / "manifest.csv", newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = dict(raw)
+            for k, tp in _TYPES.items():
+                row[k] = tp(row[k])
+            row["has_audio"] = row["has_audio"] in ("1", "True", "true")
+            row["flags"] = tuple(x for x in row["flags"].split(";") if x)
+            rows.append(row)
+    return rows
+
+
+def usable_mask(rows: list[dict[str, Any]]) -> np.ndarray:
+    """Boolean ``(N,)``: rows whose video can be decoded (status not in :data:`EXCLUDED`)."""
+    return np.array([r["status"] not in EXCLUDED for r in rows], dtype=bool)

@@ -1,0 +1,325 @@
+"""Synthetic AVE-format demo set: real AVE category names, generated audio-visual events.
+
+Real AVE videos cannot be downloaded here, so the default pipeline run and the tests use a set
+written in AVE's exact layout (``<root>/AVE/<VideoID>.mp4``, ``Annotations.txt`` with a header
+line, ``trainSet.txt`` / ``valSet.txt`` / ``testSet.txt``) plus ``synth.json`` (what was drawn:
+class signatures and the kind of every segment; nothing in the pipeline reads it).
+
+Content (chosen so that random-initialised CNN features, averaged over frames, separate classes):
+
+* each category has a visual signature, a large shape of a distinct hue moving slowly on a
+  plain grey background with (static) pixel noise, and an audio signature, an amplitude-modulated tone at a
+  distinct pitch (log-spaced 250..6000 Hz, in clearly different mel bands, below 8 kHz);
+* event segments show the object *and* play the sound; background segments hold neither
+  (``empty``), the object only (``visual_only``: a silent object) or the sound only
+  (``audio_only``: an off-screen sound), so localisation needs both modalities;
+* about ``full_fraction`` of the events span all ten segments (AVE: ~2/3), the others have
+  uniformly drawn length (1..9 s) and position.
+
+Everything is drawn from ``seed``: the same seed gives the same annotation files and the same
+decoded content (encoders run single-threaded). The set is written to a temporary directory
+and renamed into place, so an interrupted run leaves no half set.
+
+CLI: ``python -m pipeline.data.synth OUT_DIR --train 96 --val 24 --test 24 --classes 6``.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import SynthConfig
+from pipeline.data.ave import ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS, VIDEO_DIR
+
+# AVE's 28 categories in Annotations.txt first-appearance order (= label index order).
+AVE_CATEGORIES = (
+    "Church bell", "Male speech, man speaking", "Bark", "Fixed-wing aircraft, airplane",
+    "Race car, auto racing", "Female speech, woman speaking", "Helicopter", "Violin, fiddle",
+    "Flute", "Ukulele", "Frying (food)", "Truck", "Shofar", "Motorcycle", "Acoustic guitar",
+    "Train horn", "Clock", "Banjo", "Goat", "Baby cry, infant cry", "Bus", "Chainsaw", "Cat",
+    "Horse", "Toilet flush", "Rodents, rats, mice", "Accordion", "Mandolin",
+)
+HEADER = "Category&VideoID&Quality&StartTime&EndTime"
+SEGMENT_KINDS = ("event", "empty", "visual_only", "audio_only")
+BACKGROUND_P = {"empty": 0.4, "visual_only": 0.3, "audio_only": 0.3}  # kinds of background segment
+SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
+ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # YouTube id alphabet
+F_LOW, F_HIGH = 250.0, 6000.0  # tone pitch range (Hz), log-spaced over the classes
+BG_LEVEL = 96  # background grey level
+OBJECT_SIZE = 0.6  # object bounding box, fraction of the frame height
+TONE_AMP = 0.4  # peak amplitude of a category tone
+RAMP_S = 0.01  # tone on/off ramp (avoids clicks at segment boundaries)
+
+
+@dataclass(frozen=True)
+class ClassSignature:
+    """The audio and visual signature of one category."""
+
+    index: int
+    name: str
+    rgb: tuple[int, int, int]  # object colour
+    shape: str  # one of SHAPES
+    freq_hz: float  # tone pitch
+    am_hz: float  # amplitude-modulation rate of the tone
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """One generated video: its annotation and what each 1-second segment holds."""
+
+    video_id: str
+    category: int  # class index
+    start: int  # event segments start..end-1
+    end: int
+    split: str
+    segments: tuple[str, ...]  # SEGMENT_KINDS, one per segment
+    seed: int  # rendering seed (noise, motion, jitter)
+
+
+def class_signatures(num_classes: int) -> list[ClassSignature]:
+    """Signatures of the first ``num_classes`` AVE categories (distinct hue, shape, pitch)."""
+    if not 1 <= num_classes <= len(AVE_CATEGORIES):
+        raise ValueError(f"num_classes must be in 1..{len(AVE_CATEGORIES)}, got {num_classes}")
+    out = []
+    for c in range(num_classes):
+        hue = (c / num_classes + 0.5 * (c % 2) / num_classes) % 1.0 if num_classes > 6 else c / num_classes
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.9, 0.95 if c % 3 else 0.75)
+        freq = F_LOW * (F_HIGH / F_LOW) ** (c / max(1, num_classes - 1))
+        out.append(ClassSignature(c, AVE_CATEGORIES[c], (int(r * 255), int(g * 255), int(b * 255)),
+                                  SHAPES[c % len(SHAPES)], round(freq, 1), 2.0 + 2.0 * (c % 3)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing the annotations
+# --------------------------------------------------------------------------------------------
+def _video_id(rng: np.random.Generator, taken: set[str]) -> str:
+    while True:
+        vid = "".join(ID_CHARS[i] for i in rng.integers(0, len(ID_CHARS), 11))
+        if vid not in taken:
+            taken.add(vid)
+            return vid
+
+
+def draw_specs(cfg: SynthConfig) -> list[VideoSpec]:
+    """Every video of the set, drawn from ``cfg.seed`` (classes balanced within each split)."""
+    rng = np.random.default_rng(cfg.seed)
+    taken: set[str] = set()
+    specs = []
+    kinds, probs = list(BACKGROUND_P), np.array(list(BACKGROUND_P.values()))
+    for split in SPLITS:
+        n = getattr(cfg, split)
+        classes = rng.permutation(np.arange(n) % cfg.num_classes)
+        for c in classes:
+            if rng.random() < cfg.full_fraction:
+                start, end = 0, NUM_SEGMENTS
+            else:
+                length = int(rng.integers(1, NUM_SEGMENTS))
+                start = int(rng.integers(0, NUM_SEGMENTS - length + 1))
+                end = start + length
+            segs = tuple("event" if start <= s < end else kinds[rng.choice(len(kinds), p=probs)]
+                         for s in range(NUM_SEGMENTS))
+            specs.append(VideoSpec(_video_id(rng, taken), int(c), start, end, split, segs,
+                                   int(rng.integers(0, 2**31 - 1))))
+    return specs
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+def _shape_mask(shape: str, size: int) -> np.ndarray:
+    """Boolean ``(size, size)`` sprite of ``shape``."""
+    y, x = np.mgrid[0:size, 0:size]
+    u, v = (x + 0.5) / size * 2 - 1, (y + 0.5) / size * 2 - 1  # -1..1
+    r = np.hypot(u, v)
+    if shape == "disc":
+        return r <= 1
+    if shape == "square":
+        return (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)
+    if shape == "triangle":
+        return (v <= 0.9) & (v >= -0.9 + 1.8 * np.abs(u))
+    if shape == "ring":
+        return (r <= 1) & (r >= 0.55)
+    if shape == "cross":
+        return ((np.abs(u) <= 0.3) | (np.abs(v) <= 0.3)) & (np.abs(u) <= 1) & (np.abs(v) <= 1)
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1
+    raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
+
+
+def rgb_to_yuv(rgb) -> np.ndarray:
+    """BT.601 limited-range Y, Cb, Cr of RGB values ``(..., 3)`` (what decoders invert)."""
+    m = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
+                  [112.0, -93.786, -18.214]]) / 255.0
+    return np.asarray(rgb, np.float64) @ m.T + np.array([16.0, 128.0, 128.0])
+
+
+def render_frames(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.ndarray:
+    """Video as planar yuv420p ``uint8 (N, H*3/2, W)``, N = 10 s x fps (the encoder's own
+    format: no colour conversion). The object is visible in event / visual_only segments."""
+    rng = np.random.default_rng([spec.seed, 1])
+    h, w, n = cfg.height, cfg.width, int(round(NUM_SEGMENTS * cfg.fps))
+    sigma = cfg.noise * 150.0  # pixel noise std (noise=0.1 -> 15 grey levels)
+    level = BG_LEVEL + rng.integers(-12, 13)
+    rgb_level = np.full(3, level, np.float64)
+    bg = np.empty((h * 3 // 2, w), np.uint8)  # static noisy grey background
+    bg[:h] = np.clip(rgb_to_yuv(rgb_level)[0] + rng.normal(0, sigma * 0.86, (h, w)), 0, 255)
+    bg[h:] = 128
+    size = max(4, int(OBJECT_SIZE * min(h, w))) // 2 * 2
+    mask = _shape_mask(sig.shape, size)
+    cmask = mask[::2, ::2]
+    y_obj, u_obj, v_obj = rgb_to_yuv(sig.rgb)
+    sprite_y = np.clip(y_obj + rng.normal(0, sigma * 0.5, (size, size)), 0, 255).astype(np.uint8)
+    # slow elliptical motion around the centre, random phase / direction per video
+    phase, turns = rng.uniform(0, 2 * np.pi), rng.choice([-1, 1]) * rng.uniform(0.3, 0.8)
+    ax, ay = max(0, (w - size) // 2 - 2), max(0, (h - size) // 2 - 2)
+    visible = np.array([k in ("event", "visual_only") for k in spec.segments])
+    frames = np.empty((n, h * 3 // 2, w), np.uint8)
+    frames[:] = bg
+    for i in range(n):
+        t = i / cfg.fps
+        if not visible[min(int(t + 1e-9), NUM_SEGMENTS - 1)]:
+            continue
+        a = phase + 2 * np.pi * turns * t / NUM_SEGMENTS
+        x0 = int(round(((w - size) / 2 + ax * np.cos(a)) / 2)) * 2  # even: chroma aligned
+        y0 = int(round(((h - size) / 2 + ay * np.sin(a)) / 2)) * 2
+        luma = frames[i, y0 : y0 + size, x0 : x0 + size]
+        luma[mask] = sprite_y[mask]
+        # chroma planes: U then V, each (h/2, w/2), stored as h/4 rows of w
+        u = frames[i, h : h + h // 4].reshape(h // 2, w // 2)
+        v = frames[i, h + h // 4 :].reshape(h // 2, w // 2)
+        cy, cx = y0 // 2, x0 // 2
+        u[cy : cy + size // 2, cx : cx + size // 2][cmask] = int(round(u_obj))
+        v[cy : cy + size // 2, cx : cx + size // 2][cmask] = int(round(v_obj))
+    return frames
+
+
+def render_audio(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.ndarray:
+    """Mono ``float32 (10 * sample_rate,)``: the class tone in event / audio_only segments."""
+    rng = np.random.default_rng([spec.seed, 2])
+    sr = cfg.sample_rate
+    t = np.arange(NUM_SEGMENTS * sr) / sr
+    freq = sig.freq_hz * rng.uniform(0.98, 1.02)
+    amp = TONE_AMP * rng.uniform(0.75, 1.0)
+    tone = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+    tone *= 0.65 + 0.35 * np.sin(2 * np.pi * sig.am_hz * t)
+    audible = np.array([k in ("event", "audio_only") for k in spec.segments], np.float64)
+    gate = np.repeat(audible, sr)
+    ramp = max(1, int(RAMP_S * sr))
+    gate = np.convolve(np.pad(gate, (ramp // 2, ramp - 1 - ramp // 2), mode="edge"),
+                       np.ones(ramp) / ramp, mode="valid")  # smooth on/off
+    noise = rng.normal(0, cfg.noise * 0.3, t.shape)  # noise=0.1 -> std 0.03
+    return (amp * tone * gate + noise).astype(np.float32)
+
+
+def write_video(spec: VideoSpec, cfg: SynthConfig, path: str | os.PathLike) -> None:
+    """Render and encode one video (H.264 + AAC) to ``path``."""
+    from pipeline.media.write import write_mp4
+
+    sig = class_signatures(cfg.num_classes)[spec.category]
+    write_mp4(path, render_frames(spec, sig, cfg), cfg.fps, render_audio(spec, sig, cfg),
+              cfg.sample_rate, frame_format="yuv420p")
+
+
+def _write_one(args: tuple[VideoSpec, SynthConfig, str]) -> str:
+    spec, cfg, path = args
+    write_video(spec, cfg, path)
+    return spec.video_id
+
+
+# --------------------------------------------------------------------------------------------
+# The set
+# --------------------------------------------------------------------------------------------
+def annotation_line(spec: VideoSpec, sigs: list[ClassSignature]) -> str:
+    return f"{sigs[spec.category].name}&{spec.video_id}&good&{spec.start}&{spec.end}"
+
+
+def write_annotations(root: Path, specs: list[VideoSpec], cfg: SynthConfig, seed: int) -> None:
+    """``Annotations.txt`` (header, then grouped by category like AVE), the split files, and
+    ``synth.json``."""
+    sigs = class_signatures(cfg.num_classes)
+    ordered = sorted(specs, key=lambda s: s.category)  # stable: category blocks as in AVE
+    assert HEADER.startswith(HEADER_PREFIX)
+    lines = [HEADER] + [annotation_line(s, sigs) for s in ordered]
+    (root / ANNOTATIONS_FILE).write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng([seed, 3])
+    for split in SPLITS:
+        members = [annotation_line(s, sigs) for s in specs if s.split == split]
+        members = [members[i] for i in rng.permutation(len(members))]
+        (root / SPLIT_FILES[split]).write_text("".join(m + "\n" for m in members))
+    meta = {"config": asdict(cfg), "classes": [asdict(s) for s in sigs],
+            "videos": [asdict(s) for s in specs]}
+    (root / "synth.json").write_text(json.dumps(meta, indent=1))
+
+
+def generate(cfg: SynthConfig, root: str | os.PathLike | None = None,
+             workers: int | None = None) -> Path:
+    """Write the whole set to ``root`` (default ``cfg.root``) atomically; returns the root."""
+    root = Path(root if root is not None else cfg.root)
+    workers = cfg.workers if workers is None else workers
+    specs = draw_specs(cfg)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / VIDEO_DIR).mkdir(parents=True)
+    try:
+        jobs = [(s, cfg, str(tmp / VIDEO_DIR / f"{s.video_id}.mp4")) for s in specs]
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("forkserver")) as ex:
+                list(ex.map(_write_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+        else:
+            for job in jobs:
+                _write_one(job)
+        write_annotations(tmp, specs, cfg, cfg.seed)
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            root.rename(old)
+            tmp.rename(root)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def load_synth_meta(root: str | os.PathLike) -> dict:
+    """``synth.json`` of a generated set (classes, and per video its segment kinds)."""
+    return json.loads((Path(root) / "synth.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    d = SynthConfig()
+    p = argparse.ArgumentParser(prog="python -m pipeline.data.synth", description=__doc__.split("\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--train", type=int, default=d.train)
+    p.add_argument("--val", type=int, default=d.val)
+    p.add_argument("--test", type=int, default=d.test)
+    p.add_argument("--classes", type=int, default=d.num_classes)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--fps", type=float, default=d.fps)
+    p.add_argument("--sample-rate", type=int, default=d.sample_rate)
+    p.add_argument("--workers", type=int, default=d.workers)
+    a = p.parse_args(argv)
+    cfg = replace(d, root=a.out_dir, train=a.train, val=a.val, test=a.test, num_classes=a.classes,
+                  seed=a.seed, width=a.width, height=a.height, fps=a.fps,
+                  sample_rate=a.sample_rate, workers=a.workers)
+    t0 = time.time()
+    root = generate(cfg)
+    print(f"wrote {a.train + a.val + a.test} videos, {a.classes} classes to {root} "
+          f"in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

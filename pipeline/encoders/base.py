@@ -1,0 +1,108 @@
+"""Encoder interface shared by the visual and audio backbones, and the encoder registry."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from pipeline.encoders.spec import ModelSpec
+from pipeline.encoders.weights import ResolvedWeights
+
+NUM_SEGMENTS = 10  # AVE: ten 1-second segments per clip
+
+
+class Encoder(nn.Module):
+    """A frozen-by-default feature extractor.
+
+    * ``forward(x)``: model input -> per-item features (visual: ``(B, C, h, w)`` map of a
+      preprocessed frame batch; audio: ``(B, D)`` embedding of a batch of 1-second waveforms).
+    * ``prepare(raw)``: raw decoded data -> model input (on the same device, no Python loop).
+    * ``encode_segments(raw)``: ``(B, T, ...)`` decoded clips -> ``(B, T, ...)`` stored features.
+    * ``export_state_dict()``: the weights in the native checkpoint format the resolver reads
+      (so a fine-tuned encoder saved with it is loadable with ``weights: <path>``).
+    """
+
+    modality: str = ""
+
+    def __init__(self, name: str, spec: ModelSpec, weights: ResolvedWeights):
+        super().__init__()
+        self.name = name
+        self.spec = spec
+        self.weights = weights
+
+    def prepare(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_segments(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def feature_shape(self) -> tuple[int, ...]:
+        """Per-segment stored shape: ``(h, w, C)`` visual, ``(D,)`` audio."""
+        raise NotImplementedError
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        """Provenance written into feature files."""
+        return {
+            "encoder": self.spec.encoder,
+            "weights": self.weights.describe(),
+            "weights_sha256": self.weights.sha256,
+            "weights_seed": -1 if self.weights.seed is None else self.weights.seed,
+            "weights_file": str(self.weights.path) if self.weights.path else "",
+        }
+
+
+Factory = Callable[..., Encoder]  # factory(spec, allow_download=, image_size=) -> Encoder
+_ENCODERS: dict[str, Factory] = {}
+PREFIX = "/"  # names registered ending with "/" are families: "timm/" serves "timm/<model>"
+
+
+def register_encoder(name: str) -> Callable[[Factory], Factory]:
+    """Register ``factory(spec, allow_download=True, image_size=None) -> Encoder`` under ``name``
+    (audio factories ignore ``image_size``)."""
+    def deco(fn: Factory) -> Factory:
+        if name in _ENCODERS:
+            raise ValueError(f"encoder {name!r} registered twice")
+        _ENCODERS[name] = fn
+        return fn
+    return deco
+
+
+def encoder_names() -> list[str]:
+    _import_all()
+    return sorted(_ENCODERS)
+
+
+def _import_all() -> None:
+    from pipeline.encoders import cnn14, vggish, visual  # noqa: F401  (fill the registry)
+
+
+def lookup(name: str) -> Factory:
+    _import_all()
+    if name in _ENCODERS:
+        return _ENCODERS[name]
+    family = name.split(PREFIX, 1)[0] + PREFIX if PREFIX in name else None
+    if family in _ENCODERS:
+        return _ENCODERS[family]
+    raise KeyError(f"unknown encoder {name!r}; valid: {', '.join(sorted(_ENCODERS))} "
+                   "(a family like 'timm/' takes a model name after the slash)")
+
+
+def build_encoder(spec: Union[ModelSpec, dict, str], allow_download: bool = True,
+                  image_size: Optional[int] = None) -> Encoder:
+    """Encoder from a model spec (``extract.models.<name>`` entry, a dict of it, or an encoder
+    name meaning ``{encoder: name}`` with pretrained weights), in eval mode.
+
+    ``image_size``: visual frames are squashed to it (None: the weights' input size)."""
+    if isinstance(spec, str):
+        spec = ModelSpec(encoder=spec)
+    elif isinstance(spec, dict):
+        spec = ModelSpec(**spec)
+    elif not dataclasses.is_dataclass(spec):
+        raise TypeError(f"expected a ModelSpec, dict or name, got {type(spec).__name__}")
+    enc = lookup(spec.encoder)(spec, allow_download=allow_download, image_size=image_size)
+    return enc.eval()

@@ -1,0 +1,51 @@
+"""``extract`` section of params.yaml (feature extraction stages ``extract_visual``/``extract_audio``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from pipeline.config import ConfigError, register_section
+from pipeline.encoders.spec import ModelSpec
+
+
+def _default_models() -> dict[str, ModelSpec]:
+    return {
+        "vgg19": ModelSpec("vgg19"),
+        "resnet50": ModelSpec("resnet50"),
+        "vggish": ModelSpec("vggish"),
+        "cnn14": ModelSpec("cnn14"),
+    }
+
+
+@register_section("extract")
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How features are extracted; ``models`` names what (one ``<paths.features>/<name>.h5`` each)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available (and says so)
+    frames_per_segment: int = 16  # frames sampled per 1-second segment, averaged (AVE: 16)
+    sampling: Literal["timestamp", "ave_reference"] = "timestamp"  # frame rule, see pipeline.media
+    image_size: Optional[int] = None  # frames squashed to this square size; null: the weights' (224)
+    dtype: Literal["float16", "float32"] = "float16"  # stored feature dtype
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # autocast; auto: bf16 on cuda, none on cpu
+    channels_last: bool = True  # NHWC memory format for the visual backbones
+    batch_videos: int = 4  # videos per model batch (x 10 segments x frames_per_segment frames)
+    workers: int = 2  # decode worker processes (per rank)
+    decode_timeout_s: float = 120.0  # a video taking longer to decode is marked invalid
+    queue_batches: int = 4  # decoded batches buffered ahead of the model (bounded queue)
+    shard_videos: int = 64  # videos per atomically committed shard (resume granularity)
+    download: bool = True  # fetch missing pretrained files from their public location
+    models: dict[str, ModelSpec] = field(default_factory=_default_models)
+
+    def validate(self, key: str = "extract") -> None:
+        positive = {"frames_per_segment": self.frames_per_segment, "batch_videos": self.batch_videos,
+                    "shard_videos": self.shard_videos, "queue_batches": self.queue_batches}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key}.{name}: must be >= 1, got {value}")
+        if self.workers < 0:
+            raise ConfigError(f"{key}.workers: must be >= 0, got {self.workers}")
+        if self.image_size is not None and self.image_size < 32:
+            raise ConfigError(f"{key}.image_size: must be >= 32 or null, got {self.image_size}")
+        if self.decode_timeout_s <= 0:
+            raise ConfigError(f"{key}.decode_timeout_s: must be > 0, got {self.decode_timeout_s}")

@@ -1,0 +1,502 @@
+"""Extraction engine: manifest rows -> one feature store file per model.
+
+Data path: decoding runs in :class:`pipeline.media.DecodePool` worker processes (frames are
+resized inside the decoder); a producer thread stacks decoded videos into batches across
+videos (pinned memory on CUDA) and hands them over a bounded queue; the main thread moves a
+batch to the device and runs ``encoder.encode_segments`` under ``torch.inference_mode`` and
+autocast, channels_last. There is no per-frame Python loop.
+
+Resumability: the unique videos to extract (a video with two annotation lines is decoded
+once and written to both rows) are cut into shards of ``shard_videos``; each finished shard
+is committed atomically to ``<out>.partial/shard_XXXXX.h5`` (temporary file + rename) under a
+fingerprint of everything that determines its content. A rerun skips committed shards with
+the same fingerprint; when all shards exist they are merged into ``<out>`` (again through a
+rename) and the partial directory is removed. Batches never span shards, so an interrupted
+and resumed run computes exactly the batches an uninterrupted run does and writes a
+byte-identical file.
+
+Distributed (``torchrun``): shard ``k`` belongs to rank ``k % world_size``; ranks write their
+shards into the same partial directory (a shared filesystem across nodes), meet at a barrier,
+and rank 0 merges. The merged file does not depend on the number of ranks.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import h5py
+import numpy as np
+import torch
+
+from pipeline.config import to_dict
+from pipeline.encoders.audio import AudioEncoder
+from pipeline.encoders.base import Encoder, build_encoder
+from pipeline.encoders.spec import ModelSpec
+from pipeline.features.config import ExtractConfig
+from pipeline.features.store import StoreWriter
+
+NUM_SEGMENTS = 10
+BAD_STATUS = ("missing", "corrupt", "no_video", "unusable", "too_short")  # manifest: never decoded
+CODE_DIRS = ("pipeline/encoders", "pipeline/features", "pipeline/media")  # hashed into code_version
+DIST_TIMEOUT_S = 6 * 3600  # ranks wait this long for each other at the merge barrier
+
+
+# ------------------------------------------------------------------------------------------
+# Device, precision, provenance
+# ------------------------------------------------------------------------------------------
+def pick_device(requested: str, local_rank: int = 0, log: Callable[[str], None] = print) -> torch.device:
+    """``auto`` -> cuda when available (logged), else cpu (logged); ``cuda`` without CUDA raises."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("extract.device is 'cuda' but CUDA is not available "
+                               "(set extract.device: cpu or auto)")
+        return torch.device("cuda", local_rank)
+    if torch.cuda.is_available():
+        dev = torch.device("cuda", local_rank)
+        log(f"extract: device auto -> {dev} ({torch.cuda.get_device_name(dev)})")
+        return dev
+    log("extract: device auto -> cpu (CUDA not available)")
+    return torch.device("cpu")
+
+
+def pick_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype: ``auto`` is bf16 on CUDA and off on CPU."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+@functools.lru_cache(maxsize=1)
+def code_version(root: Optional[str] = None) -> str:
+    """sha256 (12 hex) over the source of the encoders, the engine and the decoders."""
+    base = Path(root) if root else Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for p in sorted((base / d).rglob("*.py")):
+            h.update(str(p.relative_to(base)).encode())
+            h.update(p.read_bytes())
+    return "src-" + h.hexdigest()[:12]
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# Work list
+# ------------------------------------------------------------------------------------------
+@dataclass
+class WorkList:
+    """Rows of the output file and the unique videos that fill them."""
+
+    num_rows: int
+    videos: list[str]  # unique video paths, first-appearance order
+    rows_of: dict[str, list[int]]  # video path -> output rows
+    skipped: dict[int, str] = field(default_factory=dict)  # row -> reason (never decoded)
+    flags: dict[int, str] = field(default_factory=dict)  # row -> manifest flags
+
+
+def usable(row: dict, modality: str) -> Optional[str]:
+    """None when the row should be decoded for ``modality``, else the reason it is not."""
+    status = str(row.get("status", "ok"))
+    flags = str(row.get("flags") or "")
+    if status in BAD_STATUS or "too_short" in flags.split(";"):
+        msg = row.get("message") or ""
+        return f"{status}{': ' + msg if msg else ''}"
+    if modality == "audio" and (status == "no_audio" or row.get("has_audio") is False):
+        return "no_audio: no audio stream"
+    if not row.get("path"):
+        return "no path"
+    return None
+
+
+def plan(rows: Iterable[dict], modality: str, num_rows: Optional[int] = None) -> WorkList:
+    """Group manifest rows (``index``, ``path``, ``status``, ...) into unique videos."""
+    rows = sorted(rows, key=lambda r: int(r["index"]))
+    n = num_rows if num_rows is not None else (int(rows[-1]["index"]) + 1 if rows else 0)
+    work = WorkList(n, [], {})
+    seen = set()
+    for r in rows:
+        i = int(r["index"])
+        if r.get("flags"):
+            work.flags[i] = str(r["flags"])
+        reason = usable(r, modality)
+        if reason is not None:
+            work.skipped[i] = reason
+            continue
+        path = str(r["path"])
+        if path not in seen:
+            seen.add(path)
+            work.videos.append(path)
+            work.rows_of[path] = []
+        work.rows_of[path].append(i)
+    covered = {i for rs in work.rows_of.values() for i in rs} | set(work.skipped)
+    for i in range(n):
+        if i not in covered:
+            work.skipped[i] = "not in manifest"
+    return work
+
+
+# ------------------------------------------------------------------------------------------
+# Decoding (runs in worker processes: module-level, picklable)
+# ------------------------------------------------------------------------------------------
+def decode_frames(path: str, frames_per_segment: int, rule: str, size: tuple[int, int]):
+    from pipeline.media import decode_video
+    return decode_video(path, frames_per_segment, rule, size=size)
+
+
+def decode_wave(path: str, sample_rate: int):
+    from pipeline.media import decode_audio
+    return decode_audio(path, sample_rate)
+
+
+def decoder_for(encoder: Encoder, cfg: ExtractConfig) -> Callable[[str], Any]:
+    if isinstance(encoder, AudioEncoder):
+        return functools.partial(decode_wave, sample_rate=encoder.sample_rate)
+    return functools.partial(decode_frames, frames_per_segment=cfg.frames_per_segment,
+                             rule=cfg.sampling, size=tuple(encoder.prep.size))
+
+
+def _decoded_stream(fn: Callable[[str], Any], items: list[str], workers: int,
+                    timeout_s: float) -> Iterator[tuple[str, Any]]:
+    """(path, Decoded | DecodeFailure) in input order; workers=0 decodes in this thread."""
+    from pipeline.media import DecodeFailure, DecodePool
+
+    if workers == 0:
+        for item in items:
+            try:
+                yield item, fn(item)
+            except DecodeFailure as e:
+                yield item, e
+            except Exception as e:  # same contract as the pool: the item fails, with its reason
+                yield item, DecodeFailure(item, "error", f"{type(e).__name__}: {e}")
+        return
+    with DecodePool(fn, workers=workers, timeout_s=timeout_s) as pool:
+        yield from pool.imap(items)
+
+
+@dataclass
+class Batch:
+    shard: int
+    positions: list[int]  # positions (within the shard) of the videos in ``data``
+    data: Optional[torch.Tensor]  # (b, T, ...) stacked decoded clips, or None
+    extras: list[Any]  # per video: timestamps or None
+    flags: list[tuple[str, ...]]
+    failures: dict[int, str]  # shard position -> reason
+    last: bool  # last batch of its shard
+
+
+def _failure_reason(result: Any, modality: str) -> Optional[str]:
+    from pipeline.media import DecodeFailure
+
+    if isinstance(result, DecodeFailure):
+        return f"{result.status}: {result.kind}: {result.message}"
+    if modality == "audio" and "no_audio" in result.flags:
+        return "no_audio: no audio stream"
+    return None
+
+
+def produce_batches(stream: Iterator[tuple[str, Any]], shards: list[tuple[int, list[str]]],
+                    batch_videos: int, modality: str, pin: bool) -> Iterator[Batch]:
+    """Stack decoded clips into batches; batches never span shards (deterministic batching)."""
+    for shard_id, videos in shards:
+        pending: list[tuple[int, Any]] = []
+        failures: dict[int, str] = {}
+        for pos, path in enumerate(videos):
+            item, result = next(stream)
+            assert item == path, (item, path)
+            reason = _failure_reason(result, modality)
+            if reason is not None:
+                failures[pos] = reason
+            else:
+                pending.append((pos, result))
+            end = pos == len(videos) - 1
+            if len(pending) == batch_videos or end:
+                data = None
+                if pending:
+                    data = torch.from_numpy(np.stack([r.data for _, r in pending]))
+                    if pin:
+                        data = data.pin_memory()
+                yield Batch(shard_id, [p for p, _ in pending], data,
+                            [getattr(r, "timestamps", None) for _, r in pending],
+                            [tuple(r.flags) for _, r in pending], failures, end)
+                pending, failures = [], {}
+
+
+def _threaded(gen: Iterator[Batch], maxsize: int) -> Iterator[Batch]:
+    """Run ``gen`` in a daemon thread behind a bounded queue (re-raises its exceptions)."""
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(e)
+            return
+        finally:
+            if stop.is_set():
+                gen.close()
+        q.put(done)
+
+    t = threading.Thread(target=run, name="extract-batches", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock the producer and let it close the decode pool
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        t.join()
+
+
+# ------------------------------------------------------------------------------------------
+# Shards
+# ------------------------------------------------------------------------------------------
+def _shard_path(partial: Path, k: int) -> Path:
+    return partial / f"shard_{k:05d}.h5"
+
+
+def _read_shard_fingerprint(path: Path) -> Optional[str]:
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs["fingerprint"])
+    except Exception:  # unreadable / foreign file: treated as absent and recomputed
+        return None
+
+
+def _write_shard(path: Path, fingerprint: str, videos: list[str], data: np.ndarray,
+                 ok: np.ndarray, messages: dict[int, str], flags: dict[int, str],
+                 timestamps: Optional[np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("data", data=data)
+        f.create_dataset("ok", data=ok)
+        if timestamps is not None:
+            f.create_dataset("timestamps", data=timestamps)
+        f.attrs["fingerprint"] = fingerprint
+        f.attrs["videos_json"] = json.dumps(videos)
+        f.attrs["messages_json"] = json.dumps({str(k): v for k, v in messages.items()})
+        f.attrs["flags_json"] = json.dumps({str(k): v for k, v in flags.items()})
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------
+# The engine
+# ------------------------------------------------------------------------------------------
+@dataclass
+class ExtractResult:
+    path: Optional[Path]  # the merged file (rank 0), None on other ranks
+    videos: int  # unique videos planned
+    computed: int  # videos computed in this call (this rank)
+    resumed: int  # videos whose shards were already committed
+    invalid: int  # rows marked invalid in the output
+    seconds: float
+
+
+def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, cfg: ExtractConfig, *,
+            num_rows: Optional[int] = None, encoder: Optional[Encoder] = None,
+            device: Optional[torch.device] = None, rank: int = 0, world_size: int = 1,
+            progress: bool = True, on_shard: Optional[Callable[[int], None]] = None,
+            log: Callable[[str], None] = print) -> ExtractResult:
+    """Extract ``name`` (model ``spec``) for manifest ``rows`` into ``out_path``.
+
+    ``encoder``: a ready encoder (e.g. fine-tuned in memory) instead of building one from
+    ``spec``. ``on_shard(k)`` is called after shard ``k`` is committed (tests use it to
+    simulate a kill). Returns an :class:`ExtractResult`.
+    """
+    t0 = time.monotonic()
+    out_path = Path(out_path)
+    device = device or pick_device(cfg.device, log=log)
+    amp = pick_amp(cfg.amp, device)
+    if encoder is None:
+        encoder = build_encoder(spec, allow_download=cfg.download, image_size=cfg.image_size)
+    encoder = encoder.eval().to(device)
+    visual = encoder.modality == "visual"
+    if visual:
+        encoder.channels_last = cfg.channels_last
+        if cfg.channels_last:
+            encoder = encoder.to(memory_format=torch.channels_last)
+
+    work = plan(rows, encoder.modality, num_rows)
+    meta = _metadata(name, spec, encoder, cfg, amp, device)
+    fingerprint = _sha({k: v for k, v in meta.items() if k != "created_by"} | {"batch_videos": cfg.batch_videos})
+    shards = [work.videos[i:i + cfg.shard_videos] for i in range(0, len(work.videos), cfg.shard_videos)]
+    shard_fp = [_sha([fingerprint, s]) for s in shards]
+    partial = out_path.with_name(out_path.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+
+    mine = [k for k in range(len(shards)) if k % world_size == rank]
+    todo = [k for k in mine if _read_shard_fingerprint(_shard_path(partial, k)) != shard_fp[k]]
+    resumed = sum(len(shards[k]) for k in mine if k not in todo)
+    if resumed:
+        log(f"extract[{name}]: resuming, {len(mine) - len(todo)}/{len(mine)} shards "
+            f"({resumed} videos) already committed in {partial}")
+    log(f"extract[{name}]: {len(work.videos)} videos -> {work.num_rows} rows, {len(shards)} shards; "
+        f"device={device} amp={amp} batch={cfg.batch_videos} videos, workers={cfg.workers}"
+        + (f", rank {rank}/{world_size}" if world_size > 1 else ""))
+
+    computed = _run_shards(encoder, cfg, work, shards, todo, shard_fp, partial, device, amp,
+                           progress and rank == 0, resumed, sum(len(shards[k]) for k in mine), on_shard, name)
+
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    result_path = None
+    if rank == 0:
+        result_path, invalid = _merge(out_path, partial, work, shards, shard_fp, encoder, cfg, meta)
+        shutil.rmtree(partial, ignore_errors=True)
+        log(f"extract[{name}]: wrote {out_path} ({work.num_rows} rows, {invalid} invalid) "
+            f"in {time.monotonic() - t0:.1f} s")
+    else:
+        invalid = -1
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    return ExtractResult(result_path, len(work.videos), computed, resumed, invalid, time.monotonic() - t0)
+
+
+def _metadata(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig,
+              amp: Optional[torch.dtype], device: torch.device) -> dict[str, Any]:
+    visual = encoder.modality == "visual"
+    enc_meta = encoder.metadata()
+    meta = {
+        "model": name,
+        "kind": encoder.modality,
+        "frames_per_segment": cfg.frames_per_segment if visual else 0,
+        "sampling": cfg.sampling if visual else "1 s segments [s, s+1) of the mono track",
+        "image_size": enc_meta.get("image_size", 0),
+        "sample_rate": enc_meta.get("sample_rate", 0),
+        "num_segments": NUM_SEGMENTS,
+        "segment_seconds": 1.0,
+        "dtype": cfg.dtype,
+        "amp": str(amp).replace("torch.", "") if amp else "none",
+        "device_type": device.type,
+        "code_version": code_version(),
+        "created_by": f"pipeline.features.engine.extract ({torch.__version__})",
+        "model_spec": to_dict(spec),
+        **enc_meta,
+    }
+    return meta
+
+
+def _run_shards(encoder: Encoder, cfg: ExtractConfig, work: WorkList, shards: list[list[str]],
+                todo: list[int], shard_fp: list[str], partial: Path, device: torch.device,
+                amp: Optional[torch.dtype], progress: bool, initial: int, total: int,
+                on_shard: Optional[Callable[[int], None]], name: str) -> int:
+    from tqdm import tqdm
+
+    if not todo:
+        return 0
+    feat_shape = encoder.feature_shape()
+    store_dtype = np.dtype(cfg.dtype)
+    items = [v for k in todo for v in shards[k]]
+    stream = _decoded_stream(decoder_for(encoder, cfg), items, cfg.workers, cfg.decode_timeout_s)
+    batches = produce_batches(stream, [(k, shards[k]) for k in todo], cfg.batch_videos,
+                              encoder.modality, pin=device.type == "cuda")
+    bar = tqdm(total=total, initial=initial, unit="video", desc=f"extract {name}", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    computed = 0
+    buf: dict[str, Any] = {}
+    autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+    try:
+        for b in _threaded(batches, cfg.queue_batches):
+            if not buf:
+                n = len(shards[b.shard])
+                buf = {"data": np.zeros((n, NUM_SEGMENTS, *feat_shape), store_dtype),
+                       "ok": np.zeros(n, bool), "messages": {}, "flags": {},
+                       "timestamps": np.zeros((n, NUM_SEGMENTS, cfg.frames_per_segment), np.float32)
+                       if encoder.modality == "visual" else None}
+            buf["messages"].update(b.failures)
+            if b.data is not None:
+                with torch.inference_mode(), autocast:
+                    out = encoder.encode_segments(b.data.to(device, non_blocking=True))
+                out = out.float().cpu().numpy()
+                pos = np.asarray(b.positions)
+                buf["data"][pos] = out.astype(store_dtype)
+                buf["ok"][pos] = np.isfinite(buf["data"][pos]).reshape(len(pos), -1).all(axis=1)
+                for p, ok in zip(b.positions, buf["ok"][pos]):
+                    if not ok:
+                        buf["messages"][p] = f"non-finite features in {cfg.dtype}"
+                for p, ts, fl in zip(b.positions, b.extras, b.flags):
+                    if ts is not None and buf["timestamps"] is not None:
+                        buf["timestamps"][p] = ts
+                    if fl:
+                        buf["flags"][p] = ";".join(fl)
+            done = len(b.positions) + len(b.failures)
+            computed += done
+            bar.update(done)
+            if b.last:
+                _write_shard(_shard_path(partial, b.shard), shard_fp[b.shard], shards[b.shard],
+                             buf["data"], buf["ok"], buf["messages"], buf["flags"], buf["timestamps"])
+                buf = {}
+                if on_shard is not None:
+                    on_shard(b.shard)
+    finally:
+        bar.close()
+    return computed
+
+
+def _merge(out_path: Path, partial: Path, work: WorkList, shards: list[list[str]], shard_fp: list[str],
+           encoder: Encoder, cfg: ExtractConfig, meta: dict[str, Any]) -> tuple[Path, int]:
+    """Committed shards -> the store file at ``out_path`` (rename into place)."""
+    problems = {str(i): r for i, r in work.skipped.items()}
+    row_flags = {str(i): f for i, f in work.flags.items()}
+    visual = encoder.modality == "visual"
+    with StoreWriter(out_path, work.num_rows, encoder.feature_shape(), cfg.dtype, meta,
+                     extras={"timestamps": ((NUM_SEGMENTS, cfg.frames_per_segment), "float32")} if visual else None) as w:
+        for k, videos in enumerate(shards):
+            path = _shard_path(partial, k)
+            if _read_shard_fingerprint(path) != shard_fp[k]:
+                raise RuntimeError(f"{path}: shard missing or from another run; rerun to complete it")
+            with h5py.File(path, "r") as f:
+                data, ok = f["data"][()], f["ok"][()]
+                ts = f["timestamps"][()] if "timestamps" in f else None
+                messages = json.loads(f.attrs["messages_json"])
+                flags = json.loads(f.attrs["flags_json"])
+            rows, src = [], []
+            for pos, video in enumerate(videos):
+                for r in work.rows_of[video]:
+                    rows.append(r)
+                    src.append(pos)
+                    if str(pos) in messages:
+                        problems[str(r)] = messages[str(pos)]
+                    if str(pos) in flags:
+                        row_flags[str(r)] = ";".join(dict.fromkeys(
+                            (row_flags.get(str(r), "") + ";" + flags[str(pos)]).strip(";").split(";")))
+            src = np.asarray(src, dtype=np.int64)
+            w.write(np.asarray(rows, dtype=np.int64), data[src], ok[src],
+                    extras={"timestamps": ts[src]} if ts is not None else None)
+        w.set_meta({"problems_json": dict(sorted(problems.items(), key=lambda kv: int(kv[0]))),
+                    "row_flags_json": dict(sorted(row_flags.items(), key=lambda kv: int(kv[0])))})
+        invalid = int((~w.valid_mask).sum())
+    return out_path, invalid

@@ -1,0 +1,77 @@
+"""``finetune:`` section of params.yaml: CACE contrastive encoder fine-tuning (paper Sec. 3.4).
+
+Values below are the full-scale defaults; params.yaml holds the demo profile. The paper gives
+the method (ResNet-50 + Cnn14, clip-averaged features, InfoNCE Eq. 9) but none of the
+fine-tuning hyperparameters; where a default comes from the authors' released script
+(AVELCLIP/main.py, clip/model.py) the comment says "released".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import ConfigError, register_section
+
+
+@register_section("finetune")
+@dataclass(frozen=True)
+class FinetuneConfig:
+    # --- encoders (built by pipeline.encoders; weights through its one resolver) ---
+    visual: str = "resnet50"  # visual encoder name (paper: ResNet-50; released: vgg19_bn)
+    audio: str = "cnn14"  # audio encoder name (paper: Cnn14; released: fixed VGGish features)
+    visual_weights: str = "pretrained"  # pretrained | random | <path to a state_dict>
+    audio_weights: str = "pretrained"  # pretrained | random | <path>
+    download: bool = False  # pretrained weights missing from the library caches: download (true) or error
+    visual_trainable: list[str] = field(default_factory=lambda: ["all"])  # module-name prefixes that train; ["all"] | [] (frozen)
+    audio_trainable: list[str] = field(default_factory=lambda: ["all"])  # same for the audio encoder ([] = released setting)
+    bn: Literal["train", "frozen"] = "train"  # train: BN of trainable modules uses batch stats; frozen: every BN in eval mode
+    # --- clips (decoded by pipeline.media, as extraction decodes them) ---
+    image_size: int = 224  # frames resized to image_size x image_size (paper/released: 224)
+    frames_per_segment: int = 1  # frames decoded per 1-s segment (released: 1)
+    sampling: Literal["timestamp", "ave_reference"] = "timestamp"  # frame sampling rule (pipeline.media)
+    segments_per_clip: int = 10  # evenly spaced 1-s segments used per clip (frames + their audio); 10 = whole clip
+    train_splits: list[str] = field(default_factory=lambda: ["train"])  # released also trains on val; we hold val out
+    eval_split: str = "val"  # held-out split for the retrieval metric
+    # --- contrastive objective (Eq. 9, symmetric) ---
+    proj_dim: int = 128  # projection head output (released: Linear(bias=False) -> 128, L2-normalised)
+    temperature: float = 0.2  # tau in Eq. 9 (released default 0.2; fixed, not learned)
+    # --- optimisation ---
+    batch_size: int = 256  # GLOBAL batch (videos) over all ranks; negatives = the rest of it (released: 256)
+    micro_batch: int = 0  # videos per encoder forward on one rank; 0 = whole local batch; smaller = exact gradient caching
+    epochs: int = 50  # released: 50
+    optimizer: Literal["adamw", "sgd"] = "sgd"  # released: SGD, momentum 0.9
+    lr_encoder: float = 1e-4  # learning rate of the trainable encoder layers
+    lr_head: float = 1e-3  # learning rate of the projection heads (released: 1e-3 for everything)
+    momentum: float = 0.9  # SGD momentum (ignored by adamw)
+    weight_decay: float = 1e-4  # released: 1e-4
+    lr_milestones: list[int] = field(default_factory=lambda: [15, 30])  # epochs where lr *= lr_gamma (released)
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype (fp16 adds a GradScaler)
+    # --- run ---
+    device: Literal["cpu", "cuda"] = "cpu"  # cuda -> NCCL, cpu -> gloo; no silent fallback
+    nproc: int = 1  # processes per node (dvc.yaml launches torchrun with this many)
+    workers: int = 2  # decode worker processes (pipeline.media.DecodePool)
+    decode_timeout_s: float = 120.0  # per-video decode timeout
+    eval_batch: int = 0  # retrieval candidates per group on eval_split; 0 = the whole split at once
+    seed: int = 0
+    resume: bool = True  # continue from the last epoch checkpoint when its config matches
+
+    def validate(self, key: str = "finetune") -> None:
+        positive = ("image_size", "frames_per_segment", "segments_per_clip", "proj_dim",
+                    "batch_size", "epochs", "nproc")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.segments_per_clip > 10:
+            raise ConfigError(f"{key}.segments_per_clip: AVE clips have 10 segments, got {self.segments_per_clip}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{key}.temperature: must be > 0, got {self.temperature}")
+        if self.batch_size % self.nproc:
+            raise ConfigError(f"{key}.batch_size: {self.batch_size} is not divisible by nproc={self.nproc}")
+        if self.micro_batch < 0 or self.eval_batch < 0 or self.workers < 0:
+            raise ConfigError(f"{key}: micro_batch, eval_batch and workers must be >= 0")
+        for name in ("visual_trainable", "audio_trainable"):
+            prefixes = getattr(self, name)
+            if "all" in prefixes and len(prefixes) > 1:
+                raise ConfigError(f"{key}.{name}: 'all' cannot be combined with other prefixes: {prefixes}")

@@ -1,0 +1,319 @@
+"""The fine-tuning loop: DDP, global-batch sampler, exact gradient caching, checkpoints, DVCLive.
+
+Launch with ``torchrun --nproc_per_node N`` (or plain ``python`` for one process): every rank
+holds its shard of each global batch, embeddings are gathered over ranks with gradients and the
+InfoNCE loss is the loss of the whole global batch (negatives = every other video of it).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pipeline.config import to_dict
+from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.data import ClipBank
+from pipeline.finetune.loss import gather_global, grouped_infonce, retrieval_top1, symmetric_infonce
+from pipeline.finetune.model import AVContrastive, bn_stats_frozen, set_bn_mode
+
+CHECKPOINT = "last.pt"  # file name in the checkpoint directory
+# config keys that may change between a checkpoint and its resumption
+RESUMABLE_CHANGES = {"epochs", "resume", "workers", "decode_timeout_s", "nproc"}
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed(device: str) -> Dist:
+    """Rank/world from torchrun's environment (one process if absent); NCCL on CUDA, gloo on
+    CPU. ``device: cuda`` without a GPU is an error, never a silent move to CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("finetune.device is 'cuda' but no GPU is visible; set finetune.device: cpu")
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, dev)
+
+
+class GlobalBatchSampler:
+    """Shards videos over ranks by global batch: each epoch one permutation (seed + epoch) of
+    all N videos is cut into global batches of ``global_batch`` (tail dropped); rank r gets the
+    r-th contiguous slice of each, so the gathered batch (rank order) is the global batch
+    itself, whatever the number of ranks."""
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int):
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} not divisible by world size {world}")
+        if n < global_batch:
+            raise ValueError(f"{n} videos < global batch {global_batch}: lower finetune.batch_size")
+        self.n, self.global_batch, self.rank, self.world, self.seed = n, global_batch, rank, world, seed
+        self.local = global_batch // world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        for s in range(len(self)):
+            batch = perm[s * self.global_batch:(s + 1) * self.global_batch]
+            yield batch[self.rank * self.local:(self.rank + 1) * self.local].tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# One optimisation step
+# --------------------------------------------------------------------------------------------
+def _rng_state(device: torch.device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def autocast(cfg: FinetuneConfig, device: torch.device):
+    if cfg.amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+
+
+def train_step(model: nn.Module, core: AVContrastive, frames: torch.Tensor, audio: torch.Tensor,
+               cfg: FinetuneConfig, scaler: Optional[torch.amp.GradScaler]) -> float:
+    """Forward + backward of one global batch (gradients left in ``.grad``); returns the loss.
+
+    ``micro_batch`` < local batch: exact gradient caching (Gao et al. 2021, "GradCache"):
+    (1) embed every micro-batch without a graph, (2) loss on the gathered global batch and its
+    gradient w.r.t. the embeddings only, (3) re-embed each micro-batch with a graph (same RNG
+    state, BatchNorm statistics untouched in pass 1) and backpropagate the cached embedding
+    gradients. Peak activation memory is one micro-batch; the gradient equals the full-batch one
+    (BatchNorm in batch-statistics mode excepted: its statistics are per micro-batch, as in any
+    accumulation scheme, and per rank under DDP).
+    """
+    scale = (lambda t: scaler.scale(t)) if scaler is not None else (lambda t: t)
+    b = frames.shape[0]
+    micro = cfg.micro_batch or b
+    if micro >= b:
+        with autocast(cfg, frames.device):
+            v, a = model(frames, audio)
+        loss = symmetric_infonce(gather_global(v), gather_global(a), cfg.temperature)
+        scale(loss).backward()
+        return float(loss.detach())
+
+    chunks = [(lo, min(lo + micro, b)) for lo in range(0, b, micro)]
+    states, vs, as_ = [], [], []
+    with torch.no_grad(), bn_stats_frozen(core):
+        for lo, hi in chunks:
+            states.append(_rng_state(frames.device))
+            with autocast(cfg, frames.device):
+                v, a = model(frames[lo:hi], audio[lo:hi])
+            vs.append(v.float())
+            as_.append(a.float())
+    v = torch.cat(vs).requires_grad_()
+    a = torch.cat(as_).requires_grad_()
+    loss = symmetric_infonce(gather_global(v), gather_global(a), cfg.temperature)
+    scale(loss).backward()
+    for k, (lo, hi) in enumerate(chunks):
+        _set_rng_state(frames.device, states[k])
+        sync = isinstance(model, DDP) and k < len(chunks) - 1
+        with model.no_sync() if sync else contextlib.nullcontext():
+            with autocast(cfg, frames.device):
+                vc, ac = model(frames[lo:hi], audio[lo:hi])
+            surrogate = (vc.float() * v.grad[lo:hi]).sum() + (ac.float() * a.grad[lo:hi]).sum()
+            surrogate.backward()
+    return float(loss.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def embed_all(core: AVContrastive, bank: ClipBank, batch: int, cfg: FinetuneConfig,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    was = core.training
+    core.eval()
+    vs, as_ = [], []
+    for lo in range(0, len(bank), batch):
+        frames, audio = bank.batch(list(range(lo, min(lo + batch, len(bank)))), device)
+        with autocast(cfg, device):
+            v, a = core(frames, audio)
+        vs.append(v.float().cpu())
+        as_.append(a.float().cpu())
+    core.train(was)
+    return torch.cat(vs), torch.cat(as_)
+
+
+def evaluate(core: AVContrastive, bank: ClipBank, cfg: FinetuneConfig, device: torch.device) -> dict:
+    """Held-out retrieval top-1 (audio -> visual) and InfoNCE, groups of ``eval_batch`` videos."""
+    v, a = embed_all(core, bank, cfg.micro_batch or cfg.batch_size, cfg, device)
+    return {"retrieval_top1": retrieval_top1(a, v, cfg.eval_batch),
+            "loss": grouped_infonce(v, a, cfg.temperature, cfg.eval_batch)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """GPU: torch.cuda.max_memory_allocated; CPU: peak resident set size of this process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser, checkpoints
+# --------------------------------------------------------------------------------------------
+def build_optimizer(core: AVContrastive, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    enc = [p for m in (core.visual, core.audio) for p in m.parameters() if p.requires_grad]
+    head = [p for m in (core.proj_visual, core.proj_audio) for p in m.parameters()]
+    groups = [{"params": head, "lr": cfg.lr_head, "base_lr": cfg.lr_head}]
+    if enc:
+        groups.append({"params": enc, "lr": cfg.lr_encoder, "base_lr": cfg.lr_encoder})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr_head, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr_head, weight_decay=cfg.weight_decay)
+
+
+def set_lr(opt: torch.optim.Optimizer, cfg: FinetuneConfig, epoch: int) -> None:
+    factor = cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_milestones)
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * factor
+
+
+def save_checkpoint(path: Path, core: AVContrastive, opt, scaler, epoch: int, cfg: FinetuneConfig,
+                    history: dict) -> None:
+    """Dict of state_dicts + resolved config + completed epochs + history; atomic replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch, "config": to_dict(cfg), "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, cfg: FinetuneConfig, log: Callable[[str], None]) -> Optional[dict]:
+    """The checkpoint at ``path`` if resuming applies: ``resume`` on, file present, and its
+    config equal to ``cfg`` except :data:`RESUMABLE_CHANGES` (a mismatch is reported)."""
+    if not cfg.resume or not path.exists():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    old, new = ckpt["config"], to_dict(cfg)
+    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+        log(f"finetune: checkpoint {path} was made with other values of {', '.join(diff)}; starting afresh")
+        return None
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneConfig, env: Dist,
+        checkpoint_dir: Path, live=None, log: Callable[[str], None] = print,
+        stop_after: Optional[int] = None) -> dict:
+    """Train ``core`` for ``cfg.epochs`` epochs (resuming from ``checkpoint_dir`` if it applies).
+
+    ``live``: a dvclive ``Live`` on rank 0 (None elsewhere / in tests). ``stop_after``: return
+    after this many epochs of this call (tests of resumption). Returns the history dict:
+    ``train_loss`` per epoch, ``eval`` per epoch, ``before`` (eval of the starting weights).
+    """
+    t0 = time.time()
+    core.to(env.device)
+    opt = build_optimizer(core, cfg)
+    scaler = torch.amp.GradScaler(env.device.type) if cfg.amp == "fp16" else None
+    history = {"train_loss": [], "eval": [], "before": None}
+    start = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path, cfg, log)
+    if ckpt is not None:
+        core.load_state_dict(ckpt["model"], strict=True)
+        opt.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        start, history = ckpt["epoch"], ckpt["history"]
+        log(f"finetune: resumed from {ckpt_path} after epoch {start}")
+    model = DDP(core, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
+        if env.world > 1 else core
+
+    if history["before"] is None:
+        history["before"] = evaluate(core, held_out, cfg, env.device) if env.main else None
+        if env.main:
+            log(f"finetune: before  val loss {history['before']['loss']:.4f}  "
+                f"retrieval_top1 {history['before']['retrieval_top1']:.4f}")
+    sampler = GlobalBatchSampler(len(train), cfg.batch_size, env.rank, env.world, cfg.seed)
+    done = 0
+    for epoch in range(start, cfg.epochs):
+        if stop_after is not None and done >= stop_after:
+            break
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + env.rank)  # dropout etc.: resumable
+        sampler.set_epoch(epoch)
+        set_lr(opt, cfg, epoch)
+        core.train()
+        set_bn_mode(core, cfg.bn)
+        losses = []
+        for idx in sampler:
+            frames, audio = train.batch(idx, env.device)
+            opt.zero_grad(set_to_none=True)
+            losses.append(train_step(model, core, frames, audio, cfg, scaler))
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_([p for p in core.parameters() if p.requires_grad], cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+        history["train_loss"].append(sum(losses) / len(losses))  # the global loss: same on every rank
+        ev = evaluate(core, held_out, cfg, env.device) if env.main else None
+        history["eval"].append(ev)
+        if env.main:
+            log(f"finetune: epoch {epoch + 1}/{cfg.epochs}  train loss {history['train_loss'][-1]:.4f}  "
+                f"val loss {ev['loss']:.4f}  retrieval_top1 {ev['retrieval_top1']:.4f}  "
+                f"({time.time() - t0:.0f}s)")
+            if live is not None:
+                live.step = epoch
+                live.log_metric("train/loss", history["train_loss"][-1])
+                live.log_metric("val/loss", ev["loss"])
+                live.log_metric("val/retrieval_top1", ev["retrieval_top1"])
+                live.next_step()
+            save_checkpoint(ckpt_path, core, opt, scaler, epoch + 1, cfg, history)
+        env.barrier()
+        done += 1
+    history["seconds"] = time.time() - t0
+    history["peak_memory_mb"] = peak_memory_mb(env.device)
+    return history

@@ -1,0 +1,51 @@
+"""Checkpoints: plain dicts of state_dicts plus what is needed to rebuild the head.
+
+``best.pt`` (evaluation): ``format, head, setting, hparams, dims, recipe, params, epoch, step,
+val_accuracy, num_parameters, train_seconds, categories, model``.
+``last.pt`` (resume): the same plus ``optimizer, scheduler, rng, best, history, fingerprint``.
+Loading uses ``weights_only=True`` and strict ``load_state_dict``; never ``torch.save(model)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = 1
+
+
+def save(obj: dict[str, Any], path: str | Path) -> None:
+    """Write atomically (an interrupted save never leaves a truncated checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (run the train stage first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a training checkpoint of format {FORMAT}")
+    return ckpt
+
+
+def build_from(ckpt: dict[str, Any], device: str | torch.device = "cpu"):
+    """Rebuild the head of a checkpoint (registry + stored hyperparameters), strict load."""
+    from pipeline.heads import build_head
+    d = ckpt["dims"]
+    head = build_head(ckpt["head"], visual_dim=d["visual_dim"], audio_dim=d["audio_dim"],
+                      num_classes=d["num_classes"], setting=ckpt["setting"], **ckpt["hparams"])
+    head.load_state_dict(ckpt["model"], strict=True)
+    return head.to(device)
+
+
+def load_head(path: str | Path, device: str | torch.device = "cpu"):
+    """``(head, checkpoint)`` from ``best.pt``/``last.pt``; the head is in eval mode."""
+    ckpt = load(path)
+    return build_from(ckpt, device).eval(), ckpt

@@ -1,0 +1,104 @@
+"""params.yaml sections of the training room: ``train``, ``heads``, ``evaluate``, ``report``.
+
+Training-recipe keys left ``null`` take the head's paper default (``TRAIN_DEFAULTS`` in
+``pipeline/heads/<paper>.py``); head hyperparameters are overridden per head under
+``heads.<name>`` and checked against the head's ``DEFAULTS`` when it is built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from pipeline.config import ConfigError, register_section
+
+# Heads whose hyperparameters can be overridden under ``heads:`` (the registry's names).
+HEAD_NAMES = ("avel", "psp", "cmbs", "cace", "m2n", "vscg", "majority", "audio_only", "visual_only")
+
+
+@register_section("train")
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of one head (stages/train.py)."""
+    head: str = "psp"  # registered head name (pipeline.heads.list_heads())
+    setting: Literal["fully", "weak"] = "fully"  # supervision: segment labels | video labels only
+    visual: str = "vgg19"  # visual feature file ${paths.features}/<visual>.h5
+    audio: str = "vggish"  # audio feature file ${paths.features}/<audio>.h5
+    seed: int = 0  # seeds init, shuffling and dropout
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when present, else cpu
+    resume: bool = True  # continue from <models>/last.pt when it was written by this same run
+    # Training recipe: null = the head's paper default for the setting (TRAIN_DEFAULTS).
+    optimizer: Optional[Literal["adam", "sgd"]] = None
+    lr: Optional[float] = None  # initial learning rate
+    weight_decay: Optional[float] = None
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None  # demo profile sets a small number; paper counts stay in heads
+    lr_step: Optional[int] = None  # epochs between StepLR decays (0 = constant)
+    lr_gamma: Optional[float] = None  # StepLR decay factor
+    clip_grad: Optional[float] = None  # max global grad norm (0 = no clipping)
+
+    def validate(self, key: str) -> None:
+        for name in ("lr", "weight_decay", "lr_gamma", "clip_grad"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"{key}.{name}: must be >= 0, got {v!r}")
+        for name in ("batch_size", "epochs"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{key}.{name}: must be >= 1, got {v!r}")
+        if self.lr_step is not None and self.lr_step < 0:
+            raise ConfigError(f"{key}.lr_step: must be >= 0, got {self.lr_step!r}")
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        """The training-recipe keys set in params (non-null)."""
+        from pipeline.heads import _registry
+        return {k: getattr(self, k) for k in _registry.TRAIN_KEYS if getattr(self, k) is not None}
+
+
+@register_section("heads")
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Per-head hyperparameter overrides merged over the head's ``DEFAULTS`` (e.g. psp: {tau: 0.1});
+    unknown keys are errors naming ``heads.<head>.<key>`` when the head is built."""
+    avel: dict[str, Any] = field(default_factory=dict)
+    psp: dict[str, Any] = field(default_factory=dict)
+    cmbs: dict[str, Any] = field(default_factory=dict)
+    cace: dict[str, Any] = field(default_factory=dict)
+    m2n: dict[str, Any] = field(default_factory=dict)
+    vscg: dict[str, Any] = field(default_factory=dict)
+    majority: dict[str, Any] = field(default_factory=dict)
+    audio_only: dict[str, Any] = field(default_factory=dict)
+    visual_only: dict[str, Any] = field(default_factory=dict)
+
+    def of(self, head: str) -> dict[str, Any]:
+        return dict(getattr(self, head, None) or {})
+
+
+@register_section("evaluate")
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Test-split evaluation of the best checkpoint (stages/evaluate.py)."""
+    split: Literal["test", "val"] = "test"  # the papers report test accuracy
+    batch_size: int = 64  # inference batch size (no effect on results)
+    timelines: int = 4  # test videos drawn as prediction-vs-truth timelines
+
+    def validate(self, key: str) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"{key}.batch_size: must be >= 1, got {self.batch_size!r}")
+        if self.timelines < 0:
+            raise ConfigError(f"{key}.timelines: must be >= 0, got {self.timelines!r}")
+
+
+@register_section("report")
+@dataclass(frozen=True)
+class ReportConfig:
+    """Results table over heads x settings (matrix/dvc.yaml; one DVC matrix cell each)."""
+    heads: list[str] = field(default_factory=lambda: list(HEAD_NAMES))  # rows of the table
+    settings: list[str] = field(default_factory=lambda: ["fully", "weak"])
+    epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
+
+    def validate(self, key: str) -> None:
+        for i, s in enumerate(self.settings):
+            if s not in ("fully", "weak"):
+                raise ConfigError(f"{key}.settings[{i}]: {s!r} is not allowed; allowed: 'fully', 'weak'")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"{key}.epochs: must be >= 1, got {self.epochs!r}")

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny synthetic AVE-format root (session-scoped, built once, ~1-2 s).
+
+* ``tiny_synth_config``: the :class:`SynthConfig` of the tiny set (3 classes, 6/3/3 videos,
+  64x48 px, 25 fps, 16 kHz audio).
+* ``ave_root``: path of that set, AVE layout (``Annotations.txt``, ``*Set.txt``,
+  ``AVE/<id>.mp4``, ``synth.json``). Treat it as read-only; copy it to modify it.
+* ``prepared_dir``: the ``prepare`` stage's output for ``ave_root`` (manifest.csv, labels.h5,
+  ``*_order.h5``, categories.json, report.md). Read-only too.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import SynthConfig
+
+TINY = SynthConfig(root="", seed=7, num_classes=3, train=6, val=3, test=3, width=64, height=48,
+                   fps=25.0, sample_rate=16000, full_fraction=0.5, noise=0.1, workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_config() -> SynthConfig:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def ave_root(tmp_path_factory):
+    from pipeline.data.synth import generate
+
+    return generate(TINY, tmp_path_factory.mktemp("synth") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(ave_root, tmp_path_factory):
+    from pipeline.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare(ave_root, out, workers=2, timeout_s=30.0)
+    return out

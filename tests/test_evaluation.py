@@ -1,0 +1,96 @@
+"""Metrics on hand-made predictions, evaluation of a checkpoint, and the results table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation import metrics as M
+from pipeline.evaluation import report
+
+# 2 videos x 5 segments, classes 0,1 and background 2.
+TRUE = np.array([[2, 0, 0, 0, 2],
+                 [1, 1, 1, 2, 2]])
+PRED = np.array([[2, 0, 1, 0, 0],
+                 [1, 1, 2, 2, 2]])
+
+
+def test_accuracy_per_class_and_confusion_by_hand():
+    assert M.segment_accuracy(PRED, TRUE) == pytest.approx(7 / 10)
+    cm = M.confusion_matrix(PRED, TRUE, 3)
+    assert cm.tolist() == [[2, 1, 0],   # true 0: two right, one called 1
+                           [0, 2, 1],   # true 1: two right, one called background
+                           [1, 0, 3]]   # true bg: three right, one called 0
+    assert M.per_class_accuracy(PRED, TRUE, 3) == pytest.approx([2 / 3, 2 / 3, 3 / 4])
+    assert M.per_class_accuracy(np.array([0]), np.array([0]), 3)[1] is None
+
+
+def test_event_vs_background_precision_recall_f1_by_hand():
+    # predicted events: 6 segments; true events: 6; both event: 5 (class ignored).
+    ev = M.event_detection(PRED, TRUE, background=2)
+    assert ev["precision"] == pytest.approx(5 / 6)
+    assert ev["recall"] == pytest.approx(5 / 6)
+    assert ev["f1"] == pytest.approx(5 / 6)
+    none = M.event_detection(np.full((1, 3), 2), np.array([[0, 2, 2]]), background=2)
+    assert none == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_summarize_names_classes():
+    s = M.summarize(PRED, TRUE, ["dog", "cat"])
+    assert s["labels"] == ["dog", "cat", "background"] and s["segments"] == 10
+    assert s["per_class"]["background"] == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        M.segment_accuracy(PRED[:1], TRUE)
+
+
+def test_evaluate_checkpoint_writes_metrics_and_plots(tmp_path):
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.training.data import load_dataset
+    from pipeline.training.loop import RunSpec, train
+    from test_training import write_set  # also registers the "toy" head
+
+    prepared, feats = write_set(tmp_path / "set", n_per_split=(32, 8, 8))
+    data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
+    train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "m")
+    res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
+                   device="cpu", timelines=2)
+    assert res["accuracy"] > 0.9 and res["segments"] == 80 and res["head"] == "toy"
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(res["accuracy"])
+    assert set(metrics["event"]) == {"precision", "recall", "f1"} and "per_class" in metrics
+    assert metrics["num_parameters"] == res["num_parameters"]
+    cm = json.loads((tmp_path / "ev" / "plots" / "sklearn" / "confusion_matrix.json").read_text())
+    assert len(cm) == 80 and set(cm[0]) == {"actual", "predicted"}
+    images = sorted(p.name for p in (tmp_path / "ev" / "plots" / "images").iterdir())
+    assert "confusion.png" in images and sum(n.startswith("timeline_") for n in images) == 2
+    with pytest.raises(ValueError, match="trained on train.visual"):
+        bad = tmp_path / "m" / "bad.pt"
+        from pipeline.training import checkpoint as ck
+        c = ck.load(tmp_path / "m" / "best.pt")
+        c["params"] = {"train": {"visual": "resnet50", "audio": "aud"}}
+        ck.save(c, bad)
+        evaluate(bad, prepared, feats, "vis", "aud", None, device="cpu")
+
+
+def test_report_rows_and_table_schema(tmp_path):
+    res = {"accuracy": 0.7512, "num_parameters": 1234, "train_seconds": 12.345}
+    rows = [report.cell_row("psp", "fully", "vgg19", "vggish", res),
+            report.cell_row("psp", "weak", "vgg19", "vggish", res),
+            report.cell_row("cace", "weak", "vgg19", "vggish", None, report.NOT_DEFINED),
+            report.cell_row("majority", "fully", "vgg19", "vggish", res)]
+    jp, mp = report.write_table(rows, tmp_path)
+    loaded = json.loads(jp.read_text())
+    assert isinstance(loaded, list) and len(loaded) == 4
+    for r in loaded:
+        assert set(report.ROW_KEYS) <= set(r)
+        assert isinstance(r["head"], str) and r["setting"] in ("fully", "weak")
+        assert r["accuracy"] is None or 0 <= r["accuracy"] <= 100
+        assert r["params"] is None or isinstance(r["params"], int)
+    assert loaded[0]["accuracy"] == 75.12 and loaded[0]["paper_accuracy"] == 77.8
+    assert loaded[1]["paper_accuracy"] == 73.5 and loaded[3]["paper_accuracy"] is None
+    assert loaded[2]["accuracy"] is None and loaded[2]["note"] == report.NOT_DEFINED
+    md = mp.read_text()
+    assert "| psp | 75.1 | 77.8 | 75.1 | 73.5 |" in md and "not defined by the paper" in md
+    with pytest.raises(ValueError, match="lacks"):
+        report.write_table([{"head": "x"}], tmp_path)

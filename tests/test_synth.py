@@ -1,0 +1,127 @@
+"""pipeline.data.synth: AVE layout, decodability, determinism, labels agree with content."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, SynthConfig, from_dict
+from pipeline.data.ave import load_annotations
+from pipeline.data.synth import AVE_CATEGORIES, class_signatures, draw_specs, generate, load_synth_meta
+from pipeline.media import decode_audio, decode_video, read_info
+
+SPLIT_SIZES = {"train": 6, "val": 3, "test": 3}
+
+
+def test_layout_and_annotations(ave_root, tiny_synth_config):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any AnnotationWarning fails the test
+        ann = load_annotations(ave_root)
+    assert ann.problems == []
+    assert ann.categories == list(AVE_CATEGORIES[:3])
+    assert ann.num_lines == len(ann.samples) == 12
+    assert {k: len(v) for k, v in ann.splits.items()} == SPLIT_SIZES
+    all_idx = sorted(i for v in ann.splits.values() for i in v)
+    assert all_idx == list(range(12))  # splits are disjoint and cover every line
+    for split, idx in ann.splits.items():  # every class in every split
+        assert {ann.samples[i].category for i in idx} == set(ann.categories)
+    ids = ann.video_ids()
+    assert len(ids) == 12 and all(len(v) == 11 for v in ids)
+    assert all(ann.video_path(v).is_file() for v in ids)
+    assert (ave_root / "Annotations.txt").read_text().startswith("Category&VideoID&Quality")
+    labels = ann.labels()
+    assert labels.shape == (12, 10, 4) and np.all(labels.sum(-1) == 1)
+
+
+def test_videos_decode_at_the_right_rate(ave_root, tiny_synth_config):
+    ann = load_annotations(ave_root)
+    for vid in ann.video_ids()[:4]:
+        info = read_info(ann.video_path(vid))
+        assert info.status == "ok", info
+        assert info.num_frames == 250 and info.fps == pytest.approx(25.0)
+        assert info.duration == pytest.approx(10.0, abs=0.05)
+        assert (info.width, info.height) == (64, 48) and not info.vfr
+        assert 10.0 <= info.audio_duration < 10.1
+        assert decode_audio(ann.video_path(vid), 16000).flags == ()
+
+
+def test_same_seed_same_set_other_seed_differs(ave_root, tiny_synth_config, tmp_path):
+    cfg = replace(tiny_synth_config, train=2, val=1, test=1)
+    a, b = generate(cfg, tmp_path / "a"), generate(cfg, tmp_path / "b")
+    for name in ("Annotations.txt", "trainSet.txt", "valSet.txt", "testSet.txt"):
+        assert (a / name).read_text() == (b / name).read_text()
+    for vid in load_annotations(a).video_ids():
+        va, vb = decode_video(a / "AVE" / f"{vid}.mp4", 4), decode_video(b / "AVE" / f"{vid}.mp4", 4)
+        np.testing.assert_array_equal(va.frames, vb.frames)
+        np.testing.assert_array_equal(decode_audio(a / "AVE" / f"{vid}.mp4", 16000).samples,
+                                      decode_audio(b / "AVE" / f"{vid}.mp4", 16000).samples)
+    c = generate(replace(cfg, seed=cfg.seed + 1), tmp_path / "c")
+    assert (c / "Annotations.txt").read_text() != (a / "Annotations.txt").read_text()
+    # regenerating in place replaces the set atomically, leaving no temporary directory
+    generate(cfg, tmp_path / "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+
+
+def _band_energy(x: np.ndarray, sr: int, freq: float) -> float:
+    """Share of the segment's energy within +-8% of ``freq``."""
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(x.shape[-1], 1 / sr)
+    return float(spec[(f > freq * 0.92) & (f < freq * 1.08)].sum() / spec.sum())
+
+
+def test_labels_agree_with_content(ave_root):
+    """Object (its colour) visible exactly in event / visual_only segments, the class tone
+    audible exactly in event / audio_only segments, and event segments = labelled segments."""
+    meta = load_synth_meta(ave_root)
+    classes = meta["classes"]
+    ann = load_annotations(ave_root)
+    by_id = {s.video_id: s for s in ann.samples}
+    colours = np.array([c["rgb"] for c in classes], np.float64)
+    kinds_seen = set()
+    for v in meta["videos"]:
+        path = ave_root / "AVE" / f"{v['video_id']}.mp4"
+        s = by_id[v["video_id"]]
+        labelled = [s.start <= t < s.end for t in range(10)]
+        assert labelled == [k == "event" for k in v["segments"]]
+        frames = decode_video(path, 2).frames.astype(np.float64)  # (10, 2, H, W, 3)
+        audio = decode_audio(path, 16000).samples
+        sig = classes[v["category"]]
+        for t, kind in enumerate(v["segments"]):
+            kinds_seen.add(kind)
+            px = frames[t].reshape(-1, 3)
+            saturated = px[(px.max(1) - px.min(1)) > 80]  # object pixels; background is grey
+            shows = kind in ("event", "visual_only")
+            assert (len(saturated) > 0.08 * len(px)) == shows, (v["video_id"], t, kind)
+            if shows:  # the object's colour is its class colour
+                nearest = np.argmin(((colours - saturated.mean(0)) ** 2).sum(1))
+                assert nearest == v["category"]
+            share = _band_energy(audio[t], 16000, sig["freq_hz"])
+            assert (share > 0.5) == (kind in ("event", "audio_only")), (v["video_id"], t, kind, share)
+    assert kinds_seen >= {"event", "empty"}
+
+
+def test_draw_distribution():
+    cfg = SynthConfig(num_classes=6, train=600, val=0, test=0)
+    specs = draw_specs(cfg)
+    full = np.mean([(s.start, s.end) == (0, 10) for s in specs])
+    assert abs(full - cfg.full_fraction) < 0.06
+    partial = [s for s in specs if (s.start, s.end) != (0, 10)]
+    assert {s.end - s.start for s in partial} == set(range(1, 10))
+    assert {k for s in partial for k in s.segments} == {"event", "empty", "visual_only", "audio_only"}
+    assert np.bincount([s.category for s in specs]).tolist() == [100] * 6
+
+
+def test_signatures_are_distinct():
+    sigs = class_signatures(28)
+    assert len({s.rgb + (s.shape,) for s in sigs}) == 28
+    freqs = sorted(s.freq_hz for s in sigs)
+    assert freqs[-1] < 8000 and min(np.diff(freqs) / freqs[:-1]) > 0.1
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="even"):
+        from_dict(SynthConfig, {"width": 161}, "synth")
+    with pytest.raises(ConfigError, match="num_classes"):
+        from_dict(SynthConfig, {"num_classes": 29}, "synth")

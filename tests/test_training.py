@@ -1,0 +1,217 @@
+"""Training loop behaviour on tiny synthetic features whose answer is known (CPU, fast)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.config import ConfigError, validate
+from pipeline.heads import Head, _registry, register_head
+from pipeline.training import checkpoint as ckpt_io
+from pipeline.training.data import load_dataset
+from pipeline.training.loop import RunSpec, train
+
+C, T = 3, 10  # event classes, segments
+RECIPE = {"optimizer": "adam", "lr": 0.05, "weight_decay": 0.0, "batch_size": 16, "epochs": 6,
+          "lr_step": 3, "lr_gamma": 0.5, "clip_grad": 1.0}
+
+
+class _ToyHead(Head):
+    """Linear classifier of the audio vector per segment (+ dropout, to exercise the RNG)."""
+    DEFAULTS = {"dropout": 0.1}
+    TRAIN_DEFAULTS = {"fully": dict(RECIPE), "weak": dict(RECIPE)}
+    seen_keys: list = []
+
+    def __init__(self, visual_dim, audio_dim, num_classes, setting="fully", dropout=0.1):
+        super().__init__(visual_dim, audio_dim, num_classes, setting)
+        self.fc = nn.Linear(audio_dim + visual_dim, num_classes + 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, visual, audio):
+        x = torch.cat([audio, visual.mean(dim=(2, 3))], -1)
+        return {"logits": self.fc(self.drop(x))}
+
+    def loss(self, out, batch):
+        type(self).seen_keys.append(sorted(batch))
+        if self.setting == "fully":
+            t = batch["labels"].argmax(-1)
+            return F.cross_entropy(out["logits"].reshape(-1, C + 1), t.reshape(-1)), {"ce": 0.0}
+        video = out["logits"].softmax(-1).mean(1).clamp(1e-6, 1 - 1e-6)
+        return F.binary_cross_entropy(video, batch["weak"]), {}
+
+    def predict(self, out):
+        return out["logits"].argmax(-1)
+
+
+if "toy" not in _registry._HEADS:
+    register_head("toy")(_ToyHead)
+
+
+def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6):
+    """Contract layout: prepared/{labels,*_order}.h5, categories.json; features/{v,a}.h5.
+    The audio feature is the one-hot segment label plus noise (the answer is known)."""
+    rng = np.random.default_rng(seed)
+    n = sum(n_per_split)
+    cls = rng.integers(0, C, n)
+    start = rng.integers(0, 5, n)
+    end = start + rng.integers(1, 6, n)
+    labels = np.zeros((n, T, C + 1), np.float32)
+    labels[:, :, C] = 1
+    for i in range(n):
+        labels[i, start[i]:end[i], C] = 0
+        labels[i, start[i]:end[i], cls[i]] = 1
+    audio = np.concatenate([labels, np.zeros((n, T, adim - C - 1), np.float32)], -1)
+    audio = audio * 3 + rng.normal(0, 0.3, audio.shape).astype(np.float32)
+    visual = rng.normal(0, 1, (n, T, 2, 2, vdim)).astype(np.float16)
+    prepared, feats = root / "prepared", root / "features"
+    prepared.mkdir(parents=True, exist_ok=True)
+    feats.mkdir(parents=True, exist_ok=True)
+    with h5py.File(prepared / "labels.h5", "w") as f:
+        f["avadataset"] = labels
+    perm = rng.permutation(n)
+    a = 0
+    for split, k in zip(("train", "val", "test"), n_per_split):
+        with h5py.File(prepared / f"{split}_order.h5", "w") as f:
+            f["order"] = np.sort(perm[a:a + k]).astype(np.int64)
+        a += k
+    (prepared / "categories.json").write_text(json.dumps([f"cat{i}" for i in range(C)]))
+    valid = np.ones(n, bool)
+    valid[list(invalid)] = False
+    for name, data in (("vis", visual), ("aud", audio.astype(np.float16))):
+        with h5py.File(feats / f"{name}.h5", "w") as f:
+            f["avadataset"] = data
+            f["valid"] = valid
+    return prepared, feats
+
+
+@pytest.fixture(scope="module")
+def toyset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toyset")
+    prepared, feats = write_set(root, invalid=(0, 1, 2))
+    return load_dataset(prepared, feats, "vis", "aud", verbose=False), prepared, feats
+
+
+def _state(path):
+    return ckpt_io.load(path)["model"]
+
+
+def test_learns_known_answer_and_writes_rebuildable_checkpoints(toyset, tmp_path):
+    data = toyset[0]
+    res = train(RunSpec("toy", "fully", device="cpu"), data, tmp_path, live_dir=tmp_path / "live")
+    assert res.best_val_accuracy > 0.9
+    assert res.num_parameters == (6 + 4 + 1) * (C + 1)
+    head, ck = ckpt_io.load_head(tmp_path / "best.pt")
+    assert ck["head"] == "toy" and ck["hparams"] == {"dropout": 0.1} and ck["setting"] == "fully"
+    assert ck["recipe"]["lr"] == 0.05 and ck["epoch"] == res.best_epoch
+    assert (tmp_path / "live" / "metrics.json").is_file()
+    history = (tmp_path / "live" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text()
+    assert len(history.strip().splitlines()) == 1 + RECIPE["epochs"]
+
+
+def test_invalid_rows_are_excluded_and_counted(toyset):
+    data = toyset[0]
+    all_rows = np.concatenate([data.splits[s].rows for s in data.splits])
+    excluded = np.concatenate([data.splits[s].excluded for s in data.splits])
+    assert sorted(excluded.tolist()) == [0, 1, 2] and not set(all_rows) & {0, 1, 2}
+    assert sum(len(data.splits[s]) for s in data.splits) == 80 - 3
+
+
+def test_same_seed_same_result_and_resume_equals_uninterrupted(toyset, tmp_path):
+    data = toyset[0]
+    spec = RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 4})
+    a = train(spec, data, tmp_path / "a")
+    b = train(spec, data, tmp_path / "b")
+    assert a.history == [dict(r) for r in b.history]
+    for k, v in _state(tmp_path / "a" / "last.pt").items():
+        assert torch.equal(v, _state(tmp_path / "b" / "last.pt")[k])
+    # Interrupted after 2 epochs, then resumed: same weights and history as run a.
+    train(spec, data, tmp_path / "c", stop_after=2)
+    assert ckpt_io.load(tmp_path / "c" / "last.pt")["epoch"] == 1
+    c = train(spec, data, tmp_path / "c")
+    assert c.resumed_from == 1
+    assert [r["val_accuracy"] for r in c.history] == [r["val_accuracy"] for r in a.history]
+    for k, v in _state(tmp_path / "a" / "last.pt").items():
+        assert torch.equal(v, _state(tmp_path / "c" / "last.pt")[k])
+    # A different run's last.pt is not resumed.
+    d = train(RunSpec("toy", "fully", device="cpu", seed=1, recipe_overrides={"epochs": 4}),
+              data, tmp_path / "c")
+    assert d.resumed_from is None
+
+
+def test_best_checkpoint_is_the_best_validation_epoch(toyset, tmp_path):
+    res = train(RunSpec("toy", "fully", device="cpu"), toyset[0], tmp_path)
+    accs = [r["val_accuracy"] for r in res.history]
+    best = ckpt_io.load(tmp_path / "best.pt")
+    assert best["epoch"] == int(np.argmax(accs)) and best["val_accuracy"] == max(accs)
+    last = ckpt_io.load(tmp_path / "last.pt")
+    assert last["best"]["epoch"] == best["epoch"]
+    for k, v in best["model"].items():
+        assert torch.equal(v, last["best"]["model"][k])
+
+
+def test_weak_setting_never_sees_segment_labels(toyset, tmp_path):
+    _ToyHead.seen_keys.clear()
+    res = train(RunSpec("toy", "weak", device="cpu", recipe_overrides={"epochs": 2}),
+                toyset[0], tmp_path)
+    assert _ToyHead.seen_keys and all("labels" not in k and "weak" in k for k in _ToyHead.seen_keys)
+    assert res.epochs == 2
+    _ToyHead.seen_keys.clear()
+    train(RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), toyset[0],
+          tmp_path / "f")
+    assert all("labels" in k for k in _ToyHead.seen_keys)
+
+
+def test_config_errors_name_the_key(toyset, tmp_path):
+    data = toyset[0]
+    with pytest.raises(ConfigError, match=r"train\.head.*'nope'.*registered heads:.*toy"):
+        train(RunSpec("nope", "fully", device="cpu"), data, tmp_path)
+    with pytest.raises(ConfigError, match=r"heads\.toy\.tau"):
+        train(RunSpec("toy", "fully", device="cpu", hparam_overrides={"tau": 1}), data, tmp_path)
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        validate({"train": {"batch_size": 0}})
+    with pytest.raises(ConfigError, match=r"unknown key train\.lrr"):
+        validate({"train": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match=r"unknown key heads\.foo"):
+        validate({"heads": {"foo": {"a": 1}}})
+    with pytest.raises(ConfigError, match=r"train\.setting"):
+        validate({"train": {"setting": "semi"}})
+
+
+def test_params_override_recipe_and_hparams(toyset, tmp_path):
+    from pipeline.training.run import spec_from_params
+    params = validate({"train": {"head": "toy", "epochs": 1, "lr": 0.01, "device": "cpu"},
+                       "heads": {}})
+    spec = spec_from_params(params)
+    assert spec.recipe_overrides == {"lr": 0.01, "epochs": 1} and spec.hparam_overrides == {}
+    spec = spec_from_params(params, setting="weak", epochs=2)
+    assert spec.setting == "weak" and spec.recipe_overrides["epochs"] == 2
+    train(spec, toyset[0], tmp_path)
+    ck = ckpt_io.load(tmp_path / "best.pt")
+    assert ck["recipe"]["lr"] == 0.01 and ck["recipe"]["epochs"] == 2
+
+
+def test_baseline_heads_train(toyset, tmp_path):
+    import pipeline.heads  # noqa: F401  (registers the baselines)
+    data = toyset[0]
+    small = {"hidden_dim": 8}
+    for name in ("majority", "audio_only", "visual_only"):
+        for setting in ("fully", "weak"):
+            res = train(RunSpec(name, setting, device="cpu", recipe_overrides={"epochs": 1},
+                                hparam_overrides={} if name == "majority" else small),
+                        data, tmp_path / f"{name}-{setting}")
+            assert res.num_parameters > 0 and 0.0 <= res.best_val_accuracy <= 1.0
+    maj = train(RunSpec("majority", "fully", device="cpu", recipe_overrides={"epochs": 20,
+                                                                            "lr": 0.1}),
+                data, tmp_path / "maj")
+    bg_share = float((data.splits["val"].targets == C).float().mean())
+    assert maj.num_parameters == C + 1 and maj.best_val_accuracy == pytest.approx(bg_share)
+    res = train(RunSpec("audio_only", "fully", device="cpu", hparam_overrides=small,
+                        recipe_overrides={"epochs": 8, "lr": 0.03, "batch_size": 8}),
+                data, tmp_path / "ao")
+    assert res.best_val_accuracy > 0.9  # the audio feature encodes the label
