@@ -7,7 +7,8 @@ class signatures and the kind of every segment; nothing in the pipeline reads it
 
 Content (chosen so that random-initialised CNN features, averaged over frames, separate classes):
 
-* each category has a visual signature, a large shape of a distinct hue moving slowly on a
+* each category has a visual signature, a large striped shape of a distinct hue (stripe
+  count and angle per class too) moving slowly on a
   plain grey background with (static) pixel noise, and an audio signature, an amplitude-modulated tone at a
   distinct pitch (log-spaced 250..6000 Hz, in clearly different mel bands, below 8 kHz);
 * event segments show the object *and* play the sound; background segments hold neither
@@ -55,7 +56,8 @@ SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
 ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # YouTube id alphabet
 F_LOW, F_HIGH = 250.0, 6000.0  # tone pitch range (Hz), log-spaced over the classes
 BG_LEVEL = 96  # background grey level
-OBJECT_SIZE = 0.6  # object bounding box, fraction of the frame height
+OBJECT_SIZE = 0.7  # object bounding box, fraction of the frame height
+STRIPE_AMP = 28.0  # luma amplitude of the object's stripe texture
 TONE_AMP = 0.4  # peak amplitude of a category tone
 RAMP_S = 0.01  # tone on/off ramp (avoids clicks at segment boundaries)
 
@@ -68,6 +70,8 @@ class ClassSignature:
     name: str
     rgb: tuple[int, int, int]  # object colour
     shape: str  # one of SHAPES
+    stripes: int  # stripe cycles across the object (luma texture)
+    stripe_deg: float  # stripe orientation
     freq_hz: float  # tone pitch
     am_hz: float  # amplitude-modulation rate of the tone
 
@@ -95,7 +99,8 @@ def class_signatures(num_classes: int) -> list[ClassSignature]:
         r, g, b = colorsys.hsv_to_rgb(hue, 0.9, 0.95 if c % 3 else 0.75)
         freq = F_LOW * (F_HIGH / F_LOW) ** (c / max(1, num_classes - 1))
         out.append(ClassSignature(c, AVE_CATEGORIES[c], (int(r * 255), int(g * 255), int(b * 255)),
-                                  SHAPES[c % len(SHAPES)], round(freq, 1), 2.0 + 2.0 * (c % 3)))
+                                  SHAPES[c % len(SHAPES)], 2 + c % 4, (c * 47.0) % 180,
+                                  round(freq, 1), 2.0 + 2.0 * (c % 3)))
     return out
 
 
@@ -178,7 +183,11 @@ def render_frames(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.
     mask = _shape_mask(sig.shape, size)
     cmask = mask[::2, ::2]
     y_obj, u_obj, v_obj = rgb_to_yuv(sig.rgb)
-    sprite_y = np.clip(y_obj + rng.normal(0, sigma * 0.5, (size, size)), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    theta = np.deg2rad(sig.stripe_deg)
+    stripes = np.sign(np.sin(2 * np.pi * sig.stripes * (xx * np.cos(theta) + yy * np.sin(theta))))
+    sprite_y = y_obj + STRIPE_AMP * stripes + rng.normal(0, sigma * 0.5, (size, size))
+    sprite_y = np.clip(sprite_y, 0, 255).astype(np.uint8)
     # slow elliptical motion around the centre, random phase / direction per video
     phase, turns = rng.uniform(0, 2 * np.pi), rng.choice([-1, 1]) * rng.uniform(0.3, 0.8)
     ax, ay = max(0, (w - size) // 2 - 2), max(0, (h - size) // 2 - 2)

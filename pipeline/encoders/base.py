@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.encoders.spec import ModelSpec
-from pipeline.encoders.weights import ResolvedWeights
+from pipeline.encoders.weights import ResolvedWeights, state_dict_sha256
 
 NUM_SEGMENTS = 10  # AVE: ten 1-second segments per clip
 
@@ -45,12 +45,20 @@ class Encoder(nn.Module):
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def weights_sha256(self) -> str:
+        """sha256 of the checkpoint file, or for random weights of the initialised state."""
+        if not self.weights.sha256:
+            if not hasattr(self, "_state_sha"):
+                self._state_sha = state_dict_sha256(self.state_dict())
+            return self._state_sha
+        return self.weights.sha256
+
     def metadata(self) -> dict[str, Any]:
         """Provenance written into feature files."""
         return {
             "encoder": self.spec.encoder,
             "weights": self.weights.describe(),
-            "weights_sha256": self.weights.sha256,
+            "weights_sha256": self.weights_sha256(),
             "weights_seed": -1 if self.weights.seed is None else self.weights.seed,
             "weights_file": str(self.weights.path) if self.weights.path else "",
         }

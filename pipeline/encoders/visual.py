@@ -22,8 +22,7 @@ from torch import nn
 from pipeline.encoders.base import Encoder, register_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.encoders.weights import (
-    HASH_PREFIX, ResolvedWeights, WeightsSpec, load_checkpoint, load_strict, materialize, resolve,
-    seeded, state_dict_sha256,
+    HASH_PREFIX, ResolvedWeights, WeightsSpec, load_checkpoint, load_strict, materialize, resolve, seeded,
 )
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # Keras imagenet_utils 'caffe' mode, 0..255 BGR
@@ -94,8 +93,10 @@ class VisualEncoder(Encoder):
         maps = maps.float().reshape(b, t, f, *maps.shape[1:]).mean(dim=2)
         return maps.permute(0, 1, 3, 4, 2)
 
-    def feature_shape(self) -> tuple[int, ...]:
-        return (*self.map_hw, self.channels)
+    def feature_shape(self, size: Optional[tuple[int, int]] = None) -> tuple[int, ...]:
+        """``(h, w, C)`` stored per segment, at the encoder's input size or at ``size``."""
+        hw = self.map_hw if size is None else net_output_hw(self.net, tuple(size))
+        return (*hw, self.channels)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         return self._export(self.net)
@@ -245,8 +246,6 @@ def _build_timm(spec: ModelSpec, allow_download: bool, image_size: Optional[int]
             with seeded(spec.seed):
                 body = timm.create_model(model_name, pretrained=True,
                                          pretrained_cfg_overlay=dict(file=str(resolved.path)), **kwargs)
-    else:
-        resolved = ResolvedWeights("random", None, state_dict_sha256(body.state_dict()), spec.seed, wspec)
     channels = body.feature_info.channels()[-1]
     prep = ImagePreprocess.from_weights(wspec or WeightsSpec("none", "", "", "torch_hub"),
                                         spec.preprocess, image_size)

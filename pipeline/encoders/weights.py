@@ -67,7 +67,7 @@ class ResolvedWeights:
 
     source: Literal["pretrained", "random", "path"]
     path: Optional[Path]  # file that was loaded (None for random)
-    sha256: str  # file sha256 (pretrained/path) or sha256 of the initialised state (random)
+    sha256: str  # file sha256 (pretrained/path); "" for random (the encoder hashes its state)
     seed: Optional[int] = None  # random init seed
     spec: Optional[WeightsSpec] = None
 
@@ -141,8 +141,8 @@ def resolve_file(spec: WeightsSpec, allow_download: bool = True) -> Path:
 
 def resolve(weights: str, spec: Optional[WeightsSpec], seed: int = 0,
             allow_download: bool = True) -> ResolvedWeights:
-    """``pretrained | random | <path>`` -> :class:`ResolvedWeights` (``sha256`` empty for random;
-    :func:`materialize` fills it with the state hash)."""
+    """``pretrained | random | <path>`` -> :class:`ResolvedWeights` (``sha256`` empty for random:
+    :meth:`Encoder.metadata` records the hash of the initialised state instead)."""
     if weights == "random":
         return ResolvedWeights("random", None, "", seed, spec)
     if weights == "pretrained":
@@ -235,6 +235,4 @@ def materialize(create: Callable[[], nn.Module], weights: str, seed: int,
         module = create()
     if resolved.path is not None:
         load_strict(module, remap(load_checkpoint(resolved.path)), str(resolved.path))
-    else:
-        resolved = ResolvedWeights("random", None, state_dict_sha256(module.state_dict()), seed, spec)
     return module, resolved

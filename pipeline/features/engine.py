@@ -45,7 +45,6 @@ from pipeline.features.config import ExtractConfig
 from pipeline.features.store import StoreWriter
 
 NUM_SEGMENTS = 10
-BAD_STATUS = ("missing", "corrupt", "no_video", "unusable", "too_short")  # manifest: never decoded
 CODE_DIRS = ("pipeline/encoders", "pipeline/features", "pipeline/media")  # hashed into code_version
 DIST_TIMEOUT_S = 6 * 3600  # ranks wait this long for each other at the merge barrier
 
@@ -107,21 +106,27 @@ class WorkList:
     flags: dict[int, str] = field(default_factory=dict)  # row -> manifest flags
 
 
-def usable(row: dict, modality: str) -> Optional[str]:
-    """None when the row should be decoded for ``modality``, else the reason it is not."""
+def _flags(row: dict) -> tuple[str, ...]:
+    f = row.get("flags") or ()
+    return tuple(x for x in f.split(";") if x) if isinstance(f, str) else tuple(f)
+
+
+def usable(row: dict) -> Optional[str]:
+    """None when the row's video is decoded, else why not (the manifest policy of
+    :mod:`pipeline.data.prepare`: statuses in ``EXCLUDED`` get no features; ``short`` videos
+    are padded, ``no_audio`` ones get silence, both flagged in the output)."""
+    from pipeline.data.prepare import EXCLUDED
+
     status = str(row.get("status", "ok"))
-    flags = str(row.get("flags") or "")
-    if status in BAD_STATUS or "too_short" in flags.split(";"):
+    if status in EXCLUDED:
         msg = row.get("message") or ""
         return f"{status}{': ' + msg if msg else ''}"
-    if modality == "audio" and (status == "no_audio" or row.get("has_audio") is False):
-        return "no_audio: no audio stream"
     if not row.get("path"):
-        return "no path"
+        return "no video path"
     return None
 
 
-def plan(rows: Iterable[dict], modality: str, num_rows: Optional[int] = None) -> WorkList:
+def plan(rows: Iterable[dict], num_rows: Optional[int] = None) -> WorkList:
     """Group manifest rows (``index``, ``path``, ``status``, ...) into unique videos."""
     rows = sorted(rows, key=lambda r: int(r["index"]))
     n = num_rows if num_rows is not None else (int(rows[-1]["index"]) + 1 if rows else 0)
@@ -129,9 +134,9 @@ def plan(rows: Iterable[dict], modality: str, num_rows: Optional[int] = None) ->
     seen = set()
     for r in rows:
         i = int(r["index"])
-        if r.get("flags"):
-            work.flags[i] = str(r["flags"])
-        reason = usable(r, modality)
+        if _flags(r):
+            work.flags[i] = ";".join(_flags(r))
+        reason = usable(r)
         if reason is not None:
             work.skipped[i] = reason
             continue
@@ -149,22 +154,16 @@ def plan(rows: Iterable[dict], modality: str, num_rows: Optional[int] = None) ->
 
 
 # ------------------------------------------------------------------------------------------
-# Decoding (runs in worker processes: module-level, picklable)
+# Decoding (in DecodePool worker processes; the callables import no torch)
 # ------------------------------------------------------------------------------------------
-def decode_frames(path: str, frames_per_segment: int, rule: str, size: tuple[int, int]):
-    from pipeline.media import decode_video
-    return decode_video(path, frames_per_segment, rule, size=size)
-
-
-def decode_wave(path: str, sample_rate: int):
-    from pipeline.media import decode_audio
-    return decode_audio(path, sample_rate)
-
-
 def decoder_for(encoder: Encoder, cfg: ExtractConfig) -> Callable[[str], Any]:
+    """``path -> Decoded``: frames squashed to the encoder's input size inside the decoder, or
+    the mono track at the encoder's sample rate."""
+    from pipeline.media import decode_audio, decode_video
+
     if isinstance(encoder, AudioEncoder):
-        return functools.partial(decode_wave, sample_rate=encoder.sample_rate)
-    return functools.partial(decode_frames, frames_per_segment=cfg.frames_per_segment,
+        return functools.partial(decode_audio, sample_rate=encoder.sample_rate)
+    return functools.partial(decode_video, frames_per_segment=cfg.frames_per_segment,
                              rule=cfg.sampling, size=tuple(encoder.prep.size))
 
 
@@ -197,18 +196,16 @@ class Batch:
     last: bool  # last batch of its shard
 
 
-def _failure_reason(result: Any, modality: str) -> Optional[str]:
+def _failure_reason(result: Any) -> Optional[str]:
     from pipeline.media import DecodeFailure
 
     if isinstance(result, DecodeFailure):
         return f"{result.status}: {result.kind}: {result.message}"
-    if modality == "audio" and "no_audio" in result.flags:
-        return "no_audio: no audio stream"
     return None
 
 
 def produce_batches(stream: Iterator[tuple[str, Any]], shards: list[tuple[int, list[str]]],
-                    batch_videos: int, modality: str, pin: bool) -> Iterator[Batch]:
+                    batch_videos: int, pin: bool) -> Iterator[Batch]:
     """Stack decoded clips into batches; batches never span shards (deterministic batching)."""
     for shard_id, videos in shards:
         pending: list[tuple[int, Any]] = []
@@ -216,7 +213,7 @@ def produce_batches(stream: Iterator[tuple[str, Any]], shards: list[tuple[int, l
         for pos, path in enumerate(videos):
             item, result = next(stream)
             assert item == path, (item, path)
-            reason = _failure_reason(result, modality)
+            reason = _failure_reason(result)
             if reason is not None:
                 failures[pos] = reason
             else:
@@ -347,7 +344,7 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
         if cfg.channels_last:
             encoder = encoder.to(memory_format=torch.channels_last)
 
-    work = plan(rows, encoder.modality, num_rows)
+    work = plan(rows, num_rows)
     meta = _metadata(name, spec, encoder, cfg, amp, device)
     fingerprint = _sha({k: v for k, v in meta.items() if k != "created_by"} | {"batch_videos": cfg.batch_videos})
     shards = [work.videos[i:i + cfg.shard_videos] for i in range(0, len(work.videos), cfg.shard_videos)]
@@ -422,7 +419,7 @@ def _run_shards(encoder: Encoder, cfg: ExtractConfig, work: WorkList, shards: li
     items = [v for k in todo for v in shards[k]]
     stream = _decoded_stream(decoder_for(encoder, cfg), items, cfg.workers, cfg.decode_timeout_s)
     batches = produce_batches(stream, [(k, shards[k]) for k in todo], cfg.batch_videos,
-                              encoder.modality, pin=device.type == "cuda")
+                              pin=device.type == "cuda")
     bar = tqdm(total=total, initial=initial, unit="video", desc=f"extract {name}", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     computed = 0

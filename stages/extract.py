@@ -1,0 +1,30 @@
+"""DVC stages ``extract_visual@<model>`` / ``extract_audio@<model>``: one feature file per model.
+
+    python stages/extract.py vgg19                          # one process (CPU or one GPU)
+    torchrun --nproc_per_node=8 stages/extract.py resnet50  # shards videos over 8 GPUs
+
+Reads ``extract`` (the keys listed for the stage in dvc.yaml) and ``paths``; writes
+``<paths.features>/<model>.h5``. Resumes an interrupted run from its committed shards.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
+
+from pipeline.features.run import run_stage  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", help="a key of extract.models in params.yaml (e.g. vgg19, vggish)")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    args = p.parse_args(argv)
+    run_stage(args.model, args.params, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()

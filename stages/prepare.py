@@ -1,0 +1,29 @@
+"""DVC stage `prepare`: AVE-format root (params `data.root`) -> params `paths.prepared`.
+
+Reads params.yaml `data` (root, min_duration, probe_timeout_s, workers) and `paths.prepared`.
+Writes manifest.csv, labels.h5, weak_labels.h5, {train,val,test}_order.h5, categories.json and
+report.md (every problem and what was done about it); bad videos never stop the run.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import load_params, to_dict
+from pipeline.data.prepare import prepare
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--params", default="params.yaml")
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    cfg, out = params["data"], params["paths"].prepared
+    print(f"prepare: {to_dict(cfg)} -> {out}")
+    result = prepare(cfg.root, out, min_duration=cfg.min_duration, workers=cfg.workers,
+                     timeout_s=cfg.probe_timeout_s, progress=True)
+    print(result.summary())
+    print(f"prepare: report at {out}/report.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""pipeline.data.prepare and the synth/prepare stages on a root with broken videos."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.data.ave import load_annotations
+from pipeline.data.prepare import MANIFEST_COLUMNS, load_manifest, prepare, usable_mask
+from pipeline.media.write import write_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def broken(ave_root, tmp_path_factory):
+    """Copy of the tiny set with one corrupt, truncated, silent, missing, short and too-short
+    video, and one unparsable annotation line; returns (root, {case: video_id})."""
+    root = tmp_path_factory.mktemp("broken") / "root"
+    shutil.copytree(ave_root, root)
+    ids = load_annotations(root).video_ids()
+    case = dict(zip(["corrupt", "truncated", "silent", "missing", "short", "too_short"], ids))
+    video = lambda k: root / "AVE" / f"{case[k]}.mp4"  # noqa: E731
+    video("corrupt").write_bytes(np.random.default_rng(1).bytes(20_000))
+    data = video("truncated").read_bytes()
+    video("truncated").write_bytes(data[: len(data) // 2])
+    frames = [np.full((48, 64, 3), 100, np.uint8)] * 250
+    write_mp4(video("silent"), frames, 25, None)
+    video("missing").unlink()
+    tone = np.zeros(16000 * 3, np.float32)
+    write_mp4(video("short"), frames[:75], 25, tone, 16000)
+    write_mp4(video("too_short"), frames[:12], 25, tone[:8000], 16000)
+    with open(root / "Annotations.txt", "a") as f:
+        f.write("Bark&AAAAAAAAAAA&good&x&3\n")
+    return root, case
+
+
+def test_prepare_survives_broken_videos(broken, tmp_path):
+    root, case = broken
+    out = tmp_path / "prepared"
+    result = prepare(root, out, min_duration=1.0, workers=2, timeout_s=30)
+    rows = load_manifest(out)
+    assert len(rows) == 13 and [r["index"] for r in rows] == list(range(13))
+    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    by_vid = {r["video_id"]: r for r in rows}
+    expect = {"corrupt": ("corrupt", ()), "truncated": ("corrupt", ()),
+              "silent": ("no_audio", ("no_audio",)), "missing": ("missing", ()),
+              "short": ("short", ("padded_short",)), "too_short": ("unusable", ("too_short",))}
+    for k, (status, flags) in expect.items():
+        r = by_vid[case[k]]
+        assert (r["status"], r["flags"]) == (status, flags), (k, r)
+        assert r["message"]
+    assert rows[12]["status"] == "unusable" and rows[12]["split"] == "none"
+    others = [r for r in rows[:12] if r["video_id"] not in case.values()]
+    assert others and all(r["status"] == "ok" and r["flags"] == () for r in others)
+    assert all(r["duration"] == pytest.approx(10.0, abs=0.05) and r["has_audio"] for r in others)
+    assert usable_mask(rows).sum() == len(others) + 2  # + silent + short
+    assert result.counts() == {"ok": 6, "short": 1, "no_audio": 1, "corrupt": 2, "missing": 1,
+                               "unusable": 2}
+    report = (out / "report.md").read_text()
+    for vid in case.values():
+        assert vid in report
+    assert "Annotations.txt:14" in report and "excluded" in report and "padded" in report
+    with h5py.File(out / "labels.h5") as f:
+        assert f["avadataset"].shape == (13, 10, 4) and f["avadataset"].dtype == np.float32
+    with h5py.File(out / "weak_labels.h5") as f:
+        assert f["avadataset"].shape == (13, 4)
+    sizes = {}
+    for split in ("train", "val", "test"):
+        with h5py.File(out / f"{split}_order.h5") as f:
+            sizes[split] = f["order"][:].tolist()
+            assert f["order"].dtype == np.int64
+    assert [len(v) for v in sizes.values()] == [6, 3, 3]
+    assert all(rows[i]["split"] == s for s, idx in sizes.items() for i in idx)
+    assert json.loads((out / "categories.json").read_text()) == ["Church bell",
+                                                                 "Male speech, man speaking", "Bark"]
+    # atomic replace: a second run swaps the directory, leaving no temporaries
+    prepare(root, out, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_prepared_fixture_is_clean(prepared_dir):
+    rows = load_manifest(prepared_dir)
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+    assert "Video problems (0 videos)" in (prepared_dir / "report.md").read_text()
+
+
+def test_stages_run_from_params(tmp_path, tiny_synth_config):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synth"].update(root=str(tmp_path / "demo"), num_classes=2, train=2, val=1, test=1,
+                           width=32, height=32, workers=1)
+    params["data"].update(root=str(tmp_path / "demo"), workers=1)
+    params["paths"]["prepared"] = str(tmp_path / "prepared")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("synth", "prepare"):
+        proc = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params",
+                               str(tmp_path / "params.yaml")], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 samples" in proc.stdout
+    assert len(load_manifest(tmp_path / "prepared")) == 4
