@@ -49,6 +49,7 @@ class SynthConfig:
     sample_rate: int = 16000  # audio sample rate of the AAC track
     full_fraction: float = 0.66  # share of events spanning all ten segments (AVE: ~2/3)
     noise: float = 0.1  # audio/visual noise level (0..1)
+    two_label: int = 0  # videos given a second annotation line of another category (AVE has some)
     workers: int = 2  # encoder processes (1: in-process)
 
     def validate(self, key: str = "synth") -> None:
@@ -61,6 +62,8 @@ class SynthConfig:
             raise ConfigError(f"{key}: split sizes >= 0, fps > 0, sample_rate >= 8000")
         if not (0 <= self.full_fraction <= 1 and 0 <= self.noise <= 1) or self.workers < 1:
             raise ConfigError(f"{key}.full_fraction/noise: 0..1; workers >= 1")
+        if not 0 <= self.two_label <= self.train + self.val + self.test:
+            raise ConfigError(f"{key}.two_label: 0..number of videos, got {self.two_label}")
 
 
 @dataclass(frozen=True)

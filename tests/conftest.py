@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny synthetic AVE-format root (session-scoped, built once, ~1-2 s).
 
 * ``tiny_synth_config``: the :class:`SynthConfig` of the tiny set (3 classes, 6/3/3 videos,
-  64x48 px, 25 fps, 16 kHz audio).
+  64x48 px, 25 fps, 16 kHz audio). One video carries two annotation lines (two categories),
+  as some AVE videos do: 13 annotation lines (= label / feature rows), 12 videos.
 * ``ave_root``: path of that set, AVE layout (``Annotations.txt``, ``*Set.txt``,
   ``AVE/<id>.mp4``, ``synth.json``). Treat it as read-only; copy it to modify it.
 * ``prepared_dir``: the ``prepare`` stage's output for ``ave_root`` (manifest.csv, labels.h5,
@@ -14,7 +15,8 @@ import pytest
 from pipeline.config import SynthConfig
 
 TINY = SynthConfig(root="", seed=7, num_classes=3, train=6, val=3, test=3, width=64, height=48,
-                   fps=25.0, sample_rate=16000, full_fraction=0.5, noise=0.1, workers=1)
+                   fps=25.0, sample_rate=16000, full_fraction=0.5, noise=0.1, two_label=1,
+                   workers=1)
 
 
 @pytest.fixture(scope="session")

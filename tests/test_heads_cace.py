@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline.heads import build_head, count_parameters
+from pipeline.heads._cmbs_blocks import localize
 from pipeline.heads.cace import bece_loss
 
 C = 28
@@ -79,7 +80,10 @@ def test_bece_switches_on_after_an_eighth_of_the_epochs():
     after = dict(before, epoch=25)
     out = head(before["visual"], before["audio"])
     assert "contrast" not in head.loss(out, before)[1]
+    assert torch.equal(head.predict(out), localize(out["relevance_plain"], out["class_logits"]))
     assert "contrast" in head.loss(out, after)[1]
+    assert torch.equal(head.predict(out), localize(out["relevance"], out["class_logits"]))
+    assert bool(head.state_dict()["bece_trained"])  # travels with checkpoints
 
 
 def test_overfits_a_tiny_batch():

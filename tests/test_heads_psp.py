@@ -148,7 +148,8 @@ def test_propagation_rows_are_normalised_and_use_the_setting_threshold():
 
 def test_weak_target_is_normalised_video_label():
     weak = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    torch.testing.assert_close(weak_target(weak), torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]), atol=1e-6, rtol=0)
+    expected = torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(weak_target(weak), expected, atol=1e-6, rtol=0)
 
 
 def test_defaults_and_train_defaults():

@@ -25,8 +25,9 @@ def broken(ave_root, tmp_path_factory):
     video, and one unparsable annotation line; returns (root, {case: video_id})."""
     root = tmp_path_factory.mktemp("broken") / "root"
     shutil.copytree(ave_root, root)
-    ids = load_annotations(root).video_ids()
-    case = dict(zip(["corrupt", "truncated", "silent", "missing", "short", "too_short"], ids))
+    ann = load_annotations(root)
+    single = [v for v in ann.video_ids() if sum(s.video_id == v for s in ann.samples) == 1]
+    case = dict(zip(["corrupt", "truncated", "silent", "missing", "short", "too_short"], single))
     video = lambda k: root / "AVE" / f"{case[k]}.mp4"  # noqa: E731
     video("corrupt").write_bytes(np.random.default_rng(1).bytes(20_000))
     data = video("truncated").read_bytes()
@@ -47,7 +48,7 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
     out = tmp_path / "prepared"
     result = prepare(root, out, min_duration=1.0, workers=2, timeout_s=30)
     rows = load_manifest(out)
-    assert len(rows) == 13 and [r["index"] for r in rows] == list(range(13))
+    assert len(rows) == 14 and [r["index"] for r in rows] == list(range(14))
     assert list(rows[0]) == list(MANIFEST_COLUMNS)
     by_vid = {r["video_id"]: r for r in rows}
     expect = {"corrupt": ("corrupt", ()), "truncated": ("corrupt", ()),
@@ -57,27 +58,28 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
         r = by_vid[case[k]]
         assert (r["status"], r["flags"]) == (status, flags), (k, r)
         assert r["message"]
-    assert rows[12]["status"] == "unusable" and rows[12]["split"] == "none"
-    others = [r for r in rows[:12] if r["video_id"] not in case.values()]
+    assert rows[13]["status"] == "unusable" and rows[13]["split"] == "none"
+    others = [r for r in rows[:13] if r["video_id"] not in case.values()]
+    assert len(others) == 7  # six good videos, one of them on two lines
     assert others and all(r["status"] == "ok" and r["flags"] == () for r in others)
     assert all(r["duration"] == pytest.approx(10.0, abs=0.05) and r["has_audio"] for r in others)
     assert usable_mask(rows).sum() == len(others) + 2  # + silent + short
-    assert result.counts() == {"ok": 6, "short": 1, "no_audio": 1, "corrupt": 2, "missing": 1,
+    assert result.counts() == {"ok": 7, "short": 1, "no_audio": 1, "corrupt": 2, "missing": 1,
                                "unusable": 2}
     report = (out / "report.md").read_text()
     for vid in case.values():
         assert vid in report
-    assert "Annotations.txt:14" in report and "excluded" in report and "padded" in report
+    assert "Annotations.txt:15" in report and "excluded" in report and "padded" in report
     with h5py.File(out / "labels.h5") as f:
-        assert f["avadataset"].shape == (13, 10, 4) and f["avadataset"].dtype == np.float32
+        assert f["avadataset"].shape == (14, 10, 4) and f["avadataset"].dtype == np.float32
     with h5py.File(out / "weak_labels.h5") as f:
-        assert f["avadataset"].shape == (13, 4)
+        assert f["avadataset"].shape == (14, 4)
     sizes = {}
     for split in ("train", "val", "test"):
         with h5py.File(out / f"{split}_order.h5") as f:
             sizes[split] = f["order"][:].tolist()
             assert f["order"].dtype == np.int64
-    assert [len(v) for v in sizes.values()] == [6, 3, 3]
+    assert sum(len(v) for v in sizes.values()) == 13
     assert all(rows[i]["split"] == s for s, idx in sizes.items() for i in idx)
     assert json.loads((out / "categories.json").read_text()) == ["Church bell",
                                                                  "Male speech, man speaking", "Bark"]
@@ -88,7 +90,8 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
 
 def test_prepared_fixture_is_clean(prepared_dir):
     rows = load_manifest(prepared_dir)
-    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 13 and all(r["status"] == "ok" for r in rows)
+    assert len({r["video_id"] for r in rows}) == 12
     assert "Video problems (0 videos)" in (prepared_dir / "report.md").read_text()
 
 

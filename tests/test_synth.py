@@ -12,7 +12,7 @@ from pipeline.data.ave import load_annotations
 from pipeline.data.synth import AVE_CATEGORIES, class_signatures, draw_specs, generate, load_synth_meta
 from pipeline.media import decode_audio, decode_video, read_info
 
-SPLIT_SIZES = {"train": 6, "val": 3, "test": 3}
+SPLIT_VIDEOS = {"train": 6, "val": 3, "test": 3}
 
 
 def test_layout_and_annotations(ave_root, tiny_synth_config):
@@ -21,18 +21,23 @@ def test_layout_and_annotations(ave_root, tiny_synth_config):
         ann = load_annotations(ave_root)
     assert ann.problems == []
     assert ann.categories == list(AVE_CATEGORIES[:3])
-    assert ann.num_lines == len(ann.samples) == 12
-    assert {k: len(v) for k, v in ann.splits.items()} == SPLIT_SIZES
+    assert ann.num_lines == len(ann.samples) == 13  # 12 videos, one with two lines
     all_idx = sorted(i for v in ann.splits.values() for i in v)
-    assert all_idx == list(range(12))  # splits are disjoint and cover every line
-    for split, idx in ann.splits.items():  # every class in every split
+    assert all_idx == list(range(13))  # splits are disjoint and cover every line
+    for split, idx in ann.splits.items():  # videos per split; every class in every split
+        assert len({ann.samples[i].video_id for i in idx}) == SPLIT_VIDEOS[split]
         assert {ann.samples[i].category for i in idx} == set(ann.categories)
     ids = ann.video_ids()
     assert len(ids) == 12 and all(len(v) == 11 for v in ids)
     assert all(ann.video_path(v).is_file() for v in ids)
+    lines_of = {v: [s for s in ann.samples if s.video_id == v] for v in ids}
+    (two,) = [v for v, ss in lines_of.items() if len(ss) == 2]
+    assert lines_of[two][0].category != lines_of[two][1].category
+    split_of = {i: k for k, v in ann.splits.items() for i in v}
+    assert len({split_of[s.index] for s in lines_of[two]}) == 1  # both lines in one split
     assert (ave_root / "Annotations.txt").read_text().startswith("Category&VideoID&Quality")
     labels = ann.labels()
-    assert labels.shape == (12, 10, 4) and np.all(labels.sum(-1) == 1)
+    assert labels.shape == (13, 10, 4) and np.all(labels.sum(-1) == 1)
 
 
 def test_videos_decode_at_the_right_rate(ave_root, tiny_synth_config):
@@ -72,42 +77,42 @@ def _band_energy(x: np.ndarray, sr: int, freq: float) -> float:
 
 
 def test_labels_agree_with_content(ave_root):
-    """Object (its colour) visible exactly in event / visual_only segments, the class tone
-    audible exactly in event / audio_only segments, and event segments = labelled segments."""
+    """Each event's object (its class colour) is visible exactly in its event / visual_only
+    segments, its tone audible exactly in its event / audio_only segments, and its event
+    segments are the labelled ones."""
     meta = load_synth_meta(ave_root)
     classes = meta["classes"]
     ann = load_annotations(ave_root)
-    by_id = {s.video_id: s for s in ann.samples}
+    by_key = {(s.video_id, ann.categories.index(s.category)): s for s in ann.samples}
     colours = np.array([c["rgb"] for c in classes], np.float64)
     kinds_seen = set()
     for v in meta["videos"]:
         path = ave_root / "AVE" / f"{v['video_id']}.mp4"
-        s = by_id[v["video_id"]]
-        labelled = [s.start <= t < s.end for t in range(10)]
-        assert labelled == [k == "event" for k in v["segments"]]
-        frames = decode_video(path, 2).frames.astype(np.float64)  # (10, 2, H, W, 3)
+        px = decode_video(path, 2).frames.reshape(10, -1, 3).astype(np.float64)
+        saturated = (px.max(-1) - px.min(-1)) > 80  # object pixels; the background is grey
+        nearest = np.argmin(((px[..., None, :] - colours) ** 2).sum(-1), -1)  # (10, P)
         audio = decode_audio(path, 16000).samples
-        sig = classes[v["category"]]
-        for t, kind in enumerate(v["segments"]):
-            kinds_seen.add(kind)
-            px = frames[t].reshape(-1, 3)
-            saturated = px[(px.max(1) - px.min(1)) > 80]  # object pixels; background is grey
-            shows = kind in ("event", "visual_only")
-            assert (len(saturated) > 0.08 * len(px)) == shows, (v["video_id"], t, kind)
-            if shows:  # the object's colour is its class colour
-                nearest = np.argmin(((colours - saturated.mean(0)) ** 2).sum(1))
-                assert nearest == v["category"]
-            share = _band_energy(audio[t], 16000, sig["freq_hz"])
-            assert (share > 0.5) == (kind in ("event", "audio_only")), (v["video_id"], t, kind, share)
+        for ev in v["events"]:
+            s = by_key[(v["video_id"], ev["category"])]
+            assert [s.start <= t < s.end for t in range(10)] == [k == "event" for k in ev["segments"]]
+            freq = classes[ev["category"]]["freq_hz"]
+            for t, kind in enumerate(ev["segments"]):
+                kinds_seen.add(kind)
+                share_px = np.mean(saturated[t] & (nearest[t] == ev["category"]))
+                assert (share_px > 0.03) == (kind in ("event", "visual_only")), (v, t, share_px)
+                share = _band_energy(audio[t], 16000, freq)
+                assert (share > 0.2) == (kind in ("event", "audio_only")), (v, t, share)
+                assert share > 0.2 or share < 0.05
     assert kinds_seen >= {"event", "empty"}
 
 
 def test_draw_distribution():
     cfg = SynthConfig(num_classes=6, train=600, val=0, test=0)
     specs = draw_specs(cfg)
-    full = np.mean([(s.start, s.end) == (0, 10) for s in specs])
+    events = [s.events[0] for s in specs]
+    full = np.mean([(e.start, e.end) == (0, 10) for e in events])
     assert abs(full - cfg.full_fraction) < 0.06
-    partial = [s for s in specs if (s.start, s.end) != (0, 10)]
+    partial = [e for e in events if (e.start, e.end) != (0, 10)]
     assert {s.end - s.start for s in partial} == set(range(1, 10))
     assert {k for s in partial for k in s.segments} == {"event", "empty", "visual_only", "audio_only"}
     assert np.bincount([s.category for s in specs]).tolist() == [100] * 6

@@ -7,15 +7,18 @@ class signatures and the kind of every segment; nothing in the pipeline reads it
 
 Content (chosen so that random-initialised CNN features, averaged over frames, separate classes):
 
-* each category has a visual signature, a large striped shape of a distinct hue (stripe
-  count and angle per class too) moving slowly on a
-  plain grey background with (static) pixel noise, and an audio signature, an amplitude-modulated tone at a
-  distinct pitch (log-spaced 250..6000 Hz, in clearly different mel bands, below 8 kHz);
+* each category has a visual signature, a large striped shape of a distinct hue (shape,
+  stripe count and angle differ per class too) moving slowly on a plain grey background with
+  static pixel noise, and an audio signature, an amplitude-modulated tone at a distinct pitch
+  (log-spaced 250..6000 Hz, in clearly different mel bands, below 8 kHz);
 * event segments show the object *and* play the sound; background segments hold neither
   (``empty``), the object only (``visual_only``: a silent object) or the sound only
   (``audio_only``: an off-screen sound), so localisation needs both modalities;
 * about ``full_fraction`` of the events span all ten segments (AVE: ~2/3), the others have
-  uniformly drawn length (1..9 s) and position.
+  uniformly drawn length (1..9 s) and position;
+* ``two_label`` videos carry a second annotation line with another category (as some AVE
+  videos do): two smaller objects side by side and two tones, each with its own interval.
+  ``train``/``val``/``test`` count videos; both lines of a video are in its split.
 
 Everything is drawn from ``seed``: the same seed gives the same annotation files and the same
 decoded content (encoders run single-threaded). The set is written to a temporary directory
@@ -77,16 +80,28 @@ class ClassSignature:
 
 
 @dataclass(frozen=True)
-class VideoSpec:
-    """One generated video: its annotation and what each 1-second segment holds."""
+class EventSpec:
+    """One annotation line of a video: a category, its interval, and per segment what of that
+    category's signature is present."""
 
-    video_id: str
     category: int  # class index
     start: int  # event segments start..end-1
     end: int
-    split: str
     segments: tuple[str, ...]  # SEGMENT_KINDS, one per segment
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """One generated video: its split and its events (AVE: a few videos carry two)."""
+
+    video_id: str
+    split: str
+    events: tuple[EventSpec, ...]
     seed: int  # rendering seed (noise, motion, jitter)
+
+    @property
+    def category(self) -> int:  # the first event's category
+        return self.events[0].category
 
 
 def class_signatures(num_classes: int) -> list[ClassSignature]:
@@ -115,26 +130,37 @@ def _video_id(rng: np.random.Generator, taken: set[str]) -> str:
             return vid
 
 
+def _draw_event(rng: np.random.Generator, category: int, full_fraction: float) -> EventSpec:
+    if rng.random() < full_fraction:
+        start, end = 0, NUM_SEGMENTS
+    else:
+        length = int(rng.integers(1, NUM_SEGMENTS))
+        start = int(rng.integers(0, NUM_SEGMENTS - length + 1))
+        end = start + length
+    kinds, probs = list(BACKGROUND_P), np.array(list(BACKGROUND_P.values()))
+    segs = tuple("event" if start <= s < end else kinds[rng.choice(len(kinds), p=probs)]
+                 for s in range(NUM_SEGMENTS))
+    return EventSpec(int(category), start, end, segs)
+
+
 def draw_specs(cfg: SynthConfig) -> list[VideoSpec]:
-    """Every video of the set, drawn from ``cfg.seed`` (classes balanced within each split)."""
+    """Every video of the set, drawn from ``cfg.seed``: first categories balanced within each
+    split, then ``cfg.two_label`` videos get a second event of another category."""
     rng = np.random.default_rng(cfg.seed)
     taken: set[str] = set()
     specs = []
-    kinds, probs = list(BACKGROUND_P), np.array(list(BACKGROUND_P.values()))
     for split in SPLITS:
         n = getattr(cfg, split)
-        classes = rng.permutation(np.arange(n) % cfg.num_classes)
-        for c in classes:
-            if rng.random() < cfg.full_fraction:
-                start, end = 0, NUM_SEGMENTS
-            else:
-                length = int(rng.integers(1, NUM_SEGMENTS))
-                start = int(rng.integers(0, NUM_SEGMENTS - length + 1))
-                end = start + length
-            segs = tuple("event" if start <= s < end else kinds[rng.choice(len(kinds), p=probs)]
-                         for s in range(NUM_SEGMENTS))
-            specs.append(VideoSpec(_video_id(rng, taken), int(c), start, end, split, segs,
+        for c in rng.permutation(np.arange(n) % cfg.num_classes):
+            specs.append(VideoSpec(_video_id(rng, taken), split,
+                                   (_draw_event(rng, c, cfg.full_fraction),),
                                    int(rng.integers(0, 2**31 - 1))))
+    if cfg.num_classes > 1:
+        for i in sorted(rng.choice(len(specs), min(cfg.two_label, len(specs)), replace=False)):
+            first = specs[i].category
+            other = (first + 1 + int(rng.integers(0, cfg.num_classes - 1))) % cfg.num_classes
+            specs[i] = replace(specs[i], events=specs[i].events
+                               + (_draw_event(rng, other, cfg.full_fraction),))
     return specs
 
 
@@ -168,9 +194,10 @@ def rgb_to_yuv(rgb) -> np.ndarray:
     return np.asarray(rgb, np.float64) @ m.T + np.array([16.0, 128.0, 128.0])
 
 
-def render_frames(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.ndarray:
+def render_frames(spec: VideoSpec, sigs: list[ClassSignature], cfg: SynthConfig) -> np.ndarray:
     """Video as planar yuv420p ``uint8 (N, H*3/2, W)``, N = 10 s x fps (the encoder's own
-    format: no colour conversion). The object is visible in event / visual_only segments."""
+    format: no colour conversion). Each event's object is visible in its event / visual_only
+    segments (two events: two smaller objects, left and right)."""
     rng = np.random.default_rng([spec.seed, 1])
     h, w, n = cfg.height, cfg.width, int(round(NUM_SEGMENTS * cfg.fps))
     sigma = cfg.noise * 150.0  # pixel noise std (noise=0.1 -> 15 grey levels)
@@ -179,7 +206,22 @@ def render_frames(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.
     bg = np.empty((h * 3 // 2, w), np.uint8)  # static noisy grey background
     bg[:h] = np.clip(rgb_to_yuv(rgb_level)[0] + rng.normal(0, sigma * 0.86, (h, w)), 0, 255)
     bg[h:] = 128
-    size = max(4, int(OBJECT_SIZE * min(h, w))) // 2 * 2
+    frames = np.empty((n, h * 3 // 2, w), np.uint8)
+    frames[:] = bg
+    k = len(spec.events)
+    for j, ev in enumerate(spec.events):
+        _draw_object(frames, ev, sigs[ev.category], cfg, rng, slot=(j, k), sigma=sigma)
+    return frames
+
+
+def _draw_object(frames: np.ndarray, ev: EventSpec, sig: ClassSignature, cfg: SynthConfig,
+                 rng: np.random.Generator, slot: tuple[int, int], sigma: float) -> None:
+    """Paste ``sig``'s object into ``frames`` (yuv420p) where ``ev`` makes it visible; ``slot``
+    ``(j, k)``: object j of k shares the frame width."""
+    n, h, w = frames.shape[0], cfg.height, cfg.width
+    j, k = slot
+    size = max(4, int(OBJECT_SIZE * min(h, w / k) * (1.0 if k == 1 else 0.8))) // 2 * 2
+    cx0 = w * (2 * j + 1) / (2 * k)  # slot centre
     mask = _shape_mask(sig.shape, size)
     cmask = mask[::2, ::2]
     y_obj, u_obj, v_obj = rgb_to_yuv(sig.rgb)
@@ -190,16 +232,15 @@ def render_frames(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.
     sprite_y = np.clip(sprite_y, 0, 255).astype(np.uint8)
     # slow elliptical motion around the centre, random phase / direction per video
     phase, turns = rng.uniform(0, 2 * np.pi), rng.choice([-1, 1]) * rng.uniform(0.3, 0.8)
-    ax, ay = max(0, (w - size) // 2 - 2), max(0, (h - size) // 2 - 2)
-    visible = np.array([k in ("event", "visual_only") for k in spec.segments])
-    frames = np.empty((n, h * 3 // 2, w), np.uint8)
-    frames[:] = bg
+    ax, ay = max(0, int(w / (2 * k) - size / 2) - 2), max(0, (h - size) // 2 - 2)
+    visible = np.array([kind in ("event", "visual_only") for kind in ev.segments])
     for i in range(n):
         t = i / cfg.fps
         if not visible[min(int(t + 1e-9), NUM_SEGMENTS - 1)]:
             continue
         a = phase + 2 * np.pi * turns * t / NUM_SEGMENTS
-        x0 = int(round(((w - size) / 2 + ax * np.cos(a)) / 2)) * 2  # even: chroma aligned
+        x0 = int(round((cx0 - size / 2 + ax * np.cos(a)) / 2)) * 2  # even: chroma aligned
+        x0 = min(max(x0, 0), w - size)
         y0 = int(round(((h - size) / 2 + ay * np.sin(a)) / 2)) * 2
         luma = frames[i, y0 : y0 + size, x0 : x0 + size]
         luma[mask] = sprite_y[mask]
@@ -209,33 +250,36 @@ def render_frames(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.
         cy, cx = y0 // 2, x0 // 2
         u[cy : cy + size // 2, cx : cx + size // 2][cmask] = int(round(u_obj))
         v[cy : cy + size // 2, cx : cx + size // 2][cmask] = int(round(v_obj))
-    return frames
 
 
-def render_audio(spec: VideoSpec, sig: ClassSignature, cfg: SynthConfig) -> np.ndarray:
-    """Mono ``float32 (10 * sample_rate,)``: the class tone in event / audio_only segments."""
+def render_audio(spec: VideoSpec, sigs: list[ClassSignature], cfg: SynthConfig) -> np.ndarray:
+    """Mono ``float32 (10 * sample_rate,)``: each event's class tone in its event / audio_only
+    segments, over white noise."""
     rng = np.random.default_rng([spec.seed, 2])
     sr = cfg.sample_rate
     t = np.arange(NUM_SEGMENTS * sr) / sr
-    freq = sig.freq_hz * rng.uniform(0.98, 1.02)
-    amp = TONE_AMP * rng.uniform(0.75, 1.0)
-    tone = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
-    tone *= 0.65 + 0.35 * np.sin(2 * np.pi * sig.am_hz * t)
-    audible = np.array([k in ("event", "audio_only") for k in spec.segments], np.float64)
-    gate = np.repeat(audible, sr)
+    out = rng.normal(0, cfg.noise * 0.3, t.shape)  # noise=0.1 -> std 0.03
     ramp = max(1, int(RAMP_S * sr))
-    gate = np.convolve(np.pad(gate, (ramp // 2, ramp - 1 - ramp // 2), mode="edge"),
-                       np.ones(ramp) / ramp, mode="valid")  # smooth on/off
-    noise = rng.normal(0, cfg.noise * 0.3, t.shape)  # noise=0.1 -> std 0.03
-    return (amp * tone * gate + noise).astype(np.float32)
+    for ev in spec.events:
+        sig = sigs[ev.category]
+        freq = sig.freq_hz * rng.uniform(0.98, 1.02)
+        amp = TONE_AMP * rng.uniform(0.75, 1.0) / len(spec.events)
+        tone = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+        tone *= 0.65 + 0.35 * np.sin(2 * np.pi * sig.am_hz * t)
+        audible = np.array([k in ("event", "audio_only") for k in ev.segments], np.float64)
+        gate = np.repeat(audible, sr)
+        gate = np.convolve(np.pad(gate, (ramp // 2, ramp - 1 - ramp // 2), mode="edge"),
+                           np.ones(ramp) / ramp, mode="valid")  # smooth on/off
+        out += amp * tone * gate
+    return out.astype(np.float32)
 
 
 def write_video(spec: VideoSpec, cfg: SynthConfig, path: str | os.PathLike) -> None:
     """Render and encode one video (H.264 + AAC) to ``path``."""
     from pipeline.media.write import write_mp4
 
-    sig = class_signatures(cfg.num_classes)[spec.category]
-    write_mp4(path, render_frames(spec, sig, cfg), cfg.fps, render_audio(spec, sig, cfg),
+    sigs = class_signatures(cfg.num_classes)
+    write_mp4(path, render_frames(spec, sigs, cfg), cfg.fps, render_audio(spec, sigs, cfg),
               cfg.sample_rate, frame_format="yuv420p")
 
 
@@ -248,21 +292,23 @@ def _write_one(args: tuple[VideoSpec, SynthConfig, str]) -> str:
 # --------------------------------------------------------------------------------------------
 # The set
 # --------------------------------------------------------------------------------------------
-def annotation_line(spec: VideoSpec, sigs: list[ClassSignature]) -> str:
-    return f"{sigs[spec.category].name}&{spec.video_id}&good&{spec.start}&{spec.end}"
+def annotation_line(video_id: str, ev: EventSpec, sigs: list[ClassSignature]) -> str:
+    return f"{sigs[ev.category].name}&{video_id}&good&{ev.start}&{ev.end}"
 
 
 def write_annotations(root: Path, specs: list[VideoSpec], cfg: SynthConfig, seed: int) -> None:
     """``Annotations.txt`` (header, then grouped by category like AVE), the split files, and
     ``synth.json``."""
     sigs = class_signatures(cfg.num_classes)
-    ordered = sorted(specs, key=lambda s: s.category)  # stable: category blocks as in AVE
+    pairs = [(s, ev) for s in specs for ev in s.events]
+    pairs.sort(key=lambda p: p[1].category)  # stable: category blocks as in AVE
     assert HEADER.startswith(HEADER_PREFIX)
-    lines = [HEADER] + [annotation_line(s, sigs) for s in ordered]
+    lines = [HEADER] + [annotation_line(s.video_id, ev, sigs) for s, ev in pairs]
     (root / ANNOTATIONS_FILE).write_text("\n".join(lines) + "\n")
     rng = np.random.default_rng([seed, 3])
     for split in SPLITS:
-        members = [annotation_line(s, sigs) for s in specs if s.split == split]
+        members = [annotation_line(s.video_id, ev, sigs) for s in specs if s.split == split
+                   for ev in s.events]
         members = [members[i] for i in rng.permutation(len(members))]
         (root / SPLIT_FILES[split]).write_text("".join(m + "\n" for m in members))
     meta = {"config": asdict(cfg), "classes": [asdict(s) for s in sigs],
@@ -319,11 +365,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--fps", type=float, default=d.fps)
     p.add_argument("--sample-rate", type=int, default=d.sample_rate)
+    p.add_argument("--two-label", type=int, default=d.two_label)
     p.add_argument("--workers", type=int, default=d.workers)
     a = p.parse_args(argv)
     cfg = replace(d, root=a.out_dir, train=a.train, val=a.val, test=a.test, num_classes=a.classes,
                   seed=a.seed, width=a.width, height=a.height, fps=a.fps,
-                  sample_rate=a.sample_rate, workers=a.workers)
+                  sample_rate=a.sample_rate, two_label=a.two_label, workers=a.workers)
     t0 = time.time()
     root = generate(cfg)
     print(f"wrote {a.train + a.val + a.test} videos, {a.classes} classes to {root} "

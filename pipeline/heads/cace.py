@@ -133,6 +133,9 @@ class CACENet(Head):
         self.project = nn.Sequential(nn.Linear(d, d), nn.ReLU())  # one nonlinear layer (Sec. 3.3)
         self.relevance = nn.Linear(d, 1)  # W_3, Eq. 10
         self.classifier = nn.Linear(d, num_classes)  # W_4, Eq. 11
+        # Set once a training loss has used BECE; inference uses F_o (Eq. 8) only after that, so a
+        # run shorter than the warm-up does not add an untrained projection.
+        self.register_buffer("bece_trained", torch.tensor(False))
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         v, a = self.guide(self.dropout(F.relu(self.v_fc(visual))), audio)
@@ -161,6 +164,8 @@ class CACENet(Head):
         loss = l_c + l_e + l_sup  # Eq. 12 without L_contrast
         parts = {"class": l_c.item(), "relevance": l_e.item(), "gate": l_sup.item()}
         if active:
+            if self.training:
+                self.bece_trained.fill_(True)
             l_con = bece_loss(out["bece_query"], out["bece_key"], rel, self.hp["bece_temperature"])
             loss = loss + self.hp["bece_weight"] * l_con
             parts["contrast"] = l_con.item()
@@ -168,6 +173,7 @@ class CACENet(Head):
 
     @torch.no_grad()
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
-        # Inference with BECE on (Sec. 3.5: o_t = H(y_t - 0.5) * y_c; authors' evaluation sets
-        # contrastive_switch = True).
-        return localize(out["relevance"], out["class_logits"])
+        # Sec. 3.5: o_t = H(y_t - 0.5) * y_c, with BECE on once trained with it (the authors'
+        # evaluation sets contrastive_switch = True).
+        relevance = out["relevance"] if bool(self.bece_trained) else out["relevance_plain"]
+        return localize(relevance, out["class_logits"])

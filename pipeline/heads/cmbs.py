@@ -34,7 +34,7 @@ from ._registry import Head, register_head
 class CMBS(Head):
     DEFAULTS = {
         "visual_fc_dim": 512,  # input FC width for the visual maps (authors' code video_fc_dim=512)
-        "input_dropout": 0.2,  # dropout after the input FC (authors' code: 0.2 fully, 0.1 weak)
+        "input_dropout": None,  # dropout after the input FC; None = per setting
         "cmga_hidden": 256,  # hidden width of the CMGA attentions (Eq. 1; authors' code 256)
         "d_model": 256,  # d_h, hidden size of all temporal modules (authors' main.json/weak.json)
         "heads": 4,  # heads of self- and cross-modal attention (authors' code nhead=4)
@@ -53,6 +53,7 @@ class CMBS(Head):
     # Values that differ between the settings (a DEFAULTS value of None takes these).
     SETTING_DEFAULTS = {
         "fully": {
+            "input_dropout": 0.2,  # authors' supv_main_model
             "beta": 0.4,  # authors' configs/main.json (the paper gives no value)
             "alpha": 0.2,  # Table 4 best (authors' main.json uses 0.1 with a different Eq. 3)
             "gamma": 0.3,  # authors' configs/main.json (the paper gives no value)
@@ -61,6 +62,7 @@ class CMBS(Head):
             "use_rnn": True,  # authors' supv_main_model (RNNEncoder; not in the paper)
         },
         "weak": {
+            "input_dropout": 0.1,  # authors' weak_main_model
             "beta": 0.5,  # authors' configs/weak.json
             "alpha": 0.2,  # authors' configs/weak.json
             "gamma": 0.5,  # authors' configs/weak.json
@@ -86,7 +88,8 @@ class CMBS(Head):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
         hp = {k: (self.SETTING_DEFAULTS[setting][k] if v is None else v) for k, v in hp.items()}
         if hp["weak_predict"] not in ("video", "segment"):
-            raise ValueError(f"cmbs: weak_predict must be 'video' or 'segment', got {hp['weak_predict']!r}")
+            raise ValueError("cmbs: weak_predict must be 'video' or 'segment', "
+                             f"got {hp['weak_predict']!r}")
         self.hp = hp
         d, vd = hp["d_model"], hp["visual_fc_dim"]
         classes = num_classes if setting == "fully" else num_classes + 1  # Sec. 3.5

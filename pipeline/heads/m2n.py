@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._avga import AudioGuidedVisualAttention
-from ._cmbs_blocks import relevance_targets, video_event_class, localize
+from ._cmbs_blocks import localize, relevance_targets, video_event_class
 from ._registry import Head, register_head
 
 
@@ -161,7 +161,8 @@ class M2N(Head):
         return localize(out["relevance"], out["class_logits"])  # p_r >= 0.5 -> class, else bg
 
     # ------------------------------------------------------------------------ cross-modal (CML)
-    def cross_modal_embed(self, visual: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_modal_embed(self, visual: torch.Tensor,
+                          audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-segment modulated features ``(f_v^I, f_a^I)``, each ``(B, T, d)``."""
         return self._encode(visual, audio)
 

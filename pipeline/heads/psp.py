@@ -53,7 +53,8 @@ def avps_loss(v: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, num_classe
 
     Eq. 8 leaves the per-segment similarity open; as in the authors' code (``AVSimilarity`` +
     ``AVPSLoss``) it is the cosine similarity of ``v_t`` and ``a_t``, ReLU'd and l1-normalised
-    over the T segments. ``G`` is the event indicator (segment not background), l1-normalised.
+    over the T segments, computed on the LayerNorm'd outputs of the PSP block. ``G`` is the event
+    indicator (segment not background), l1-normalised.
     """
     s = l1_normalize(F.relu(F.cosine_similarity(v, a, dim=-1, eps=1e-12)))
     g = l1_normalize((labels[..., :num_classes].sum(-1) > 0).to(v.dtype))
@@ -61,7 +62,10 @@ def avps_loss(v: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 class PositiveSamplePropagation(nn.Module):
-    """Eqs. 1-4 on LSTM features ``a, v`` ``(B, T, d_l)``; returns ``(v_psp, a_psp, fusion)``.
+    """Eqs. 1-4 on LSTM features ``a, v`` ``(B, T, d_l)``.
+
+    Returns a dict: ``v_psp``, ``a_psp`` (after the LayerNorm), ``fusion`` (Eq. 4) and the
+    connection matrices ``gamma_va``, ``gamma_av`` ``(B, T, T)`` (Eq. 2).
 
     ``W_1`` (similarity, ``d_l -> d_h``) and ``W_2`` (propagated values, ``d_l -> d_l``) are ReLU'd
     and dropped out (code). With ``project`` the outputs pass ``W_3`` + ReLU + dropout before
@@ -89,9 +93,13 @@ class PositiveSamplePropagation(nn.Module):
         self.project_dropout = nn.Dropout(project_dropout)
         self.layer_norm = nn.LayerNorm(dim, eps=1e-6)  # one LayerNorm for both modalities (code)
 
+    def _branch(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return self.branch_dropout(F.relu(layer(x)))
+
     def forward(self, a: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        branch = lambda layer, x: self.branch_dropout(F.relu(layer(x)))  # noqa: E731
-        beta_va = branch(self.v_W1, v) @ branch(self.a_W1, a).transpose(1, 2) / math.sqrt(self.dim)  # Eq. 1
+        branch = self._branch
+        # Eq. 1, scaled by sqrt(d_l) (the code divides by sqrt(d_h); both 256 by default)
+        beta_va = branch(self.v_W1, v) @ branch(self.a_W1, a).transpose(1, 2) / math.sqrt(self.dim)
         gamma_va = positive_connections(beta_va, self.tau)  # rows: visual segments
         gamma_av = positive_connections(beta_va.transpose(1, 2), self.tau)  # rows: audio segments
         v_psp = v + gamma_va @ branch(self.a_W2, a)  # Eq. 3

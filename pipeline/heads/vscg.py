@@ -79,7 +79,8 @@ def negative_pair_filter_loss(is_event: torch.Tensor, event_logits: torch.Tensor
                   "l_avps": float(l_avps.detach())}
 
 
-def smooth_loss(video_prob: torch.Tensor, target: torch.Tensor, lam: float) -> tuple[torch.Tensor, dict[str, float]]:
+def smooth_loss(video_prob: torch.Tensor, target: torch.Tensor,
+                lam: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Eqs. 19-21: ``lam * BCE(O, Y) + BCE(softmax(O), Y)`` for video probabilities ``O`` ``(B, C+1)``."""
     l_bce = F.binary_cross_entropy(video_prob, target)
     l_s = F.binary_cross_entropy(F.softmax(video_prob, dim=-1), target)
