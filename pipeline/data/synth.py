@@ -62,7 +62,7 @@ BG_LEVEL = 96  # background grey level
 OBJECT_SIZE = 0.7  # object bounding box, fraction of the frame height
 STRIPE_AMP = 28.0  # luma amplitude of the object's stripe texture
 TONE_AMP = 0.4  # peak amplitude of a category tone
-RAMP_S = 0.01  # tone on/off ramp (avoids clicks at segment boundaries)
+RAMP_S = 0.01  # tone fade in/out inside its segments (avoids clicks at boundaries)
 
 
 @dataclass(frozen=True)
@@ -266,12 +266,24 @@ def render_audio(spec: VideoSpec, sigs: list[ClassSignature], cfg: SynthConfig) 
         amp = TONE_AMP * rng.uniform(0.75, 1.0) / len(spec.events)
         tone = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
         tone *= 0.65 + 0.35 * np.sin(2 * np.pi * sig.am_hz * t)
-        audible = np.array([k in ("event", "audio_only") for k in ev.segments], np.float64)
-        gate = np.repeat(audible, sr)
-        gate = np.convolve(np.pad(gate, (ramp // 2, ramp - 1 - ramp // 2), mode="edge"),
-                           np.ones(ramp) / ramp, mode="valid")  # smooth on/off
-        out += amp * tone * gate
+        audible = [k in ("event", "audio_only") for k in ev.segments]
+        out += amp * tone * _gate(audible, sr, ramp)
     return out.astype(np.float32)
+
+
+def _gate(audible: list[bool], sr: int, ramp: int) -> np.ndarray:
+    """1 in audible segments, 0 elsewhere, with ``ramp``-sample fades kept inside the audible
+    segments (no sound leaks into a silent one)."""
+    gate = np.repeat(np.asarray(audible, np.float64), sr)
+    fade = np.linspace(0.0, 1.0, ramp, endpoint=False)
+    for s, on in enumerate(audible):
+        if not on:
+            continue
+        if s == 0 or not audible[s - 1]:
+            gate[s * sr : s * sr + ramp] *= fade
+        if s == len(audible) - 1 or not audible[s + 1]:
+            gate[(s + 1) * sr - ramp : (s + 1) * sr] *= fade[::-1]
+    return gate
 
 
 def write_video(spec: VideoSpec, cfg: SynthConfig, path: str | os.PathLike) -> None:
