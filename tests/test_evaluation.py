@@ -94,3 +94,67 @@ def test_report_rows_and_table_schema(tmp_path):
     assert "| psp | 75.1 | 77.8 | 75.1 | 73.5 |" in md and "not defined by the paper" in md
     with pytest.raises(ValueError, match="lacks"):
         report.write_table([{"head": "x"}], tmp_path)
+
+
+def test_report_stage_cells_and_table(tmp_path):
+    """stages/report.py: a trained cell, a setting the head lacks, and the gathered table."""
+    import importlib.util
+
+    import yaml
+    from test_training import write_set  # registers "toy"
+
+    from pipeline.config import load_params
+    from pipeline.heads import _registry
+
+    prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "paths": {"prepared": str(prepared), "features": str(feats),
+                  "models": str(tmp_path / "models"), "reports": str(tmp_path / "reports")},
+        "train": {"visual": "vis", "audio": "aud", "device": "cpu", "lr": 123.0},
+        "evaluate": {"timelines": 0},
+        "report": {"heads": ["toy", "toy_fully"], "settings": ["fully", "weak"], "epochs": 1}}))
+    if "toy_fully" not in _registry._HEADS:
+        from test_training import _ToyHead
+        register = _registry.register_head("toy_fully")
+        register(type("ToyFully", (_ToyHead,), {"settings": ("fully",),
+                                                "TRAIN_DEFAULTS": {"fully": _ToyHead.TRAIN_DEFAULTS["fully"]}}))
+    spec = importlib.util.spec_from_file_location("report_stage", "stages/report.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    params = load_params(tmp_path / "params.yaml")
+    for head in ("toy", "toy_fully"):
+        for setting in ("fully", "weak"):
+            stage.cell(params, head, setting)
+    stage.table(params)
+    rows = json.loads((tmp_path / "reports" / "results.json").read_text())
+    assert [(r["head"], r["setting"]) for r in rows] == [
+        ("toy", "fully"), ("toy", "weak"), ("toy_fully", "fully"), ("toy_fully", "weak")]
+    assert rows[3]["accuracy"] is None and rows[3]["note"] == report.NOT_DEFINED
+    assert all(r["accuracy"] is not None and r["params"] == 44 for r in rows[:3])
+    # cells use the paper recipe (train.lr is not applied), with report.epochs
+    from pipeline.training import checkpoint as ck
+    best = ck.load(tmp_path / "models" / "matrix" / "toy-weak" / "best.pt")
+    assert best["recipe"]["lr"] == 0.05 and best["recipe"]["epochs"] == 1
+    assert (tmp_path / "reports" / "results.md").read_text().count("| toy") == 2
+
+
+def test_cross_modal_metric_is_wired_for_supporting_heads(tmp_path):
+    """Heads with supports_cross_modal get A2V/V2A from pipeline.heads.m2n's protocol."""
+    import torch
+    from test_training import write_set
+
+    from pipeline.evaluation.evaluate import cross_modal
+    from pipeline.training.data import load_dataset
+
+    prepared, feats = write_set(tmp_path / "set", n_per_split=(4, 4, 16))
+    split = load_dataset(prepared, feats, "vis", "aud", splits=("test",), verbose=False).splits["test"]
+
+    class Stub(torch.nn.Module):
+        supports_cross_modal = True
+
+        def cross_modal_embed(self, visual, audio):  # both modalities = the label-encoding audio
+            return audio, audio
+
+    xm = cross_modal(Stub(), split, torch.device("cpu"), batch_size=5)
+    assert set(xm) == {"a2v", "v2a"} and xm["a2v"] > 0.9 and xm["v2a"] > 0.9
+    assert cross_modal(torch.nn.Linear(1, 1), split, torch.device("cpu")) is None

@@ -135,6 +135,15 @@ def test_decode_video_resizes_in_decord(media_dir):
     assert dec.timestamps.shape == (10, 4)
 
 
+def test_odd_frame_size(tmp_path):
+    path = tmp_path / "odd.mp4"
+    write_mp4(path, [np.full((47, 63, 3), 90, np.uint8)] * 250, 25, None, pix_fmt="yuv444p")
+    info = read_info(path)
+    assert (info.width, info.height, info.num_frames) == (63, 47, 250)
+    assert decode_video(path, 2).frames.shape == (10, 2, 47, 63, 3)
+    assert decode_video(path, 2, size=(32, 32)).frames.shape == (10, 2, 32, 32, 3)
+
+
 def test_variable_frame_rate(media_dir):
     times = np.load(media_dir / "vfr_times.npy")
     info = read_info(media_dir / "vfr.mp4")

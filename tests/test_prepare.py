@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -98,14 +99,16 @@ def test_prepared_fixture_is_clean(prepared_dir):
 def test_stages_run_from_params(tmp_path, tiny_synth_config):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["synth"].update(root=str(tmp_path / "demo"), num_classes=2, train=2, val=1, test=1,
-                           width=32, height=32, workers=1)
+                           width=32, height=32, two_label=0, workers=1)
     params["data"].update(root=str(tmp_path / "demo"), workers=1)
     params["paths"]["prepared"] = str(tmp_path / "prepared")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                                   os.environ.get("PYTHONPATH")]))}
     for stage in ("synth", "prepare"):
         proc = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params",
                                str(tmp_path / "params.yaml")], capture_output=True, text=True,
-                              cwd=REPO, timeout=120)
+                              cwd=REPO, timeout=120, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 samples" in proc.stdout
     assert len(load_manifest(tmp_path / "prepared")) == 4

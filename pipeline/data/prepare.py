@@ -219,15 +219,15 @@ def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path, min_du
             bad.setdefault(r["video_id"], r)
     lines += ["", f"## Video problems ({len(bad)} videos)", ""]
     if bad:
-        lines += ["| video | lines | status | flags | what is done | details |", "|---|---|---|---|---|---|"]
+        lines += ["| video | manifest rows | status | flags | what is done | details |",
+                  "|---|---|---|---|---|---|"]
         by_video: dict[str, list[int]] = {}
         for r in rows:
             by_video.setdefault(r["video_id"], []).append(r["index"])
         for vid, r in bad.items():
             done = ACTIONS[r["status"]]
-            if r["flags"] and r["status"] not in EXCLUDED:
-                done = "; ".join(filter(None, [done] + [_FLAG_ACTIONS[f] for f in r["flags"]
-                                                         if f in _FLAG_ACTIONS]))
+            if r["status"] not in EXCLUDED:
+                done = "; ".join(_FLAG_ACTIONS.get(f, f) for f in r["flags"]) or "used as is"
             lines.append(f"| `{vid}` ({r['path']}) | {', '.join(map(str, by_video[vid]))} | "
                          f"{r['status']} | {';'.join(r['flags'])} | {done} | "
                          f"{r['message'].replace('|', '/')} |")
@@ -237,7 +237,7 @@ def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path, min_du
 
 
 _FLAG_ACTIONS = {FLAG_PADDED_AUDIO: "audio padded with silence", FLAG_VFR: "sampled by timestamps",
-                 FLAG_NO_AUDIO: "silence", FLAG_PADDED_SHORT: "last frame repeated"}
+                 FLAG_NO_AUDIO: "silent audio", FLAG_PADDED_SHORT: "padded with the last frame"}
 
 
 def load_manifest(prepared_dir: str | os.PathLike) -> list[dict[str, Any]]:

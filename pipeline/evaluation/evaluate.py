@@ -30,17 +30,24 @@ def _video_ids(prepared: Path, rows: np.ndarray) -> list[str]:
     return [by_index.get(int(r), f"row{r}") for r in rows]
 
 
-def cross_modal(head: torch.nn.Module, split, device: torch.device) -> Optional[dict[str, float]]:
-    """M2N's A2V / V2A localization accuracy for heads with ``supports_cross_modal``."""
+def cross_modal(head: torch.nn.Module, split, device: torch.device,
+                batch_size: int = 64) -> Optional[dict[str, float]]:
+    """M2N's cross-modal localization accuracy (A2V, V2A; exact window match, M2N Table 1) for
+    heads with ``supports_cross_modal``; the protocol lives in ``pipeline.heads.m2n``."""
     if not getattr(head, "supports_cross_modal", False):
         return None
-    from pipeline.heads import m2n
-    fn = getattr(m2n, "cross_modal_accuracy", None)
-    if fn is None:
-        raise NotImplementedError("pipeline.heads.m2n.cross_modal_accuracy is missing")
+    from pipeline.heads.m2n import cross_modal_localization_accuracy
+
+    vs, as_ = [], []
     with torch.no_grad():
-        v, a = head.cross_modal_embed(split.visual.to(device).float(), split.audio.to(device).float())
-    return {k: float(x) for k, x in fn(v.cpu(), a.cpu(), split.labels).items()}
+        for s in range(0, len(split), batch_size):
+            v, a = head.cross_modal_embed(split.visual[s:s + batch_size].to(device).float(),
+                                          split.audio[s:s + batch_size].to(device).float())
+            vs.append(v.cpu())
+            as_.append(a.cpu())
+    v, a = torch.cat(vs), torch.cat(as_)
+    events = split.targets != split.labels.shape[-1] - 1
+    return {d: float(cross_modal_localization_accuracy(v, a, events, d)) for d in ("a2v", "v2a")}
 
 
 def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path, visual: str,
@@ -66,7 +73,7 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
                train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
                val_accuracy=float(ckpt["val_accuracy"]))
-    xm = cross_modal(head, s, dev)
+    xm = cross_modal(head, s, dev, batch_size)
     if xm is not None:
         res["cross_modal"] = xm
     print(f"{split}: accuracy {res['accuracy']:.4f} on {res['segments']} segments "

@@ -68,14 +68,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     feats = sorted({f"{r['visual']} + {r['audio']}" for r in rows})
     out = ["# AVE localization results (test segment accuracy, %)", "",
            f"Features: {', '.join(feats)}. Paper numbers: VGG-19 + VGG-like (VGGish) rows of the "
-           "papers' tables. Params: trainable parameters of our head (paper's where reported). "
+           "papers' tables. Params: trainable parameters of our head (fully / weak where they "
+           "differ; the paper's where reported). "
            "Time: our training wall time.", "",
            "| head | fully (ours) | fully (paper) | weak (ours) | weak (paper) | params (ours) "
            "| params (paper) | train s (fully / weak) | notes |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for h in heads:
         f, w = by.get((h, "fully"), {}), by.get((h, "weak"), {})
-        params = f.get("params") or w.get("params")
+        ps = [r.get("params") for r in (f, w) if r.get("params") is not None]
+        params = " / ".join(f"{x:,}" for x in dict.fromkeys(ps)) if ps else None
         notes = "; ".join(f"{s}: {r['note']}" for s, r in (("fully", f), ("weak", w))
                           if r and r.get("note"))
         xm = f.get("cross_modal")
@@ -83,7 +85,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             notes = "; ".join(filter(None, [notes, ", ".join(f"{k} {v:.1f}" for k, v in xm.items())]))
         out.append(f"| {h} | {_fmt(f.get('accuracy'), '.1f')} | {_fmt(f.get('paper_accuracy'), '.1f')} "
                    f"| {_fmt(w.get('accuracy'), '.1f')} | {_fmt(w.get('paper_accuracy'), '.1f')} "
-                   f"| {_fmt(params, ',')} | {_fmt(f.get('paper_params'), ',')} "
+                   f"| {_fmt(params)} | {_fmt(f.get('paper_params'), ',')} "
                    f"| {_fmt(f.get('train_seconds'), '.0f')} / {_fmt(w.get('train_seconds'), '.0f')} "
                    f"| {notes} |")
     sources = sorted({r["paper_source"] for r in rows if r.get("paper_source")})

@@ -168,10 +168,14 @@ def decoder_for(encoder: Encoder, cfg: ExtractConfig) -> Callable[[str], Any]:
 
 
 def _decoded_stream(fn: Callable[[str], Any], items: list[str], workers: int,
-                    timeout_s: float) -> Iterator[tuple[str, Any]]:
-    """(path, Decoded | DecodeFailure) in input order; workers=0 decodes in this thread."""
+                    timeout_s: float, pool: Any = None) -> Iterator[tuple[str, Any]]:
+    """(path, Decoded | DecodeFailure) in input order; workers=0 decodes in this thread;
+    ``pool``: an already running :class:`DecodePool` over ``fn`` (left open)."""
     from pipeline.media import DecodeFailure, DecodePool
 
+    if pool is not None:
+        yield from pool.imap(items)
+        return
     if workers == 0:
         for item in items:
             try:
@@ -324,12 +328,14 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
             num_rows: Optional[int] = None, encoder: Optional[Encoder] = None,
             device: Optional[torch.device] = None, rank: int = 0, world_size: int = 1,
             progress: bool = True, on_shard: Optional[Callable[[int], None]] = None,
-            log: Callable[[str], None] = print) -> ExtractResult:
+            decode_pool: Any = None, log: Callable[[str], None] = print) -> ExtractResult:
     """Extract ``name`` (model ``spec``) for manifest ``rows`` into ``out_path``.
 
     ``encoder``: a ready encoder (e.g. fine-tuned in memory) instead of building one from
     ``spec``. ``on_shard(k)`` is called after shard ``k`` is committed (tests use it to
-    simulate a kill). Returns an :class:`ExtractResult`.
+    simulate a kill). ``decode_pool``: a running :class:`pipeline.media.DecodePool` over
+    ``decoder_for(encoder, cfg)`` to reuse (e.g. across models with the same frame size);
+    by default one is started and closed here. Returns an :class:`ExtractResult`.
     """
     t0 = time.monotonic()
     out_path = Path(out_path)
@@ -363,7 +369,8 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
         + (f", rank {rank}/{world_size}" if world_size > 1 else ""))
 
     computed = _run_shards(encoder, cfg, work, shards, todo, shard_fp, partial, device, amp,
-                           progress and rank == 0, resumed, sum(len(shards[k]) for k in mine), on_shard, name)
+                           progress and rank == 0, resumed, sum(len(shards[k]) for k in mine), on_shard,
+                           name, decode_pool)
 
     if world_size > 1:
         import torch.distributed as dist
@@ -409,7 +416,7 @@ def _metadata(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig,
 def _run_shards(encoder: Encoder, cfg: ExtractConfig, work: WorkList, shards: list[list[str]],
                 todo: list[int], shard_fp: list[str], partial: Path, device: torch.device,
                 amp: Optional[torch.dtype], progress: bool, initial: int, total: int,
-                on_shard: Optional[Callable[[int], None]], name: str) -> int:
+                on_shard: Optional[Callable[[int], None]], name: str, decode_pool: Any = None) -> int:
     from tqdm import tqdm
 
     if not todo:
@@ -417,7 +424,8 @@ def _run_shards(encoder: Encoder, cfg: ExtractConfig, work: WorkList, shards: li
     feat_shape = encoder.feature_shape()
     store_dtype = np.dtype(cfg.dtype)
     items = [v for k in todo for v in shards[k]]
-    stream = _decoded_stream(decoder_for(encoder, cfg), items, cfg.workers, cfg.decode_timeout_s)
+    stream = _decoded_stream(decoder_for(encoder, cfg), items, cfg.workers, cfg.decode_timeout_s,
+                             decode_pool)
     batches = produce_batches(stream, [(k, shards[k]) for k in todo], cfg.batch_videos,
                               pin=device.type == "cuda")
     bar = tqdm(total=total, initial=initial, unit="video", desc=f"extract {name}", disable=not progress,

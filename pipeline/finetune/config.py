@@ -34,6 +34,7 @@ class FinetuneConfig:
     eval_split: str = "val"  # held-out split for the retrieval metric
     # --- contrastive objective (Eq. 9, symmetric) ---
     proj_dim: int = 128  # projection head output (released: Linear(bias=False) -> 128, L2-normalised)
+    proj_norm: Literal["batch", "none"] = "batch"  # feature standardisation before the head over the global batch (released: none)
     temperature: float = 0.2  # tau in Eq. 9 (released default 0.2; fixed, not learned)
     # --- optimisation ---
     batch_size: int = 256  # GLOBAL batch (videos) over all ranks; negatives = the rest of it (released: 256)

@@ -14,10 +14,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from pipeline.data.prepare import EXCLUDED
 from pipeline.media import DecodeFailure, DecodePool, decode_audio, decode_video
 
 NUM_SEGMENTS = 10
-USABLE = ("ok", "short")  # manifest statuses a clip is decoded for (no_audio: no positive pair)
+SKIPPED = EXCLUDED | {"no_audio"}  # manifest statuses left out (no_audio: no positive pair)
 
 
 @dataclass
@@ -47,7 +48,7 @@ def videos(rows: Iterable[dict], splits: Iterable[str]) -> list[tuple[str, str]]
     splits = set(splits)
     out: dict[str, str] = {}
     for r in rows:
-        if r["split"] in splits and r["status"] in USABLE:
+        if r["split"] in splits and r["status"] not in SKIPPED:
             out.setdefault(r["video_id"], str(r["path"]))
     return list(out.items())
 

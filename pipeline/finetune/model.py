@@ -4,7 +4,7 @@ The encoders are applied exactly as the extraction engine applies them (one fram
 map, one 1-s audio segment -> an embedding), so what is tuned here is what is re-extracted.
 "All the extracted features obtained from one video" are average-pooled (space, frames and
 segments for vision; segments for audio) and each modality goes through its own projection
-head (released: ``Linear(bias=False)``; the paper does not describe one), then L2-normalised.
+head (the paper does not describe one; see ProjectionHead), then L2-normalised.
 """
 from __future__ import annotations
 
@@ -15,24 +15,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class AVContrastive(nn.Module):
+class AVEncoders(nn.Module):
     """Two encoders with the pipeline.encoders interface (``prepare(raw)`` then ``forward``):
-    ``visual``: (N, H, W, 3) uint8 -> prepared -> (N, C, h, w) maps; ``audio``: (N, L) 1-s
-    waveforms -> prepared -> (N, D) embeddings.
+    ``visual``: (N, H, W, 3) uint8 -> (N, C, h, w) maps; ``audio``: (N, L) 1-s waveforms ->
+    (N, D) embeddings. ``forward(frames, audio)``: frames uint8 (B, S, F, H, W, 3), audio float
+    (B, S, L) for S segments of F frames -> clip-averaged features (B, C), (B, D) float32.
+    This is the part DDP wraps (it holds every trainable encoder parameter)."""
 
-    ``forward(frames, audio)``: frames uint8 (B, S, F, H, W, 3), audio float (B, S, L) for S
-    segments of F frames -> (v, a), each (B, proj_dim), unit norm.
-    """
-
-    def __init__(self, visual: nn.Module, audio: nn.Module, visual_dim: int, audio_dim: int, proj_dim: int):
+    def __init__(self, visual: nn.Module, audio: nn.Module):
         super().__init__()
         self.visual = visual
         self.audio = audio
-        self.proj_visual = nn.Linear(visual_dim, proj_dim, bias=False)
-        self.proj_audio = nn.Linear(audio_dim, proj_dim, bias=False)
 
-    def pooled(self, frames: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip-averaged encoder features (before the projection heads): (B, C), (B, D)."""
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = frames.shape[0]
         maps = self.visual(self.visual.prepare(frames.flatten(0, 2)))  # (B*S*F, C, h, w)
         v = maps.float().mean(dim=(2, 3)).view(b, -1, maps.shape[1]).mean(dim=1)
@@ -40,10 +35,46 @@ class AVContrastive(nn.Module):
         a = emb.float().view(b, -1, emb.shape[-1]).mean(dim=1)
         return v, a
 
+
+class ProjectionHead(nn.Module):
+    """Clip feature -> unit-norm embedding. ``norm: none`` is the released head
+    (``Linear(bias=False)``); ``norm: batch`` standardises each feature over the (global)
+    batch first (BatchNorm1d without affine, cumulative running statistics for evaluation):
+    post-ReLU CNN features share a large common component (all clips look alike to cosine
+    similarity, worst with random init), which a bias-free linear map is slow to remove."""
+
+    def __init__(self, dim: int, proj_dim: int, norm: str = "none"):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, momentum=None) if norm == "batch" else nn.Identity()
+        self.linear = nn.Linear(dim, proj_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(self.norm(x.float())), dim=-1)
+
+
+class AVContrastive(nn.Module):
+    """Encoders + one projection head per modality. The heads run on the *gathered* global
+    batch (see train.train_step), so batch statistics and gradients of the heads are those of
+    the global batch whatever the number of ranks or micro-batches."""
+
+    def __init__(self, visual: nn.Module, audio: nn.Module, visual_dim: int, audio_dim: int,
+                 proj_dim: int, proj_norm: str = "none"):
+        super().__init__()
+        self.encoders = AVEncoders(visual, audio)
+        self.head_visual = ProjectionHead(visual_dim, proj_dim, proj_norm)
+        self.head_audio = ProjectionHead(audio_dim, proj_dim, proj_norm)
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.encoders.visual
+
+    @property
+    def audio(self) -> nn.Module:
+        return self.encoders.audio
+
     def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v, a = self.pooled(frames, audio)
-        return (F.normalize(self.proj_visual(v).float(), dim=-1),
-                F.normalize(self.proj_audio(a).float(), dim=-1))
+        v, a = self.encoders(frames, audio)
+        return self.head_visual(v), self.head_audio(a)
 
 
 def _under(name: str, prefix: str) -> bool:

@@ -3,6 +3,7 @@ tuned weights out in the encoders' native format, metrics through DVCLive (rank 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -22,14 +23,30 @@ SUMMARY_FILE = "finetune.json"  # under paths.finetune: what the weights are and
 
 
 def weights_file(out_dir: str | Path, encoder: str) -> Path:
-    """Where the tuned ``encoder`` is written: ``<paths.finetune>/<encoder>.pth`` (``/`` of
-    ``timm/<name>`` becomes ``_``); the path an extract model spec names in ``weights:``."""
-    return Path(out_dir) / f"{encoder.replace('/', '_')}.pth"
+    """Where the tuned ``encoder`` is written: ``<paths.finetune>/<encoder>.pth`` (``timm/<name>``
+    -> ``timm/<name>.pth``); the path an ``extract.models`` entry names in ``weights:``."""
+    return Path(out_dir) / f"{encoder}.pth"
 
 
-def build_model(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> tuple[AVContrastive, int]:
+def save_encoders(core: AVContrastive, out_dir: str | Path) -> dict[str, Path]:
+    """Both encoders in their native checkpoint format (``Encoder.export_state_dict``), which
+    the weights resolver loads strictly from a path; atomic replace."""
+    out = {}
+    for role, enc in (("visual", core.visual), ("audio", core.audio)):
+        path = weights_file(out_dir, enc.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(enc.export_state_dict(), tmp)
+        os.replace(tmp, path)
+        out[role] = path
+    return out
+
+
+def build_model(cfg: FinetuneConfig, log: Callable[[str], None] = print,
+                distributed: bool = False) -> tuple[AVContrastive, int]:
     """Encoders through the one registry/resolver (weights ``pretrained | random | <path>``),
-    trainable layers set, projection heads seeded. Returns the model and the audio rate."""
+    trainable layers set, projection heads seeded; ``distributed``: trainable parameters the
+    embeddings do not use are frozen (DDP needs every one). Returns the model and audio rate."""
     visual = lookup(cfg.visual)(ModelSpec(encoder=cfg.visual, weights=cfg.visual_weights, seed=cfg.seed),
                                 cfg.download, image_size=cfg.image_size)
     audio = lookup(cfg.audio)(ModelSpec(encoder=cfg.audio, weights=cfg.audio_weights, seed=cfg.seed),
@@ -38,13 +55,14 @@ def build_model(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> tupl
     na = set_trainable(audio, cfg.audio_trainable, "finetune.audio_trainable")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = AVContrastive(visual, audio, visual.feature_shape()[-1], audio.feature_shape()[-1], cfg.proj_dim)
+        model = AVContrastive(visual, audio, visual.feature_shape()[-1], audio.feature_shape()[-1], cfg.proj_dim,
+                              cfg.proj_norm)
     rate = audio_sample_rate(audio)
     shape = (1, cfg.frames_per_segment, cfg.image_size, cfg.image_size, 3)
-    unused = freeze_unused(model, shape, rate)
+    unused = freeze_unused(model, shape, rate) if distributed else []
     log(f"finetune: visual {cfg.visual} ({visual.weights.describe()}), {nv:,} trainable params; "
         f"audio {cfg.audio} ({audio.weights.describe()}), {na:,} trainable params; "
-        f"frozen as unused by the embeddings: {', '.join(unused) or 'none'}")
+        f"frozen as unused by the embeddings: {', '.join(unused) or '-'}")
     return model, rate
 
 
@@ -76,7 +94,7 @@ def run(params: dict) -> dict:
 
     rows = load_manifest(paths.prepared)
     torch.manual_seed(cfg.seed)
-    core, sample_rate = build_model(cfg, log)
+    core, sample_rate = build_model(cfg, log, distributed=env.world > 1)
     train = load_clips(videos(rows, cfg.train_splits), cfg, sample_rate, log)
     held_out = load_clips(videos(rows, [cfg.eval_split]), cfg, sample_rate, log)
     log(f"finetune: {len(train)} training videos ({'+'.join(cfg.train_splits)}), {len(held_out)} "
@@ -99,14 +117,11 @@ def run(params: dict) -> dict:
                    "train_loss_last_epoch": hist["train_loss"][-1],
                    "seconds": round(hist["seconds"], 1), "peak_memory_mb": round(hist["peak_memory_mb"], 1),
                    "world_size": env.world, "videos_train": len(train), "videos_held_out": len(held_out)}
-        for name, enc in (("visual", core.visual), ("audio", core.audio)):
-            path = weights_file(out, enc.name)
-            torch.save(enc.export_state_dict(), path)
-            log(f"finetune: wrote {path}")
+        written = save_encoders(core, out)
+        log("finetune: wrote " + ", ".join(map(str, written.values())))
         (out / SUMMARY_FILE).write_text(json.dumps(
             {"metrics": summary, "config": to_dict(cfg), "git": git_revision(),
-             "weights": {"visual": str(weights_file(out, core.visual.name)),
-                         "audio": str(weights_file(out, core.audio.name))}}, indent=1))
+             "weights": {role: str(p) for role, p in written.items()}}, indent=1))
         live.summary.update(summary)
         live.make_summary()
         live.end()

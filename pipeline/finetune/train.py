@@ -115,48 +115,60 @@ def autocast(cfg: FinetuneConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
-def train_step(model: nn.Module, core: AVContrastive, frames: torch.Tensor, audio: torch.Tensor,
+def train_step(encoders: nn.Module, core: AVContrastive, frames: torch.Tensor, audio: torch.Tensor,
                cfg: FinetuneConfig, scaler: Optional[torch.amp.GradScaler]) -> float:
     """Forward + backward of one global batch (gradients left in ``.grad``); returns the loss.
 
+    ``encoders`` is ``core.encoders``, DDP-wrapped when distributed. The clip features of the
+    local shard are gathered (with gradients) into the global batch, and every rank runs the
+    projection heads and the loss on that same global batch: head gradients are identical on
+    all ranks without any reduction, encoder gradients are averaged by DDP.
+
     ``micro_batch`` < local batch: exact gradient caching (Gao et al. 2021, "GradCache"):
-    (1) embed every micro-batch without a graph, (2) loss on the gathered global batch and its
-    gradient w.r.t. the embeddings only, (3) re-embed each micro-batch with a graph (same RNG
-    state, BatchNorm statistics untouched in pass 1) and backpropagate the cached embedding
-    gradients. Peak activation memory is one micro-batch; the gradient equals the full-batch one
-    (BatchNorm in batch-statistics mode excepted: its statistics are per micro-batch, as in any
-    accumulation scheme, and per rank under DDP).
+    (1) encode every micro-batch without a graph, (2) heads + loss on the gathered global batch,
+    gradient w.r.t. the clip features, (3) re-encode each micro-batch with a graph (same RNG
+    state; BatchNorm statistics untouched in pass 1) and backpropagate the cached feature
+    gradients. Peak activation memory is one micro-batch; the gradient is the full-batch one
+    (encoder BatchNorm in batch-statistics mode excepted: its statistics are per micro-batch
+    and per rank, as in any accumulation scheme; ``bn: frozen`` removes that).
     """
     scale = (lambda t: scaler.scale(t)) if scaler is not None else (lambda t: t)
+    dev = frames.device
+
+    def loss_of(pv: torch.Tensor, pa: torch.Tensor) -> torch.Tensor:
+        v = core.head_visual(gather_global(pv.float()))
+        a = core.head_audio(gather_global(pa.float()))
+        return symmetric_infonce(v, a, cfg.temperature)
+
     b = frames.shape[0]
     micro = cfg.micro_batch or b
     if micro >= b:
-        with autocast(cfg, frames.device):
-            v, a = model(frames, audio)
-        loss = symmetric_infonce(gather_global(v), gather_global(a), cfg.temperature)
+        with autocast(cfg, dev):
+            pv, pa = encoders(frames, audio)
+        loss = loss_of(pv, pa)
         scale(loss).backward()
         return float(loss.detach())
 
     chunks = [(lo, min(lo + micro, b)) for lo in range(0, b, micro)]
-    states, vs, as_ = [], [], []
-    with torch.no_grad(), bn_stats_frozen(core):
+    states, pvs, pas = [], [], []
+    with torch.no_grad(), bn_stats_frozen(core.encoders):
         for lo, hi in chunks:
-            states.append(_rng_state(frames.device))
-            with autocast(cfg, frames.device):
-                v, a = model(frames[lo:hi], audio[lo:hi])
-            vs.append(v.float())
-            as_.append(a.float())
-    v = torch.cat(vs).requires_grad_()
-    a = torch.cat(as_).requires_grad_()
-    loss = symmetric_infonce(gather_global(v), gather_global(a), cfg.temperature)
+            states.append(_rng_state(dev))
+            with autocast(cfg, dev):
+                pv, pa = encoders(frames[lo:hi], audio[lo:hi])
+            pvs.append(pv.float())
+            pas.append(pa.float())
+    pv = torch.cat(pvs).requires_grad_()
+    pa = torch.cat(pas).requires_grad_()
+    loss = loss_of(pv, pa)
     scale(loss).backward()
     for k, (lo, hi) in enumerate(chunks):
-        _set_rng_state(frames.device, states[k])
-        sync = isinstance(model, DDP) and k < len(chunks) - 1
-        with model.no_sync() if sync else contextlib.nullcontext():
-            with autocast(cfg, frames.device):
-                vc, ac = model(frames[lo:hi], audio[lo:hi])
-            surrogate = (vc.float() * v.grad[lo:hi]).sum() + (ac.float() * a.grad[lo:hi]).sum()
+        _set_rng_state(dev, states[k])
+        sync = isinstance(encoders, DDP) and k < len(chunks) - 1
+        with encoders.no_sync() if sync else contextlib.nullcontext():
+            with autocast(cfg, dev):
+                cv, ca = encoders(frames[lo:hi], audio[lo:hi])
+            surrogate = (cv.float() * pv.grad[lo:hi]).sum() + (ca.float() * pa.grad[lo:hi]).sum()
             surrogate.backward()
     return float(loss.detach())
 
@@ -167,17 +179,19 @@ def train_step(model: nn.Module, core: AVContrastive, frames: torch.Tensor, audi
 @torch.no_grad()
 def embed_all(core: AVContrastive, bank: ClipBank, batch: int, cfg: FinetuneConfig,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of every clip of ``bank`` in eval mode (head BatchNorm: running statistics)."""
     was = core.training
     core.eval()
-    vs, as_ = [], []
+    pvs, pas = [], []
     for lo in range(0, len(bank), batch):
         frames, audio = bank.batch(list(range(lo, min(lo + batch, len(bank)))), device)
         with autocast(cfg, device):
-            v, a = core(frames, audio)
-        vs.append(v.float().cpu())
-        as_.append(a.float().cpu())
+            pv, pa = core.encoders(frames, audio)
+        pvs.append(pv.float())
+        pas.append(pa.float())
+    v, a = core.head_visual(torch.cat(pvs)), core.head_audio(torch.cat(pas))
     core.train(was)
-    return torch.cat(vs), torch.cat(as_)
+    return v.cpu(), a.cpu()
 
 
 def evaluate(core: AVContrastive, bank: ClipBank, cfg: FinetuneConfig, device: torch.device) -> dict:
@@ -199,7 +213,7 @@ def peak_memory_mb(device: torch.device) -> float:
 # --------------------------------------------------------------------------------------------
 def build_optimizer(core: AVContrastive, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     enc = [p for m in (core.visual, core.audio) for p in m.parameters() if p.requires_grad]
-    head = [p for m in (core.proj_visual, core.proj_audio) for p in m.parameters()]
+    head = [p for m in (core.head_visual, core.head_audio) for p in m.parameters()]
     groups = [{"params": head, "lr": cfg.lr_head, "base_lr": cfg.lr_head}]
     if enc:
         groups.append({"params": enc, "lr": cfg.lr_encoder, "base_lr": cfg.lr_encoder})
@@ -266,8 +280,8 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
             scaler.load_state_dict(ckpt["scaler"])
         start, history = ckpt["epoch"], ckpt["history"]
         log(f"finetune: resumed from {ckpt_path} after epoch {start}")
-    model = DDP(core, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
-        if env.world > 1 else core
+    encoders = DDP(core.encoders, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
+        if env.world > 1 else core.encoders
 
     if history["before"] is None:
         history["before"] = evaluate(core, held_out, cfg, env.device) if env.main else None
@@ -283,12 +297,12 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
         sampler.set_epoch(epoch)
         set_lr(opt, cfg, epoch)
         core.train()
-        set_bn_mode(core, cfg.bn)
+        set_bn_mode(core.encoders, cfg.bn)
         losses = []
         for idx in sampler:
             frames, audio = train.batch(idx, env.device)
             opt.zero_grad(set_to_none=True)
-            losses.append(train_step(model, core, frames, audio, cfg, scaler))
+            losses.append(train_step(encoders, core, frames, audio, cfg, scaler))
             if scaler is not None:
                 scaler.unscale_(opt)
             if cfg.grad_clip > 0:

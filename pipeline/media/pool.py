@@ -167,10 +167,16 @@ class DecodePool:
         busy = sum(1 for w in self._pool if w.seq is not None)
         while len(self._pool) < min(self.workers, busy + len(todo)):
             self._spawn()
-        for w in self._pool:
+        for w in list(self._pool):
             if w.ready and w.seq is None and todo:
                 seq = todo.popleft()
-                w.conn.send((seq, items_by_seq[seq]))
+                try:
+                    w.conn.send((seq, items_by_seq[seq]))
+                except OSError:  # died while idle: requeue the item, replace the worker
+                    todo.appendleft(seq)
+                    self._retire(w)
+                    self.killed += 1
+                    continue
                 w.seq, w.deadline = seq, time.monotonic() + self.timeout_s
         now = time.monotonic()
         deadlines = [w.deadline for w in self._pool if w.seq is not None]

@@ -32,8 +32,9 @@ def write_mp4(path: str | os.PathLike, frames: Optional[Iterable[np.ndarray]], f
               audio: Optional[np.ndarray] = None, sample_rate: int = 16000, *,
               frame_times: Optional[Sequence[float]] = None, crf: int = 23,
               preset: str = "ultrafast", gop: Optional[int] = None,
-              frame_format: str = "rgb24") -> None:
-    """Encode ``frames`` (H.264, yuv420p: even width/height) and ``audio`` (AAC mono) to ``path``."""
+              frame_format: str = "rgb24", pix_fmt: str = "yuv420p") -> None:
+    """Encode ``frames`` (H.264 in ``pix_fmt``: yuv420p needs even width/height, yuv444p takes
+    any size) and ``audio`` (AAC mono) to ``path``."""
     import av
 
     if frames is None and audio is None:
@@ -48,7 +49,8 @@ def write_mp4(path: str | os.PathLike, frames: Optional[Iterable[np.ndarray]], f
             if frame_format == "yuv420p":
                 h = h * 2 // 3
             vstream = out.add_stream("libx264", rate=rate)
-            vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
+            vstream.width, vstream.height = w, h
+            vstream.pix_fmt = "yuv420p" if frame_format == "yuv420p" else pix_fmt
             vstream.codec_context.thread_count = 1
             vstream.codec_context.gop_size = gop or max(1, int(round(float(rate))))
             vstream.options = {"preset": preset, "crf": str(crf)}

@@ -57,8 +57,10 @@ class TrainConfig:
 @register_section("heads")
 @dataclass(frozen=True)
 class HeadsConfig:
-    """Per-head hyperparameter overrides merged over the head's ``DEFAULTS`` (e.g. psp: {tau: 0.1});
-    unknown keys are errors naming ``heads.<head>.<key>`` when the head is built."""
+    """Per-head hyperparameter overrides merged over the head's ``DEFAULTS`` (e.g. psp:
+    {tau_fully: 0.1}); unknown keys are errors naming ``heads.<head>.<key>`` when the head is
+    built. From the CLI: ``dvc exp run -S '+heads.psp.tau_fully=0.1'`` (``+`` adds a key that
+    params.yaml does not list yet; without it for keys already listed)."""
     avel: dict[str, Any] = field(default_factory=dict)
     psp: dict[str, Any] = field(default_factory=dict)
     cmbs: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +72,8 @@ class HeadsConfig:
     visual_only: dict[str, Any] = field(default_factory=dict)
 
     def of(self, head: str) -> dict[str, Any]:
-        return dict(getattr(self, head, None) or {})
+        """Overrides of ``head`` (``null`` values = the paper default, i.e. no override)."""
+        return {k: v for k, v in (getattr(self, head, None) or {}).items() if v is not None}
 
 
 @register_section("evaluate")

@@ -248,6 +248,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
     if len(train_split) == 0:
         raise ValueError("train split is empty after excluding invalid rows")
     bs = int(recipe["batch_size"])
+    steps_per_epoch = -(-len(train_split) // bs)
     done_this_call = 0
     for epoch in range(start, epochs):
         if stop_after is not None and done_this_call >= stop_after:
@@ -293,7 +294,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                   "hparams": hparams, "dims": dims, "recipe": recipe,
                   "params": params_snapshot or {}, "num_parameters": n_params,
                   "categories": list(data.categories), "train_seconds": seconds,
-                  "step": (epoch + 1) * -(-len(train_split) // bs)}
+                  "step": (epoch + 1) * steps_per_epoch}
         if improved:
             ckpt_io.save({**common, "epoch": epoch, "val_accuracy": val_acc,
                           "model": best["model"]}, out_dir / "best.pt")
@@ -303,13 +304,15 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                       "best": best, "history": history, "fingerprint": fp}, last_path)
         done_this_call += 1
 
-    if best is not None and not (out_dir / "best.pt").is_file():
-        # Resumed a finished run whose best.pt was removed (e.g. by DVC): rewrite it.
+    if best is not None:
+        # best.pt carries the whole run's training time (and is rewritten from last.pt when a
+        # finished run is resumed after best.pt was removed, e.g. by DVC).
         last = ckpt_io.load(last_path)
         keep = {k: v for k, v in last.items()
                 if k not in ("optimizer", "scheduler", "rng", "best", "history", "fingerprint")}
         ckpt_io.save({**keep, "epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
-                      "model": best["model"]}, out_dir / "best.pt")
+                      "step": (best["epoch"] + 1) * steps_per_epoch, "model": best["model"],
+                      "train_seconds": seconds}, out_dir / "best.pt")
     if live is not None:
         if best is not None:
             live.summary.update({"best/val_accuracy": best["val_accuracy"],

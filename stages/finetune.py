@@ -1,0 +1,32 @@
+"""DVC stage ``finetune``: CACE contrastive fine-tuning of the visual and audio encoders.
+
+    python stages/finetune.py                                        # one process (CPU or one GPU)
+    torchrun --standalone --nproc_per_node=4 stages/finetune.py      # DDP over 4 GPUs (finetune.nproc)
+
+Reads ``finetune`` and ``paths``; writes the tuned encoders to ``<paths.finetune>/<encoder>.pth``
+(the native format of the weights resolver: ``weights: data/finetune/resnet50.pth`` in an
+``extract.models`` entry), ``<paths.finetune>/finetune.json``, per-epoch checkpoints in
+``<paths.finetune>/checkpoints/`` (a rerun resumes) and DVCLive metrics in
+``<paths.reports>/finetune/`` (``retrieval_top1_before`` / ``retrieval_top1_after``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
+
+from pipeline.config import load_params  # noqa: E402
+from pipeline.finetune.run import run  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = p.parse_args(argv)
+    run(load_params(args.params))
+
+
+if __name__ == "__main__":
+    main()
