@@ -82,8 +82,8 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
             assert f["order"].dtype == np.int64
     assert sum(len(v) for v in sizes.values()) == 13
     assert all(rows[i]["split"] == s for s, idx in sizes.items() for i in idx)
-    assert json.loads((out / "categories.json").read_text()) == ["Church bell",
-                                                                 "Male speech, man speaking", "Bark"]
+    categories = json.loads((out / "categories.json").read_text())
+    assert categories == ["Church bell", "Male speech, man speaking", "Bark"]
     # atomic replace: a second run swaps the directory, leaving no temporaries
     prepare(root, out, workers=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

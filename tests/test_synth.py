@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.config import ConfigError, SynthConfig, from_dict
 from pipeline.data.ave import load_annotations
-from pipeline.data.synth import AVE_CATEGORIES, class_signatures, draw_specs, generate, load_synth_meta
+from pipeline.data.synth import (AVE_CATEGORIES, class_signatures, draw_specs, generate,
+                                 load_synth_meta)
 from pipeline.media import decode_audio, decode_video, read_info
 
 SPLIT_VIDEOS = {"train": 6, "val": 3, "test": 3}
@@ -58,10 +59,10 @@ def test_same_seed_same_set_other_seed_differs(ave_root, tiny_synth_config, tmp_
     for name in ("Annotations.txt", "trainSet.txt", "valSet.txt", "testSet.txt"):
         assert (a / name).read_text() == (b / name).read_text()
     for vid in load_annotations(a).video_ids():
-        va, vb = decode_video(a / "AVE" / f"{vid}.mp4", 4), decode_video(b / "AVE" / f"{vid}.mp4", 4)
-        np.testing.assert_array_equal(va.frames, vb.frames)
-        np.testing.assert_array_equal(decode_audio(a / "AVE" / f"{vid}.mp4", 16000).samples,
-                                      decode_audio(b / "AVE" / f"{vid}.mp4", 16000).samples)
+        pa, pb = a / "AVE" / f"{vid}.mp4", b / "AVE" / f"{vid}.mp4"
+        np.testing.assert_array_equal(decode_video(pa, 4).frames, decode_video(pb, 4).frames)
+        np.testing.assert_array_equal(decode_audio(pa, 16000).samples,
+                                      decode_audio(pb, 16000).samples)
     c = generate(replace(cfg, seed=cfg.seed + 1), tmp_path / "c")
     assert (c / "Annotations.txt").read_text() != (a / "Annotations.txt").read_text()
     # regenerating in place replaces the set atomically, leaving no temporary directory
@@ -96,7 +97,8 @@ def test_labels_agree_with_content(ave_root):
         audio = decode_audio(path, 16000).samples
         for ev in v["events"]:
             s = by_key[(v["video_id"], ev["category"])]
-            assert [s.start <= t < s.end for t in range(10)] == [k == "event" for k in ev["segments"]]
+            labelled = [s.start <= t < s.end for t in range(10)]
+            assert labelled == [k == "event" for k in ev["segments"]]
             freq = classes[ev["category"]]["freq_hz"]
             for t, kind in enumerate(ev["segments"]):
                 kinds_seen.add(kind)
@@ -116,7 +118,8 @@ def test_draw_distribution():
     assert abs(full - cfg.full_fraction) < 0.06
     partial = [e for e in events if (e.start, e.end) != (0, 10)]
     assert {s.end - s.start for s in partial} == set(range(1, 10))
-    assert {k for s in partial for k in s.segments} == {"event", "empty", "visual_only", "audio_only"}
+    assert {k for e in partial for k in e.segments} == {"event", "empty", "visual_only",
+                                                         "audio_only"}
     assert np.bincount([s.category for s in specs]).tolist() == [100] * 6
 
 

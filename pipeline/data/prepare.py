@@ -56,11 +56,9 @@ STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusab
 EXCLUDED = frozenset({"corrupt", "missing", "no_video", "unusable"})  # no features for these
 FLAG_TOO_SHORT = "too_short"  # shorter than min_duration: excluded
 AUDIO_SHORT_TOLERANCE_S = 0.1  # audio may end this much before the video without a flag
-ACTIONS = {
-    "missing": "excluded (features marked invalid)", "corrupt": "excluded (features marked invalid)",
-    "no_video": "excluded (features marked invalid)", "unusable": "excluded (features marked invalid)",
-    "short": "padded with the last frame", "no_audio": "silent audio", "ok": "",
-}
+_EXCLUDE = "excluded (features marked invalid)"
+ACTIONS = {"missing": _EXCLUDE, "corrupt": _EXCLUDE, "no_video": _EXCLUDE, "unusable": _EXCLUDE,
+           "short": "padded with the last frame", "no_audio": "silent audio", "ok": ""}
 _TYPES = {"index": int, "start": int, "end": int, "duration": float, "fps": float,
           "num_frames": int}
 
@@ -195,7 +193,8 @@ def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: 
     (out / "report.md").write_text(render_report(result, ann, root, min_duration))
 
 
-def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path, min_duration: float) -> str:
+def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path,
+                  min_duration: float) -> str:
     """Human-readable report: counts, then every problem and what was done about it."""
     rows = result.rows
     lines = ["# Prepare report", "",

@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import SynthConfig
-from pipeline.data.ave import ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS, VIDEO_DIR
+from pipeline.data.ave import (ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS,
+                               VIDEO_DIR)
 
 # AVE's 28 categories in Annotations.txt first-appearance order (= label index order).
 AVE_CATEGORIES = (
@@ -110,7 +111,9 @@ def class_signatures(num_classes: int) -> list[ClassSignature]:
         raise ValueError(f"num_classes must be in 1..{len(AVE_CATEGORIES)}, got {num_classes}")
     out = []
     for c in range(num_classes):
-        hue = (c / num_classes + 0.5 * (c % 2) / num_classes) % 1.0 if num_classes > 6 else c / num_classes
+        hue = c / num_classes
+        if num_classes > 6:  # interleave neighbours so that adjacent indices differ more
+            hue = (hue + 0.5 * (c % 2) / num_classes) % 1.0
         r, g, b = colorsys.hsv_to_rgb(hue, 0.9, 0.95 if c % 3 else 0.75)
         freq = F_LOW * (F_HIGH / F_LOW) ** (c / max(1, num_classes - 1))
         out.append(ClassSignature(c, AVE_CATEGORIES[c], (int(r * 255), int(g * 255), int(b * 255)),
@@ -244,9 +247,9 @@ def _draw_object(frames: np.ndarray, ev: EventSpec, sig: ClassSignature, cfg: Sy
         y0 = int(round(((h - size) / 2 + ay * np.sin(a)) / 2)) * 2
         luma = frames[i, y0 : y0 + size, x0 : x0 + size]
         luma[mask] = sprite_y[mask]
-        # chroma planes: U then V, each (h/2, w/2), stored as h/4 rows of w
-        u = frames[i, h : h + h // 4].reshape(h // 2, w // 2)
-        v = frames[i, h + h // 4 :].reshape(h // 2, w // 2)
+        # chroma planes: U then V, each (h/2, w/2), packed after the luma rows
+        chroma = frames[i, h:].reshape(2, h // 2, w // 2)
+        u, v = chroma[0], chroma[1]
         cy, cx = y0 // 2, x0 // 2
         u[cy : cy + size // 2, cx : cx + size // 2][cmask] = int(round(u_obj))
         v[cy : cy + size // 2, cx : cx + size // 2][cmask] = int(round(v_obj))
@@ -341,7 +344,8 @@ def generate(cfg: SynthConfig, root: str | os.PathLike | None = None,
     try:
         jobs = [(s, cfg, str(tmp / VIDEO_DIR / f"{s.video_id}.mp4")) for s in specs]
         if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("forkserver")) as ex:
+            ctx = get_context("forkserver")
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as ex:
                 list(ex.map(_write_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
         else:
             for job in jobs:
@@ -366,7 +370,8 @@ def load_synth_meta(root: str | os.PathLike) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     d = SynthConfig()
-    p = argparse.ArgumentParser(prog="python -m pipeline.data.synth", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.data.synth",
+                                description=__doc__.split("\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--train", type=int, default=d.train)
     p.add_argument("--val", type=int, default=d.val)

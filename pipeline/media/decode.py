@@ -180,7 +180,8 @@ def _audio_duration(path: str) -> float:
 
 
 def decode_video(path: str | os.PathLike, frames_per_segment: int = 16, rule: Rule = "timestamp",
-                 size: Optional[tuple[int, int]] = None, num_segments: int = NUM_SEGMENTS) -> Decoded:
+                 size: Optional[tuple[int, int]] = None,
+                 num_segments: int = NUM_SEGMENTS) -> Decoded:
     """Frames ``uint8 (num_segments, frames_per_segment, H, W, 3)`` RGB.
 
     ``size=(H, W)`` resizes inside decord (squash, no crop); ``None`` keeps the stored size.

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.evaluation.metrics import event_detection
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import Dataset, SplitData
 
@@ -238,6 +239,8 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
             opt.load_state_dict(last["optimizer"])
             sched.load_state_dict(last["scheduler"])
             torch.set_rng_state(last["rng"]["torch"])
+            if device.type == "cuda" and "cuda" in last["rng"]:
+                torch.cuda.set_rng_state(last["rng"]["cuda"], device)
             gen.set_state(last["rng"]["shuffle"])
             start, best, history = last["epoch"] + 1, last["best"], list(last["history"])
             seconds, resumed = float(last["train_seconds"]), last["epoch"]
@@ -271,9 +274,12 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                 sums[k] = sums.get(k, 0.0) + float(v)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        val_acc = accuracy(predict(head, val_split, device), val_split.targets)
+        val_pred = predict(head, val_split, device)
+        val_acc = accuracy(val_pred, val_split.targets)
+        val_f1 = event_detection(val_pred.numpy(), val_split.targets.numpy(),
+                                 background=data.num_classes)["f1"]
         seconds += time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": lr, "val_accuracy": val_acc,
+        row = {"epoch": epoch, "lr": lr, "val_accuracy": val_acc, "val_event_f1": val_f1,
                **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
         history.append(row)
         improved = best is None or val_acc > best["val_accuracy"]
@@ -288,6 +294,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                 if k.startswith("train_") and k != "train_loss":
                     live.log_metric(f"train/{k[6:]}", v)
             live.log_metric("val/accuracy", val_acc)
+            live.log_metric("val/event_f1", val_f1)
             live.log_metric("lr", lr)
             live.next_step()
         common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
@@ -300,7 +307,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                           "model": best["model"]}, out_dir / "best.pt")
         ckpt_io.save({**common, "epoch": epoch, "model": head.state_dict(),
                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "rng": {"torch": torch.get_rng_state(), "shuffle": gen.get_state()},
+                      "rng": _rng_state(gen, device),
                       "best": best, "history": history, "fingerprint": fp}, last_path)
         done_this_call += 1
 
@@ -323,6 +330,14 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
           f"train time {seconds:.1f}s" if best else "no epoch trained")
     return TrainResult(best["epoch"] if best else -1, best["val_accuracy"] if best else float("nan"),
                        len(history), n_params, seconds, resumed, history)
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Dropout (global CPU, and CUDA when used) and shuffling RNG states, for exact resume."""
+    state = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def _open_live(live_dir, resume: bool):
