@@ -3,20 +3,19 @@
 Reads params `paths`, `train` (feature names, device), `evaluate`; writes DVCLive metrics and
 plots to ${paths.reports}/evaluate (metrics.json, plots/sklearn/confusion_matrix.json, images).
 """
+from __future__ import annotations
+
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import load_params  # noqa: E402
-from pipeline.evaluation.evaluate import evaluate  # noqa: E402
+from pipeline.config import load_params
+from pipeline.evaluation.evaluate import evaluate
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     params = load_params(args.params)
     paths, tc, ec = params["paths"], params["train"], params["evaluate"]
     evaluate(Path(paths.models) / "best.pt", paths.prepared, paths.features, tc.visual, tc.audio,

@@ -6,16 +6,15 @@ a setting the head does not define gives a row noting 'not defined by the paper'
 `table`: gather the rows of ${report.heads} x ${report.settings} into
 ${paths.reports}/results.json and results.md.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import load_params  # noqa: E402
-from pipeline.evaluation import report  # noqa: E402
+from pipeline.config import load_params
+from pipeline.evaluation import report
 
 
 def cell(params, head: str, setting: str) -> None:
@@ -56,7 +55,7 @@ def table(params) -> None:
         print(f"wrote {p}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -64,7 +63,7 @@ def main() -> None:
     c.add_argument("--head", required=True)
     c.add_argument("--setting", required=True, choices=("fully", "weak"))
     sub.add_parser("table")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     params = load_params(args.params)
     if args.cmd == "cell":
         cell(params, args.head, args.setting)

@@ -3,20 +3,19 @@
 Reads params `paths`, `train`, `heads`; writes ${paths.models}/best.pt (best validation
 epoch) and ${paths.models}/last.pt (resume point), DVCLive logs in ${paths.reports}/train.
 """
+from __future__ import annotations
+
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import load_params  # noqa: E402
-from pipeline.training.run import train_from_params  # noqa: E402
+from pipeline.config import load_params
+from pipeline.training.run import train_from_params
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     params = load_params(args.params)
     paths = params["paths"]
     train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train")

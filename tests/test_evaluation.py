@@ -118,7 +118,9 @@ def test_report_stage_cells_and_table(tmp_path):
         register = _registry.register_head("toy_fully")
         register(type("ToyFully", (_ToyHead,), {"settings": ("fully",),
                                                 "TRAIN_DEFAULTS": {"fully": _ToyHead.TRAIN_DEFAULTS["fully"]}}))
-    spec = importlib.util.spec_from_file_location("report_stage", "stages/report.py")
+    from pathlib import Path
+    stage_file = Path(__file__).resolve().parents[1] / "stages" / "report.py"
+    spec = importlib.util.spec_from_file_location("report_stage", stage_file)
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     params = load_params(tmp_path / "params.yaml")

@@ -121,10 +121,13 @@ class Killed(Exception):
 
 
 def test_kill_and_resume_gives_identical_file(prepared_dir, tmp_path):
+    import dataclasses
+
     rows = _rows(prepared_dir)
     enc = build_encoder(ModelSpec("resnet50", weights="random"), image_size=64)
     spec = enc.spec
-    full = extract("resnet50", spec, rows, tmp_path / "full.h5", CFG, encoder=enc, progress=False)
+    cfg = dataclasses.replace(CFG, workers=0)  # decode in the producer thread: no pool start-up x3
+    full = extract("resnet50", spec, rows, tmp_path / "full.h5", cfg, encoder=enc, progress=False)
 
     def die_after_first(k):
         if k == 1:
@@ -132,10 +135,10 @@ def test_kill_and_resume_gives_identical_file(prepared_dir, tmp_path):
 
     out = tmp_path / "resumed.h5"
     with pytest.raises(Killed):
-        extract("resnet50", spec, rows, out, CFG, encoder=enc, progress=False, on_shard=die_after_first)
+        extract("resnet50", spec, rows, out, cfg, encoder=enc, progress=False, on_shard=die_after_first)
     assert not out.exists() and len(list((tmp_path / "resumed.h5.partial").glob("shard_*.h5"))) == 2
-    res = extract("resnet50", spec, rows, out, CFG, encoder=enc, progress=False)
-    assert res.resumed == 2 * CFG.shard_videos and res.computed == full.videos - res.resumed
+    res = extract("resnet50", spec, rows, out, cfg, encoder=enc, progress=False)
+    assert res.resumed == 2 * cfg.shard_videos and res.computed == full.videos - res.resumed
     assert _md5(out) == _md5(full.path)
     assert not (tmp_path / "resumed.h5.partial").exists()
 

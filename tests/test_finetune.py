@@ -3,7 +3,6 @@ resumption. Tiny stand-in encoders keep the whole file at a few seconds per test
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch.nn as nn
 from pipeline.config import ConfigError, from_dict
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.loss import group_bounds, retrieval_top1, symmetric_infonce
-from pipeline.finetune.model import AVContrastive, set_trainable
+from pipeline.finetune.model import AVContrastive, freeze_unused, set_trainable
 from pipeline.finetune.data import ClipBank
 from pipeline.finetune.train import Dist, GlobalBatchSampler, fit
 
@@ -119,6 +118,14 @@ def test_set_trainable_prefixes():
         set_trainable(m.visual, ["layer9"], "visual")
 
 
+def test_unused_parameters_are_frozen():
+    """DDP needs every trainable parameter used: e.g. Cnn14's AudioSet classifier is not."""
+    m = standin()
+    m.encoders.classifier = nn.Linear(12, 3)  # registered, never called
+    assert freeze_unused(m, (S, F_, H, H, 3), L) == ["encoders.classifier.weight", "encoders.classifier.bias"]
+    assert all(p.grad is None for p in m.parameters())
+
+
 def test_gradient_caching_is_exact(tmp_path):
     """micro_batch < batch gives the same run as the full batch (dropout replayed)."""
     runs = []
@@ -162,7 +169,6 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
 
 def test_two_process_gloo_equals_single_process(tmp_path):
     """2 ranks x 4 videos == 1 process x 8 videos: same losses, same weights after 4 steps."""
-    ctx = mp.get_context("spawn")
     mp.start_processes(_ddp_worker, args=(2, f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2,
                        join=True, start_method="spawn")
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
@@ -170,7 +176,6 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     h = fit(model, bank(), bank(8, seed=2), cfg(), CPU1, tmp_path / "single", log=lambda s: None)
     assert ddp["loss"] == pytest.approx(h["train_loss"], rel=1e-5)
     torch.testing.assert_close(ddp["weights"], flat(model), rtol=1e-4, atol=1e-5)
-    del ctx
 
 
 def test_tuned_weights_load_through_the_resolver(tmp_path):

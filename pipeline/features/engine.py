@@ -357,6 +357,12 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
     shard_fp = [_sha([fingerprint, s]) for s in shards]
     partial = out_path.with_name(out_path.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # temporary files of a run killed while writing (never complete files)
+        stale = list(out_path.parent.glob(f".{out_path.name}.tmp-*"))
+        if world_size == 1:  # other ranks may be writing their shards right now
+            stale += partial.glob(".shard_*.tmp-*")
+        for path in stale:
+            path.unlink(missing_ok=True)
 
     mine = [k for k in range(len(shards)) if k % world_size == rank]
     todo = [k for k in mine if _read_shard_fingerprint(_shard_path(partial, k)) != shard_fp[k]]

@@ -21,24 +21,25 @@ class FinetuneConfig:
     audio: str = "cnn14"  # audio encoder name (paper: Cnn14; released: fixed VGGish features)
     visual_weights: str = "pretrained"  # pretrained | random | <path to a state_dict>
     audio_weights: str = "pretrained"  # pretrained | random | <path>
-    download: bool = False  # pretrained weights missing from the library caches: download (true) or error
-    visual_trainable: list[str] = field(default_factory=lambda: ["all"])  # module-name prefixes that train; ["all"] | [] (frozen)
-    audio_trainable: list[str] = field(default_factory=lambda: ["all"])  # same for the audio encoder ([] = released setting)
-    bn: Literal["train", "frozen"] = "train"  # train: BN of trainable modules uses batch stats; frozen: every BN in eval mode
+    download: bool = False  # a pretrained file missing from the caches: download (true) or error
+    visual_trainable: list[str] = field(default_factory=lambda: ["all"])  # module paths that train; [all] | [] | [layer4]
+    audio_trainable: list[str] = field(default_factory=lambda: ["all"])  # same; [] = the released setting (fixed)
+    bn: Literal["frozen", "train"] = "frozen"  # frozen: every encoder BN in eval mode (exact DDP/micro-batch
+    #   gradients; train and extraction compute the same function); train: trainable blocks' BN uses batch stats
     # --- clips (decoded by pipeline.media, as extraction decodes them) ---
     image_size: int = 224  # frames resized to image_size x image_size (paper/released: 224)
     frames_per_segment: int = 1  # frames decoded per 1-s segment (released: 1)
     sampling: Literal["timestamp", "ave_reference"] = "timestamp"  # frame sampling rule (pipeline.media)
-    segments_per_clip: int = 10  # evenly spaced 1-s segments used per clip (frames + their audio); 10 = whole clip
-    train_splits: list[str] = field(default_factory=lambda: ["train"])  # released also trains on val; we hold val out
+    segments_per_clip: int = 10  # evenly spaced 1-s segments (frames + audio) pooled per clip; 10 = all
+    train_splits: list[str] = field(default_factory=lambda: ["train"])  # released: train + val; we hold val out
     eval_split: str = "val"  # held-out split for the retrieval metric
     # --- contrastive objective (Eq. 9, symmetric) ---
     proj_dim: int = 128  # projection head output (released: Linear(bias=False) -> 128, L2-normalised)
-    proj_norm: Literal["batch", "none"] = "batch"  # feature standardisation before the head over the global batch (released: none)
+    proj_norm: Literal["batch", "none"] = "batch"  # standardise clip features over the global batch (released: none)
     temperature: float = 0.2  # tau in Eq. 9 (released default 0.2; fixed, not learned)
     # --- optimisation ---
-    batch_size: int = 256  # GLOBAL batch (videos) over all ranks; negatives = the rest of it (released: 256)
-    micro_batch: int = 0  # videos per encoder forward on one rank; 0 = whole local batch; smaller = exact gradient caching
+    batch_size: int = 256  # GLOBAL batch (videos, all ranks); negatives = the rest of it (released: 256)
+    micro_batch: int = 0  # videos per encoder pass per rank; 0 = local batch; less = exact gradient caching
     epochs: int = 50  # released: 50
     optimizer: Literal["adamw", "sgd"] = "sgd"  # released: SGD, momentum 0.9
     lr_encoder: float = 1e-4  # learning rate of the trainable encoder layers
@@ -48,13 +49,13 @@ class FinetuneConfig:
     lr_milestones: list[int] = field(default_factory=lambda: [15, 30])  # epochs where lr *= lr_gamma (released)
     lr_gamma: float = 0.1
     grad_clip: float = 0.0  # max global grad norm; 0 = off
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype (fp16 adds a GradScaler)
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype (fp16 adds a GradScaler)
     # --- run ---
-    device: Literal["cpu", "cuda"] = "cpu"  # cuda -> NCCL, cpu -> gloo; no silent fallback
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when present (printed); cuda: NCCL, cpu: gloo
     nproc: int = 1  # processes per node (dvc.yaml launches torchrun with this many)
     workers: int = 2  # decode worker processes (pipeline.media.DecodePool)
     decode_timeout_s: float = 120.0  # per-video decode timeout
-    eval_batch: int = 0  # retrieval candidates per group on eval_split; 0 = the whole split at once
+    eval_batch: int = 0  # retrieval candidates per group of eval_split; 0 = the whole split
     seed: int = 0
     resume: bool = True  # continue from the last epoch checkpoint when its config matches
 
@@ -65,7 +66,8 @@ class FinetuneConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{key}.{name}: must be >= 1, got {getattr(self, name)}")
         if self.segments_per_clip > 10:
-            raise ConfigError(f"{key}.segments_per_clip: AVE clips have 10 segments, got {self.segments_per_clip}")
+            raise ConfigError(f"{key}.segments_per_clip: AVE clips have 10 segments, "
+                              f"got {self.segments_per_clip}")
         if self.temperature <= 0:
             raise ConfigError(f"{key}.temperature: must be > 0, got {self.temperature}")
         if self.batch_size % self.nproc:

@@ -39,7 +39,8 @@ class AVEncoders(nn.Module):
 class ProjectionHead(nn.Module):
     """Clip feature -> unit-norm embedding. ``norm: none`` is the released head
     (``Linear(bias=False)``); ``norm: batch`` standardises each feature over the (global)
-    batch first (BatchNorm1d without affine, cumulative running statistics for evaluation):
+    batch first (BatchNorm1d without affine; for evaluation, the exact mean of the batch
+    statistics of the last epoch: ``reset_stats`` at each epoch start, cumulative average):
     post-ReLU CNN features share a large common component (all clips look alike to cosine
     similarity, worst with random init), which a bias-free linear map is slow to remove."""
 
@@ -50,6 +51,12 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.linear(self.norm(x.float())), dim=-1)
+
+    def reset_stats(self) -> None:
+        """Forget the running statistics (an EMA over a few steps is far from the mean while
+        the encoders move; the per-epoch cumulative average is exact for the epoch)."""
+        if isinstance(self.norm, nn.BatchNorm1d):
+            self.norm.reset_running_stats()
 
 
 class AVContrastive(nn.Module):

@@ -104,8 +104,7 @@ def run(params: dict) -> dict:
     live = None
     if env.main:
         from dvclive import Live
-        live = Live(dir=str(Path(paths.reports) / "finetune"), resume=cfg.resume, dvcyaml=None,
-                    save_dvc_exp=False)
+        live = Live(dir=str(Path(paths.reports) / "finetune"), dvcyaml=None, save_dvc_exp=False)
     hist = fit(core, train, held_out, cfg, env, out / CHECKPOINT_DIR, live, log)
     summary = {}
     if env.main:

@@ -50,7 +50,10 @@ class Dist:
 
 def init_distributed(device: str) -> Dist:
     """Rank/world from torchrun's environment (one process if absent); NCCL on CUDA, gloo on
-    CPU. ``device: cuda`` without a GPU is an error, never a silent move to CPU."""
+    CPU. ``auto``: cuda when available (the stage prints the device); ``cuda`` without a GPU is
+    an error, never a silent move to CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -110,7 +113,7 @@ def _set_rng_state(device: torch.device, state) -> None:
 
 
 def autocast(cfg: FinetuneConfig, device: torch.device):
-    if cfg.amp == "off":
+    if cfg.amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
@@ -256,6 +259,17 @@ def load_checkpoint(path: Path, cfg: FinetuneConfig, log: Callable[[str], None])
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
+def log_epoch(live, epoch: int, train_loss: float, ev: Optional[dict]) -> None:
+    """One DVCLive step per epoch (rank 0 only: ``live`` is None elsewhere)."""
+    if live is None or ev is None:
+        return
+    live.step = epoch
+    live.log_metric("train/loss", train_loss)
+    live.log_metric("val/loss", ev["loss"])
+    live.log_metric("val/retrieval_top1", ev["retrieval_top1"])
+    live.next_step()
+
+
 def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneConfig, env: Dist,
         checkpoint_dir: Path, live=None, log: Callable[[str], None] = print,
         stop_after: Optional[int] = None) -> dict:
@@ -283,6 +297,8 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
     encoders = DDP(core.encoders, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.world > 1 else core.encoders
 
+    for epoch in range(start):  # a fresh Live holds the epochs of a resumed run too
+        log_epoch(live, epoch, history["train_loss"][epoch], history["eval"][epoch])
     if history["before"] is None:
         history["before"] = evaluate(core, held_out, cfg, env.device) if env.main else None
         if env.main:
@@ -298,6 +314,8 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
         set_lr(opt, cfg, epoch)
         core.train()
         set_bn_mode(core.encoders, cfg.bn)
+        core.head_visual.reset_stats()
+        core.head_audio.reset_stats()
         losses = []
         for idx in sampler:
             frames, audio = train.batch(idx, env.device)
@@ -319,12 +337,7 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
             log(f"finetune: epoch {epoch + 1}/{cfg.epochs}  train loss {history['train_loss'][-1]:.4f}  "
                 f"val loss {ev['loss']:.4f}  retrieval_top1 {ev['retrieval_top1']:.4f}  "
                 f"({time.time() - t0:.0f}s)")
-            if live is not None:
-                live.step = epoch
-                live.log_metric("train/loss", history["train_loss"][-1])
-                live.log_metric("val/loss", ev["loss"])
-                live.log_metric("val/retrieval_top1", ev["retrieval_top1"])
-                live.next_step()
+            log_epoch(live, epoch, history["train_loss"][-1], ev)
             save_checkpoint(ckpt_path, core, opt, scaler, epoch + 1, cfg, history)
         env.barrier()
         done += 1
