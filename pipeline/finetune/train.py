@@ -294,6 +294,8 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
             scaler.load_state_dict(ckpt["scaler"])
         start, history = ckpt["epoch"], ckpt["history"]
         log(f"finetune: resumed from {ckpt_path} after epoch {start}")
+    if getattr(core.visual, "channels_last", False):  # params in the layout of their grads (DDP buckets)
+        core.visual.to(memory_format=torch.channels_last)
     encoders = DDP(core.encoders, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.world > 1 else core.encoders
 
@@ -304,6 +306,7 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
         if env.main:
             log(f"finetune: before  val loss {history['before']['loss']:.4f}  "
                 f"retrieval_top1 {history['before']['retrieval_top1']:.4f}")
+        env.barrier()  # evaluation runs on rank 0 only
     sampler = GlobalBatchSampler(len(train), cfg.batch_size, env.rank, env.world, cfg.seed)
     done = 0
     for epoch in range(start, cfg.epochs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pipeline.config import to_dict
 from pipeline.training.data import feature_path, load_dataset
