@@ -7,6 +7,7 @@
   ``AVE/<id>.mp4``, ``synth.json``). Treat it as read-only; copy it to modify it.
 * ``prepared_dir``: the ``prepare`` stage's output for ``ave_root`` (manifest.csv, labels.h5,
   ``*_order.h5``, categories.json, report.md). Read-only too.
+* ``torch_single_thread``: one intra-op torch thread for the test (opt-in, e.g. the head tests).
 """
 from __future__ import annotations
 
@@ -38,3 +39,15 @@ def prepared_dir(ave_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     prepare(ave_root, out, workers=2, timeout_s=30.0)
     return out
+
+
+@pytest.fixture
+def torch_single_thread():
+    """One intra-op torch thread for tests on tiny tensors (faster and steadier on a shared
+    2-core machine); opt in with ``pytestmark = pytest.mark.usefixtures("torch_single_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

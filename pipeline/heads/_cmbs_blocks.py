@@ -249,6 +249,17 @@ def video_event_class(labels: torch.Tensor) -> torch.Tensor:
     return labels[..., :-1].sum(1).argmax(-1)
 
 
+def fully_loss(class_logits: torch.Tensor, relevance_logits: torch.Tensor, gate_av: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """CMBS Eq. 9 (CACE-Net Eq. 12 without ``L_contrast``): CE of the video's event class +
+    mean_t BCE of the relevance logits + mean_t BCE of the (already sigmoided) gate ``g_av``."""
+    rel = relevance_targets(labels)
+    l_c = F.cross_entropy(class_logits, video_event_class(labels))
+    l_r = F.binary_cross_entropy_with_logits(relevance_logits, rel)
+    l_g = F.binary_cross_entropy(gate_av.clamp(1e-6, 1 - 1e-6), rel)
+    return l_c + l_r + l_g, {"class": l_c.item(), "relevance": l_r.item(), "gate": l_g.item()}
+
+
 def localize(relevance_logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
     """Fully supervised inference (Sec. 3.6, authors' ``compute_accuracy_supervised``): a segment
     with ``sigmoid(relevance) > 0.5`` takes the video's argmax class, others are background."""

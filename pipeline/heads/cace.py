@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._cmbs_blocks import (CMGA, CMBSTrunk, SpatialSelfAttention, event_suppress, localize,
-                           relevance_targets, video_event_class)
+from ._cmbs_blocks import (CMGA, CMBSTrunk, SpatialSelfAttention, event_suppress, fully_loss,
+                           localize, relevance_targets)
 from ._registry import Head, register_head
 
 
@@ -154,19 +154,15 @@ class CACENet(Head):
         return batch["epoch"] >= self.hp["bece_start"] * batch["epochs"]
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        labels = batch["labels"]
-        rel = relevance_targets(labels)
         active = self.bece_active(batch)
         rel_logits = out["relevance"] if active else out["relevance_plain"]
-        l_c = F.cross_entropy(out["class_logits"], video_event_class(labels))
-        l_e = F.binary_cross_entropy_with_logits(rel_logits, rel)
-        l_sup = F.binary_cross_entropy(out["gate_av"].clamp(1e-6, 1 - 1e-6), rel)
-        loss = l_c + l_e + l_sup  # Eq. 12 without L_contrast
-        parts = {"class": l_c.item(), "relevance": l_e.item(), "gate": l_sup.item()}
+        # Eq. 12 without L_contrast: CMBS's CE + BCE(relevance) + BCE(g_av)
+        loss, parts = fully_loss(out["class_logits"], rel_logits, out["gate_av"], batch["labels"])
         if active:
             if self.training:
                 self.bece_trained.fill_(True)
-            l_con = bece_loss(out["bece_query"], out["bece_key"], rel, self.hp["bece_temperature"])
+            l_con = bece_loss(out["bece_query"], out["bece_key"], relevance_targets(batch["labels"]),
+                              self.hp["bece_temperature"])
             loss = loss + self.hp["bece_weight"] * l_con
             parts["contrast"] = l_con.item()
         return loss, parts

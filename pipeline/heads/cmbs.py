@@ -25,8 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._cmbs_blocks import (CMGA, CMBSTrunk, event_suppress, localize, relevance_targets,
-                           video_event_class)
+from ._cmbs_blocks import CMGA, CMBSTrunk, event_suppress, fully_loss, localize
 from ._registry import Head, register_head
 
 
@@ -125,13 +124,7 @@ class CMBS(Head):
             target = batch["weak"] / batch["weak"].sum(-1, keepdim=True).clamp_min(1e-8)
             loss = -(target * F.log_softmax(out["video_logits"], -1)).sum(-1).mean()
             return loss, {"class": loss.item()}
-        labels = batch["labels"]
-        rel = relevance_targets(labels)
-        l_c = F.cross_entropy(out["class_logits"], video_event_class(labels))
-        l_r = F.binary_cross_entropy_with_logits(out["relevance"], rel)
-        l_g = F.binary_cross_entropy(out["gate_av"].clamp(1e-6, 1 - 1e-6), rel)
-        loss = l_c + l_r + l_g  # Eq. 9 (BCE terms averaged over segments)
-        return loss, {"class": l_c.item(), "relevance": l_r.item(), "gate": l_g.item()}
+        return fully_loss(out["class_logits"], out["relevance"], out["gate_av"], batch["labels"])  # Eq. 9
 
     @torch.no_grad()
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:

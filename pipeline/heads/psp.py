@@ -142,8 +142,45 @@ def weak_target(weak: torch.Tensor) -> torch.Tensor:
     return l1_normalize(weak.float())
 
 
+class PSPEncoderHead(Head):
+    """Base of the heads built on PSP's segment-level encoder (``psp``, ``vscg``): embeddings,
+    audio-guided visual attention, one Bi-LSTM per modality and positive sample propagation.
+
+    Per setting, as the authors' code of both papers: fully, audio goes through ``fa``
+    (Ca->embed_hidden->embed_dim, no bias) before AVGA and its LSTM and the attended visual vector
+    through ``fv`` (Cv->embed_hidden->embed_dim); weak, raw audio feeds AVGA and its LSTM and the
+    attended visual vector goes through one ``linear_v`` (``fv``, Cv->embed_dim, with bias).
+    A subclass calls :meth:`_build_encoder`, then creates ``self.psp``, its own layers and last
+    ``self.lstm_video = bilstm(embed_dim, lstm_hidden)`` (that order fixes seeded initialisation).
+    """
+
+    def _build_encoder(self, *, att_hidden: int, att_dim: int, embed_hidden: int, embed_dim: int,
+                       lstm_hidden: int) -> None:
+        visual_dim, audio_dim = self.visual_dim, self.audio_dim
+        if self.setting == "fully":
+            self.fa = nn.Sequential(nn.Linear(audio_dim, embed_hidden, bias=False),
+                                    nn.Linear(embed_hidden, embed_dim, bias=False))
+            self.fv = nn.Sequential(nn.Linear(visual_dim, embed_hidden, bias=False),
+                                    nn.Linear(embed_hidden, embed_dim, bias=False))
+            self.attention = AudioGuidedVisualAttention(visual_dim, embed_dim, att_hidden, att_dim)
+            self.lstm_audio = bilstm(embed_dim, lstm_hidden)
+        else:
+            self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
+            self.fv = nn.Linear(visual_dim, embed_dim)  # code: linear_v
+            self.lstm_audio = bilstm(audio_dim, lstm_hidden)
+
+    def _encode(self, visual: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(attention alpha (B, T, H*W), outputs of self.psp)``."""
+        if self.setting == "fully":
+            audio = self.fa(audio)
+        attended, alpha = self.attention(visual, audio)
+        lstm_a, _ = self.lstm_audio(audio)
+        lstm_v, _ = self.lstm_video(self.fv(attended))
+        return alpha, self.psp(lstm_a, lstm_v)
+
+
 @register_head("psp")
-class PSP(Head):
+class PSP(PSPEncoderHead):
     DEFAULTS = {
         "att_hidden": 512,  # AVGA projection width (Sec. 4.2 uses AVGA [28]; code hidden_size=512)
         "att_dim": 49,  # AVGA scoring-MLP width (code map_size=49)
@@ -175,13 +212,9 @@ class PSP(Head):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
         self.avps_weight = avps_weight
         d_l = 2 * lstm_hidden
+        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, embed_hidden=embed_hidden,
+                            embed_dim=embed_dim, lstm_hidden=lstm_hidden)
         if setting == "fully":
-            self.fa = nn.Sequential(nn.Linear(audio_dim, embed_hidden, bias=False),
-                                    nn.Linear(embed_hidden, embed_dim, bias=False))
-            self.fv = nn.Sequential(nn.Linear(visual_dim, embed_hidden, bias=False),
-                                    nn.Linear(embed_hidden, embed_dim, bias=False))
-            self.attention = AudioGuidedVisualAttention(visual_dim, embed_dim, att_hidden, att_dim)
-            self.lstm_audio = bilstm(embed_dim, lstm_hidden)
             self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_fully, dropout, project=True,
                                                  project_dropout=dropout)
             self.L1 = nn.Linear(d_l, fc_hidden, bias=False)
@@ -189,20 +222,12 @@ class PSP(Head):
             nn.init.xavier_uniform_(self.L1.weight)
             nn.init.xavier_uniform_(self.L2.weight)
         else:
-            self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
-            self.fv = nn.Linear(visual_dim, embed_dim)  # code: linear_v
-            self.lstm_audio = bilstm(audio_dim, lstm_hidden)
             self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_weak, dropout, project=False)
             self.classifier = WeightedMILClassifier(d_l, fc_hidden, num_classes + 1)
         self.lstm_video = bilstm(embed_dim, lstm_hidden)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.setting == "fully":
-            audio = self.fa(audio)
-        attended, alpha = self.attention(visual, audio)
-        lstm_a, _ = self.lstm_audio(audio)
-        lstm_v, _ = self.lstm_video(self.fv(attended))
-        psp = self.psp(lstm_a, lstm_v)
+        alpha, psp = self._encode(visual, audio)
         out = {"attention": alpha, "v_psp": psp["v_psp"], "a_psp": psp["a_psp"],
                "gamma_va": psp["gamma_va"], "gamma_av": psp["gamma_av"]}
         if self.setting == "fully":

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._avga import AudioGuidedVisualAttention, bilstm
-from ._registry import Head, register_head
-from .psp import PositiveSamplePropagation, WeightedMILClassifier, avps_loss, weak_target
+from ._avga import bilstm
+from ._registry import register_head
+from .psp import (PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier, avps_loss,
+                  weak_target)
 
 
 class CERE(nn.Module):
@@ -89,7 +90,7 @@ def smooth_loss(video_prob: torch.Tensor, target: torch.Tensor,
 
 
 @register_head("vscg")
-class VSCG(Head):
+class VSCG(PSPEncoderHead):
     DEFAULTS = {
         "att_hidden": 512,  # AGVA projection width (Sec. III-C uses AGVA [3]; code hidden_size=512)
         "att_dim": 49,  # AGVA scoring-MLP width (code map_size=49)
@@ -131,13 +132,9 @@ class VSCG(Head):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
         self.event_threshold, self.avps_weight, self.smooth_lambda = event_threshold, avps_weight, smooth_lambda
         d_s, d_i = 2 * lstm_hidden, 2 * cere_dim
+        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, embed_hidden=embed_hidden,
+                            embed_dim=embed_dim, lstm_hidden=lstm_hidden)
         if setting == "fully":
-            self.fa = nn.Sequential(nn.Linear(audio_dim, embed_hidden, bias=False),
-                                    nn.Linear(embed_hidden, embed_dim, bias=False))
-            self.fv = nn.Sequential(nn.Linear(visual_dim, embed_hidden, bias=False),
-                                    nn.Linear(embed_hidden, embed_dim, bias=False))
-            self.attention = AudioGuidedVisualAttention(visual_dim, embed_dim, att_hidden, att_dim)
-            self.lstm_audio = bilstm(embed_dim, lstm_hidden)
             self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau, psp_dropout_fully, project=True,
                                                  project_dropout=r_s)
             self.a_W1 = nn.Linear(d_i, fuse_dim, bias=False)  # Eq. 12
@@ -151,9 +148,6 @@ class VSCG(Head):
             nn.init.xavier_uniform_(self.W3.weight)
             nn.init.xavier_uniform_(self.W4.weight)
         else:
-            self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
-            self.fv = nn.Linear(visual_dim, embed_dim)  # code: linear_v
-            self.lstm_audio = bilstm(audio_dim, lstm_hidden)
             self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau, psp_dropout_weak, project=True,
                                                  project_dropout=r_s)
             self.a_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L1 (weak only)
@@ -169,12 +163,7 @@ class VSCG(Head):
         self.v_gru = nn.GRU(d_s, cere_dim, num_layers=1, batch_first=True, bidirectional=True)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.setting == "fully":
-            audio = self.fa(audio)
-        attended, alpha = self.attention(visual, audio)
-        lstm_a, _ = self.lstm_audio(audio)
-        lstm_v, _ = self.lstm_video(self.fv(attended))
-        psp = self.psp(lstm_a, lstm_v)
+        alpha, psp = self._encode(visual, audio)
         a_seg, v_seg = psp["a_psp"], psp["v_psp"]  # A^seg, V^seg
         e_a, e_v = self.cere(a_seg), self.cere(v_seg)  # Eqs. 1-2, (2, B, d_e)
         if self.setting == "fully":
