@@ -60,7 +60,7 @@ class Encoder(nn.Module):
             "weights": self.weights.describe(),
             "weights_sha256": self.weights_sha256(),
             "weights_seed": -1 if self.weights.seed is None else self.weights.seed,
-            "weights_file": str(self.weights.path) if self.weights.path else "",
+            "weights_file": self.weights.path.name if self.weights.path else "",  # name only: portable; sha256 identifies it
         }
 
 
