@@ -18,7 +18,7 @@ from pipeline.training.loop import RunSpec, train
 
 C, T = 3, 10  # event classes, segments
 RECIPE = {"optimizer": "adam", "lr": 0.05, "weight_decay": 0.0, "batch_size": 16, "epochs": 6,
-          "lr_step": 3, "lr_gamma": 0.5, "clip_grad": 1.0}
+          "lr_step": 3, "lr_milestones": [], "lr_gamma": 0.5, "clip_grad": 1.0}
 
 
 class _ToyHead(Head):
@@ -214,3 +214,67 @@ def test_baseline_heads_train(toyset, tmp_path):
                         recipe_overrides={"epochs": 8, "lr": 0.03, "batch_size": 8}),
                 data, tmp_path / "ao")
     assert res.best_val_accuracy > 0.9  # the audio feature encodes the label
+
+
+class _MilestoneToyHead(_ToyHead):
+    """The toy head with a milestone schedule: lr 0.05, x0.5 at epochs 2 and 4."""
+    TRAIN_DEFAULTS = {s: {**RECIPE, "lr_step": 0, "lr_milestones": [2, 4]} for s in ("fully", "weak")}
+
+
+if "toy_milestones" not in _registry._HEADS:
+    register_head("toy_milestones")(_MilestoneToyHead)
+
+
+def test_lr_follows_milestones_exactly_and_params_override_them(toyset, tmp_path):
+    from pipeline.training.run import spec_from_params
+    data = toyset[0]
+    spec = RunSpec("toy_milestones", "fully", device="cpu")
+    res = train(spec, data, tmp_path / "a")
+    assert [r["lr"] for r in res.history] == [0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125]
+    # Interrupted inside the schedule and resumed: the scheduler state continues exactly.
+    train(spec, data, tmp_path / "b", stop_after=3)
+    resumed = train(spec, data, tmp_path / "b")
+    assert resumed.resumed_from == 2 and resumed.history == res.history
+    # train.lr_milestones replaces the head's milestones.
+    params = validate({"train": {"head": "toy_milestones", "device": "cpu", "lr_milestones": [1, 5]},
+                       "heads": {}})
+    spec = spec_from_params(params)
+    assert spec.recipe_overrides == {"lr_milestones": [1, 5]}
+    res = train(spec, data, tmp_path / "c")
+    assert [r["lr"] for r in res.history] == [0.05, 0.025, 0.025, 0.025, 0.025, 0.0125]
+    assert ckpt_io.load(tmp_path / "c" / "best.pt")["recipe"]["lr_milestones"] == [1, 5]
+    # train.lr_milestones: [] = constant lr.
+    res = train(RunSpec("toy_milestones", "fully", device="cpu",
+                        recipe_overrides={"lr_milestones": []}), data, tmp_path / "d")
+    assert [r["lr"] for r in res.history] == [0.05] * 6
+
+
+def test_lr_step_is_periodic_and_excludes_milestones(toyset, tmp_path):
+    data = toyset[0]
+    res = train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "a")  # lr_step 3
+    assert [r["lr"] for r in res.history] == [0.05] * 3 + [0.025] * 3
+    with pytest.raises(ConfigError, match=r"lr_step.*lr_milestones.*both"):
+        train(RunSpec("toy_milestones", "fully", device="cpu", recipe_overrides={"lr_step": 3}),
+              data, tmp_path / "b")
+    res = train(RunSpec("toy_milestones", "fully", device="cpu",
+                        recipe_overrides={"lr_step": 5, "lr_milestones": []}), data, tmp_path / "c")
+    assert [r["lr"] for r in res.history] == [0.05] * 5 + [0.025]
+    for bad in ([3, 2], [0, 2], [2, 2]):
+        with pytest.raises(ConfigError, match=r"train\.lr_milestones"):
+            validate({"train": {"lr_milestones": bad}})
+
+
+def test_every_head_recipe_resolves_to_one_schedule():
+    import pipeline.heads  # noqa: F401
+    from pipeline.heads import get_head_class, list_heads
+    from pipeline.training.loop import lr_milestones, resolve_recipe
+    for name in list_heads():
+        for setting in get_head_class(name).settings:
+            recipe = resolve_recipe(name, setting, {})
+            ms = lr_milestones(recipe)
+            assert all(0 < m < recipe["epochs"] for m in ms), (name, setting, ms)
+    assert lr_milestones(resolve_recipe("cmbs", "fully", {})) == [10, 20, 30]
+    assert lr_milestones(resolve_recipe("psp", "weak", {})) == [80, 160]
+    assert lr_milestones(resolve_recipe("vscg", "fully", {})) == [60, 120, 240]
+    assert lr_milestones(resolve_recipe("avel", "fully", {})) == [288]
+    assert lr_milestones(resolve_recipe("avel", "weak", {})) == []

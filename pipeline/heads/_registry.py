@@ -5,19 +5,29 @@ and two module-level dicts on the class:
 
 * ``DEFAULTS``: model hyperparameters, each commented with the paper's equation/table;
 * ``TRAIN_DEFAULTS``: ``{"fully": {...}, "weak": {...}}`` with the paper's optimizer
-  (``"adam"`` | ``"sgd"``), ``lr``, ``weight_decay``, ``batch_size``, ``epochs``,
-  ``lr_step`` (epochs between decays, 0 = none), ``lr_gamma``, ``clip_grad`` (0 = none).
+  (``"adam"`` | ``"sgd"``), ``lr``, ``weight_decay``, ``batch_size``, ``epochs``, learning-rate
+  schedule, ``clip_grad`` (0 = none). The schedule multiplies ``lr`` by ``lr_gamma`` at chosen
+  epochs (0-based: a decay at epoch ``m`` applies from the ``m+1``-th epoch on, as
+  ``MultiStepLR`` stepped once an epoch), given by exactly one of
+
+  - ``lr_milestones``: list of epochs, increasing (``[]`` = none), for code that decays at fixed
+    epochs (``MultiStepLR``, or hand-written ``if epoch in ...`` decays);
+  - ``lr_step``: a decay every ``lr_step`` epochs (``StepLR``; 0 = none), for code whose decay
+    really is periodic; the loop expands it into milestones below ``epochs``.
+
+  The other one is ``0`` / ``[]``; a recipe with both set is an error.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 SETTINGS = ("fully", "weak")
-TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step", "lr_gamma",
-              "clip_grad")
+TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step",
+              "lr_milestones", "lr_gamma", "clip_grad")
 
 _HEADS: dict[str, type["Head"]] = {}
 
@@ -101,7 +111,7 @@ def train_defaults(name: str, setting: str) -> dict[str, Any]:
     if setting not in cls.settings:
         raise ValueError(f"head {name!r} has no {setting!r} setting; it supports: "
                          f"{', '.join(cls.settings)}")
-    return dict(cls.TRAIN_DEFAULTS[setting])
+    return copy.deepcopy(cls.TRAIN_DEFAULTS[setting])  # callers may not alter the class's lists
 
 
 def build_head(name: str, *, visual_dim: int, audio_dim: int, num_classes: int,

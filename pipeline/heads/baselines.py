@@ -27,7 +27,8 @@ _RECIPE = {"optimizer": "adam",  # AVEL code: optim.Adam
            "weight_decay": 0.0,
            "batch_size": 64,  # AVEL code: batch size 64
            "epochs": 100,  # our choice (converges well before on AVE)
-           "lr_step": 0,  # constant learning rate
+           "lr_step": 0,  # constant learning rate (AVEL's 15000-iteration step is past 100 epochs)
+           "lr_milestones": [],  # no decay
            "lr_gamma": 0.1,
            "clip_grad": 0.0}  # no clipping
 

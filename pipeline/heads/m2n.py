@@ -115,7 +115,8 @@ class M2N(Head):
         # Sec. 4.2: Adam, lr 5e-4, batch 32. Epochs, schedule, weight decay and clipping are not
         # stated: 200 epochs as the sibling heads, no decay, no clipping.
         "fully": {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0, "batch_size": 32,
-                  "epochs": 200, "lr_step": 0, "lr_gamma": 1.0, "clip_grad": 0.0},
+                  "epochs": 200, "lr_step": 0, "lr_milestones": [], "lr_gamma": 1.0,
+                  "clip_grad": 0.0},
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",

@@ -196,13 +196,14 @@ class PSP(PSPEncoderHead):
     }
     TRAIN_DEFAULTS = {
         # fully_supervised_main.py: Adam 1e-3, batch 128, 300 epochs, lr *= 0.8 every 60 epochs
-        # (the code stops decaying after epoch 170, i.e. only at 60 and 120; a plain step
-        # schedule also decays at 180 and 240).
+        # but only before epoch 170, i.e. at epochs 60 and 120 only (not periodic: milestones).
         "fully": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
-                  "epochs": 300, "lr_step": 60, "lr_gamma": 0.8, "clip_grad": 0.0},
-        # weakly_supervised_main.py: same, lr *= 0.8 every 80 epochs (code: at 80 and 160 only).
+                  "epochs": 300, "lr_step": 0, "lr_milestones": [60, 120], "lr_gamma": 0.8,
+                  "clip_grad": 0.0},
+        # weakly_supervised_main.py: same, lr *= 0.8 every 80 epochs, in the code at 80 and 160 only.
         "weak": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
-                 "epochs": 300, "lr_step": 80, "lr_gamma": 0.8, "clip_grad": 0.0},
+                 "epochs": 300, "lr_step": 0, "lr_milestones": [80, 160], "lr_gamma": 0.8,
+                 "clip_grad": 0.0},
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,

@@ -114,13 +114,14 @@ class VSCG(PSPEncoderHead):
     }
     TRAIN_DEFAULTS = {
         # Sec. IV-A: Adam, batch 128; fully_supervised_main.py: lr 1e-3, 300 epochs, lr *= 0.8 at
-        # epochs 60, 120 and 240 (a plain step of 60 also decays at 180).
+        # epochs 60, 120 and 240.
         "fully": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
-                  "epochs": 300, "lr_step": 60, "lr_gamma": 0.8, "clip_grad": 0.0},
-        # weakly_supervised_main.py: lr 1e-3, 300 epochs, lr *= 0.8 at 80, 180 and 240 (a plain
-        # step of 80 decays at 80, 160, 240).
+                  "epochs": 300, "lr_step": 0, "lr_milestones": [60, 120, 240], "lr_gamma": 0.8,
+                  "clip_grad": 0.0},
+        # weakly_supervised_main.py: lr 1e-3, 300 epochs, lr *= 0.8 at epochs 80, 180 and 240.
         "weak": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
-                 "epochs": 300, "lr_step": 80, "lr_gamma": 0.8, "clip_grad": 0.0},
+                 "epochs": 300, "lr_step": 0, "lr_milestones": [80, 180, 240], "lr_gamma": 0.8,
+                 "clip_grad": 0.0},
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,

@@ -32,8 +32,9 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     batch_size: Optional[int] = None
     epochs: Optional[int] = None  # demo profile sets a small number; paper counts stay in heads
-    lr_step: Optional[int] = None  # epochs between StepLR decays (0 = constant)
-    lr_gamma: Optional[float] = None  # StepLR decay factor
+    lr_step: Optional[int] = None  # lr *= lr_gamma every lr_step epochs (0 = none); not with milestones
+    lr_milestones: Optional[list[int]] = None  # epochs (0-based) where lr *= lr_gamma ([] = none)
+    lr_gamma: Optional[float] = None  # decay factor at each milestone / step
     clip_grad: Optional[float] = None  # max global grad norm (0 = no clipping)
 
     def validate(self, key: str) -> None:
@@ -47,11 +48,21 @@ class TrainConfig:
                 raise ConfigError(f"{key}.{name}: must be >= 1, got {v!r}")
         if self.lr_step is not None and self.lr_step < 0:
             raise ConfigError(f"{key}.lr_step: must be >= 0, got {self.lr_step!r}")
+        if self.lr_milestones is not None:
+            check_milestones(self.lr_milestones, f"{key}.lr_milestones")
 
     def recipe_overrides(self) -> dict[str, Any]:
         """The training-recipe keys set in params (non-null)."""
         from pipeline.heads import _registry
         return {k: getattr(self, k) for k in _registry.TRAIN_KEYS if getattr(self, k) is not None}
+
+
+def check_milestones(milestones: list[int], key: str) -> None:
+    """Milestones are strictly increasing epochs >= 1 (a decay at epoch 0 would just be a lower lr)."""
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones):
+        raise ConfigError(f"{key}: must be epochs >= 1, got {milestones!r}")
+    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+        raise ConfigError(f"{key}: must be strictly increasing, got {milestones!r}")
 
 
 @register_section("heads")

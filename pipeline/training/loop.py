@@ -28,6 +28,7 @@ import torch
 from pipeline.config import ConfigError
 from pipeline.evaluation.metrics import event_detection
 from pipeline.training import checkpoint as ckpt_io
+from pipeline.training.config import check_milestones
 from pipeline.training.data import Dataset, SplitData
 
 
@@ -61,7 +62,18 @@ def resolve_recipe(head: str, setting: str, overrides: dict[str, Any]) -> dict[s
     if missing:
         raise ConfigError(f"head {head!r} TRAIN_DEFAULTS[{setting!r}] lacks {missing}; "
                           f"set train.{missing[0]} in params.yaml")
-    return {**recipe, **overrides}
+    recipe = {**recipe, **overrides}
+    recipe["lr_milestones"] = list(recipe["lr_milestones"])
+    check_milestones(recipe["lr_milestones"], "train.lr_milestones" if "lr_milestones" in overrides
+                     else f"head {head!r} TRAIN_DEFAULTS[{setting!r}]['lr_milestones']")
+    if recipe["lr_step"] and recipe["lr_milestones"]:
+        src = {k: "train" if k in overrides else f"{head} TRAIN_DEFAULTS[{setting!r}]"
+               for k in ("lr_step", "lr_milestones")}
+        raise ConfigError(f"train.lr_step / train.lr_milestones: the recipe sets both lr_step="
+                          f"{recipe['lr_step']} ({src['lr_step']}) and lr_milestones="
+                          f"{recipe['lr_milestones']} ({src['lr_milestones']}); a schedule is one "
+                          f"of them: set train.lr_step: 0 or train.lr_milestones: []")
+    return recipe
 
 
 def resolve_hparams(head: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -158,11 +170,20 @@ def make_optimizer(params, recipe: dict[str, Any]) -> torch.optim.Optimizer:
     raise ConfigError(f"train.optimizer: {name!r} is not allowed; allowed: 'adam', 'sgd'")
 
 
-def make_scheduler(opt: torch.optim.Optimizer, recipe: dict[str, Any]):
+def lr_milestones(recipe: dict[str, Any]) -> list[int]:
+    """Epochs (0-based) from which ``lr`` is multiplied once more by ``lr_gamma``: the recipe's
+    ``lr_milestones``, or ``lr_step``, 2 ``lr_step``, ... below ``epochs`` (resolve_recipe
+    allows only one of the two)."""
     step = int(recipe["lr_step"] or 0)
     if step > 0:
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=recipe["lr_gamma"])
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        return list(range(step, int(recipe["epochs"]), step))
+    return list(recipe["lr_milestones"])
+
+
+def make_scheduler(opt: torch.optim.Optimizer, recipe: dict[str, Any]):
+    """``MultiStepLR`` stepped once per epoch (no milestones = constant lr)."""
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=lr_milestones(recipe),
+                                                gamma=recipe["lr_gamma"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +246,8 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
     print(f"head: {spec.head} ({spec.setting}), trainable parameters: {n_params:,}")
     print(f"hparams: {hparams}")
     print(f"recipe: {recipe}")
+    print(f"lr schedule: {recipe['lr']:g}, x{recipe['lr_gamma']:g} at epochs "
+          f"{lr_milestones(recipe) or 'none'}")
 
     epochs = int(recipe["epochs"])
     start, best, history, seconds, resumed = 0, None, [], 0.0, None
