@@ -278,3 +278,34 @@ def test_every_head_recipe_resolves_to_one_schedule():
     assert lr_milestones(resolve_recipe("vscg", "fully", {})) == [60, 120, 240]
     assert lr_milestones(resolve_recipe("avel", "fully", {})) == [288]
     assert lr_milestones(resolve_recipe("avel", "weak", {})) == []
+
+
+def test_standardize_uses_train_statistics_and_travels_with_the_checkpoint(tmp_path):
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.training.data import feature_stats
+
+    prepared, feats = write_set(tmp_path)
+    # Shift and shrink the audio far off unit scale (as random-init encoders do).
+    with h5py.File(feats / "aud.h5", "r+") as f:
+        a = f["avadataset"][()].astype(np.float32)
+        del f["avadataset"]
+        f["avadataset"] = (a * 1e-3 + 5.0).astype(np.float32)
+    data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
+    stats = feature_stats(data.splits["train"])
+    z = data.splits["train"].normalized(stats).audio.float()
+    assert torch.allclose(z.mean(dim=(0, 1)), torch.zeros(z.shape[-1]), atol=2e-3)
+    assert torch.allclose(z.std(dim=(0, 1), unbiased=False), torch.ones(z.shape[-1]), atol=2e-3)
+    # Val/test are standardized with the train split's numbers, not their own.
+    val = data.splits["val"].normalized(stats).audio.float()
+    expected = (data.splits["val"].audio.float() - stats["audio_mean"]) / stats["audio_std"]
+    assert torch.allclose(val, expected)
+
+    res = train(RunSpec("toy", "fully", device="cpu", feature_norm="standardize"), data,
+                tmp_path / "std")
+    ck = ckpt_io.load(tmp_path / "std" / "best.pt")
+    assert torch.equal(ck["feature_norm"]["audio_mean"], stats["audio_mean"])
+    metrics = evaluate(tmp_path / "std" / "best.pt", prepared, feats, "vis", "aud", None)
+    assert res.best_val_accuracy > 0.9 and metrics["accuracy"] > 0.9
+    raw = train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "raw")
+    assert ckpt_io.load(tmp_path / "raw" / "best.pt")["feature_norm"] is None
+    assert raw.best_val_accuracy < res.best_val_accuracy

@@ -66,6 +66,8 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
         raise ValueError(f"labels have {data.num_classes} classes, checkpoint "
                          f"{ckpt['dims']['num_classes']}")
     s = data.splits[split]
+    if ckpt.get("feature_norm"):
+        s = s.normalized(ckpt["feature_norm"])  # the training run's train-split statistics
     pred = predict(head, s, dev, batch_size).numpy()
     true = s.targets.numpy()
     res = M.summarize(pred, true, data.categories)

@@ -26,6 +26,9 @@ class TrainConfig:
     seed: int = 0  # seeds init, shuffling and dropout
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when present, else cpu
     resume: bool = True  # continue from <models>/last.pt when it was written by this same run
+    # none: raw features, as the papers | standardize: per-channel z-score with train-split
+    # mean/std (stored in the checkpoint; the demo's random-init encoders give arbitrary scales)
+    feature_norm: Literal["none", "standardize"] = "none"
     # Training recipe: null = the head's paper default for the setting (TRAIN_DEFAULTS).
     optimizer: Optional[Literal["adam", "sgd"]] = None
     lr: Optional[float] = None  # initial learning rate

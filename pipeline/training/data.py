@@ -7,6 +7,7 @@ float32 per batch on the device.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,40 @@ class SplitData:
     def targets(self) -> torch.Tensor:
         """Per-segment class indices (n, T), background = C."""
         return self.labels.argmax(dim=-1)
+
+    def normalized(self, stats: dict[str, torch.Tensor]) -> "SplitData":
+        """A copy with features standardized by ``stats`` (see :func:`feature_stats`), kept in
+        their stored dtype."""
+        def z(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(x)
+            for s in range(0, len(x), CHUNK):  # chunks: no float32 copy of a whole split
+                out[s:s + CHUNK] = ((x[s:s + CHUNK].float() - mean) / std).to(x.dtype)
+            return out
+        return dataclasses.replace(
+            self, visual=z(self.visual, stats["visual_mean"], stats["visual_std"]),
+            audio=z(self.audio, stats["audio_mean"], stats["audio_std"]))
+
+
+CHUNK = 256  # rows per float32 chunk when computing or applying feature statistics
+
+
+def feature_stats(split: SplitData, eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """Per-channel mean and std of a split's visual and audio features (float32; channels =
+    last axis), for ``train.feature_norm: standardize``. Computed on the train split only."""
+    out = {}
+    for name, x in (("visual", split.visual), ("audio", split.audio)):
+        c = x.shape[-1]
+        total, sq, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+        for s in range(0, len(x), CHUNK):
+            v = x[s:s + CHUNK].reshape(-1, c).double()
+            total += v.sum(0)
+            sq += (v * v).sum(0)
+            n += len(v)
+        mean = total / max(n, 1)
+        var = (sq / max(n, 1) - mean * mean).clamp_min(0)
+        out[f"{name}_mean"] = mean.float()
+        out[f"{name}_std"] = var.sqrt().float().clamp_min(eps)
+    return out
 
 
 @dataclass

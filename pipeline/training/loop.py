@@ -29,7 +29,7 @@ from pipeline.config import ConfigError
 from pipeline.evaluation.metrics import event_detection
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import check_milestones
-from pipeline.training.data import Dataset, SplitData
+from pipeline.training.data import Dataset, SplitData, feature_stats
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,6 +45,7 @@ class RunSpec:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = True
+    feature_norm: str = "none"  # none | standardize (train-split statistics, kept in checkpoints)
 
 
 def resolve_recipe(head: str, setting: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +199,7 @@ def fingerprint(spec: RunSpec, hparams: dict, recipe: dict, data_files: list[Pat
     from pipeline.heads import get_head_class
     h = hashlib.sha256()
     h.update(repr((spec.head, spec.setting, sorted(hparams.items()), sorted(recipe.items()),
-                   spec.seed)).encode())
+                   spec.seed, spec.feature_norm)).encode())
     for p in data_files:
         h.update(_file_id(Path(p)).encode())
     for src in (inspect.getsourcefile(get_head_class(spec.head)), __file__):
@@ -273,6 +274,11 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
     train_split, val_split = data.splits["train"], data.splits["val"]
     if len(train_split) == 0:
         raise ValueError("train split is empty after excluding invalid rows")
+    norm = None
+    if spec.feature_norm == "standardize":
+        norm = feature_stats(train_split)  # train statistics only; evaluation reuses them
+        train_split, val_split = train_split.normalized(norm), val_split.normalized(norm)
+        print("features: standardized per channel with train-split mean/std")
     bs = int(recipe["batch_size"])
     steps_per_epoch = -(-len(train_split) // bs)
     done_this_call = 0
@@ -324,6 +330,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                   "hparams": hparams, "dims": dims, "recipe": recipe,
                   "params": params_snapshot or {}, "num_parameters": n_params,
                   "categories": list(data.categories), "train_seconds": seconds,
+                  "feature_norm": norm,
                   "step": (epoch + 1) * steps_per_epoch}
         if improved:
             ckpt_io.save({**common, "epoch": epoch, "val_accuracy": val_acc,

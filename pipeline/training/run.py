@@ -17,7 +17,7 @@ def spec_from_params(params: dict[str, Any], **changes: Any) -> RunSpec:
     tc = dataclasses.replace(params["train"], **changes) if changes else params["train"]
     return RunSpec(head=tc.head, setting=tc.setting, hparam_overrides=params["heads"].of(tc.head),
                    recipe_overrides=tc.recipe_overrides(), seed=tc.seed, device=tc.device,
-                   resume=tc.resume)
+                   resume=tc.resume, feature_norm=tc.feature_norm)
 
 
 def train_from_params(params: dict[str, Any], out_dir: str | Path, live_dir: str | Path | None,
