@@ -46,6 +46,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from pipeline.data._fs import replace_dir
 from pipeline.data.ave import NUM_SEGMENTS, SPLITS, AVEAnnotations, load_annotations
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                             VideoInfo, probe_many)
@@ -157,20 +158,10 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration
     try:
         _write_outputs(tmp, ann, result, root, min_duration)
         result.seconds = time.time() - t0
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old)
-    else:
-        new.rename(target)
 
 
 def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path,

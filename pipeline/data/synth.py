@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data._fs import replace_dir
 from pipeline.config import SynthConfig
 from pipeline.data.ave import (ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS,
                                VIDEO_DIR)
@@ -351,13 +352,7 @@ def generate(cfg: SynthConfig, root: str | os.PathLike | None = None,
             for job in jobs:
                 _write_one(job)
         write_annotations(tmp, specs, cfg, cfg.seed)
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
-            root.rename(old)
-            tmp.rename(root)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(root)
+        replace_dir(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
