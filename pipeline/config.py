@@ -48,6 +48,9 @@ class SynthConfig:
     fps: float = 25.0  # video frame rate
     sample_rate: int = 16000  # audio sample rate of the AAC track
     full_fraction: float = 0.66  # share of events spanning all ten segments (AVE: ~2/3)
+    # share of background segments carrying one modality only, half a silent object, half an
+    # off-screen sound (the rest are empty): what makes single-modality localisation fail
+    single_modality: float = 0.6
     noise: float = 0.1  # audio/visual noise level (0..1)
     two_label: int = 0  # videos given a second annotation line of another category (AVE has some)
     workers: int = 2  # encoder processes (1: in-process)
@@ -60,8 +63,11 @@ class SynthConfig:
             raise ConfigError(f"{key}.num_classes: 1..28 (AVE categories), got {self.num_classes}")
         if min(self.train, self.val, self.test) < 0 or self.fps <= 0 or self.sample_rate < 8000:
             raise ConfigError(f"{key}: split sizes >= 0, fps > 0, sample_rate >= 8000")
-        if not (0 <= self.full_fraction <= 1 and 0 <= self.noise <= 1) or self.workers < 1:
-            raise ConfigError(f"{key}.full_fraction/noise: 0..1; workers >= 1")
+        for name in ("full_fraction", "single_modality", "noise"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{key}.{name}: must be in 0..1, got {getattr(self, name)!r}")
+        if self.workers < 1:
+            raise ConfigError(f"{key}.workers: must be >= 1, got {self.workers!r}")
         if not 0 <= self.two_label <= self.train + self.val + self.test:
             raise ConfigError(f"{key}.two_label: 0..number of videos, got {self.two_label}")
 

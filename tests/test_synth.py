@@ -123,6 +123,17 @@ def test_draw_distribution():
     assert np.bincount([s.category for s in specs]).tolist() == [100] * 6
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_single_modality_share(share):
+    specs = draw_specs(SynthConfig(num_classes=6, train=600, val=0, test=0, full_fraction=0.0,
+                                   single_modality=share))
+    kinds = [k for s in specs for k in s.events[0].segments if k != "event"]
+    counts = {k: kinds.count(k) / len(kinds) for k in ("empty", "visual_only", "audio_only")}
+    assert abs(counts["empty"] - (1 - share)) < 0.03
+    assert abs(counts["visual_only"] - share / 2) < 0.03
+    assert abs(counts["audio_only"] - share / 2) < 0.03
+
+
 def test_signatures_are_distinct():
     sigs = class_signatures(28)
     assert len({s.rgb + (s.shape,) for s in sigs}) == 28
@@ -135,3 +146,5 @@ def test_config_validation():
         from_dict(SynthConfig, {"width": 161}, "synth")
     with pytest.raises(ConfigError, match="num_classes"):
         from_dict(SynthConfig, {"num_classes": 29}, "synth")
+    with pytest.raises(ConfigError, match=r"synth\.single_modality: must be in 0\.\.1"):
+        from_dict(SynthConfig, {"single_modality": 1.5}, "synth")

@@ -13,7 +13,8 @@ Content (chosen so that random-initialised CNN features, averaged over frames, s
   (log-spaced 250..6000 Hz, in clearly different mel bands, below 8 kHz);
 * event segments show the object *and* play the sound; background segments hold neither
   (``empty``), the object only (``visual_only``: a silent object) or the sound only
-  (``audio_only``: an off-screen sound), so localisation needs both modalities;
+  (``audio_only``: an off-screen sound), so localisation needs both modalities; a share
+  ``single_modality`` of the background segments is one of the last two (half each);
 * about ``full_fraction`` of the events span all ten segments (AVE: ~2/3), the others have
   uniformly drawn length (1..9 s) and position;
 * ``two_label`` videos carry a second annotation line with another category (as some AVE
@@ -36,13 +37,14 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.data._fs import replace_dir
-from pipeline.config import SynthConfig
+from pipeline.config import ConfigError, SynthConfig
 from pipeline.data.ave import (ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS,
                                VIDEO_DIR)
 
@@ -56,7 +58,6 @@ AVE_CATEGORIES = (
 )
 HEADER = "Category&VideoID&Quality&StartTime&EndTime"
 SEGMENT_KINDS = ("event", "empty", "visual_only", "audio_only")
-BACKGROUND_P = {"empty": 0.4, "visual_only": 0.3, "audio_only": 0.3}  # kinds of background segment
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
 ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # YouTube id alphabet
 F_LOW, F_HIGH = 250.0, 6000.0  # tone pitch range (Hz), log-spaced over the classes
@@ -134,14 +135,16 @@ def _video_id(rng: np.random.Generator, taken: set[str]) -> str:
             return vid
 
 
-def _draw_event(rng: np.random.Generator, category: int, full_fraction: float) -> EventSpec:
+def _draw_event(rng: np.random.Generator, category: int, full_fraction: float,
+                single_modality: float) -> EventSpec:
     if rng.random() < full_fraction:
         start, end = 0, NUM_SEGMENTS
     else:
         length = int(rng.integers(1, NUM_SEGMENTS))
         start = int(rng.integers(0, NUM_SEGMENTS - length + 1))
         end = start + length
-    kinds, probs = list(BACKGROUND_P), np.array(list(BACKGROUND_P.values()))
+    kinds = ["empty", "visual_only", "audio_only"]
+    probs = [1.0 - single_modality, single_modality / 2, single_modality / 2]
     segs = tuple("event" if start <= s < end else kinds[rng.choice(len(kinds), p=probs)]
                  for s in range(NUM_SEGMENTS))
     return EventSpec(int(category), start, end, segs)
@@ -151,20 +154,20 @@ def draw_specs(cfg: SynthConfig) -> list[VideoSpec]:
     """Every video of the set, drawn from ``cfg.seed``: first categories balanced within each
     split, then ``cfg.two_label`` videos get a second event of another category."""
     rng = np.random.default_rng(cfg.seed)
+    draw = partial(_draw_event, rng, full_fraction=cfg.full_fraction,
+                   single_modality=cfg.single_modality)
     taken: set[str] = set()
     specs = []
     for split in SPLITS:
         n = getattr(cfg, split)
         for c in rng.permutation(np.arange(n) % cfg.num_classes):
-            specs.append(VideoSpec(_video_id(rng, taken), split,
-                                   (_draw_event(rng, c, cfg.full_fraction),),
+            specs.append(VideoSpec(_video_id(rng, taken), split, (draw(c),),
                                    int(rng.integers(0, 2**31 - 1))))
     if cfg.num_classes > 1:
         for i in sorted(rng.choice(len(specs), min(cfg.two_label, len(specs)), replace=False)):
             first = specs[i].category
             other = (first + 1 + int(rng.integers(0, cfg.num_classes - 1))) % cfg.num_classes
-            specs[i] = replace(specs[i], events=specs[i].events
-                               + (_draw_event(rng, other, cfg.full_fraction),))
+            specs[i] = replace(specs[i], events=specs[i].events + (draw(other),))
     return specs
 
 
@@ -377,12 +380,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--fps", type=float, default=d.fps)
     p.add_argument("--sample-rate", type=int, default=d.sample_rate)
+    p.add_argument("--full-fraction", type=float, default=d.full_fraction)
+    p.add_argument("--single-modality", type=float, default=d.single_modality)
     p.add_argument("--two-label", type=int, default=d.two_label)
     p.add_argument("--workers", type=int, default=d.workers)
     a = p.parse_args(argv)
     cfg = replace(d, root=a.out_dir, train=a.train, val=a.val, test=a.test, num_classes=a.classes,
                   seed=a.seed, width=a.width, height=a.height, fps=a.fps,
-                  sample_rate=a.sample_rate, two_label=a.two_label, workers=a.workers)
+                  sample_rate=a.sample_rate, full_fraction=a.full_fraction,
+                  single_modality=a.single_modality, two_label=a.two_label, workers=a.workers)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        p.error(str(e))
     t0 = time.time()
     root = generate(cfg)
     print(f"wrote {a.train + a.val + a.test} videos, {a.classes} classes to {root} "
