@@ -2,7 +2,8 @@
 
 `cell --head H --setting S`: train H in S with ${report.epochs} epochs (null = paper default)
 into ${paths.models}/matrix/H-S, evaluate on test, write ${paths.reports}/matrix/H-S/row.json;
-a setting the head does not define gives a row noting 'not defined by the paper'.
+a setting the head does not define (e.g. cml for all but m2n) trains nothing and gives a row
+noting 'not defined by the paper'.
 `table`: gather the rows of ${report.heads} x ${report.settings} into
 ${paths.reports}/results.json and results.md.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import typing
 from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.evaluation import report
+from pipeline.training.config import Setting
 
 
 def cell(params, head: str, setting: str) -> None:
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cell")
     c.add_argument("--head", required=True)
-    c.add_argument("--setting", required=True, choices=("fully", "weak"))
+    c.add_argument("--setting", required=True, choices=typing.get_args(Setting))
     sub.add_parser("table")
     args = p.parse_args(argv)
     params = load_params(args.params)

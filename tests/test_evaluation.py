@@ -78,20 +78,30 @@ def test_report_rows_and_table_schema(tmp_path):
     rows = [report.cell_row("psp", "fully", "vgg19", "vggish", res),
             report.cell_row("psp", "weak", "vgg19", "vggish", res),
             report.cell_row("cace", "weak", "vgg19", "vggish", None, report.NOT_DEFINED),
-            report.cell_row("majority", "fully", "vgg19", "vggish", res)]
+            report.cell_row("majority", "fully", "vgg19", "vggish", res),
+            report.cell_row("m2n", "cml", "vgg19", "vggish",
+                            {**res, "accuracy": 0.45, "cross_modal": {"a2v": 0.4, "v2a": 0.5}}),
+            report.cell_row("psp", "cml", "vgg19", "vggish", None, report.NOT_DEFINED)]
     jp, mp = report.write_table(rows, tmp_path)
     loaded = json.loads(jp.read_text())
-    assert isinstance(loaded, list) and len(loaded) == 4
+    assert isinstance(loaded, list) and len(loaded) == 6
     for r in loaded:
         assert set(report.ROW_KEYS) <= set(r)
-        assert isinstance(r["head"], str) and r["setting"] in ("fully", "weak")
+        assert isinstance(r["head"], str) and r["setting"] in ("fully", "weak", "cml")
         assert r["accuracy"] is None or 0 <= r["accuracy"] <= 100
         assert r["params"] is None or isinstance(r["params"], int)
     assert loaded[0]["accuracy"] == 75.12 and loaded[0]["paper_accuracy"] == 77.8
     assert loaded[1]["paper_accuracy"] == 73.5 and loaded[3]["paper_accuracy"] is None
     assert loaded[2]["accuracy"] is None and loaded[2]["note"] == report.NOT_DEFINED
+    assert loaded[4]["cross_modal"] == {"a2v": 40.0, "v2a": 50.0} and loaded[4]["accuracy"] == 45.0
+    assert loaded[4]["paper_accuracy"] == 52.4 and loaded[4]["paper_cross_modal"] == {"a2v": 51.2,
+                                                                                      "v2a": 53.6}
+    assert loaded[5]["cross_modal"] is None and loaded[5]["paper_cross_modal"] is None
     md = mp.read_text()
     assert "| psp | 75.1 | 77.8 | 75.1 | 73.5 |" in md and "not defined by the paper" in md
+    # cml rows: their own table in M2N Table 1's layout (A2V, V2A, average), not in the SEL one.
+    assert "| m2n | 40.0 | 51.2 | 50.0 | 53.6 | 45.0 | 52.4 | 1,234 | 12 |" in md
+    assert "no cml setting): psp." in md and md.count("| psp |") == 1
     with pytest.raises(ValueError, match="lacks"):
         report.write_table([{"head": "x"}], tmp_path)
 
@@ -112,7 +122,8 @@ def test_report_stage_cells_and_table(tmp_path):
                   "models": str(tmp_path / "models"), "reports": str(tmp_path / "reports")},
         "train": {"visual": "vis", "audio": "aud", "device": "cpu", "lr": 123.0},
         "evaluate": {"timelines": 0},
-        "report": {"heads": ["toy", "toy_fully"], "settings": ["fully", "weak"], "epochs": 1}}))
+        "report": {"heads": ["toy", "toy_fully"], "settings": ["fully", "weak", "cml"],
+                   "epochs": 1}}))
     if "toy_fully" not in _registry._HEADS:
         from test_training import _ToyHead
         register = _registry.register_head("toy_fully")
@@ -125,38 +136,61 @@ def test_report_stage_cells_and_table(tmp_path):
     spec.loader.exec_module(stage)
     params = load_params(tmp_path / "params.yaml")
     for head in ("toy", "toy_fully"):
-        for setting in ("fully", "weak"):
+        for setting in ("fully", "weak", "cml"):
             stage.cell(params, head, setting)
     stage.table(params)
     rows = json.loads((tmp_path / "reports" / "results.json").read_text())
     assert [(r["head"], r["setting"]) for r in rows] == [
-        ("toy", "fully"), ("toy", "weak"), ("toy_fully", "fully"), ("toy_fully", "weak")]
-    assert rows[3]["accuracy"] is None and rows[3]["note"] == report.NOT_DEFINED
-    assert all(r["accuracy"] is not None and r["params"] == 44 for r in rows[:3])
+        (h, s) for h in ("toy", "toy_fully") for s in ("fully", "weak", "cml")]
+    undefined = [rows[i] for i in (2, 4, 5)]  # toy-cml, toy_fully-weak, toy_fully-cml
+    assert all(r["accuracy"] is None and r["note"] == report.NOT_DEFINED for r in undefined)
+    assert all(rows[i]["accuracy"] is not None and rows[i]["params"] == 44 for i in (0, 1, 3))
+    assert not any(any((tmp_path / "models" / "matrix" / c).iterdir())
+                   for c in ("toy-cml", "toy_fully-weak", "toy_fully-cml"))  # nothing trained
+    assert (tmp_path / "models" / "matrix" / "toy-weak" / "best.pt").is_file()
     # cells use the paper recipe (train.lr is not applied), with report.epochs
     from pipeline.training import checkpoint as ck
     best = ck.load(tmp_path / "models" / "matrix" / "toy-weak" / "best.pt")
     assert best["recipe"]["lr"] == 0.05 and best["recipe"]["epochs"] == 1
-    assert (tmp_path / "reports" / "results.md").read_text().count("| toy") == 2
+    md = (tmp_path / "reports" / "results.md").read_text()
+    assert md.count("| toy") == 2 and "no cml setting): toy, toy_fully." in md
 
 
-def test_cross_modal_metric_is_wired_for_supporting_heads(tmp_path):
-    """Heads with supports_cross_modal get A2V/V2A from pipeline.heads.m2n's protocol."""
+def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
+    """A cml checkpoint: accuracy = mean(A2V, V2A) window accuracy, no class/event metrics,
+    window-vs-event confusion and timelines for the DVC plot outputs."""
     import torch
-    from test_training import write_set
+    from test_training import M2N_TINY, write_set
 
-    from pipeline.evaluation.evaluate import cross_modal
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.heads.m2n import cml_evaluate
+    from pipeline.training import checkpoint as ck
     from pipeline.training.data import load_dataset
+    from pipeline.training.loop import RunSpec, train
 
-    prepared, feats = write_set(tmp_path / "set", n_per_split=(4, 4, 16))
-    split = load_dataset(prepared, feats, "vis", "aud", splits=("test",), verbose=False).splits["test"]
-
-    class Stub(torch.nn.Module):
-        supports_cross_modal = True
-
-        def cross_modal_embed(self, visual, audio):  # both modalities = the label-encoding audio
-            return audio, audio
-
-    xm = cross_modal(Stub(), split, torch.device("cpu"), batch_size=5)
-    assert set(xm) == {"a2v", "v2a"} and xm["a2v"] > 0.9 and xm["v2a"] > 0.9
-    assert cross_modal(torch.nn.Linear(1, 1), split, torch.device("cpu")) is None
+    prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8))
+    data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
+    train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
+                  recipe_overrides={"epochs": 2, "lr": 3e-3}), data, tmp_path / "m")
+    res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
+                   device="cpu", batch_size=3, timelines=3)
+    test = data.splits["test"]
+    head = ck.load_head(tmp_path / "m" / "best.pt")[0]
+    acc, windows = cml_evaluate(head, test.visual, test.audio, test.labels, torch.device("cpu"))
+    expect = {"a2v": pytest.approx(acc["a2v"]), "v2a": pytest.approx(acc["v2a"])}
+    assert res["cross_modal"] == expect
+    assert res["accuracy"] == pytest.approx((acc["a2v"] + acc["v2a"]) / 2)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(res["accuracy"])
+    assert metrics["cross_modal"] == expect
+    assert "event" not in metrics and "per_class" not in metrics
+    # Confusion of window segments (A2V rows, then V2A) against the event segments.
+    events = int((test.targets != 3).sum())
+    cm = np.asarray(res["confusion"])
+    assert res["labels"] == ["event", "background"] and cm.sum() == 2 * 8 * 10
+    assert cm[0].sum() == 2 * events
+    assert cm[:, 0].sum() == int(windows["a2v"].sum() + windows["v2a"].sum())
+    plot = json.loads((tmp_path / "ev" / "plots" / "sklearn" / "confusion_matrix.json").read_text())
+    assert len(plot) == 2 * 8 * 10
+    images = sorted(p.name for p in (tmp_path / "ev" / "plots" / "images").iterdir())
+    assert "confusion.png" in images and sum(n.startswith("timeline_") for n in images) == 3

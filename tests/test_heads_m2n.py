@@ -1,9 +1,12 @@
-"""M2N head: equations and the CML metric (shared checks in test_heads_common.py)."""
+"""M2N head: equations, the CML setting (Eq. 18) and its window metric (shared checks in
+test_heads_common.py)."""
 import pytest
 import torch
 
-from pipeline.heads.m2n import (Modulation, best_window, cross_modal_localization_accuracy,
-                                proposal_map, window_localization_accuracy)
+from pipeline.heads import build_head
+from pipeline.heads.m2n import (Modulation, best_window, cml_evaluate, proposal_map,
+                                window_localization_accuracy, window_predictions)
+from test_heads_common import M2N_TINY, make_batch, random_inputs, span_labels
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -51,23 +54,99 @@ def test_window_localization_accuracy_known_answer():
     assert window_localization_accuracy(relevance, mask) == pytest.approx(2 / 3)
 
 
-def test_a2v_v2a_accuracy_from_embeddings():
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(3, 10, 8, generator=g)
-    mask = torch.zeros(3, 10, dtype=torch.bool)
-    mask[0, 3:7] = True
-    mask[1, 0:2] = True
-    mask[2, 5:10] = True
-    # Both modalities share the embeddings on the event and are far apart elsewhere: both
-    # directions localize every event exactly.
-    audio = torch.where(mask.unsqueeze(-1), base, base - 100.0)
-    visual = torch.where(mask.unsqueeze(-1), base, base + 100.0)
-    assert cross_modal_localization_accuracy(visual, audio, mask, "a2v") == 1.0
-    assert cross_modal_localization_accuracy(visual, audio, mask, "v2a") == 1.0
-    # Move video 0's matching visual segments two steps later: its window is off -> 2 / 3.
-    shifted = visual.clone()
-    shifted[0] = base[0] + 100.0
-    shifted[0, 5:9] = base[0, 3:7]
-    assert cross_modal_localization_accuracy(shifted, audio, mask, "a2v") == pytest.approx(2 / 3)
-    with pytest.raises(ValueError):
-        cross_modal_localization_accuracy(visual, audio, mask, "x2y")
+def test_window_predictions_mark_the_best_l_window():
+    relevance = torch.tensor([[0.0, 5.0, -1.0, 2.0, 2.0, 0.0],
+                              [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1],  # l = 3: sums 4, 6, 3, 4 -> segments 1..3
+                         [0, 0, 0, 0, 0, 0]], dtype=torch.bool)  # no event: empty window
+    assert window_predictions(relevance, mask).int().tolist() == [[0, 1, 1, 1, 0, 0],
+                                                                  [0, 0, 0, 0, 0, 0]]
+
+
+def _cml_head(seed=0):
+    torch.manual_seed(seed)
+    return build_head("m2n", visual_dim=16, audio_dim=8, num_classes=4, setting="cml", **M2N_TINY)
+
+
+def _cml_batch():
+    visual, audio = random_inputs(b=3, h=2, w=2, cv=16, ca=8, relu=False)
+    labels = span_labels([(0, 2, 5), (1, 0, 10), (2, 0, 0)], 4)  # video 2: no event segment
+    return make_batch(labels, visual, audio)
+
+
+def test_cml_loss_is_eq18_over_videos_with_an_event():
+    head = _cml_head()
+    batch = _cml_batch()
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 10, generator=g, requires_grad=True)  # rows 0-2 A2V, 3-5 V2A
+    loss, parts = head.loss({"relevance": logits}, batch)
+    events = (batch["labels"][..., -1] == 0).float().repeat(2, 1)
+    p = torch.sigmoid(logits.detach())
+    bce = -(events * p.log() + (1 - events) * (1 - p).log()).mean(1)  # Eq. 18 per video
+    expect = bce[[0, 1, 3, 4]].mean()  # video 2 (rows 2 and 5) has no query
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert parts == {"relevance": pytest.approx(loss.item())}
+    loss.backward()
+    assert logits.grad[[2, 5]].abs().sum() == 0 and logits.grad[[0, 1, 3, 4]].abs().sum() > 0
+    # No video with an event: nothing to learn, a zero loss (not NaN).
+    empty = make_batch(span_labels([(0, 0, 0)], 4))
+    assert head.loss({"relevance": torch.randn(2, 10)}, empty)[0].item() == 0.0
+
+
+def test_cml_forward_batch_runs_both_directions_with_the_event_queries(monkeypatch):
+    head = _cml_head().eval()
+    batch = _cml_batch()
+    events = batch["labels"][..., -1] == 0
+    with torch.no_grad():
+        out = head.forward_batch(batch)
+        assert out["relevance"].shape == (6, 10)
+        a2v = head.cross_modal_relevance(batch["visual"], batch["audio"], events, "a2v")
+        v2a = head.cross_modal_relevance(batch["visual"], batch["audio"], events, "v2a")
+        torch.testing.assert_close(out["relevance"], torch.cat([a2v, v2a]))
+        # The query mask matters: another query gives other relevance.
+        other = head.cross_modal_relevance(batch["visual"], batch["audio"], ~events, "a2v")
+        assert not torch.allclose(other, a2v)
+    calls = []
+    monkeypatch.setattr(head, "cross_modal_relevance",
+                        lambda v, a, m, d: calls.append((d, m.clone())) or torch.zeros(3, 10))
+    head.forward_batch(batch)
+    assert [d for d, _ in calls] == ["a2v", "v2a"]
+    assert all(torch.equal(m, events) for _, m in calls)
+
+
+def test_cml_head_has_no_classifier_and_no_plain_forward():
+    head = _cml_head()
+    assert head.classifier is None
+    with pytest.raises(RuntimeError, match="cml.*forward_batch"):
+        head(*random_inputs(b=1, h=2, w=2, cv=16, ca=8))
+    fully = build_head("m2n", visual_dim=16, audio_dim=8, num_classes=4, **M2N_TINY)
+    assert sum(p.numel() for p in fully.parameters()) - sum(p.numel() for p in head.parameters()) \
+        == 16 * 4 + 4  # the classifier (Eq. 15)
+
+
+class _OracleHead(torch.nn.Module):
+    """Relevance = the query mask itself (A2V) or shifted one segment later (V2A)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def cross_modal_relevance(self, visual, audio, query_mask, direction):
+        self.calls.append(len(visual))
+        assert not self.training
+        rel = query_mask.float()
+        return rel if direction == "a2v" else rel.roll(1, dims=1)
+
+
+def test_cml_evaluate_batches_both_directions_and_averages():
+    labels = span_labels([(0, 2, 5), (1, 0, 10), (0, 9, 10), (2, 4, 6), (1, 1, 3)], 3)
+    visual, audio = torch.zeros(5, 10, 1, 1, 2), torch.zeros(5, 10, 2)
+    head = _OracleHead()
+    acc, windows = cml_evaluate(head, visual, audio, labels, torch.device("cpu"), batch_size=2)
+    assert head.calls == [2, 2, 2, 2, 1, 1] and head.training  # batches x directions; mode restored
+    # V2A: every window one segment late (the last one wraps to segment 0), so wrong except the
+    # whole-video event, whose only window is the video: 1 / 5.
+    assert acc == {"a2v": 1.0, "v2a": pytest.approx(1 / 5), "average": pytest.approx(0.6)}
+    events = labels[..., -1] == 0
+    assert torch.equal(windows["a2v"], events)
+    assert windows["v2a"][0].nonzero().flatten().tolist() == [3, 4, 5]

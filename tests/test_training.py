@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -109,8 +110,30 @@ def test_learns_known_answer_and_writes_rebuildable_checkpoints(toyset, tmp_path
     assert ck["head"] == "toy" and ck["hparams"] == {"dropout": 0.1} and ck["setting"] == "fully"
     assert ck["recipe"]["lr"] == 0.05 and ck["epoch"] == res.best_epoch
     assert (tmp_path / "live" / "metrics.json").is_file()
-    history = (tmp_path / "live" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text()
-    assert len(history.strip().splitlines()) == 1 + RECIPE["epochs"]
+    for name in ("accuracy", "event_f1", "loss"):
+        history = (tmp_path / "live" / "plots" / "metrics" / "val" / f"{name}.tsv").read_text()
+        assert len(history.strip().splitlines()) == 1 + RECIPE["epochs"]
+    assert all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in res.history)
+
+
+@pytest.mark.parametrize("setting", ["fully", "weak"])
+def test_validation_loss_is_the_heads_loss_on_val_in_eval_mode(toyset, tmp_path, setting):
+    from pipeline.training.loop import validation_loss
+    data = toyset[0]
+    res = train(RunSpec("toy", setting, device="cpu", recipe_overrides={"epochs": 2}), data,
+                tmp_path)
+    head = ckpt_io.build_from(ckpt_io.load(tmp_path / "last.pt")).eval()  # the last epoch's weights
+    val = data.splits["val"]
+    with torch.no_grad():
+        logits = head(val.visual.float(), val.audio.float())["logits"]
+    if setting == "fully":
+        expect = F.cross_entropy(logits.reshape(-1, C + 1), val.targets.reshape(-1))
+    else:  # video labels only, as in training
+        expect = F.binary_cross_entropy(logits.softmax(-1).mean(1).clamp(1e-6, 1 - 1e-6), val.weak)
+    assert res.history[-1]["val_loss"] == pytest.approx(expect.item(), rel=1e-5)
+    # Batched: videos weight the batch means (every toy video has T segments).
+    small = validation_loss(head, val, setting, torch.device("cpu"), 1, 2, batch_size=5)
+    assert small == pytest.approx(expect.item(), rel=1e-5) and not head.training
 
 
 def test_invalid_rows_are_excluded_and_counted(toyset):
@@ -180,6 +203,21 @@ def test_config_errors_name_the_key(toyset, tmp_path):
         validate({"heads": {"foo": {"a": 1}}})
     with pytest.raises(ConfigError, match=r"train\.setting"):
         validate({"train": {"setting": "semi"}})
+    # cml is a valid setting, but only for heads whose paper defines it.
+    assert validate({"train": {"setting": "cml"}})["train"].setting == "cml"
+    with pytest.raises(ConfigError, match=r"train\.setting: head 'toy' has no 'cml' setting; "
+                                          r"it supports: fully, weak"):
+        train(RunSpec("toy", "cml", device="cpu"), data, tmp_path)
+    with pytest.raises(ConfigError, match=r"report\.settings\[1\]: 'semi' is not allowed; "
+                                          r"allowed: 'fully', 'weak', 'cml'"):
+        validate({"report": {"settings": ["cml", "semi"]}})
+
+
+def test_config_settings_are_the_registry_settings():
+    from typing import get_args
+
+    from pipeline.training.config import Setting
+    assert get_args(Setting) == _registry.SETTINGS
 
 
 def test_params_override_recipe_and_hparams(toyset, tmp_path):
@@ -214,6 +252,35 @@ def test_baseline_heads_train(toyset, tmp_path):
                         recipe_overrides={"epochs": 8, "lr": 0.03, "batch_size": 8}),
                 data, tmp_path / "ao")
     assert res.best_val_accuracy > 0.9  # the audio feature encodes the label
+
+
+M2N_TINY = {"d_model": 16, "att_hidden": 16, "att_dim": 8}
+
+
+def test_cml_trains_m2n_and_selects_the_best_window_accuracy(toyset, tmp_path):
+    """M2N's cross-modality localization: A2V and V2A trained together (Eq. 18), best.pt by the
+    mean of their val window accuracies. The toy audio encodes the event segments, so V2A (the
+    audio is searched) is learnable; the visual is noise, so A2V stays near chance."""
+    from pipeline.heads.m2n import cml_evaluate
+    data = toyset[0]
+    res = train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
+                        recipe_overrides={"epochs": 5, "lr": 3e-3, "batch_size": 16}),
+                data, tmp_path, live_dir=tmp_path / "live")
+    h = res.history
+    assert len(h) == 5 and all(math.isfinite(r["val_loss"]) for r in h)
+    assert all(r["val_accuracy"] == pytest.approx((r["val_a2v"] + r["val_v2a"]) / 2) for r in h)
+    assert "val_event_f1" not in h[0] and "train_relevance" in h[0]
+    assert max(r["val_v2a"] for r in h) > 0.8  # chance: about 1 / (T - l + 1)
+    best = ckpt_io.load(tmp_path / "best.pt")
+    accs = [r["val_accuracy"] for r in h]
+    assert best["setting"] == "cml" and best["epoch"] == int(np.argmax(accs))
+    assert best["val_accuracy"] == max(accs)
+    head = ckpt_io.build_from(best).eval()
+    val = data.splits["val"]
+    acc, _ = cml_evaluate(head, val.visual, val.audio, val.labels, torch.device("cpu"))
+    assert acc["average"] == pytest.approx(best["val_accuracy"])
+    for name in ("a2v", "v2a", "loss"):
+        assert (tmp_path / "live" / "plots" / "metrics" / "val" / f"{name}.tsv").is_file()
 
 
 class _MilestoneToyHead(_ToyHead):

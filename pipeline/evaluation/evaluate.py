@@ -1,16 +1,21 @@
 """Evaluate a trained checkpoint on one split; log metrics and plots with DVCLive.
 
 Writes under ``out_dir`` (a DVCLive dir): ``metrics.json`` (accuracy, event precision/recall/F1,
-per-class accuracy, parameter count, training time, cross-modal A2V/V2A where the head supports
-it), ``plots/sklearn/confusion_matrix.json`` (DVC confusion template), and
-``plots/images/{confusion.png, timeline_*.png}``.
+per-class accuracy, parameter count, training time), ``plots/sklearn/confusion_matrix.json``
+(DVC confusion template), and ``plots/images/{confusion.png, timeline_*.png}``.
+
+A ``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's protocol instead
+(``pipeline.heads.m2n.cml_evaluate``): ``accuracy`` is the mean of ``cross_modal/a2v`` and
+``cross_modal/v2a`` (exact window match, M2N Table 1 "Average"); class and event metrics are not
+defined there, and the confusion matrix and timelines compare the predicted windows of both
+directions with the event segments (labels ``event`` / ``background``).
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,26 +33,6 @@ def _video_ids(prepared: Path, rows: np.ndarray) -> list[str]:
     from pipeline.data.prepare import load_manifest
     by_index = {int(m["index"]): str(m["video_id"]) for m in load_manifest(prepared)}
     return [by_index.get(int(r), f"row{r}") for r in rows]
-
-
-def cross_modal(head: torch.nn.Module, split, device: torch.device,
-                batch_size: int = 64) -> Optional[dict[str, float]]:
-    """M2N's cross-modal localization accuracy (A2V, V2A; exact window match, M2N Table 1) for
-    heads with ``supports_cross_modal``; the protocol lives in ``pipeline.heads.m2n``."""
-    if not getattr(head, "supports_cross_modal", False):
-        return None
-    from pipeline.heads.m2n import cross_modal_localization_accuracy
-
-    vs, as_ = [], []
-    with torch.no_grad():
-        for s in range(0, len(split), batch_size):
-            v, a = head.cross_modal_embed(split.visual[s:s + batch_size].to(device).float(),
-                                          split.audio[s:s + batch_size].to(device).float())
-            vs.append(v.cpu())
-            as_.append(a.cpu())
-    v, a = torch.cat(vs), torch.cat(as_)
-    events = split.targets != split.labels.shape[-1] - 1
-    return {d: float(cross_modal_localization_accuracy(v, a, events, d)) for d in ("a2v", "v2a")}
 
 
 def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path, visual: str,
@@ -68,21 +53,43 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     s = data.splits[split]
     if ckpt.get("feature_norm"):
         s = s.normalized(ckpt["feature_norm"])  # the training run's train-split statistics
-    pred = predict(head, s, dev, batch_size).numpy()
-    true = s.targets.numpy()
-    res = M.summarize(pred, true, data.categories)
+    vids = _video_ids(Path(prepared), s.rows)
+    if ckpt["setting"] == "cml":
+        res, pred, true, vids = _cross_modal(head, s, dev, batch_size, vids)
+    else:
+        pred = predict(head, s, dev, batch_size).numpy()
+        true = s.targets.numpy()
+        res = M.summarize(pred, true, data.categories)
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
                train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
                val_accuracy=float(ckpt["val_accuracy"]))
-    xm = cross_modal(head, s, dev, batch_size)
-    if xm is not None:
-        res["cross_modal"] = xm
-    print(f"{split}: accuracy {res['accuracy']:.4f} on {res['segments']} segments "
-          f"({len(s)} videos, {len(s.excluded)} excluded); event F1 {res['event']['f1']:.4f}")
+    if "cross_modal" in res:
+        print(f"{split}: cross-modal localization A2V {res['cross_modal']['a2v']:.4f}, V2A "
+              f"{res['cross_modal']['v2a']:.4f}, average {res['accuracy']:.4f} ({len(s)} videos, "
+              f"{len(s.excluded)} excluded)")
+    else:
+        print(f"{split}: accuracy {res['accuracy']:.4f} on {res['segments']} segments ({len(s)} "
+              f"videos, {len(s.excluded)} excluded); event F1 {res['event']['f1']:.4f}")
     if out_dir is not None:
-        _log(res, pred, true, _video_ids(Path(prepared), s.rows), Path(out_dir), timelines)
+        _log(res, pred, true, vids, Path(out_dir), timelines)
     return res
+
+
+def _cross_modal(head, split, device: torch.device, batch_size: int, vids: list[str]
+                 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
+    """M2N's CML metrics of a ``cml`` head, and its predicted windows as event (0) /
+    background (1) segments against the truth: rows A2V then V2A (for the plots)."""
+    from pipeline.heads.m2n import DIRECTIONS, cml_evaluate
+
+    acc, windows = cml_evaluate(head, split.visual, split.audio, split.labels, device, batch_size)
+    events = split.targets.numpy() != split.labels.shape[-1] - 1
+    pred = np.concatenate([np.where(windows[d].numpy(), 0, 1) for d in DIRECTIONS])
+    true = np.tile(np.where(events, 0, 1), (len(DIRECTIONS), 1))
+    res = {"accuracy": acc["average"], "cross_modal": {d: acc[d] for d in DIRECTIONS},
+           "labels": ["event", "background"], "segments": int(true.size),
+           "confusion": M.confusion_matrix(pred, true, 2).tolist()}
+    return res, pred, true, [f"{d}_{v}" for d in DIRECTIONS for v in vids]
 
 
 def _log(res: dict, pred: np.ndarray, true: np.ndarray, vids: list[str], out_dir: Path,
@@ -95,11 +102,11 @@ def _log(res: dict, pred: np.ndarray, true: np.ndarray, vids: list[str], out_dir
         for k in ("accuracy", "num_parameters", "train_seconds", "val_accuracy", "best_epoch",
                   "videos", "excluded"):
             live.log_metric(k, res[k], plot=False)
-        for k, v in res["event"].items():
+        for k, v in res.get("event", {}).items():
             live.log_metric(f"event/{k}", v, plot=False)
-        for k, v in (res.get("cross_modal") or {}).items():
+        for k, v in res.get("cross_modal", {}).items():
             live.log_metric(f"cross_modal/{k}", v, plot=False)
-        for name, v in res["per_class"].items():
+        for name, v in res.get("per_class", {}).items():
             if v is not None and not math.isnan(v):
                 live.log_metric(f"per_class/{name}", v, plot=False)
         live.log_sklearn_plot("confusion_matrix", [names[i] for i in true.reshape(-1)],

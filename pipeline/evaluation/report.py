@@ -3,8 +3,10 @@
 Each report-matrix cell writes one row (``cell_row``); ``write_table`` gathers them into
 ``results.json`` (a list of rows) and ``results.md``. Row keys (``ROW_KEYS``):
 ``head, setting, visual, audio, accuracy, params, train_seconds, paper_accuracy`` plus
-``paper_params``, ``paper_source`` and ``note`` (e.g. 'not defined by the paper').
-Accuracies are percentages (as the papers' tables); ``null`` where not available.
+``paper_params``, ``paper_source`` and ``note`` (e.g. 'not defined by the paper'); ``cml`` rows
+(M2N's cross-modality localization, accuracy = mean of A2V and V2A) add ``cross_modal`` and
+``paper_cross_modal`` (``{"a2v", "v2a"}``). Accuracies are percentages (as the papers' tables);
+``null`` where not available.
 """
 from __future__ import annotations
 
@@ -26,11 +28,14 @@ PAPER_ACCURACY: dict[tuple[str, str], tuple[float, str]] = {
     ("cmbs", "weak"): (74.2, "CMBS Table 2"),
     ("cace", "fully"): (80.8, "CACE-Net Table 5 (VGG-like, VGG-19)"),
     ("m2n", "fully"): (79.5, "M2N Table 2"),
+    ("m2n", "cml"): (52.4, "M2N Table 1 (cross-modality localization, average of A2V and V2A)"),
     ("vscg", "fully"): (79.7, "VSCG Table I"),
     ("vscg", "weak"): (74.8, "VSCG Table I"),
     ("audio_only", "fully"): (59.5, "AVEL 'A' (VGG-like), as cited in M2N Table 2 / CACE-Net Table 5"),
     ("visual_only", "fully"): (55.3, "AVEL 'V' (VGG-19), as cited in M2N Table 2 / CACE-Net Table 5"),
 }
+# Cross-modality localization accuracy (%) per direction, M2N Table 1.
+PAPER_CROSS_MODAL: dict[str, dict[str, float]] = {"m2n": {"a2v": 51.2, "v2a": 53.6}}
 # Trainable parameters (millions) reported in VSCG Table II (fully supervised).
 PAPER_PARAMS_M: dict[str, float] = {"psp": 1.7, "cmbs": 14.4, "vscg": 2.6}
 
@@ -52,8 +57,10 @@ def cell_row(head: str, setting: str, visual: str, audio: str,
            "train_seconds": round(float(result["train_seconds"]), 2) if result else None,
            "paper_accuracy": acc, "paper_params": int(pm * 1e6) if pm else None,
            "paper_source": src, "note": note}
-    if result and "cross_modal" in result:
-        row["cross_modal"] = {k: round(100 * v, 2) for k, v in result["cross_modal"].items()}
+    if setting == "cml":
+        row["cross_modal"] = ({k: round(100 * v, 2) for k, v in result["cross_modal"].items()}
+                              if result else None)
+        row["paper_cross_modal"] = PAPER_CROSS_MODAL.get(head)
     return row
 
 
@@ -62,8 +69,9 @@ def _fmt(v, spec: str = "") -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """Papers' layout: one line a head, fully and weak side by side."""
-    heads = list(dict.fromkeys(r["head"] for r in rows))
+    """Papers' layout: one line a head, fully and weak side by side; then M2N Table 1's layout
+    (A2V, V2A, average) for the heads with a cml row."""
+    heads = list(dict.fromkeys(r["head"] for r in rows if r["setting"] != "cml"))
     by = {(r["head"], r["setting"]): r for r in rows}
     feats = sorted({f"{r['visual']} + {r['audio']}" for r in rows})
     out = ["# AVE localization results (test segment accuracy, %)", "",
@@ -80,17 +88,40 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         params = " / ".join(f"{x:,}" for x in dict.fromkeys(ps)) if ps else None
         notes = "; ".join(f"{s}: {r['note']}" for s, r in (("fully", f), ("weak", w))
                           if r and r.get("note"))
-        xm = f.get("cross_modal")
-        if xm:
-            notes = "; ".join(filter(None, [notes, ", ".join(f"{k} {v:.1f}" for k, v in xm.items())]))
         out.append(f"| {h} | {_fmt(f.get('accuracy'), '.1f')} | {_fmt(f.get('paper_accuracy'), '.1f')} "
                    f"| {_fmt(w.get('accuracy'), '.1f')} | {_fmt(w.get('paper_accuracy'), '.1f')} "
                    f"| {_fmt(params)} | {_fmt(f.get('paper_params'), ',')} "
                    f"| {_fmt(f.get('train_seconds'), '.0f')} / {_fmt(w.get('train_seconds'), '.0f')} "
                    f"| {notes} |")
+    out += _cml_markdown([r for r in rows if r["setting"] == "cml"])
     sources = sorted({r["paper_source"] for r in rows if r.get("paper_source")})
     out += ["", "Sources: " + "; ".join(sources) + "; params: VSCG Table II.", ""]
     return "\n".join(out)
+
+
+def _cml_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """M2N Table 1's layout: exact-window-match accuracy per direction and their average."""
+    if not rows:
+        return []
+    defined = [r for r in rows if r.get("note") != NOT_DEFINED]
+    out = ["", "## Cross-modality localization (cml; test accuracy, %, exact window match)", "",
+           "A2V: the audio of the event segments is the query, the visual segments are searched; "
+           "V2A the converse. Average: their mean (M2N Table 1).", ""]
+    if defined:
+        out += ["| head | A2V (ours) | A2V (paper) | V2A (ours) | V2A (paper) | average (ours) "
+                "| average (paper) | params (ours) | train s | notes |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in defined:
+        xm, pxm = r.get("cross_modal") or {}, r.get("paper_cross_modal") or {}
+        out.append(f"| {r['head']} | {_fmt(xm.get('a2v'), '.1f')} | {_fmt(pxm.get('a2v'), '.1f')} "
+                   f"| {_fmt(xm.get('v2a'), '.1f')} | {_fmt(pxm.get('v2a'), '.1f')} "
+                   f"| {_fmt(r.get('accuracy'), '.1f')} | {_fmt(r.get('paper_accuracy'), '.1f')} "
+                   f"| {_fmt(r.get('params'), ',')} | {_fmt(r.get('train_seconds'), '.0f')} "
+                   f"| {r.get('note') or ''} |")
+    undefined = [r["head"] for r in rows if r.get("note") == NOT_DEFINED]
+    if undefined:
+        out += ["", f"Not defined by the paper (no cml setting): {', '.join(undefined)}."]
+    return out
 
 
 def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:

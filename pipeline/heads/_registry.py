@@ -4,7 +4,8 @@ A head module defines one :class:`Head` subclass decorated with ``@register_head
 and two module-level dicts on the class:
 
 * ``DEFAULTS``: model hyperparameters, each commented with the paper's equation/table;
-* ``TRAIN_DEFAULTS``: ``{"fully": {...}, "weak": {...}}`` with the paper's optimizer
+* ``TRAIN_DEFAULTS``: ``{setting: {...}}`` for each of the head's ``settings`` (see
+  ``SETTINGS``) with the paper's optimizer
   (``"adam"`` | ``"sgd"``), ``lr``, ``weight_decay``, ``batch_size``, ``epochs``, learning-rate
   schedule, ``clip_grad`` (0 = none). The schedule multiplies ``lr`` by ``lr_gamma`` at chosen
   epochs (0-based: a decay at epoch ``m`` applies from the ``m+1``-th epoch on, as
@@ -16,6 +17,14 @@ and two module-level dicts on the class:
     really is periodic; the loop expands it into milestones below ``epochs``.
 
   The other one is ``0`` / ``[]``; a recipe with both set is an error.
+
+Settings (``SETTINGS``; a head lists those its paper defines in ``settings``):
+
+* ``fully``: segment labels; ``weak``: video labels only. Both are evaluated per segment.
+* ``cml``: M2N's cross-modality localization (M2N Sec. 3.5, Table 1): the event segments of one
+  modality are the query, the head scores each segment of the other modality
+  (``cross_modal_relevance(visual, audio, query_mask, direction)``), and the ``l``-window with
+  the largest sum must match the event exactly (A2V, V2A accuracy; ``pipeline.heads.m2n``).
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SETTINGS = ("fully", "weak")
+SETTINGS = ("fully", "weak", "cml")  # = pipeline.training.config.Setting
 TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step",
               "lr_milestones", "lr_gamma", "clip_grad")
 
@@ -38,18 +47,18 @@ class Head(nn.Module):
     Inputs: ``visual`` ``(B, T, H, W, Cv)`` spatial maps (T=10 segments, any H, W, Cv) and
     ``audio`` ``(B, T, Ca)``. ``forward`` returns a dict of tensors; ``loss`` turns it and the
     batch into a scalar; ``predict`` gives per-segment labels ``(B, T)`` in ``0..C`` where
-    ``C = num_classes`` is background. Both settings are evaluated per segment.
+    ``C = num_classes`` is background. ``fully`` and ``weak`` are evaluated per segment.
 
-    ``batch`` keys: ``labels`` ``(B, T, C+1)`` one-hot (fully supervised targets; in the weak
-    setting the loop passes them only to evaluation), ``weak`` ``(B, C+1)`` video-level labels
-    (max over segments of ``labels``), ``epoch`` and ``epochs`` (ints, for schedules inside a loss).
+    ``batch`` keys: ``visual``, ``audio``, ``labels`` ``(B, T, C+1)`` one-hot (fully and cml
+    targets; absent in the weak setting), ``weak`` ``(B, C+1)`` video-level labels (max over
+    segments of ``labels``), ``epoch`` and ``epochs`` (ints, for schedules inside a loss).
+    The training loop calls ``forward_batch(batch)`` and ``loss(out, batch)``.
     """
 
     name: str = ""
-    settings: tuple[str, ...] = SETTINGS
+    settings: tuple[str, ...] = ("fully", "weak")  # of SETTINGS, those the paper defines
     DEFAULTS: dict[str, Any] = {}
     TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
-    supports_cross_modal: bool = False  # M2N-style A2V / V2A localization (see m2n)
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully"):
         super().__init__()
@@ -61,6 +70,11 @@ class Head(nn.Module):
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def forward_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The training forward of a batch: ``forward(visual, audio)`` unless the setting feeds
+        the model otherwise (M2N's cml: one query-conditioned pass per direction)."""
+        return self(batch["visual"], batch["audio"])
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss and its named parts (floats, for logging)."""

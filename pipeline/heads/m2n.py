@@ -1,7 +1,8 @@
 """M2N: Wang et al., CVPR 2021, "Multi-Modulation Network for Audio-Visual Event Localization".
 
 No public code; everything follows the paper (m2n.txt), choices it leaves open are marked
-"(not stated)". Fully supervised (SEL) only, plus the cross-modality localization task (CML).
+"(not stated)". Settings: ``fully`` (SEL) and ``cml``, the cross-modality localization task, a
+separately trained model as in the paper; no weak setting.
 
 * audio-guided visual attention of [37] (AVEL, shared :mod:`._avga`), then one linear layer per
   modality into a common ``d`` (Sec. 3.2);
@@ -14,9 +15,11 @@ No public code; everything follows the paper (m2n.txt), choices it leaves open a
   diagonal (Eq. 13); ``f_av = f_ms + f_ma``;
 * SEL (Sec. 3.5): class ``Linear(maxpool f_av)`` over C classes (Eq. 14-15), relevance
   ``sigmoid(Linear(f_av))`` (Eq. 16), loss Eq. 17; a segment is an event iff ``p_r >= 0.5``.
-* CML: :meth:`M2N.cross_modal_relevance` (the paper's query-averaged relevance prediction) and
-  :meth:`M2N.cross_modal_embed`; the protocol and metric are the pure functions
-  :func:`window_localization_accuracy` and :func:`cross_modal_localization_accuracy`.
+* CML (Sec. 3.5): :meth:`M2N.cross_modal_relevance` (the query modality's event segments
+  averaged and repeated N times, its IMN omitted, relevance over the searched modality); in the
+  ``cml`` setting ``forward_batch`` runs A2V and V2A with the event segments as query and the
+  loss is Eq. 18 (BCE only; no classifier is built). Inference and metric (Sec. 4.1, Table 1):
+  :func:`best_window`, :func:`window_localization_accuracy`, batched by :func:`cml_evaluate`.
 """
 from __future__ import annotations
 
@@ -99,10 +102,12 @@ class MASM(nn.Module):
         return dense.diagonal(dim1=1, dim2=2).transpose(1, 2)  # Eq. 13
 
 
+DIRECTIONS = ("a2v", "v2a")  # CML query -> searched modality (Table 1 columns)
+
+
 @register_head("m2n")
 class M2N(Head):
-    settings = ("fully",)
-    supports_cross_modal = True
+    settings = ("fully", "cml")
     DEFAULTS = {
         "d_model": 256,  # common dimension d (Sec. 4.2)
         "heads": 4,  # heads h of every multi-head attention (Sec. 4.2)
@@ -112,11 +117,13 @@ class M2N(Head):
         "dropout": 0.1,  # attention dropout (not stated)
     }
     TRAIN_DEFAULTS = {
-        # Sec. 4.2: Adam, lr 5e-4, batch 32. Epochs, schedule, weight decay and clipping are not
-        # stated: 200 epochs as the sibling heads, no decay, no clipping.
-        "fully": {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0, "batch_size": 32,
+        # Sec. 4.2: Adam, lr 5e-4, batch 32, one recipe for both tasks (SEL and CML). Epochs,
+        # schedule, weight decay and clipping are not stated: 200 epochs as the sibling heads,
+        # no decay, no clipping.
+        setting: {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0, "batch_size": 32,
                   "epochs": 200, "lr_step": 0, "lr_milestones": [], "lr_gamma": 1.0,
-                  "clip_grad": 0.0},
+                  "clip_grad": 0.0}
+        for setting in ("fully", "cml")
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
@@ -130,7 +137,8 @@ class M2N(Head):
         self.imn_v, self.imn_a = Modulation(d, h, p), Modulation(d, h, p)
         self.mspm = MSPM(d, h, hp["conv_kernel"], p)
         self.masm = MASM(d, h, p)
-        self.classifier = nn.Linear(d, num_classes)  # Eq. 15
+        # Eq. 15; CML has no category label ("no event category label is provided", Sec. 3.5)
+        self.classifier = nn.Linear(d, num_classes) if setting == "fully" else None
         self.relevance = nn.Linear(d, 1)  # Eq. 16
 
     def _encode(self, visual: torch.Tensor, audio: torch.Tensor,
@@ -143,16 +151,40 @@ class M2N(Head):
         f_a = f_a if query == "a" else self.imn_a(f_a)
         return f_v, f_a
 
-    def _localize(self, f_v: torch.Tensor, f_a: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _localize(self, f_v: torch.Tensor, f_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused ``f_av`` (B, N, d) (MSPM + MASM) and its relevance logits (B, N) (Eq. 16)."""
         f_av = self.mspm(f_v * f_a) + self.masm(f_v, f_a)
-        return {"fused": f_av, "relevance": self.relevance(f_av).squeeze(-1),
-                "class_logits": self.classifier(f_av.max(1).values)}  # Eq. 14-16 (logits)
+        return f_av, self.relevance(f_av).squeeze(-1)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._localize(*self._encode(visual, audio))
+        """SEL (fully): relevance and class logits (Eq. 14-16)."""
+        if self.classifier is None:
+            raise RuntimeError("m2n in the cml setting localizes a query: call forward_batch or "
+                               "cross_modal_relevance")
+        f_av, relevance = self._localize(*self._encode(visual, audio))
+        return {"fused": f_av, "relevance": relevance,
+                "class_logits": self.classifier(f_av.max(1).values)}
+
+    def forward_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """cml: ``relevance`` (2B, T): rows ``:B`` A2V, ``B:`` V2A, each video's event segments
+        (``labels`` != background) as the query (Sec. 3.5); fully: ``forward``."""
+        if self.setting != "cml":
+            return super().forward_batch(batch)
+        events = relevance_targets(batch["labels"]).bool()
+        return {"relevance": torch.cat([self.cross_modal_relevance(
+            batch["visual"], batch["audio"], events, d) for d in DIRECTIONS])}
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         labels = batch["labels"]
+        if self.setting == "cml":
+            # Eq. 18 per video and direction, averaged over the videos that have an event
+            # segment (without one there is no query).
+            target = relevance_targets(labels).repeat(len(DIRECTIONS), 1)
+            per_video = F.binary_cross_entropy_with_logits(out["relevance"], target,
+                                                           reduction="none").mean(1)
+            has_query = target.amax(1)
+            l_r = (per_video * has_query).sum() / has_query.sum().clamp_min(1)
+            return l_r, {"relevance": l_r.item()}
         l_c = F.cross_entropy(out["class_logits"], video_event_class(labels))
         l_r = F.binary_cross_entropy_with_logits(out["relevance"], relevance_targets(labels))
         return l_c + l_r, {"class": l_c.item(), "relevance": l_r.item()}  # Eq. 17
@@ -162,11 +194,6 @@ class M2N(Head):
         return localize(out["relevance"], out["class_logits"])  # p_r >= 0.5 -> class, else bg
 
     # ------------------------------------------------------------------------ cross-modal (CML)
-    def cross_modal_embed(self, visual: torch.Tensor,
-                          audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-segment modulated features ``(f_v^I, f_a^I)``, each ``(B, T, d)``."""
-        return self._encode(visual, audio)
-
     def cross_modal_relevance(self, visual: torch.Tensor, audio: torch.Tensor,
                               query_mask: torch.Tensor, direction: str) -> torch.Tensor:
         """The paper's CML forward: event-relevance logits ``(B, T)`` over the searched modality.
@@ -175,7 +202,7 @@ class M2N(Head):
         repeated over the T positions, the visual sequence is searched; "v2a" the converse. The
         query modality skips its IMN (Sec. 3.5). Train with BCE on these logits (Eq. 18).
         """
-        if direction not in ("a2v", "v2a"):
+        if direction not in DIRECTIONS:
             raise ValueError(f"direction must be 'a2v' or 'v2a', got {direction!r}")
         w = query_mask.to(audio.dtype)
         w = w / w.sum(1, keepdim=True).clamp_min(1)
@@ -184,7 +211,7 @@ class M2N(Head):
         else:
             visual = torch.einsum("bt,bthwc->bhwc", w, visual).unsqueeze(1).expand_as(visual)
         f_v, f_a = self._encode(visual, audio, query="a" if direction == "a2v" else "v")
-        return self._localize(f_v, f_a)["relevance"]
+        return self._localize(f_v, f_a)[1]
 
 
 # ----------------------------------------------------------------------- CML protocol / metric
@@ -193,40 +220,58 @@ def best_window(scores: torch.Tensor, length: int) -> int:
     return int(scores.unfold(0, length, 1).sum(-1).argmax())
 
 
+def window_predictions(relevance: torch.Tensor, event_mask: torch.Tensor) -> torch.Tensor:
+    """CML inference (Sec. 3.5): each video's predicted window ``(B, T)`` bool, the ``l``-window
+    with the maximum contiguous sum of ``relevance`` (B, T), ``l`` = its count of ground-truth
+    event segments in ``event_mask`` (B, T) (the query length); empty for a video without one."""
+    windows = torch.zeros(event_mask.shape, dtype=torch.bool)
+    for i, (scores, length) in enumerate(zip(relevance.float().cpu(), event_mask.sum(1).tolist())):
+        if length:
+            start = best_window(scores, length)
+            windows[i, start:start + length] = True
+    return windows
+
+
 def window_localization_accuracy(relevance: torch.Tensor, event_mask: torch.Tensor) -> float:
-    """CML metric (Sec. 3.5, 4.1): the fraction of videos whose predicted window equals the truth.
-
-    ``relevance`` (B, T): scores of the searched modality's segments (higher = more likely the
-    query's synchronized part); ``event_mask`` (B, T) bool: ground-truth event segments, whose
-    count ``l`` is the query length. The prediction is the ``l``-window with the maximum
-    contiguous sum; it is correct only if it matches the ground truth exactly. Videos whose event
-    is not one contiguous run of 1..T segments cannot be matched by a window and are skipped.
+    """CML metric (Sec. 4.1): the fraction of videos whose predicted window
+    (:func:`window_predictions`) equals the ground-truth event segments ``event_mask`` (B, T)
+    exactly. Videos whose event is not one contiguous run of 1..T segments cannot be matched by
+    a window and are skipped.
     """
-    correct = total = 0
-    for scores, mask in zip(relevance.float(), event_mask.bool()):
-        idx = mask.nonzero().flatten()
-        if len(idx) == 0 or int(idx[-1] - idx[0]) + 1 != len(idx):
-            continue
-        total += 1
-        correct += best_window(scores, len(idx)) == int(idx[0])
-    if total == 0:
+    mask = event_mask.bool().cpu()
+    n = mask.sum(1)
+    first = mask.int().argmax(1)
+    last = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
+    contiguous = (n > 0) & (last - first + 1 == n)
+    if not contiguous.any():
         raise ValueError("no video with one contiguous ground-truth event to evaluate")
-    return correct / total
+    correct = (window_predictions(relevance, mask) == mask).all(1)
+    return float(correct[contiguous].float().mean())
 
 
-def cross_modal_localization_accuracy(visual: torch.Tensor, audio: torch.Tensor,
-                                      event_mask: torch.Tensor, direction: str) -> float:
-    """A2V / V2A accuracy from per-segment embeddings (``cross_modal_embed`` output).
+@torch.no_grad()
+def cml_evaluate(head: Head, visual: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor,
+                 device: torch.device, batch_size: int = 64
+                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """M2N's CML evaluation (Sec. 4.1, Table 1) of a head trained in the ``cml`` setting.
 
-    ``visual``, ``audio`` (B, T, D); ``event_mask`` (B, T) bool. "a2v": the query is the mean of
-    the audio embeddings over the event segments, each visual segment is scored by minus its
-    Euclidean distance to the query (the embedding protocol of [37]); "v2a" swaps the roles. The
-    window rule and exact-match metric are :func:`window_localization_accuracy`.
+    ``visual`` (n, T, H, W, Cv), ``audio`` (n, T, Ca), one-hot ``labels`` (n, T, C+1) of a split
+    (any dtype; cast per batch on ``device``). Each video's event segments are the query of
+    ``cross_modal_relevance`` in both directions, in eval mode. Returns the accuracies
+    ``{"a2v", "v2a", "average"}`` (Table 1 columns, fractions) and the predicted windows
+    ``{"a2v", "v2a"}`` (n, T) bool.
     """
-    if direction not in ("a2v", "v2a"):
-        raise ValueError(f"direction must be 'a2v' or 'v2a', got {direction!r}")
-    query, target = (audio, visual) if direction == "a2v" else (visual, audio)
-    w = event_mask.to(query.dtype)
-    q = (w.unsqueeze(-1) * query).sum(1) / w.sum(1, keepdim=True).clamp_min(1)  # (B, D)
-    relevance = -(target - q.unsqueeze(1)).norm(dim=-1)
-    return window_localization_accuracy(relevance, event_mask)
+    was_training = head.training
+    head.eval()
+    relevance: dict[str, list[torch.Tensor]] = {d: [] for d in DIRECTIONS}
+    for s in range(0, len(visual), batch_size):
+        v = visual[s:s + batch_size].to(device).float()
+        a = audio[s:s + batch_size].to(device).float()
+        events = relevance_targets(labels[s:s + batch_size].to(device)).bool()
+        for d in DIRECTIONS:
+            relevance[d].append(head.cross_modal_relevance(v, a, events, d).cpu())
+    head.train(was_training)
+    mask = relevance_targets(labels).bool()
+    acc = {d: window_localization_accuracy(torch.cat(r), mask) for d, r in relevance.items()}
+    acc["average"] = sum(acc[d] for d in DIRECTIONS) / len(DIRECTIONS)
+    return acc, {d: window_predictions(torch.cat(r), mask) for d, r in relevance.items()}

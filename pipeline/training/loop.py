@@ -2,9 +2,14 @@
 
 * Recipe: the head's ``TRAIN_DEFAULTS[setting]`` (the paper's optimizer, lr, schedule, batch
   size, epochs, clipping) with the non-null ``train.*`` params merged over it.
-* Supervision: ``fully`` passes ``labels`` (B,T,C+1) and ``weak`` to ``Head.loss``; ``weak``
-  passes only ``weak`` (B,C+1): segment labels never reach a weak loss. Validation is per
-  segment in both settings; the best epoch by validation accuracy is ``best.pt``.
+* Supervision: ``fully`` passes ``labels`` (B,T,C+1) and ``weak`` to ``Head.forward_batch`` and
+  ``Head.loss``; ``weak`` passes only ``weak`` (B,C+1): segment labels never reach a weak loss;
+  ``cml`` (M2N's cross-modality localization) passes ``labels``, whose event segments are the
+  query and the target (M2N Sec. 3.5).
+* Validation each epoch: the head's loss on the val split (eval mode, the training batches'
+  keys) and ``val_accuracy``, the selection metric: segment accuracy in ``fully`` / ``weak``,
+  the mean of A2V and V2A window accuracy in ``cml`` (M2N Table 1 "Average"). The best epoch by
+  ``val_accuracy`` is ``best.pt``.
 * Reproducible: one seed for init, shuffling (own generator) and dropout (global RNG); both RNG
   states are in ``last.pt`` so a resumed run equals an uninterrupted one.
 * Resume: ``last.pt`` is written every epoch and is resumed only when its fingerprint (head,
@@ -131,9 +136,40 @@ def make_batch(data: SplitData, idx: torch.Tensor, setting: str, device: torch.d
              "audio": data.audio[idx].to(device).float(),
              "weak": labels.amax(dim=1).to(device),
              "epoch": epoch, "epochs": epochs}
-    if setting == "fully":
+    if setting != "weak":
         batch["labels"] = labels.to(device)
     return batch
+
+
+@torch.no_grad()
+def validation_loss(head, data: SplitData, setting: str, device: torch.device, epoch: int,
+                    epochs: int, batch_size: int = 64) -> float:
+    """The head's training loss on ``data`` (eval mode, the setting's batch keys), averaged
+    over videos; NaN for an empty split."""
+    was_training = head.training
+    head.eval()
+    total = 0.0
+    for s in range(0, len(data), batch_size):
+        idx = torch.arange(s, min(s + batch_size, len(data)))
+        batch = make_batch(data, idx, setting, device, epoch, epochs)
+        total += float(head.loss(head.forward_batch(batch), batch)[0]) * len(idx)
+    head.train(was_training)
+    return total / len(data) if len(data) else float("nan")
+
+
+def validation_metrics(head, data: SplitData, setting: str, device: torch.device,
+                       num_classes: int) -> dict[str, float]:
+    """``accuracy`` (the selection metric) and its companions: ``event_f1`` (fully / weak:
+    per-segment predictions), ``a2v`` / ``v2a`` (cml: M2N's window accuracy; ``accuracy`` is
+    their mean)."""
+    if setting == "cml":
+        from pipeline.heads.m2n import cml_evaluate
+        acc = cml_evaluate(head, data.visual, data.audio, data.labels, device)[0]
+        return {"accuracy": acc["average"], "a2v": acc["a2v"], "v2a": acc["v2a"]}
+    pred = predict(head, data, device)
+    return {"accuracy": accuracy(pred, data.targets),
+            "event_f1": event_detection(pred.numpy(), data.targets.numpy(),
+                                        background=num_classes)["f1"]}
 
 
 @torch.no_grad()
@@ -291,8 +327,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
         sums, n_batches = {}, 0
         for s in range(0, len(perm), bs):
             batch = make_batch(train_split, perm[s:s + bs], spec.setting, device, epoch, epochs)
-            out = head(batch["visual"], batch["audio"])
-            loss, parts = head.loss(out, batch)
+            loss, parts = head.loss(head.forward_batch(batch), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if recipe["clip_grad"]:
@@ -303,27 +338,24 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                 sums[k] = sums.get(k, 0.0) + float(v)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        val_pred = predict(head, val_split, device)
-        val_acc = accuracy(val_pred, val_split.targets)
-        val_f1 = event_detection(val_pred.numpy(), val_split.targets.numpy(),
-                                 background=data.num_classes)["f1"]
+        val = validation_metrics(head, val_split, spec.setting, device, data.num_classes)
+        val["loss"] = validation_loss(head, val_split, spec.setting, device, epoch, epochs)
+        val_acc = val["accuracy"]
         seconds += time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": lr, "val_accuracy": val_acc, "val_event_f1": val_f1,
+        row = {"epoch": epoch, "lr": lr, **{f"val_{k}": v for k, v in val.items()},
                **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
         history.append(row)
         improved = best is None or val_acc > best["val_accuracy"]
         if improved:
             best = {"epoch": epoch, "val_accuracy": val_acc,
                     "model": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
-        print(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  val acc {val_acc:.4f}"
-              f"{'  *' if improved else ''}  ({time.perf_counter() - t0:.1f}s)")
+        print(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  val loss "
+              f"{val['loss']:.4f}  val acc {val_acc:.4f}{'  *' if improved else ''}  "
+              f"({time.perf_counter() - t0:.1f}s)")
         if live is not None:
-            live.log_metric("train/loss", row["train_loss"])
             for k, v in row.items():
-                if k.startswith("train_") and k != "train_loss":
-                    live.log_metric(f"train/{k[6:]}", v)
-            live.log_metric("val/accuracy", val_acc)
-            live.log_metric("val/event_f1", val_f1)
+                if k.startswith(("train_", "val_")):
+                    live.log_metric(k.replace("_", "/", 1), v)
             live.log_metric("lr", lr)
             live.next_step()
         common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
