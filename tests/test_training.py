@@ -70,18 +70,19 @@ def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6
     for i in range(n):
         labels[i, start[i]:end[i], C] = 0
         labels[i, start[i]:end[i], cls[i]] = 1
-    audio = np.concatenate([labels, np.zeros((n, T, adim - C - 1), np.float32)], -1)
-    audio = audio * 3 + rng.normal(0, 0.3, audio.shape).astype(np.float32)
-    visual = rng.normal(0, 1, (n, T, 2, 2, vdim)).astype(np.float16)
     if av:
-        event = labels[..., C] == 0
         kind = rng.integers(1, 3, (n, 1))  # a video's background: 1 sound only, 2 object only
-        cue = np.repeat(np.eye(C, dtype=np.float32)[cls][:, None], T, 1)  # (n, T, C)
+        cue = 3 * np.eye(C, dtype=np.float32)[cls][:, None]  # (n, 1, C): the video's class
+        event = labels[..., C] == 0  # (n, T)
         audio = rng.normal(0, 0.3, (n, T, adim)).astype(np.float32)
-        audio[..., :C] += 3 * cue * (event | (kind == 1))[..., None]
+        audio[..., :C] += cue * (event | (kind == 1))[..., None]
         visual = rng.normal(0, 0.3, (n, T, 2, 2, vdim)).astype(np.float32)
-        visual[..., :C] += 3 * (cue * (event | (kind == 2))[..., None])[:, :, None, None]
+        visual[..., :C] += (cue * (event | (kind == 2))[..., None])[:, :, None, None]
         visual = visual.astype(np.float16)
+    else:
+        audio = np.concatenate([labels, np.zeros((n, T, adim - C - 1), np.float32)], -1)
+        audio = audio * 3 + rng.normal(0, 0.3, audio.shape).astype(np.float32)
+        visual = rng.normal(0, 1, (n, T, 2, 2, vdim)).astype(np.float16)
     prepared, feats = root / "prepared", root / "features"
     prepared.mkdir(parents=True, exist_ok=True)
     feats.mkdir(parents=True, exist_ok=True)
