@@ -60,7 +60,7 @@ NOISY = ("visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5")
 INVALID_TSV, README = "invalid_rows.tsv", "README.txt"
 DTYPES = ("float64", "float32")
 BLOCK_BYTES = 64 << 20  # rows copied per block: about this many output bytes
-PAPER_SHAPES = {"visual": (7, 7, 512), "audio": (128,)}  # what the repositories' code hard-codes
+PAPER_SHAPES = {"visual": (7, 7, 512), "audio": (128,), "labels": 29}  # what the repositories' code hard-codes
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class InvalidRow:
     row: int
     video_id: str
     split: str
+    zeros: str  # the exported files holding zeros in this row: "visual+audio" | "visual" | "audio"
     reason: str
 
 
@@ -82,6 +83,7 @@ class ExportResult:
     visual_shape: tuple[int, ...] = ()
     audio_shape: tuple[int, ...] = ()
     dtype: str = "float64"
+    num_labels: int = 29  # classes + background
 
 
 def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | Path,
@@ -91,11 +93,11 @@ def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | 
     if dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     visual, audio, prepared_dir, out = Path(visual), Path(audio), Path(prepared_dir), Path(out_dir)
-    vshape, ashape, valid = check_pair(visual, audio)
-    labels = read_labels(prepared_dir / LABELS, len(valid))
-    invalid = invalid_rows(valid, prepared_dir)
+    vshape, ashape, vvalid, avalid = check_pair(visual, audio)
+    labels = read_labels(prepared_dir / LABELS, len(vvalid))
+    invalid = invalid_rows(vvalid, avalid, prepared_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res = ExportResult(out, [], [], invalid, vshape, ashape, dtype)
+    res = ExportResult(out, [], [], invalid, vshape, ashape, dtype, labels.shape[-1])
     copy_features(visual, out / VISUAL, dtype, pooled=out / VISUAL_VEC)
     copy_features(audio, out / AUDIO, dtype)
     res.files += [VISUAL, VISUAL_VEC, AUDIO]
@@ -115,9 +117,8 @@ def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | 
     return res
 
 
-def check_pair(visual: Path, audio: Path) -> tuple[tuple, tuple, np.ndarray]:
-    """Shapes of a visual and an audio store file and their joint ``valid`` mask; errors name
-    the file."""
+def check_pair(visual: Path, audio: Path) -> tuple[tuple, tuple, np.ndarray, np.ndarray]:
+    """Shapes and ``valid`` masks of a visual and an audio store file; errors name the file."""
     shapes, valids = [], []
     for path, kind, ndim in ((visual, "visual", 5), (audio, "audio", 3)):
         if not path.is_file():
@@ -133,7 +134,7 @@ def check_pair(visual: Path, audio: Path) -> tuple[tuple, tuple, np.ndarray]:
         shapes.append(shape)
     if shapes[0][0] != shapes[1][0]:
         raise ValueError(f"{audio}: {shapes[1][0]} rows, but {visual} has {shapes[0][0]}")
-    return shapes[0], shapes[1], valids[0] & valids[1]
+    return shapes[0], shapes[1], valids[0], valids[1]
 
 
 def read_labels(path: Path, num_rows: int) -> np.ndarray:
@@ -156,7 +157,7 @@ def copy_features(src: Path, dst: Path, dtype: str, pooled: Optional[Path] = Non
         step = max(1, BLOCK_BYTES // row_bytes)
         with h5py.File(tmp, "w") as g, _maybe_h5(tmp_pool) as p:
             out = g.create_dataset(DATASET, shape=data.shape, dtype=dtype)
-            vec = p.create_dataset(DATASET, shape=data.shape[:3] + data.shape[-1:], dtype=dtype) if p else None
+            vec = p.create_dataset(DATASET, shape=data.shape[:2] + data.shape[-1:], dtype=dtype) if p else None
             for start in range(0, data.shape[0], step):
                 block = data[start:start + step].astype(dtype)
                 out[start:start + len(block)] = block
@@ -225,18 +226,19 @@ def write_empty_noisy(out: Path, vshape: tuple, ashape: tuple, num_labels: int, 
     return list(NOISY)
 
 
-def invalid_rows(valid: np.ndarray, prepared: Path) -> list[InvalidRow]:
-    """Rows with ``valid`` 0, with video id, split and reason from ``manifest.csv`` (when the
-    prepared folder has one)."""
+def invalid_rows(vvalid: np.ndarray, avalid: np.ndarray, prepared: Path) -> list[InvalidRow]:
+    """Rows with ``valid`` 0 in either file, with video id, split and reason from
+    ``manifest.csv`` (when the prepared folder has one)."""
     manifest = {}
     if (prepared / "manifest.csv").is_file():
         with open(prepared / "manifest.csv", newline="") as f:
             manifest = {int(r["index"]): r for r in csv.DictReader(f)}
     out = []
-    for row in np.flatnonzero(~valid):
+    for row in np.flatnonzero(~(vvalid & avalid)):
         m = manifest.get(int(row), {})
+        zeros = "+".join(k for k, ok in (("visual", vvalid[row]), ("audio", avalid[row])) if not ok)
         reason = m.get("status", "") + (f": {m['message']}" if m.get("message") else "")
-        out.append(InvalidRow(int(row), m.get("video_id", ""), m.get("split", ""),
+        out.append(InvalidRow(int(row), m.get("video_id", ""), m.get("split", ""), zeros,
                               reason or "valid = 0 in the feature file"))
     return out
 
@@ -244,14 +246,14 @@ def invalid_rows(valid: np.ndarray, prepared: Path) -> list[InvalidRow]:
 def write_invalid_tsv(path: Path, rows: list[InvalidRow]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(["row", "video_id", "split", "reason"])
+        w.writerow(["row", "video_id", "split", "zeros", "reason"])
         for r in rows:
-            w.writerow([r.row, r.video_id, r.split, " ".join(r.reason.split())])
+            w.writerow([r.row, r.video_id, r.split, r.zeros, " ".join(r.reason.split())])
 
 
 def read_invalid_tsv(path: str | Path) -> list[InvalidRow]:
     with open(path, newline="") as f:
-        return [InvalidRow(int(r["row"]), r["video_id"], r["split"], r["reason"])
+        return [InvalidRow(int(r["row"]), r["video_id"], r["split"], r["zeros"], r["reason"])
                 for r in csv.DictReader(f, delimiter="\t")]
 
 
@@ -290,12 +292,18 @@ def render_readme(res: ExportResult, visual: Path, audio: Path, drop_invalid: bo
 
 def _shape_notes(res: ExportResult) -> list[str]:
     v, a = tuple(res.visual_shape[2:]), tuple(res.audio_shape[2:])
+    notes = []
     if v == PAPER_SHAPES["visual"] and a == PAPER_SHAPES["audio"]:
-        return ["Shapes are the papers' (7x7x512 maps, 128-d audio): the code runs unchanged."]
-    return [f"Shapes differ from the papers' (visual {v} vs (7, 7, 512), audio {a} vs (128,)):",
-            "  AVE-ECCV18, PSP and VSCG hard-code 7x7x512 and 128 in their dataloader buffers and",
-            "  models; CMBS and CACE-Net in configs/main.json (video_inputdim, audio_inputdim) and",
-            "  model/*.py (512, 128, 49 = 7x7). Edit those to the shapes above."]
+        notes.append("Feature shapes are the papers' (7x7x512 maps, 128-d audio): the code runs unchanged.")
+    else:
+        notes += [f"Feature shapes differ from the papers' (visual {v} vs (7, 7, 512), audio {a} vs (128,)):",
+                  "  AVE-ECCV18, PSP and VSCG hard-code 7x7x512 and 128 in their dataloader buffers and",
+                  "  models; CMBS and CACE-Net in configs/main.json (video_inputdim, audio_inputdim) and",
+                  "  model/*.py (512, 128, 49 = 7x7). Edit those to the shapes above."]
+    if res.num_labels != PAPER_SHAPES["labels"]:
+        notes.append(f"Labels have {res.num_labels} columns (classes + background); the repositories "
+                     "hard-code AVE's 29 (28 classes + background) in loaders and models.")
+    return notes
 
 
 def _invalid_notes(res: ExportResult, drop_invalid: bool) -> list[str]:
@@ -304,8 +312,8 @@ def _invalid_notes(res: ExportResult, drop_invalid: bool) -> list[str]:
         return ["Invalid rows: none (invalid_rows.tsv has its header only)."]
     where = ("they are left out of the order files" if drop_invalid else
              "they stay in the order files as published; export with --drop-invalid to leave them out")
-    return [f"Invalid rows: {n} rows have no features (all zeros in both feature files), "
-            f"listed in invalid_rows.tsv (row, video_id, split, reason); {where}."]
+    return [f"Invalid rows: {n} {'row has' if n == 1 else 'rows have'} no features (zeros in the "
+            f"files named in invalid_rows.tsv: row, video_id, split, zeros, reason); {where}."]
 
 
 def _missing_notes(res: ExportResult, empty_noisy: bool) -> list[str]:
