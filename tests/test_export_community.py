@@ -119,7 +119,8 @@ def test_invalid_rows_are_stated_with_video_and_reason(prepared, tmp_path):
     train_order = _read(tmp_path / "dropped" / "train_order.h5", "order")
     expect = _read(prepared / "test_order.h5", "order")
     np.testing.assert_array_equal(test_order, expect[expect != test_row])
-    assert train_row not in train_order and len(train_order) == len(_read(prepared / "train_order.h5", "order")) - 1
+    assert train_row not in train_order
+    assert len(train_order) == len(_read(prepared / "train_order.h5", "order")) - 1
     assert "left out of the order files" in (tmp_path / "dropped" / "README.txt").read_text()
 
 
@@ -156,7 +157,8 @@ def test_empty_noisy_files_fit_the_weak_loaders(prepared, tmp_path):
     export_community(vis, aud, prepared, tmp_path / "out", empty_noisy=True, dtype="float32")
     out = tmp_path / "out"
     nv, na, nl = (_read(out / name) for name in community.NOISY)
-    assert nv.shape == (0, 10, 2, 2, 8) and na.shape == (0, 10, 6) and nl.shape == (0, _read(prepared / "labels.h5").shape[-1])
+    num_labels = _read(prepared / "labels.h5").shape[-1]
+    assert nv.shape == (0, 10, 2, 2, 8) and na.shape == (0, 10, 6) and nl.shape == (0, num_labels)
     assert nv.dtype == na.dtype == np.float32
     assert "zero rows" in (out / "README.txt").read_text()
 

@@ -60,7 +60,8 @@ NOISY = ("visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5")
 INVALID_TSV, README = "invalid_rows.tsv", "README.txt"
 DTYPES = ("float64", "float32")
 BLOCK_BYTES = 64 << 20  # rows copied per block: about this many output bytes
-PAPER_SHAPES = {"visual": (7, 7, 512), "audio": (128,), "labels": 29}  # what the repositories' code hard-codes
+# what the repositories' code hard-codes: map, audio and label sizes of the published files
+PAPER_SHAPES = {"visual": (7, 7, 512), "audio": (128,), "labels": 29}
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def copy_features(src: Path, dst: Path, dtype: str, pooled: Optional[Path] = Non
         step = max(1, BLOCK_BYTES // row_bytes)
         with h5py.File(tmp, "w") as g, _maybe_h5(tmp_pool) as p:
             out = g.create_dataset(DATASET, shape=data.shape, dtype=dtype)
-            vec = p.create_dataset(DATASET, shape=data.shape[:2] + data.shape[-1:], dtype=dtype) if p else None
+            vec_shape = data.shape[:2] + data.shape[-1:]
+            vec = p.create_dataset(DATASET, shape=vec_shape, dtype=dtype) if p else None
             for start in range(0, data.shape[0], step):
                 block = data[start:start + step].astype(dtype)
                 out[start:start + len(block)] = block
