@@ -58,6 +58,7 @@ def test_layout_names_dtypes_and_values_equal_the_store(prepared, tmp_path):
     res = export_community(vis, aud, prepared, tmp_path / "out")
     out = tmp_path / "out"
     assert PAPER_FILES <= {p.name for p in out.iterdir()} and PAPER_FILES <= set(res.files)
+    assert "run their models in float64" not in (out / "README.txt").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     visual, audio = _read(out / "visual_feature.h5"), _read(out / "audio_feature.h5")
     assert visual.dtype == audio.dtype == np.float64  # CMBS / CACE-Net run the model in double
@@ -91,6 +92,7 @@ def test_float32_on_request_and_other_dtypes_refused(prepared, tmp_path):
     visual = _read(tmp_path / "out" / "visual_feature.h5")
     assert visual.dtype == np.float32
     np.testing.assert_array_equal(visual, v.astype(np.float32))
+    assert "CMBS and CACE-Net run their models in float64" in (tmp_path / "out" / "README.txt").read_text()
     with pytest.raises(ValueError, match="dtype: 'float16'"):
         export_community(vis, aud, prepared, tmp_path / "out16", dtype="float16")
 

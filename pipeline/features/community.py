@@ -287,6 +287,9 @@ def render_readme(res: ExportResult, visual: Path, audio: Path, drop_invalid: bo
         "Point each repository at this folder (copy or link its files into the folder named):",
     ]
     lines += [f"  {name}: {where}; {what}" for name, where, what in REPOS]
+    if res.dtype != "float64":
+        lines += ["", f"{res.dtype}: CMBS and CACE-Net run their models in float64 and pass these arrays on "
+                      "unconverted; they stop at their first layer. Export with the default dtype for them."]
     lines += ["", *_shape_notes(res), *_invalid_notes(res, drop_invalid), *_missing_notes(res, empty_noisy)]
     lines += ["", "Files: " + ", ".join(sorted(res.files))]
     return "\n".join(lines) + "\n"
