@@ -154,8 +154,11 @@ def psp_block(sd, a_fea, v_fea, thr, renorm, project):
     v_psp, a_psp = v_fea + gammas[0] @ a2, a_fea + gammas[1] @ v1
     if project:
         v_psp, a_psp = F.relu(lin(sd, "psp.v_fc", v_psp)), F.relu(lin(sd, "psp.a_fc", a_psp))
-    ln = lambda x: F.layer_norm(x, (256,), sd["psp.layer_norm.weight"], sd["psp.layer_norm.bias"], 1e-6)  # noqa: E731
-    return ln(v_psp), ln(a_psp)
+    return layer_norm(sd, "psp.layer_norm", v_psp), layer_norm(sd, "psp.layer_norm", a_psp)
+
+
+def layer_norm(sd, name, x):
+    return F.layer_norm(x, x.shape[-1:], sd[f"{name}.weight"], sd[f"{name}.bias"], 1e-6)
 
 
 def cosine(v, a):
@@ -193,18 +196,20 @@ def psp(sd, setting, audio, video):
     if setting == "fully":
         fa = lin(sd, "fa.1", lin(sd, "fa.0", audio))
         video_t = lin(sd, "fv.1", lin(sd, "fv.0", avga(sd, "attention.", fa, video)))
-        v_psp, a_psp = psp_block(sd, lstm(sd, "lstm_a_v.lstm_audio", fa), lstm(sd, "lstm_a_v.lstm_video", video_t),
-                                 0.099, renorm=True, project=True)
+        lstm_audio, lstm_video = lstm(sd, "lstm_a_v.lstm_audio", fa), lstm(sd, "lstm_a_v.lstm_video", video_t)
+        v_psp, a_psp = psp_block(sd, lstm_audio, lstm_video, 0.099, renorm=True, project=True)
         return lin(sd, "L2", F.relu(lin(sd, "L1", 0.5 * (v_psp + a_psp)))), cosine(v_psp, a_psp)
     video_t = lin(sd, "linear_v", avga(sd, "attention.", audio, video))
-    v_psp, a_psp = psp_block(sd, lstm(sd, "lstm_a_v.lstm_audio", audio), lstm(sd, "lstm_a_v.lstm_video", video_t),
-                             0.095, renorm=False, project=False)
+    lstm_audio, lstm_video = lstm(sd, "lstm_a_v.lstm_audio", audio), lstm(sd, "lstm_a_v.lstm_video", video_t)
+    v_psp, a_psp = psp_block(sd, lstm_audio, lstm_video, 0.095, renorm=False, project=False)
     return weighting_branch(sd, 0.5 * (v_psp + a_psp))
 
 
 def vscg(sd, setting, audio, video):
     """fully: ``(is_event_scores (B, T), event_scores (B, 28), cross_att)``; weak: as PSP's."""
-    ln = lambda x: F.layer_norm(x, (256,), sd["escm.layer_norm.weight"], sd["escm.layer_norm.bias"], 1e-6)  # noqa: E731
+    def ln(x):
+        return layer_norm(sd, "escm.layer_norm", x)
+
     if setting == "fully":
         fa = lin(sd, "fa.1", lin(sd, "fa.0", audio))
         video_t = lin(sd, "fv.1", lin(sd, "fv.0", avga(sd, "attention.", fa, video)))
@@ -219,8 +224,8 @@ def vscg(sd, setting, audio, video):
         return (lin(sd, "L3", fusion).squeeze(-1), lin(sd, "L4", fusion.max(1).values),
                 cosine(norm_video, norm_audio))
     video_t = lin(sd, "linear_v", avga(sd, "attention.", audio, video))
-    v_psp, a_psp = psp_block(sd, lstm(sd, "lstm_a_v.lstm_audio", audio), lstm(sd, "lstm_a_v.lstm_video", video_t),
-                             0.099, renorm=False, project=True)
+    lstm_audio, lstm_video = lstm(sd, "lstm_a_v.lstm_audio", audio), lstm(sd, "lstm_a_v.lstm_video", video_t)
+    v_psp, a_psp = psp_block(sd, lstm_audio, lstm_video, 0.099, renorm=False, project=True)
     a_t, v_t = lin(sd, "escm.L1", cere(sd, a_psp)), lin(sd, "escm.L2", cere(sd, v_psp))
     gru_audio, gru_video = gru(sd, "escm.a_gru", a_psp, v_t), gru(sd, "escm.v_gru", v_psp, a_t)
     return weighting_branch(sd, 0.5 * (ln(gru_video) + ln(gru_audio)))

@@ -119,7 +119,8 @@ def test_authors_checkpoint_gives_the_authors_outputs(setting):
     (lambda sd: sd.pop("psp.a_L1.weight"), "missing key 'psp.a_L1.weight'"),
     (lambda sd: sd.pop("L3.bias"), "missing key 'L3.bias'"),  # a dead layer of theirs: still required
     (lambda sd: sd.update(extra=torch.zeros(1)), "unexpected key 'extra'"),
-    (lambda sd: sd.update({"L1.weight": torch.zeros(64, 300)}), "'L1.weight' has shape \\[64, 300\\], expected \\[64, 256\\]"),
+    (lambda sd: sd.update({"L1.weight": torch.zeros(64, 300)}),
+     "'L1.weight' has shape \\[64, 300\\], expected \\[64, 256\\]"),
     (lambda sd: sd.update({"L4.bias": torch.zeros(3)}), "'L4.bias' has shape \\[3\\], expected \\[2\\]"),
     (lambda sd: sd.update({"L2.weight": 1}), "'L2.weight' is a int, not a tensor"),
 ])

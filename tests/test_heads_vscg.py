@@ -73,8 +73,8 @@ def test_authors_checkpoint_gives_the_authors_outputs(setting):
     with torch.no_grad():
         out, theirs = head(visual, audio), R.vscg(sd64, setting, audio, visual)
     if setting == "fully":
-        for ours, ref in zip((out["is_event"], out["event_logits"],
-                              torch.nn.functional.cosine_similarity(out["v_final"], out["a_final"], -1)), theirs):
+        cross_att = torch.nn.functional.cosine_similarity(out["v_final"], out["a_final"], -1)
+        for ours, ref in zip((out["is_event"], out["event_logits"], cross_att), theirs):
             R.assert_close_rel(ours, ref)
     else:
         R.assert_close_rel(out["video_prob"], theirs[0])

@@ -19,17 +19,12 @@ predicted by the argmax of their own scores.
 code and save their ``state_dict()``). The outputs match ``softmax(logits)`` (fully) and
 ``(video_prob, logits)`` (weak).
 
-=========================  ============================  ======================  ==============  =======================
-component                  authors' code                 paper                   default here    option
-=========================  ============================  ======================  ==============  =======================
-AVGA audio term            ``affine_g(a)`` added per     ``W_g a`` added at      code            ``audio_term:
-                           position (needs H*W = 49)     every position (Eq.)                    broadcast``
-layer sizes                512 / 49 / LSTM 128 / 64      not all stated          code            widths in ``DEFAULTS``
-init                       Xavier-uniform weights        not stated              code            --
-fully loss                 MultiLabelSoftMargin on       not stated              code            --
-                           softmax outputs
-weak pooling               max over time, softmax        MIL (Sec. 4.3)          code            --
-=========================  ============================  ======================  ==============  =======================
+component         | authors' code                 | paper           | default here | option
+------------------+-------------------------------+-----------------+--------------+----------------------
+AVGA audio term   | per position (H*W = 49)       | broadcast (Eq.) | code         | audio_term: broadcast
+layer sizes, init | 512/49/LSTM 128/64, Xavier    | not all stated  | code         | widths in DEFAULTS
+fully loss        | MultiLabelSoftMargin(softmax) | not stated      | code         | -
+weak pooling      | max over time, softmax        | MIL             | code         | -
 """
 from __future__ import annotations
 

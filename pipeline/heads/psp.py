@@ -21,23 +21,17 @@ their layers that no output depends on (``linear_v`` in fully, ``v_classify``, `
 ``L3``, ``L4``; ``temperature``, ``W1``, ``W2`` in weak) are checked and dropped. The outputs match
 ``(fusion, logits, cosine of v_psp and a_psp)`` (fully) and ``(video_prob, logits)`` (weak).
 
-=========================  ============================  ======================  ==============  ============================
-component                  authors' code                 paper                   default here    option
-=========================  ============================  ======================  ==============  ============================
-AVGA audio term            added per position            AVEL's Eq. (broadcast)  code            ``audio_term: broadcast``
-Eq. 1 scale                ``sqrt(d_h)``                 ``sqrt(d_l)``           code (equal     --
-                                                                                 at 256)
-Eq. 2 indicator            ``beta > tau``                ``beta - tau >= 0``     code (ties      --
-                                                                                 only)
-Eq. 2 second l1-norm       fully yes, weak no            both ("again")          code            ``renormalize_weak: true``
-Eq. 4 ``W_3`` (weak)       absent                        present                 code            ``project_weak: true``
-Eq. 5 weighting branch     ``sigmoid(relu(f^h W_6))``    ``sigmoid(f^h W_6)``    code            ``weight_relu: false``
-AVPS target (Eq. 8-9)      buffer never reset between    event indicator,        paper (code     --
-                           batches (stale 1/n entries)   l1-normalised           broken)
-weak target (Eq. 11)       ``prob_label.h5`` (segment    ``Y^weak``              l1-normalised   --
-                           share per class)                                      video label
-thresholds                 0.099 fully, 0.095 weak       0.095 (Table 3)         code            ``tau_fully``, ``tau_weak``
-=========================  ============================  ======================  ==============  ============================
+component             | authors' code                 | paper                | default here | option
+----------------------+-------------------------------+----------------------+--------------+-----------------------
+AVGA audio term       | per position                  | broadcast (AVEL Eq.) | code         | audio_term: broadcast
+Eq. 1 scale           | sqrt(d_h)                     | sqrt(d_l)            | code         | -
+Eq. 2 indicator       | beta > tau                    | beta - tau >= 0      | code         | -
+Eq. 2 2nd l1-norm     | fully yes, weak no            | both ("again")       | code         | renormalize_weak: true
+Eq. 4 W_3 in weak     | absent                        | present              | code         | project_weak: true
+Eq. 5 weighting       | sigmoid(relu(f^h W_6))        | sigmoid(f^h W_6)     | code         | weight_relu: false
+AVPS target (Eq. 8-9) | buffer never reset (broken)   | event indicator, l1  | paper        | -
+weak target (Eq. 11)  | prob_label.h5 (segment share) | Y^weak               | video label  | -
+threshold tau         | 0.099 fully, 0.095 weak       | 0.095 (Table 3)      | code         | tau_fully, tau_weak
 """
 from __future__ import annotations
 
@@ -338,8 +332,8 @@ def encoder_layout(sd: AuthorsStateDict, setting: str, swap_streams: bool = Fals
                   lstm_hidden=sd.dim("lstm_a_v.lstm_audio.weight_hh_l0", 1),
                   psp_hidden=sd.dim("psp.a_L1.weight", 0))
     a, v = ("v", "a") if swap_streams else ("a", "v")  # the authors' role of our audio, visual
-    renames.update({"attention": "attention", "lstm_audio": f"lstm_a_v.lstm_{'video' if swap_streams else 'audio'}",
-                    "lstm_video": f"lstm_a_v.lstm_{'audio' if swap_streams else 'video'}",
+    lstm = {"a": "lstm_a_v.lstm_audio", "v": "lstm_a_v.lstm_video"}
+    renames.update({"attention": "attention", "lstm_audio": lstm[a], "lstm_video": lstm[v],
                     "psp.layer_norm": "psp.layer_norm"})
     for ours, theirs in (("a", a), ("v", v)):  # similarity: v_L2 / a_L1; values: v_L1 / a_L2
         renames[f"psp.{ours}_W1"] = f"psp.{theirs}_L{2 if theirs == 'v' else 1}"

@@ -27,24 +27,16 @@ layers no output depends on (fully: ``linear_v``, ``v_classify``, ``a_classify``
 ``escm.a_fc``, ``escm.v_fc``) are checked and dropped. The outputs match ``(is_event_scores,
 event_scores, cross_att)`` (fully) and ``(video_prob, logits)`` (weak).
 
-=========================  ============================  ======================  ==============  ==========================
-component                  authors' code                 paper                   default here    option
-=========================  ============================  ======================  ==============  ==========================
-AGVA audio term            added per position            AVEL's Eq. (broadcast)  code            ``audio_term: broadcast``
-fully stream order         ``lstm_a_v(video, audio)``:   audio LSTM on audio     paper (same     --
-                           names of the two streams      (Fig. 3)                function; the
-                           exchanged after AGVA                                  converter
-                                                                                 swaps names)
-fully dropout after ISCE   0.1                           ``r_i`` = 0.2           code            ``r_i_fully: 0.2``
-weak ISCE                  cross-modal linear GRU init,  ``E^av`` init (Eq. 9),  code            ``isce_weak: paper``
-                           no Eq. 12 projection          Eq. 12 projection
-weak PSP second l1-norm    absent                        PSP's Eq. 2 ("again")   code            ``renormalize_weak: true``
-weak weighting branch      ``sigmoid(relu(.))``          PSP's Eq. 5 (sigmoid)   code            ``weight_relu: false``
-AVPS target (Eq. 16)       buffer never reset between    ``y_tl``, l1-normalised paper (code     --
-                           batches (PSP's loader)        event indicator         broken)
-``L_c`` of an all-         class 0                       undefined               left out of     --
-background video                                                                 ``L_c``
-=========================  ============================  ======================  ==============  ==========================
+component            | authors' code                 | paper                | default here | option
+---------------------+-------------------------------+----------------------+--------------+-----------------------
+AGVA audio term      | per position                  | broadcast (AVEL Eq.) | code         | audio_term: broadcast
+fully stream order   | lstm_a_v(v, a): names swapped | audio LSTM on audio  | paper        | -
+fully ISCE dropout   | 0.1                           | r_i = 0.2            | code         | r_i_fully: 0.2
+weak ISCE            | linear cross h0, no Eq. 12    | E^av h0, Eq. 12      | code         | isce_weak: paper
+weak PSP 2nd l1-norm | absent                        | PSP's Eq. 2          | code         | renormalize_weak: true
+weak weighting       | sigmoid(relu(.))              | PSP's Eq. 5          | code         | weight_relu: false
+AVPS target (Eq. 16) | buffer never reset (broken)   | y_tl                 | paper        | -
+L_c, no-event video  | class 0                       | undefined            | left out     | -
 """
 from __future__ import annotations
 
