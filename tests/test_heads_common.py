@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.heads import SETTINGS, build_head, count_parameters, get_head_class, list_heads, train_defaults
+from pipeline.heads import (SETTINGS, build_head, count_parameters, from_authors_state_dict, get_head_class,
+                            list_heads, train_defaults)
 from pipeline.heads._registry import TRAIN_KEYS
 from pipeline.heads.m2n import window_localization_accuracy
 
@@ -114,7 +115,7 @@ def span_overfit(setting: str, fitted) -> Overfit:
     spans = ([(k, 0, 10) for k in range(4)] if setting == "weak"
              else [(0, 0, 10), (1, 2, 8), (2, 0, 6), (3, 4, 10)])
     visual, audio = random_inputs(b=4, h=3, w=3, cv=64, ca=32)
-    return Overfit(dict(visual_dim=64, audio_dim=32, num_classes=5),
+    return Overfit(dict(visual_dim=64, audio_dim=32, num_classes=5, att_dim=9),  # AVGA: H*W positions
                    make_batch(span_labels(spans, 5), visual, audio), fitted,
                    steps=60, lr=5e-3, check_every=60)
 
@@ -192,6 +193,11 @@ CASES = [pytest.param(name, setting, id=f"{name}-{setting}")
 DIMS = [(7, 7, 512, 128), (7, 7, 2048, 2048), (4, 6, 512, 128), (4, 5, 2048, 2048)]  # H, W, Cv, Ca
 
 
+def position_overrides(name: str, h: int, w: int) -> dict[str, int]:
+    """AVEL, PSP, VSCG add the audio term per position (the authors' code): ``att_dim = H*W``."""
+    return {"att_dim": h * w} if get_head_class(name).DEFAULTS.get("audio_term") == "position" else {}
+
+
 def shape_batch(h=7, w=7, cv=512, ca=128) -> dict[str, Any]:
     """B=2, C=28; epoch 50 of 200 so that CACE's BECE loss is on."""
     return make_batch(span_labels([(3, 2, 8), (5, 0, 10)], 28), *random_inputs(h=h, w=w, cv=cv, ca=ca),
@@ -221,7 +227,8 @@ def test_settings_and_train_defaults(name):
 def test_output_shapes(name, setting, h, w, cv, ca):
     spec = SPECS[name]
     torch.manual_seed(0)
-    head = build_head(name, visual_dim=cv, audio_dim=ca, num_classes=28, setting=setting).eval()
+    head = build_head(name, visual_dim=cv, audio_dim=ca, num_classes=28, setting=setting,
+                      **position_overrides(name, h, w)).eval()
     batch = shape_batch(h, w, cv, ca)
     with torch.no_grad():
         out = head.forward_batch(batch)
@@ -279,3 +286,10 @@ def test_overfits_tiny_batch(name, setting):
             if case.fitted(head, batch, out, first, final):
                 break
     assert case.fitted(head, batch, out, first, final), (first, final)
+
+
+def test_converter_of_a_head_without_public_code_raises():
+    with pytest.raises(NotImplementedError, match="'m2n' has no converter"):
+        from_authors_state_dict("m2n", {}, "fully")
+    with pytest.raises(ValueError, match="no 'cml' setting"):
+        from_authors_state_dict("avel", {}, "cml")

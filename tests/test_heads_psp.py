@@ -1,11 +1,13 @@
-"""PSP head (Zhou et al. CVPR 2021): Eqs. 2 and 8-10, defaults (shared checks in
-test_heads_common.py)."""
+"""PSP head (Zhou et al. CVPR 2021): Eqs. 2 and 8-10, the authors' checkpoints, defaults (shared
+checks in test_heads_common.py)."""
 import pytest
 import torch
 from test_heads_common import make_batch, random_inputs, span_labels
 
-from pipeline.heads import build_head, get_head_class, train_defaults
-from pipeline.heads.psp import avps_loss, positive_connections, weak_target
+import authors_reference as R
+from pipeline.heads import build_head, from_authors_state_dict, get_head_class, train_defaults
+from pipeline.heads._authors import LayoutError
+from pipeline.heads.psp import WeightedMILClassifier, avps_loss, positive_connections, weak_target
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -18,8 +20,12 @@ def test_positive_connections_by_hand():
                          [-1.0, -2.0, -3.0]])  # all negative: no connection
     expected = torch.tensor([[1 / 3, 2 / 3, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     torch.testing.assert_close(positive_connections(beta, tau=0.3), expected)
-    # tau = 0 keeps every non-negative entry (the "WPSP" row of Table 1)
+    # tau = 0 keeps every positive entry (the "WPSP" row of Table 1)
     torch.testing.assert_close(positive_connections(beta[1:2], tau=0.0), torch.tensor([[0.125, 0.125, 0.75]]))
+    # the authors' weak code: no second l1-normalisation; the code's indicator is strict (beta > tau)
+    torch.testing.assert_close(positive_connections(beta[1:2], tau=0.3, renormalize=False),
+                               torch.tensor([[0.0, 0.0, 0.75]]))
+    assert positive_connections(torch.tensor([[1.0, 1.0, 2.0]]), tau=0.25).tolist() == [[0.0, 0.0, 1.0]]
 
 
 def test_avps_loss_by_hand():
@@ -46,8 +52,8 @@ def test_fully_loss_is_ce_plus_100_avps():
 
 
 def test_propagation_rows_are_normalised_and_use_the_setting_threshold():
-    for setting, tau in (("fully", 0.099), ("weak", 0.095)):
-        head = build_head(NAME, visual_dim=512, audio_dim=128, num_classes=28, setting=setting).eval()
+    for setting, tau, extra in (("fully", 0.099, {}), ("weak", 0.095, {"renormalize_weak": True})):
+        head = build_head(NAME, visual_dim=512, audio_dim=128, num_classes=28, setting=setting, **extra).eval()
         assert head.psp.tau == tau
         with torch.no_grad():
             out = head(*random_inputs())
@@ -68,3 +74,63 @@ def test_defaults_and_train_defaults():
     assert (d["tau_fully"], d["tau_weak"], d["avps_weight"]) == (0.099, 0.095, 100.0)
     for setting in ("fully", "weak"):
         assert train_defaults(NAME, setting)["batch_size"] == 128
+
+
+def test_weighting_branch_relu_is_the_code_and_optional():
+    torch.manual_seed(0)
+    clf = WeightedMILClassifier(6, 4, 3)
+    f_h = clf.W5(torch.relu(clf.W4(x := torch.randn(2, 10, 6))))
+    w = clf.W6(f_h)
+    for relu, phi in ((True, torch.sigmoid(torch.relu(w))), (False, torch.sigmoid(w))):
+        clf.weight_relu = relu
+        scores, prob = clf(x)
+        torch.testing.assert_close(scores, f_h * phi)
+        torch.testing.assert_close(prob, torch.softmax((f_h * phi).mean(1), -1))
+
+
+def test_paper_variant_of_the_weak_model():
+    code = build_head(NAME, visual_dim=512, audio_dim=128, num_classes=28, setting="weak")
+    paper = build_head(NAME, visual_dim=512, audio_dim=128, num_classes=28, setting="weak",
+                       renormalize_weak=True, project_weak=True, weight_relu=False)
+    assert not hasattr(code.psp, "v_W3") and hasattr(paper.psp, "v_W3")  # Eq. 4's W_3
+    assert (code.psp.renormalize, paper.psp.renormalize) == (False, True)
+    assert (code.classifier.weight_relu, paper.classifier.weight_relu) == (True, False)
+
+
+@pytest.mark.parametrize("setting", ["fully", "weak"])
+def test_authors_checkpoint_gives_the_authors_outputs(setting):
+    sd = R.random_state_dict(R.layout(NAME, setting), seed=2)
+    head = from_authors_state_dict(NAME, sd, setting).double().eval()
+    visual, audio = (x.double() for x in random_inputs(h=7, w=7))
+    sd64 = {k: v.double() for k, v in sd.items()}
+    with torch.no_grad():
+        out, theirs = head(visual, audio), R.psp(sd64, setting, audio, visual)
+    pruned = out["gamma_va"] == 0
+    assert pruned.any() and not pruned.all()  # the threshold is exercised
+    if setting == "fully":
+        R.assert_close_rel(out["logits"], theirs[0])
+        R.assert_close_rel(torch.nn.functional.cosine_similarity(out["v_psp"], out["a_psp"], -1), theirs[1])
+    else:
+        R.assert_close_rel(out["video_prob"], theirs[0])
+        R.assert_close_rel(out["logits"], theirs[1])
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda sd: sd.pop("psp.a_L1.weight"), "missing key 'psp.a_L1.weight'"),
+    (lambda sd: sd.pop("L3.bias"), "missing key 'L3.bias'"),  # a dead layer of theirs: still required
+    (lambda sd: sd.update(extra=torch.zeros(1)), "unexpected key 'extra'"),
+    (lambda sd: sd.update({"L1.weight": torch.zeros(64, 300)}),
+     "'L1.weight' has shape \\[64, 300\\], expected \\[64, 256\\]"),
+    (lambda sd: sd.update({"L4.bias": torch.zeros(3)}), "'L4.bias' has shape \\[3\\], expected \\[2\\]"),
+    (lambda sd: sd.update({"L2.weight": 1}), "'L2.weight' is a int, not a tensor"),
+])
+def test_authors_checkpoint_is_read_strictly(edit, message):
+    sd = R.random_state_dict(R.layout(NAME, "fully"))
+    edit(sd)
+    with pytest.raises(LayoutError, match=f"^psp \\(fully\\): {message}"):
+        from_authors_state_dict(NAME, sd, "fully")
+
+
+def test_authors_checkpoint_of_the_other_setting_is_refused():
+    with pytest.raises(LayoutError, match="psp \\(weak\\): "):
+        from_authors_state_dict(NAME, R.random_state_dict(R.layout(NAME, "fully")), "weak")

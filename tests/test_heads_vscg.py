@@ -1,12 +1,13 @@
-"""VSCG head (Jiang et al. TMM 2023): Eqs. 1-3 and 14-21, defaults (shared checks in
-test_heads_common.py)."""
+"""VSCG head (Jiang et al. TMM 2023): Eqs. 1-3 and 14-21, the authors' checkpoints, defaults
+(shared checks in test_heads_common.py)."""
 import math
 
 import pytest
 import torch
-from test_heads_common import span_labels
+from test_heads_common import random_inputs, span_labels
 
-from pipeline.heads import build_head, get_head_class, train_defaults
+import authors_reference as R
+from pipeline.heads import build_head, from_authors_state_dict, get_head_class, train_defaults
 from pipeline.heads.vscg import CERE, negative_pair_filter_loss, smooth_loss
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -58,5 +59,41 @@ def test_cere_gives_one_video_vector_per_gru_direction():
 def test_defaults_and_train_defaults():
     d = get_head_class(NAME).DEFAULTS
     assert (d["event_threshold"], d["smooth_lambda"], d["r_s"], d["r_i_weak"]) == (0.7, 2.0, 0.2, 0.5)
+    assert d["r_i_fully"] == 0.1  # the code's ESCM dropout (the paper's r_i = 0.2 is an override)
     for setting in ("fully", "weak"):
         assert train_defaults(NAME, setting)["batch_size"] == 128
+
+
+@pytest.mark.parametrize("setting", ["fully", "weak"])
+def test_authors_checkpoint_gives_the_authors_outputs(setting):
+    sd = R.random_state_dict(R.layout(NAME, setting), seed=3)
+    head = from_authors_state_dict(NAME, sd, setting).double().eval()
+    visual, audio = (x.double() for x in random_inputs(h=7, w=7))
+    sd64 = {k: v.double() for k, v in sd.items()}
+    with torch.no_grad():
+        out, theirs = head(visual, audio), R.vscg(sd64, setting, audio, visual)
+    if setting == "fully":
+        cross_att = torch.nn.functional.cosine_similarity(out["v_final"], out["a_final"], -1)
+        for ours, ref in zip((out["is_event"], out["event_logits"], cross_att), theirs):
+            R.assert_close_rel(ours, ref)
+    else:
+        R.assert_close_rel(out["video_prob"], theirs[0])
+        R.assert_close_rel(out["logits"], theirs[1])
+
+
+def test_paper_variant_of_the_weak_isce():
+    """isce_weak=paper: both GRUs start from E^av (Eq. 9) and Eq. 12 projects before the LayerNorm."""
+    kw = dict(visual_dim=16, audio_dim=8, num_classes=3, setting="weak", att_dim=4, isce_weak="paper")
+    torch.manual_seed(0)
+    head = build_head(NAME, **kw).eval()
+    assert not hasattr(head, "a_init") and head.a_W1.weight.shape == (256, 256)
+    visual, audio = random_inputs(h=2, w=2, cv=16, ca=8)
+    with torch.no_grad():
+        out = head(visual, audio)
+        alpha, psp = head._encode(visual, audio)
+        e_av = 0.5 * (head.cere(psp["a_psp"]) + head.cere(psp["v_psp"]))
+        f = [head.layer_norm(torch.relu(w(gru(x, e_av)[0]))) for w, gru, x in
+             ((head.a_W1, head.a_gru, psp["a_psp"]), (head.v_W1, head.v_gru, psp["v_psp"]))]
+        torch.testing.assert_close(out["logits"], head.classifier(0.5 * (f[0] + f[1]))[0])
+    with pytest.raises(ValueError, match="isce_weak must be 'code' or 'paper'"):
+        build_head(NAME, **{**kw, "isce_weak": "eq9"})

@@ -279,7 +279,7 @@ def test_fusion_head_beats_single_modality_baselines(tmp_path):
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
     recipe = {"epochs": 25, "lr": 3e-3, "batch_size": 16}
     tiny_psp = dict.fromkeys(["att_hidden", "embed_hidden", "embed_dim", "lstm_hidden",
-                              "psp_hidden", "fc_hidden"], 16) | {"att_dim": 8}
+                              "psp_hidden", "fc_hidden"], 16) | {"att_dim": 4}  # 2x2 maps
     heads = {"audio_only": {"hidden_dim": 16}, "visual_only": {"hidden_dim": 16}, "psp": tiny_psp}
     acc = {name: train(RunSpec(name, "fully", device="cpu", hparam_overrides=hp,
                                recipe_overrides=recipe), data, tmp_path / name).best_val_accuracy

@@ -84,6 +84,21 @@ class Head(nn.Module):
         """Per-segment class indices ``(B, T)``, background = ``num_classes``."""
         raise NotImplementedError
 
+    @classmethod
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str = "fully",
+                                **overrides: Any) -> "Head":
+        """This head with the weights of the authors' model of ``setting``.
+
+        ``state_dict`` is in the authors' module and key layout, as their
+        ``torch.save(model.state_dict())`` writes it. Dimensions (feature sizes, classes, layer
+        widths) are inferred from the shapes; ``overrides`` are further ``DEFAULTS`` keys. Strict:
+        every key is used once and shapes are checked; the first mismatch is a
+        :class:`~pipeline.heads._authors.LayoutError` naming the key
+        (see :mod:`pipeline.heads._authors`). In eval mode the result gives the authors' model's
+        outputs on the same inputs.
+        """
+        raise NotImplementedError(f"head {cls.name!r} has no converter for the authors' checkpoints")
+
 
 def register_head(name: str):
     def deco(cls: type[Head]) -> type[Head]:
@@ -132,7 +147,21 @@ def build_head(name: str, *, visual_dim: int, audio_dim: int, num_classes: int,
                setting: str = "fully", **overrides: Any) -> Head:
     """Build head ``name`` with its paper defaults, ``overrides`` merged over ``DEFAULTS``."""
     cls = get_head_class(name)
-    return cls(visual_dim, audio_dim, num_classes, setting, **resolve_hparams(name, **overrides))
+    hparams = resolve_hparams(name, **overrides)
+    head = cls(visual_dim, audio_dim, num_classes, setting, **hparams)
+    head.hparams = hparams  # what a checkpoint stores to rebuild it
+    return head
+
+
+def from_authors_state_dict(name: str, state_dict: dict[str, torch.Tensor], setting: str = "fully",
+                            **overrides: Any) -> Head:
+    """Head ``name`` converted from the authors' ``state_dict`` (see
+    :meth:`Head.from_authors_state_dict`)."""
+    cls = get_head_class(name)
+    if setting not in cls.settings:
+        raise ValueError(f"head {name!r} has no {setting!r} setting; it supports: "
+                         f"{', '.join(cls.settings)}")
+    return cls.from_authors_state_dict(state_dict, setting, **overrides)
 
 
 def count_parameters(model: nn.Module) -> int:

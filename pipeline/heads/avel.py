@@ -1,6 +1,6 @@
 """AVEL: Tian et al. ECCV 2018, "Audio-Visual Event Localization in Unconstrained Videos".
 
-The "A+V-att" model, following the authors' public code (YapengTian/AVE-ECCV18, ``models.py``
+The "A+V-att" model as the authors' public code computes it (YapengTian/AVE-ECCV18, ``models.py``
 fully supervised, ``models_weakly.py`` weakly supervised; training scripts ``supervised_main.py``,
 ``weak_supervised_main.py``):
 
@@ -13,6 +13,18 @@ labels (the authors' code applies that loss to the softmax output; kept as writt
 Weakly supervised (MIL over segments): the per-segment scores are max-pooled over time, softmaxed
 and trained with ``MultiLabelSoftMarginLoss`` against the video-level label; segments are
 predicted by the argmax of their own scores.
+
+:meth:`AVEL.from_authors_state_dict` reads ``att_Net.state_dict()`` of either file (the released
+``model/AV_att.pt`` and ``AV_att_weak.pt`` are pickled whole modules: load them with the authors'
+code and save their ``state_dict()``). The outputs match ``softmax(logits)`` (fully) and
+``(video_prob, logits)`` (weak).
+
+component         | authors' code                 | paper           | default here | option
+------------------+-------------------------------+-----------------+--------------+----------------------
+AVGA audio term   | per position (H*W = 49)       | broadcast (Eq.) | code         | audio_term: broadcast
+layer sizes, init | 512/49/LSTM 128/64, Xavier    | not all stated  | code         | widths in DEFAULTS
+fully loss        | MultiLabelSoftMargin(softmax) | not stated      | code         | -
+weak pooling      | max over time, softmax        | MIL             | code         | -
 """
 from __future__ import annotations
 
@@ -22,15 +34,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._authors import AuthorsStateDict
 from ._avga import AudioGuidedVisualAttention, bilstm
-from ._registry import Head, register_head
+from ._registry import Head, build_head, register_head
 
 
 @register_head("avel")
 class AVEL(Head):
     DEFAULTS = {
         "att_hidden": 512,  # AVGA projection width of audio and visual (Sec. 3.2; code hidden_size=512)
-        "att_dim": 49,  # AVGA scoring-MLP width (code: affine_v/affine_g to 49)
+        "att_dim": 49,  # AVGA scoring-MLP width (code: affine_v/affine_g to 49 = 7x7 positions)
+        "audio_term": "position",  # AVGA: position (code; H*W = att_dim) | broadcast (paper's Eq.)
         "lstm_hidden": 128,  # per-direction Bi-LSTM units (code hidden_dim=128; fused 4*128)
         "fc_hidden": 64,  # width of the first fusion FC (code L1: 4*hidden -> 64)
     }
@@ -51,9 +65,9 @@ class AVEL(Head):
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
-                 att_hidden: int, att_dim: int, lstm_hidden: int, fc_hidden: int):
+                 att_hidden: int, att_dim: int, audio_term: str, lstm_hidden: int, fc_hidden: int):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
-        self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
+        self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim, audio_term)
         self.lstm_audio = bilstm(audio_dim, lstm_hidden)
         self.lstm_video = bilstm(visual_dim, lstm_hidden)
         self.L1 = nn.Linear(4 * lstm_hidden, fc_hidden)
@@ -81,3 +95,17 @@ class AVEL(Head):
 
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         return out["logits"].argmax(dim=-1)
+
+    @classmethod
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str = "fully",
+                                **overrides: Any) -> "AVEL":
+        """``att_Net`` of ``models.py`` (fully) or ``models_weakly.py`` (weak): one key layout."""
+        sd = AuthorsStateDict(state_dict, f"avel ({setting})")
+        dims = {"visual_dim": sd.dim("affine_video.weight", 1), "audio_dim": sd.dim("affine_audio.weight", 1),
+                "num_classes": sd.dim("L2.weight", 0) - 1}
+        widths = {"att_hidden": sd.dim("affine_audio.weight", 0), "att_dim": sd.dim("affine_v.weight", 0),
+                  "lstm_hidden": sd.dim("lstm_audio.weight_hh_l0", 1), "fc_hidden": sd.dim("L1.weight", 0)}
+        head = build_head(cls.name, setting=setting, **dims, **{**widths, **overrides})
+        renames = {"attention": "", "lstm_audio": "lstm_audio", "lstm_video": "lstm_video",
+                   "L1": "L1", "L2": "L2"}
+        return sd.load_into(head, renames)

@@ -3,21 +3,35 @@
 Pipeline (Fig. 2): AVGA -> two Bi-LSTMs -> positive sample propagation (Eqs. 1-3) -> fusion
 (Eq. 4) -> classifier. Fully supervised: per-segment CE (Eq. 7) + ``lambda`` * AVPS loss
 (Eqs. 8-10). Weakly supervised: the weighting branch (Eq. 5) and BCE on the video-level
-prediction (Eq. 11). Layer sizes follow the authors' code (jasongief/PSP_CVPR_2021,
+prediction (Eq. 11). The computation is that of the authors' code (jasongief/PSP_CVPR_2021,
 ``fully_model.py`` / ``weakly_model.py``), which differs between the settings:
 
 * fully: audio goes through ``fa`` (Ca->256->128, linear, no bias) before AVGA and its LSTM, the
   attended visual vector through ``fv`` (Cv->256->128); PSP ends with ``W_3`` (Eq. 4) + ReLU +
   dropout + LayerNorm;
 * weak: raw audio feeds AVGA and its LSTM, the attended visual vector goes through one
-  ``linear_v`` (Cv->128, with bias); PSP has no ``W_3`` (LayerNorm of ``v + v_pos`` directly).
+  ``linear_v`` (Cv->128, with bias); PSP has no ``W_3`` (LayerNorm of ``v + v_pos`` directly) and
+  no second l1-normalisation; the weighting branch is ``sigmoid(relu(f^h W_6))``.
 
 Where the paper's equations leave activations out, the code's are used: ReLU + dropout after each
-PSP branch projection (Eqs. 1, 3), ReLU between the two classifier FCs. The code's ReLU before
-the sigmoid of the weighting branch is not taken: Eq. 5 writes ``phi = sigmoid(f^h W_6)``, and
-``sigmoid(relu(.))`` leaves ``W_6`` without gradient whenever all its outputs are negative.
-The second l1-normalisation after thresholding (Eq. 2, "again performed") is applied in both
-settings; the authors' weak code skips it.
+PSP branch projection (Eqs. 1, 3), ReLU between the two classifier FCs.
+:meth:`PSP.from_authors_state_dict` reads ``psp_net.state_dict()`` of either file (the released
+``PSP_fully.pt`` / ``PSP_weakly.pt`` are pickled whole modules: save their ``state_dict()``);
+their layers that no output depends on (``linear_v`` in fully, ``v_classify``, ``a_classify``,
+``L3``, ``L4``; ``temperature``, ``W1``, ``W2`` in weak) are checked and dropped. The outputs match
+``(fusion, logits, cosine of v_psp and a_psp)`` (fully) and ``(video_prob, logits)`` (weak).
+
+component             | authors' code                 | paper                | default here | option
+----------------------+-------------------------------+----------------------+--------------+-----------------------
+AVGA audio term       | per position                  | broadcast (AVEL Eq.) | code         | audio_term: broadcast
+Eq. 1 scale           | sqrt(d_h)                     | sqrt(d_l)            | code         | -
+Eq. 2 indicator       | beta > tau                    | beta - tau >= 0      | code         | -
+Eq. 2 2nd l1-norm     | fully yes, weak no            | both ("again")       | code         | renormalize_weak: true
+Eq. 4 W_3 in weak     | absent                        | present              | code         | project_weak: true
+Eq. 5 weighting       | sigmoid(relu(f^h W_6))        | sigmoid(f^h W_6)     | code         | weight_relu: false
+AVPS target (Eq. 8-9) | buffer never reset (broken)   | event indicator, l1  | paper        | -
+weak target (Eq. 11)  | prob_label.h5 (segment share) | Y^weak               | video label  | -
+threshold tau         | 0.099 fully, 0.095 weak       | 0.095 (Table 3)      | code         | tau_fully, tau_weak
 """
 from __future__ import annotations
 
@@ -28,8 +42,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._authors import AuthorsStateDict
 from ._avga import AudioGuidedVisualAttention, bilstm, segment_targets
-from ._registry import Head, register_head
+from ._registry import Head, build_head, register_head
 
 _EPS = 1e-8  # the authors' code adds 1e-8 to every l1-normalisation denominator
 
@@ -38,14 +53,16 @@ def l1_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x / (x.sum(dim=dim, keepdim=True) + _EPS)
 
 
-def positive_connections(beta: torch.Tensor, tau: float) -> torch.Tensor:
-    """Eq. 2: ReLU, row-wise l1 normalisation, zero entries ``< tau``, row-wise l1 again.
+def positive_connections(beta: torch.Tensor, tau: float, renormalize: bool = True) -> torch.Tensor:
+    """Eq. 2: ReLU, row-wise l1 normalisation, keep entries ``> tau``, row-wise l1 again
+    (``renormalize``; the authors' weak code leaves it out).
 
-    ``beta`` ``(..., T, T)`` raw similarities (Eq. 1). The indicator is 1 for ``beta - tau >= 0``
-    as the paper defines it (the code uses ``>``; they differ only on exact ties).
+    ``beta`` ``(..., T, T)`` raw similarities (Eq. 1). The indicator is the code's ``beta > tau``
+    (the paper's ``beta - tau >= 0`` differs only on exact ties).
     """
     beta = l1_normalize(F.relu(beta))
-    return l1_normalize(beta * (beta >= tau).to(beta.dtype))
+    gamma = beta * (beta > tau).to(beta.dtype)
+    return l1_normalize(gamma) if renormalize else gamma
 
 
 def avps_loss(v: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -54,7 +71,9 @@ def avps_loss(v: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, num_classe
     Eq. 8 leaves the per-segment similarity open; as in the authors' code (``AVSimilarity`` +
     ``AVPSLoss``) it is the cosine similarity of ``v_t`` and ``a_t``, ReLU'd and l1-normalised
     over the T segments, computed on the LayerNorm'd outputs of the PSP block. ``G`` is the event
-    indicator (segment not background), l1-normalised.
+    indicator (segment not background), l1-normalised, computed afresh for every batch as the
+    paper defines it (the authors' data loader never resets its target buffer, so entries of
+    earlier videos stay in later batches: a bug not reproduced).
     """
     s = l1_normalize(F.relu(F.cosine_similarity(v, a, dim=-1, eps=1e-12)))
     g = l1_normalize((labels[..., :num_classes].sum(-1) > 0).to(v.dtype))
@@ -70,13 +89,15 @@ class PositiveSamplePropagation(nn.Module):
     ``W_1`` (similarity, ``d_l -> d_h``) and ``W_2`` (propagated values, ``d_l -> d_l``) are ReLU'd
     and dropped out (code). With ``project`` the outputs pass ``W_3`` + ReLU + dropout before
     the (shared) LayerNorm (Eq. 4, fully-supervised code); without it LayerNorm is applied
-    directly (weakly-supervised code).
+    directly (weakly-supervised code). ``renormalize``: Eq. 2's second l1-normalisation.
+    In the authors' names (``PSP`` module): ``v_W1`` = ``v_L2``, ``a_W1`` = ``a_L1``,
+    ``v_W2`` = ``v_L1``, ``a_W2`` = ``a_L2``, ``v_W3`` = ``v_fc``, ``a_W3`` = ``a_fc``.
     """
 
     def __init__(self, dim: int, hidden: int, tau: float, branch_dropout: float, project: bool,
-                 project_dropout: float = 0.0):
+                 project_dropout: float = 0.0, renormalize: bool = True):
         super().__init__()
-        self.tau, self.dim = tau, dim
+        self.tau, self.hidden, self.renormalize = tau, hidden, renormalize
         self.v_W1 = nn.Linear(dim, hidden, bias=False)
         self.a_W1 = nn.Linear(dim, hidden, bias=False)
         self.v_W2 = nn.Linear(dim, dim, bias=False)
@@ -98,10 +119,10 @@ class PositiveSamplePropagation(nn.Module):
 
     def forward(self, a: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
         branch = self._branch
-        # Eq. 1, scaled by sqrt(d_l) (the code divides by sqrt(d_h); both 256 by default)
-        beta_va = branch(self.v_W1, v) @ branch(self.a_W1, a).transpose(1, 2) / math.sqrt(self.dim)
-        gamma_va = positive_connections(beta_va, self.tau)  # rows: visual segments
-        gamma_av = positive_connections(beta_va.transpose(1, 2), self.tau)  # rows: audio segments
+        # Eq. 1, scaled by sqrt(d_h) as the code (the paper: sqrt(d_l); both 256 by default)
+        beta_va = branch(self.v_W1, v) @ branch(self.a_W1, a).transpose(1, 2) / math.sqrt(self.hidden)
+        gamma_va = positive_connections(beta_va, self.tau, self.renormalize)  # rows: visual segments
+        gamma_av = positive_connections(beta_va.transpose(1, 2), self.tau, self.renormalize)  # audio
         v_psp = v + gamma_va @ branch(self.a_W2, a)  # Eq. 3
         a_psp = a + gamma_av @ branch(self.v_W2, v)
         if self.project:
@@ -114,10 +135,12 @@ class PositiveSamplePropagation(nn.Module):
 
 class WeightedMILClassifier(nn.Module):
     """Eq. 5: ``f^h = relu(f W_4) W_5`` per segment (ReLU from the code), weights
-    ``phi = sigmoid(f^h W_6)``, video prediction ``softmax(mean_t(f^h * phi))``."""
+    ``phi = sigmoid(relu(f^h W_6))`` (code; ``weight_relu=False``: ``sigmoid(f^h W_6)``, the
+    paper), video prediction ``softmax(mean_t(f^h * phi))``. Authors' names: ``L1``, ``L2``, ``W3``."""
 
-    def __init__(self, dim: int, hidden: int, num_outputs: int):
+    def __init__(self, dim: int, hidden: int, num_outputs: int, weight_relu: bool = True):
         super().__init__()
+        self.weight_relu = weight_relu
         self.W4 = nn.Linear(dim, hidden, bias=False)
         self.W5 = nn.Linear(hidden, num_outputs, bias=False)
         self.W6 = nn.Linear(num_outputs, 1, bias=False)  # default init, as in the code
@@ -126,7 +149,8 @@ class WeightedMILClassifier(nn.Module):
 
     def forward(self, fusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f_h = self.W5(F.relu(self.W4(fusion)))  # (B, T, C+1)
-        phi = torch.sigmoid(self.W6(f_h))  # (B, T, 1)
+        w = self.W6(f_h)  # (B, T, 1)
+        phi = torch.sigmoid(F.relu(w) if self.weight_relu else w)
         scores = f_h * phi
         return scores, F.softmax(scores.mean(dim=1), dim=-1)
 
@@ -154,18 +178,18 @@ class PSPEncoderHead(Head):
     ``self.lstm_video = bilstm(embed_dim, lstm_hidden)`` (that order fixes seeded initialisation).
     """
 
-    def _build_encoder(self, *, att_hidden: int, att_dim: int, embed_hidden: int, embed_dim: int,
-                       lstm_hidden: int) -> None:
+    def _build_encoder(self, *, att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int,
+                       embed_dim: int, lstm_hidden: int) -> None:
         visual_dim, audio_dim = self.visual_dim, self.audio_dim
         if self.setting == "fully":
             self.fa = nn.Sequential(nn.Linear(audio_dim, embed_hidden, bias=False),
                                     nn.Linear(embed_hidden, embed_dim, bias=False))
             self.fv = nn.Sequential(nn.Linear(visual_dim, embed_hidden, bias=False),
                                     nn.Linear(embed_hidden, embed_dim, bias=False))
-            self.attention = AudioGuidedVisualAttention(visual_dim, embed_dim, att_hidden, att_dim)
+            self.attention = AudioGuidedVisualAttention(visual_dim, embed_dim, att_hidden, att_dim, audio_term)
             self.lstm_audio = bilstm(embed_dim, lstm_hidden)
         else:
-            self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim)
+            self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim, audio_term)
             self.fv = nn.Linear(visual_dim, embed_dim)  # code: linear_v
             self.lstm_audio = bilstm(audio_dim, lstm_hidden)
 
@@ -183,13 +207,17 @@ class PSPEncoderHead(Head):
 class PSP(PSPEncoderHead):
     DEFAULTS = {
         "att_hidden": 512,  # AVGA projection width (Sec. 4.2 uses AVGA [28]; code hidden_size=512)
-        "att_dim": 49,  # AVGA scoring-MLP width (code map_size=49)
+        "att_dim": 49,  # AVGA scoring-MLP width (code map_size=49 = 7x7 positions)
+        "audio_term": "position",  # AVGA: position (code; H*W = att_dim) | broadcast (AVEL's Eq.)
         "embed_hidden": 256,  # fully: fa/fv first layer width (code: Ca/Cv -> 256 -> 128)
         "embed_dim": 128,  # LSTM input width: fa/fv output (fully), linear_v output (weak) (code)
         "lstm_hidden": 128,  # per-direction Bi-LSTM units, d_l = 2 * 128 (Sec. 4.2; code)
         "psp_hidden": 256,  # d_h of W_1 in Eq. 1 (code hidden_dim=256)
         "tau_fully": 0.099,  # Eq. 2 threshold, fully (code --threshold 0.099; Table 3 lists 0.095)
         "tau_weak": 0.095,  # Eq. 2 threshold, weak (Table 3 best; code --threshold 0.095)
+        "renormalize_weak": False,  # weak: Eq. 2's second l1-norm (code: false; paper: true)
+        "project_weak": False,  # weak: Eq. 4's W_3 + ReLU + dropout (code: false; paper: true)
+        "weight_relu": True,  # weak: Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
         "avps_weight": 100.0,  # lambda of Eq. 10 (Sec. 5.1: set to 100)
         "dropout": 0.1,  # dropout in the PSP linear layers (Sec. 5.1 "dropout"; rate from code)
         "fc_hidden": 64,  # first classifier FC (Sec. 4.4 "two FC layers"; W_4 in Eq. 5; code 64)
@@ -207,14 +235,15 @@ class PSP(PSPEncoderHead):
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
-                 att_hidden: int, att_dim: int, embed_hidden: int, embed_dim: int, lstm_hidden: int,
-                 psp_hidden: int, tau_fully: float, tau_weak: float, avps_weight: float,
+                 att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int, embed_dim: int,
+                 lstm_hidden: int, psp_hidden: int, tau_fully: float, tau_weak: float,
+                 renormalize_weak: bool, project_weak: bool, weight_relu: bool, avps_weight: float,
                  dropout: float, fc_hidden: int):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
         self.avps_weight = avps_weight
         d_l = 2 * lstm_hidden
-        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, embed_hidden=embed_hidden,
-                            embed_dim=embed_dim, lstm_hidden=lstm_hidden)
+        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, audio_term=audio_term,
+                            embed_hidden=embed_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden)
         if setting == "fully":
             self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_fully, dropout, project=True,
                                                  project_dropout=dropout)
@@ -223,8 +252,9 @@ class PSP(PSPEncoderHead):
             nn.init.xavier_uniform_(self.L1.weight)
             nn.init.xavier_uniform_(self.L2.weight)
         else:
-            self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_weak, dropout, project=False)
-            self.classifier = WeightedMILClassifier(d_l, fc_hidden, num_classes + 1)
+            self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_weak, dropout, project=project_weak,
+                                                 project_dropout=dropout, renormalize=renormalize_weak)
+            self.classifier = WeightedMILClassifier(d_l, fc_hidden, num_classes + 1, weight_relu)
         self.lstm_video = bilstm(embed_dim, lstm_hidden)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -250,3 +280,63 @@ class PSP(PSPEncoderHead):
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         # weak: argmax of each segment's weighted score (code: softmax then argmax)
         return out["logits"].argmax(dim=-1)
+
+    @classmethod
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str = "fully",
+                                **overrides: Any) -> "PSP":
+        """``psp_net`` of ``fully_model.py`` (fully) or ``weakly_model.py`` (weak)."""
+        sd = AuthorsStateDict(state_dict, f"psp ({setting})")
+        dims, widths, renames = encoder_layout(sd, setting)
+        lstm_hidden = widths["lstm_hidden"]
+        if setting == "fully":
+            dims["num_classes"] = sd.dim("L2.weight", 0) - 1
+            widths["fc_hidden"] = sd.dim("L1.weight", 0)
+            renames.update(L1="L1", L2="L2")
+            unused = {"linear_v.weight": (dims["audio_dim"], dims["visual_dim"]),
+                      "linear_v.bias": (dims["audio_dim"],),
+                      **CLASSIFY_UNUSED, "L3.weight": (64, 256), "L3.bias": (64,),
+                      "L4.weight": (2, 64), "L4.bias": (2,)}
+        else:
+            dims["num_classes"] = sd.dim("L2.weight", 0) - 1
+            widths["fc_hidden"] = sd.dim("L1.weight", 0)
+            renames.update({"classifier.W4": "L1", "classifier.W5": "L2", "classifier.W6": "W3"})
+            unused = {"temperature": (1, dims["num_classes"] + 1), "W1.weight": (1, 2 * lstm_hidden),
+                      "W2.weight": (1, 64)}
+        head = build_head(cls.name, setting=setting, **dims, **{**widths, **overrides})
+        return sd.load_into(head, renames, unused)
+
+
+# Dead layers of the fully supervised psp_net / vscg_net: Classify(hidden_dim=256) x 2, 28 classes.
+CLASSIFY_UNUSED = {f"{m}_classify.{layer}": shape for m in ("v", "a")
+                   for layer, shape in (("L1.weight", (64, 256)), ("L2.weight", (28, 64)))}
+
+
+def encoder_layout(sd: AuthorsStateDict, setting: str, swap_streams: bool = False
+                   ) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    """Dimensions, widths and key renames of the encoder shared by PSP's and VSCG's code (AVGA,
+    ``fa``/``fv`` or ``linear_v``, ``lstm_a_v``, ``psp``). ``swap_streams``: VSCG's fully code
+    calls ``lstm_a_v(video, audio)``, so the audio stream runs through the authors' ``lstm_video``
+    and PSP's ``v_*`` layers and the visual stream through ``lstm_audio`` and ``a_*`` (PSP is
+    symmetric in its two inputs, so this is the same function with the names exchanged)."""
+    if setting == "fully":
+        dims = {"visual_dim": sd.dim("fv.0.weight", 1), "audio_dim": sd.dim("fa.0.weight", 1)}
+        widths = {"embed_hidden": sd.dim("fa.0.weight", 0), "embed_dim": sd.dim("fa.1.weight", 0)}
+        renames = {"fa": "fa", "fv": "fv"}
+    else:
+        dims = {"visual_dim": sd.dim("linear_v.weight", 1),
+                "audio_dim": sd.dim("attention.affine_audio.weight", 1)}
+        widths = {"embed_dim": sd.dim("linear_v.weight", 0)}
+        renames = {"fv": "linear_v"}
+    widths.update(att_hidden=sd.dim("attention.affine_audio.weight", 0),
+                  att_dim=sd.dim("attention.affine_v.weight", 0),
+                  lstm_hidden=sd.dim("lstm_a_v.lstm_audio.weight_hh_l0", 1),
+                  psp_hidden=sd.dim("psp.a_L1.weight", 0))
+    a, v = ("v", "a") if swap_streams else ("a", "v")  # the authors' role of our audio, visual
+    lstm = {"a": "lstm_a_v.lstm_audio", "v": "lstm_a_v.lstm_video"}
+    renames.update({"attention": "attention", "lstm_audio": lstm[a], "lstm_video": lstm[v],
+                    "psp.layer_norm": "psp.layer_norm"})
+    for ours, theirs in (("a", a), ("v", v)):  # similarity: v_L2 / a_L1; values: v_L1 / a_L2
+        renames[f"psp.{ours}_W1"] = f"psp.{theirs}_L{2 if theirs == 'v' else 1}"
+        renames[f"psp.{ours}_W2"] = f"psp.{theirs}_L{1 if theirs == 'v' else 2}"
+        renames[f"psp.{ours}_W3"] = f"psp.{theirs}_fc"
+    return dims, widths, renames

@@ -5,7 +5,7 @@ Pipeline (Fig. 3): AGVA -> Bi-LSTMs -> PSP (segment-level encoding, Sec. III-C) 
 (Sec. III-D): CERE, two 1D-conv blocks shared by audio and visual (Eqs. 1-3), gives video-level
 event vectors ``E^a, E^v`` ``(2, d_e)``; ISCE uses them as the initial hidden state of one
 bidirectional GRU per modality (Eqs. 4-11) -> project-and-norm blocks and late fusion
-(Eqs. 12-13) -> classifier. Layer sizes follow the authors' code (Bravo5542/VSCG,
+(Eqs. 12-13) -> classifier. The computation is that of the authors' code (Bravo5542/VSCG,
 ``vscgfully_model.py`` / ``vscgweakly_model.py``), which differs between the settings:
 
 * fully (as the paper): audio through ``fa``, attended visual through ``fv`` (as PSP fully), PSP
@@ -13,13 +13,30 @@ bidirectional GRU per modality (Eqs. 4-11) -> project-and-norm blocks and late f
   (Linear + ReLU + dropout ``r_i``) + shared LayerNorm (Eq. 13); event-relevance score ``o_t``
   (Eq. 14) and video-level category ``o_c`` from the max-pooled fusion (Eq. 15); the negative
   pair filter loss (Eqs. 16-18); inference ``o_t > tau_b`` -> ``argmax o_c`` else background.
-* weak (the authors' weak code, not Eq. 9/12): raw audio and one ``linear_v`` (as PSP weak);
-  each GRU starts from a linear map (d_e -> d_e) of the *other* modality's CERE vector; GRU
-  outputs get dropout ``r_i`` and LayerNorm without the Eq. 12 projection; PSP's weighting
-  branch classifier (Eq. 5 of PSP) and the smooth loss (Eqs. 19-21).
+* weak (the authors' weak code, not Eq. 9/12; ``isce_weak: paper`` gives Eqs. 9 and 12): raw
+  audio and one ``linear_v`` (as PSP weak); each GRU starts from a linear map (d_e -> d_e) of the
+  *other* modality's CERE vector; GRU outputs get dropout ``r_i`` and LayerNorm without the Eq. 12
+  projection; PSP without the second l1-normalisation; PSP's weighting-branch classifier with the
+  code's ``sigmoid(relu(.))`` and the smooth loss (Eqs. 19-21).
 
-The attention, PSP and weighting-branch blocks are those of :mod:`.psp` (connections thresholded
-and re-normalised as PSP's Eq. 2 in both settings; the authors' weak code skips the re-normalisation).
+The attention, PSP and weighting-branch blocks are those of :mod:`.psp`.
+:meth:`VSCG.from_authors_state_dict` reads ``vscg_net.state_dict()`` of either file (the released
+``VSCG_fully.pt`` / ``VSCG_weakly.pt`` are pickled whole modules: save their ``state_dict()``);
+layers no output depends on (fully: ``linear_v``, ``v_classify``, ``a_classify``, ``L1``, ``L2``,
+``audio_gated``, ``video_gated``, ``escm.L1``; weak: ``W1``, ``W2``, ``L3``, ``escm.layer_norm1``,
+``escm.a_fc``, ``escm.v_fc``) are checked and dropped. The outputs match ``(is_event_scores,
+event_scores, cross_att)`` (fully) and ``(video_prob, logits)`` (weak).
+
+component            | authors' code                 | paper                | default here | option
+---------------------+-------------------------------+----------------------+--------------+-----------------------
+AGVA audio term      | per position                  | broadcast (AVEL Eq.) | code         | audio_term: broadcast
+fully stream order   | lstm_a_v(v, a): names swapped | audio LSTM on audio  | paper        | -
+fully ISCE dropout   | 0.1                           | r_i = 0.2            | code         | r_i_fully: 0.2
+weak ISCE            | linear cross h0, no Eq. 12    | E^av h0, Eq. 12      | code         | isce_weak: paper
+weak PSP 2nd l1-norm | absent                        | PSP's Eq. 2          | code         | renormalize_weak: true
+weak weighting       | sigmoid(relu(.))              | PSP's Eq. 5          | code         | weight_relu: false
+AVPS target (Eq. 16) | buffer never reset (broken)   | y_tl                 | paper        | -
+L_c, no-event video  | class 0                       | undefined            | left out     | -
 """
 from __future__ import annotations
 
@@ -29,10 +46,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._authors import AuthorsStateDict
 from ._avga import bilstm
-from ._registry import register_head
-from .psp import (PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier, avps_loss,
-                  weak_target)
+from ._registry import build_head, register_head
+from .psp import (CLASSIFY_UNUSED, PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier,
+                  avps_loss, encoder_layout, weak_target)
 
 
 class CERE(nn.Module):
@@ -93,7 +111,8 @@ def smooth_loss(video_prob: torch.Tensor, target: torch.Tensor,
 class VSCG(PSPEncoderHead):
     DEFAULTS = {
         "att_hidden": 512,  # AGVA projection width (Sec. III-C uses AGVA [3]; code hidden_size=512)
-        "att_dim": 49,  # AGVA scoring-MLP width (code map_size=49)
+        "att_dim": 49,  # AGVA scoring-MLP width (code map_size=49 = 7x7 positions)
+        "audio_term": "position",  # AGVA: position (code; H*W = att_dim) | broadcast (AVEL's Eq.)
         "embed_hidden": 256,  # fully: fa/fv first layer width (code, as PSP)
         "embed_dim": 128,  # LSTM input width (code)
         "lstm_hidden": 128,  # per-direction Bi-LSTM units, d_s = 256 (Sec. III-C; code)
@@ -102,8 +121,11 @@ class VSCG(PSPEncoderHead):
         "psp_dropout_fully": 0.2,  # dropout of PSP's branch projections, fully (code p=0.2)
         "psp_dropout_weak": 0.1,  # dropout of PSP's branch projections, weak (code p=0.1)
         "r_s": 0.2,  # dropout of the project-and-norm blocks after PSP (Sec. III-C, IV-A: r_s=0.2)
-        "r_i_fully": 0.2,  # dropout after ISCE, Eq. 12, fully (Sec. IV-A: 0.2; the code uses 0.1)
+        "r_i_fully": 0.1,  # dropout after ISCE, Eq. 12, fully (code ESCM p=0.1; Sec. IV-A: 0.2)
         "r_i_weak": 0.5,  # dropout after ISCE, weak (Sec. IV-A: 0.5; code 0.5)
+        "isce_weak": "code",  # weak ISCE: code (cross-modal linear GRU init, no Eq. 12) | paper (Eqs. 9, 12)
+        "renormalize_weak": False,  # weak: PSP's second l1-norm of Eq. 2 (code: false; paper: true)
+        "weight_relu": True,  # weak: PSP Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
         "cere_dim": 128,  # d_e: CERE output channels, GRU hidden, d_i = 2 d_e (Sec. III-D; code)
         "cere_kernel": 5,  # CERE kernel size T/2 (Eq. 3)
         "fuse_dim": 256,  # d_f of Eq. 12 (fully; code 256)
@@ -125,39 +147,46 @@ class VSCG(PSPEncoderHead):
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
-                 att_hidden: int, att_dim: int, embed_hidden: int, embed_dim: int, lstm_hidden: int,
-                 psp_hidden: int, psp_tau: float, psp_dropout_fully: float, psp_dropout_weak: float,
-                 r_s: float, r_i_fully: float, r_i_weak: float, cere_dim: int, cere_kernel: int,
+                 att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int, embed_dim: int,
+                 lstm_hidden: int, psp_hidden: int, psp_tau: float, psp_dropout_fully: float,
+                 psp_dropout_weak: float, r_s: float, r_i_fully: float, r_i_weak: float, isce_weak: str,
+                 renormalize_weak: bool, weight_relu: bool, cere_dim: int, cere_kernel: int,
                  fuse_dim: int, fc_hidden: int, event_threshold: float, avps_weight: float,
                  smooth_lambda: float):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
+        if isce_weak not in ("code", "paper"):
+            raise ValueError(f"vscg: isce_weak must be 'code' or 'paper', got {isce_weak!r}")
         self.event_threshold, self.avps_weight, self.smooth_lambda = event_threshold, avps_weight, smooth_lambda
+        self.paper_isce = setting == "fully" or isce_weak == "paper"  # Eqs. 9 and 12
         d_s, d_i = 2 * lstm_hidden, 2 * cere_dim
-        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, embed_hidden=embed_hidden,
-                            embed_dim=embed_dim, lstm_hidden=lstm_hidden)
-        if setting == "fully":
-            self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau, psp_dropout_fully, project=True,
-                                                 project_dropout=r_s)
+        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, audio_term=audio_term,
+                            embed_hidden=embed_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden)
+        fully = setting == "fully"
+        self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau,
+                                             psp_dropout_fully if fully else psp_dropout_weak,
+                                             project=True, project_dropout=r_s,
+                                             renormalize=fully or renormalize_weak)
+        if self.paper_isce:
             self.a_W1 = nn.Linear(d_i, fuse_dim, bias=False)  # Eq. 12
             self.v_W1 = nn.Linear(d_i, fuse_dim, bias=False)
             nn.init.xavier_uniform_(self.a_W1.weight)
             nn.init.xavier_uniform_(self.v_W1.weight)
-            self.isce_dropout = nn.Dropout(r_i_fully)
-            self.layer_norm = nn.LayerNorm(fuse_dim, eps=1e-6)  # Eq. 13, shared (code)
+            out_dim = fuse_dim
+        else:
+            self.a_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L1 (weak only)
+            self.v_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L2 (weak only)
+            nn.init.xavier_uniform_(self.a_init.weight)
+            nn.init.xavier_uniform_(self.v_init.weight)
+            out_dim = d_i
+        self.isce_dropout = nn.Dropout(r_i_fully if fully else r_i_weak)
+        self.layer_norm = nn.LayerNorm(out_dim, eps=1e-6)  # Eq. 13, shared (code)
+        if fully:
             self.W3 = nn.Linear(fuse_dim, 1)  # Eq. 14: event-relevance score o_t
             self.W4 = nn.Linear(fuse_dim, num_classes)  # Eq. 15: event category o_c
             nn.init.xavier_uniform_(self.W3.weight)
             nn.init.xavier_uniform_(self.W4.weight)
         else:
-            self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau, psp_dropout_weak, project=True,
-                                                 project_dropout=r_s)
-            self.a_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L1 (weak only)
-            self.v_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L2 (weak only)
-            nn.init.xavier_uniform_(self.a_init.weight)
-            nn.init.xavier_uniform_(self.v_init.weight)
-            self.isce_dropout = nn.Dropout(r_i_weak)
-            self.layer_norm = nn.LayerNorm(d_i, eps=1e-6)
-            self.classifier = WeightedMILClassifier(d_i, fc_hidden, num_classes + 1)
+            self.classifier = WeightedMILClassifier(out_dim, fc_hidden, num_classes + 1, weight_relu)
         self.lstm_video = bilstm(embed_dim, lstm_hidden)
         self.cere = CERE(d_s, cere_dim, cere_kernel)  # shared by audio and visual (Sec. III-D1)
         self.a_gru = nn.GRU(d_s, cere_dim, num_layers=1, batch_first=True, bidirectional=True)
@@ -167,25 +196,24 @@ class VSCG(PSPEncoderHead):
         alpha, psp = self._encode(visual, audio)
         a_seg, v_seg = psp["a_psp"], psp["v_psp"]  # A^seg, V^seg
         e_a, e_v = self.cere(a_seg), self.cere(v_seg)  # Eqs. 1-2, (2, B, d_e)
-        if self.setting == "fully":
-            e_av = 0.5 * (e_a + e_v)  # Eq. 9
-            h0_a = h0_v = e_av  # Eqs. 10-11
+        if self.paper_isce:
+            h0_a = h0_v = 0.5 * (e_a + e_v)  # Eqs. 9-11: E^av
         else:
             h0_a, h0_v = self.v_init(e_v), self.a_init(e_a)  # authors' weak code
         a_isce, _ = self.a_gru(a_seg, h0_a)
         v_isce, _ = self.v_gru(v_seg, h0_v)
+        if self.paper_isce:
+            a_isce, v_isce = F.relu(self.a_W1(a_isce)), F.relu(self.v_W1(v_isce))  # Eq. 12
+        f_a = self.layer_norm(self.isce_dropout(a_isce))  # Eq. 13
+        f_v = self.layer_norm(self.isce_dropout(v_isce))
+        fusion = 0.5 * (f_a + f_v)
         out = {"attention": alpha, "gamma_va": psp["gamma_va"], "gamma_av": psp["gamma_av"]}
         if self.setting == "fully":
-            f_a = self.layer_norm(self.isce_dropout(F.relu(self.a_W1(a_isce))))  # Eqs. 12-13
-            f_v = self.layer_norm(self.isce_dropout(F.relu(self.v_W1(v_isce))))
-            fusion = 0.5 * (f_a + f_v)
             out["is_event"] = self.W3(fusion).squeeze(-1)  # (B, T) o_t logits
             out["event_logits"] = self.W4(fusion.max(dim=1).values)  # (B, C) o_c
             out["v_final"], out["a_final"] = f_v, f_a
         else:
-            f_a = self.layer_norm(self.isce_dropout(a_isce))
-            f_v = self.layer_norm(self.isce_dropout(v_isce))
-            out["logits"], out["video_prob"] = self.classifier(0.5 * (f_a + f_v))
+            out["logits"], out["video_prob"] = self.classifier(fusion)
         return out
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -202,3 +230,37 @@ class VSCG(PSPEncoderHead):
             background = torch.full_like(event, self.num_classes)
             return torch.where(torch.sigmoid(out["is_event"]) > self.event_threshold, event, background)
         return out["logits"].argmax(dim=-1)
+
+    @classmethod
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str = "fully",
+                                **overrides: Any) -> "VSCG":
+        """``vscg_net`` of ``vscgfully_model.py`` (fully) or ``vscgweakly_model.py`` (weak)."""
+        sd = AuthorsStateDict(state_dict, f"vscg ({setting})")
+        dims, widths, renames = encoder_layout(sd, setting, swap_streams=setting == "fully")
+        widths.update(cere_dim=sd.dim("escm.conv1.0.weight", 0), cere_kernel=sd.dim("escm.conv1.0.weight", 2))
+        renames.update({"cere.conv1": "escm.conv1.0", "cere.conv2": "escm.conv2.0",
+                        "layer_norm": "escm.layer_norm"})
+        d_s, d_e = 2 * widths["lstm_hidden"], widths["cere_dim"]
+        if setting == "fully":
+            dims["num_classes"] = sd.dim("L4.weight", 0)
+            widths["fuse_dim"] = sd.dim("escm.a_fc.weight", 0)
+            # the audio stream runs through the authors' v_gru and a_fc (see encoder_layout)
+            renames.update(a_gru="escm.v_gru", v_gru="escm.a_gru", a_W1="escm.a_fc", v_W1="escm.v_fc",
+                           W3="L3", W4="L4")
+            unused = {"linear_v.weight": (dims["audio_dim"], dims["visual_dim"]),
+                      "linear_v.bias": (dims["audio_dim"],), **CLASSIFY_UNUSED,
+                      "L1.weight": (64, d_s), "L2.weight": (dims["num_classes"] + 1, 64),
+                      **{f"{m}_gated.0.{p}": shape for m in ("audio", "video")
+                         for p, shape in (("weight", (1, 256)), ("bias", (1,)))},
+                      "escm.L1.weight": (10, 9)}
+        else:
+            dims["num_classes"] = sd.dim("L2.weight", 0) - 1
+            widths["fc_hidden"] = sd.dim("L1.weight", 0)
+            renames.update({"a_gru": "escm.a_gru", "v_gru": "escm.v_gru", "a_init": "escm.L1",
+                            "v_init": "escm.L2", "classifier.W4": "L1", "classifier.W5": "L2",
+                            "classifier.W6": "W3"})
+            unused = {"W1.weight": (1, d_s), "W2.weight": (1, 64), "L3.weight": (64, widths["lstm_hidden"]),
+                      "escm.layer_norm1.weight": (d_e,), "escm.layer_norm1.bias": (d_e,),
+                      "escm.a_fc.weight": (256, d_s), "escm.v_fc.weight": (256, d_s)}
+        head = build_head(cls.name, setting=setting, **dims, **{**widths, **overrides})
+        return sd.load_into(head, renames, unused)

@@ -1,0 +1,95 @@
+"""Reading the authors' checkpoints: a state dict in the authors' module and key layout, as their
+``torch.save(model.state_dict())`` writes it, converted into one of our heads strictly.
+
+A head with public code implements ``Head.from_authors_state_dict(state_dict, setting,
+**overrides)``: it infers the dimensions from the shapes (:meth:`AuthorsStateDict.dim`), builds
+itself with ``build_head`` and fills itself with :meth:`AuthorsStateDict.load_into` (a renaming of
+key prefixes) or, where tensors must be split or merged, with :meth:`take` / :meth:`skip` /
+:meth:`finish` directly. Every key of the authors' dict is used exactly once (their layers that no
+output depends on are named and skipped, shapes checked as well); the first missing,
+repeated, misshapen or unexpected key is an error naming it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+class LayoutError(ValueError):
+    """The state dict is not in the authors' layout the converter expects (names the key)."""
+
+
+class AuthorsStateDict:
+    """One authors' state dict, read once. ``what`` names it in errors (e.g. ``"psp (fully)"``)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], what: str):
+        if not isinstance(state_dict, Mapping) or not all(isinstance(k, str) for k in state_dict):
+            raise LayoutError(f"{what}: expected a state dict (a mapping of parameter names to "
+                              f"tensors), got {type(state_dict).__name__}")
+        bad = next((k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise LayoutError(f"{what}: {bad!r} is a {type(state_dict[bad]).__name__}, not a tensor")
+        self.what = what
+        self._sd = dict(state_dict)
+        self._used: set[str] = set()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key not in self._sd:
+            raise LayoutError(f"{self.what}: missing key {key!r}")
+        return tuple(self._sd[key].shape)
+
+    def dim(self, key: str, axis: int) -> int:
+        """One dimension of ``key``'s shape (to infer the model's sizes)."""
+        shape = self.shape(key)
+        if len(shape) <= axis:
+            raise LayoutError(f"{self.what}: {key!r} has shape {list(shape)}, expected at least "
+                              f"{axis + 1} dimensions")
+        return shape[axis]
+
+    def take(self, key: str, shape: Iterable[int]) -> torch.Tensor:
+        """The tensor of ``key``, which must have ``shape`` and not have been taken before."""
+        shape = tuple(shape)
+        if key in self._used:
+            raise LayoutError(f"{self.what}: key {key!r} used twice")
+        if self.shape(key) != shape:
+            raise LayoutError(f"{self.what}: {key!r} has shape {list(self.shape(key))}, expected "
+                              f"{list(shape)}")
+        self._used.add(key)
+        return self._sd[key]
+
+    def skip(self, unused: Mapping[str, Iterable[int]]) -> None:
+        """Keys of the authors' layers that no output depends on: present, shaped, not loaded."""
+        for key, shape in unused.items():
+            self.take(key, shape)
+
+    def finish(self) -> None:
+        left = [k for k in self._sd if k not in self._used]
+        if left:
+            raise LayoutError(f"{self.what}: unexpected key {left[0]!r}"
+                              + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
+
+    def load_into(self, head: nn.Module, renames: Mapping[str, str],
+                  unused: Mapping[str, Iterable[int]] = {}) -> nn.Module:
+        """Fill ``head`` (strict ``load_state_dict``): our key ``p + rest`` is the authors'
+        ``renames[p] + rest`` for the longest prefix ``p`` of ``renames`` (a whole module path;
+        ``""`` maps it to the authors' top level)."""
+        ours = head.state_dict()
+        converted = {}
+        for key, value in ours.items():
+            converted[key] = self.take(_rename(key, renames), value.shape).to(value.dtype)
+        self.skip(unused)
+        self.finish()
+        head.load_state_dict(converted, strict=True)
+        return head
+
+
+def _rename(key: str, renames: Mapping[str, str]) -> str:
+    prefixes = [p for p in renames if key == p or key.startswith(p + ".")]
+    if not prefixes:
+        raise KeyError(f"no authors' name for our parameter {key!r}")  # a converter bug
+    p = max(prefixes, key=len)
+    rest = key[len(p):]
+    return renames[p] + rest if renames[p] else rest[1:]  # "" = the authors' top level

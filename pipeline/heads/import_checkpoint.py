@@ -1,0 +1,97 @@
+"""Import an authors' checkpoint of a head into a checkpoint that ``evaluate`` reads.
+
+    python -m pipeline.heads.import_checkpoint --head psp --setting fully PSP_fully.pth models/best.pt
+
+``AUTHORS.pth`` is the state dict of the authors' model (``torch.save(model.state_dict())`` in
+their code), read with ``weights_only=True``; the head's ``from_authors_state_dict`` converts it
+strictly (see :mod:`pipeline.heads._authors`). The written checkpoint has our training format
+(:mod:`pipeline.training.checkpoint`) with the AVE categories in ``Annotations.txt`` order, the
+features the authors trained on (``--visual``, ``--audio``: evaluation refuses others) and no
+validation record (``epoch`` -1, ``val_accuracy`` NaN: the authors selected on the test split).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import pickle
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.training import checkpoint as ckpt_io
+
+from . import count_parameters, from_authors_state_dict, get_head_class, list_heads
+from ._authors import LayoutError
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{path}: not a plain state dict (torch.load(weights_only=True) refused it: "
+                         f"{type(e).__name__}); the authors' scripts save whole modules "
+                         f"(torch.save(model)): load it with their code and save model.state_dict()") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path, *,
+                      ave_root: str | Path = "raw/ave", visual: str = "vgg19", audio: str = "vggish",
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Convert ``src`` (authors' state dict) to our checkpoint at ``dst``; returns the checkpoint."""
+    from pipeline.data.ave import load_annotations
+
+    src, dst = Path(src), Path(dst)
+    get_head_class(head)
+    state_dict = read_state_dict(src)
+    try:
+        model = from_authors_state_dict(head, state_dict, setting, **(overrides or {}))
+    except (LayoutError, KeyError) as e:
+        raise ValueError(f"{src}: {e.args[0] if e.args else e}") from None
+    with warnings.catch_warnings():  # line problems are prepare's to report; the order is all we need
+        warnings.simplefilter("ignore")
+        categories = load_annotations(ave_root, splits=False).categories
+    if len(categories) != model.num_classes:
+        raise ValueError(f"{src}: {model.num_classes} classes, but {Path(ave_root) / 'Annotations.txt'} "
+                         f"has {len(categories)} categories")
+    ckpt = {"format": ckpt_io.FORMAT, "head": head, "setting": setting, "hparams": dict(model.hparams),
+            "dims": {"visual_dim": model.visual_dim, "audio_dim": model.audio_dim,
+                     "num_classes": model.num_classes},
+            "recipe": {}, "params": {"train": {"visual": visual, "audio": audio}},
+            "epoch": -1, "step": 0, "val_accuracy": math.nan, "train_seconds": 0.0,
+            "num_parameters": count_parameters(model), "categories": list(categories),
+            "feature_norm": None, "model": model.state_dict(),
+            "imported_from": {"file": src.name, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}}
+    ckpt_io.save(ckpt, dst)
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pipeline.heads.import_checkpoint",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--head", required=True, choices=list_heads())
+    p.add_argument("--setting", required=True, choices=["fully", "weak"])
+    p.add_argument("--ave-root", default="raw/ave", help="AVE root whose Annotations.txt orders the classes")
+    p.add_argument("--visual", default="vgg19", help="visual features the authors trained on (train.visual)")
+    p.add_argument("--audio", default="vggish", help="audio features the authors trained on (train.audio)")
+    p.add_argument("src", help="the authors' state dict (.pth)")
+    p.add_argument("dst", help="our checkpoint to write, e.g. models/best.pt")
+    args = p.parse_args(argv)
+    try:
+        ckpt = import_checkpoint(args.head, args.setting, args.src, args.dst, ave_root=args.ave_root,
+                                 visual=args.visual, audio=args.audio)
+    except (OSError, ValueError, NotImplementedError) as e:
+        sys.exit(f"error: {e}")
+    print(f"{args.dst}: {args.head} ({args.setting}) from {args.src}, {ckpt['num_parameters']:,} "
+          f"parameters, dims {ckpt['dims']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""`python -m pipeline.heads.import_checkpoint`: the authors' state dict -> a checkpoint that
+`evaluate` reads, with the authors' outputs."""
+import re
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import authors_reference as R
+from pipeline.data.ave import export_labels, load_annotations
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.features.store import import_community
+from pipeline.heads import from_authors_state_dict
+from pipeline.heads.import_checkpoint import main
+from pipeline.training import checkpoint as ckpt_io
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+REAL_AVE = Path(__file__).resolve().parents[1] / "raw" / "ave"
+
+
+def ave_categories() -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_annotations(REAL_AVE, splits=False).categories
+
+
+@pytest.fixture
+def tiny_ave(tmp_path) -> Path:
+    """One clip a category of AVE (28, in Annotations.txt order), 4 train, 4 val, 20 test."""
+    root = tmp_path / "ave"
+    root.mkdir()
+    lines = [f"{c}&vid{i:02d}&good&{i % 5}&{5 + i % 5}" for i, c in enumerate(ave_categories())]
+    (root / "Annotations.txt").write_text("\n".join(lines) + "\n")
+    for name, part in (("trainSet.txt", lines[:4]), ("valSet.txt", lines[4:8]), ("testSet.txt", lines[8:])):
+        (root / name).write_text("\n".join(part) + "\n")
+    return root
+
+
+def test_imported_checkpoint_is_evaluated_with_the_authors_outputs(tiny_ave, tmp_path):
+    sd = R.random_state_dict(R.layout("avel", "fully"), seed=4)
+    src, dst = tmp_path / "AV_att.pth", tmp_path / "models" / "best.pt"
+    torch.save(sd, src)
+    main(["--head", "avel", "--setting", "fully", "--ave-root", str(tiny_ave), str(src), str(dst)])
+
+    head, ckpt = ckpt_io.load_head(dst)
+    assert ckpt["categories"] == ave_categories() and ckpt["params"]["train"] == {"visual": "vgg19",
+                                                                                  "audio": "vggish"}
+    g = torch.Generator().manual_seed(0)
+    visual, audio = torch.randn(28, 10, 7, 7, 512, generator=g).relu(), torch.randn(28, 10, 128, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(head(visual, audio)["logits"],
+                                   from_authors_state_dict("avel", sd, "fully").eval()(visual, audio)["logits"])
+        expected_pred = head(visual, audio)["logits"].argmax(-1)[8:]  # the test rows
+
+    # the published feature layout, imported into the store; labels from the annotation files
+    for name, kind, data in (("vgg19", "visual", visual), ("vggish", "audio", audio)):
+        with h5py.File(tmp_path / f"{kind}_feature.h5", "w") as f:
+            f.create_dataset("avadataset", data=data.numpy())
+        import_community(tmp_path / f"{kind}_feature.h5", tmp_path / "features" / f"{name}.h5", kind)
+    export_labels(tiny_ave, tmp_path / "prepared")
+    res = evaluate(dst, tmp_path / "prepared", tmp_path / "features", "vgg19", "vggish", None, split="test")
+    with h5py.File(tmp_path / "prepared" / "labels.h5") as f:
+        truth = np.asarray(f["avadataset"][8:]).argmax(-1)
+    assert res["accuracy"] == pytest.approx(float((expected_pred.numpy() == truth).mean()))
+    with pytest.raises(ValueError, match="trained on train.visual='vgg19', evaluation asked for 'resnet50'"):
+        evaluate(dst, tmp_path / "prepared", tmp_path / "features", "resnet50", "vggish", None)
+
+
+def test_errors_are_one_line_naming_the_file(tiny_ave, tmp_path, capsys):
+    whole = tmp_path / "PSP_fully.pt"
+    torch.save(torch.nn.Linear(2, 2), whole)  # what the authors' scripts write: a pickled module
+    wrong = tmp_path / "psp_state.pth"
+    torch.save(R.random_state_dict(R.layout("psp", "fully")), wrong)
+    for src, head, message in ((whole, "psp", "not a plain state dict"),
+                               (wrong, "avel", "avel \\(fully\\): missing key 'affine_video.weight'"),
+                               (tmp_path / "absent.pth", "psp", "no such file")):
+        with pytest.raises(SystemExit) as e:
+            main(["--head", head, "--setting", "fully", "--ave-root", str(tiny_ave), str(src),
+                  str(tmp_path / "best.pt")])
+        text = str(e.value.code)
+        assert "\n" not in text and text.startswith(f"error: {src}: ")
+        assert re.search(message, text), text
+    assert not (tmp_path / "best.pt").exists()
