@@ -3,11 +3,10 @@ and the import of the authors' checkpoints, checked against their forward writte
 (``cmbs_authors``). Shared checks in test_heads_common.py."""
 import math
 
+import cmbs_authors as authors
 import pytest
 import torch
 from test_heads_common import CMBS_TINY, block_batch
-
-import cmbs_authors as authors
 from torch.nn import functional as F
 
 from pipeline.heads import build_head, count_parameters, get_head_class

@@ -212,11 +212,12 @@ class CACENet(Head):
                    authors_dim(sd, "spatial_channel_att.affine_audio_1.weight", 1, label),
                    authors_dim(sd, "localize_module.event_classifier.weight", 0, label), setting,
                    **{**cls.DEFAULTS, **kw, **dims})
-        load_authors_layout(head, sd, *head._authors_layout(sd), label)
+        load_authors_layout(head, sd, *head._authors_layout(sd, label), label)
         head.bece_trained.fill_(True)
         return head
 
-    def _authors_layout(self, sd: dict[str, torch.Tensor]) -> tuple[list[tuple[str, str]], dict[str, tuple[int, ...]]]:
+    def _authors_layout(self, sd: dict[str, torch.Tensor],
+                        label: str) -> tuple[list[tuple[str, str]], dict[str, tuple[int, ...]]]:
         """Our parameter prefixes -> the authors' keys, and the keys their forward never reads."""
         att = "spatial_channel_att."
         key_map = [("v_fc.", "v_fc."), *[("guide.cmga." + o, att + t) for o, t in CMGA_KEYS],
@@ -228,8 +229,8 @@ class CACENet(Head):
                    *trunk_keys(weak=False), ("project.0.", "localize_module.encoder_q.0."),
                    ("relevance.", "localize_module.classifier."),
                    ("classifier.", "localize_module.event_classifier.")]
-        vd, a_fc = self.hp["visual_fc_dim"], "a_fc.weight"  # a_fc: Linear(audio, 128), commented out
-        unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED, att + "v_norm2.weight": (vd,),
-                  att + "v_norm2.bias": (vd,), a_fc: (authors_dim(sd, a_fc, 0, "cace"), self.audio_dim),
-                  "a_fc.bias": (authors_dim(sd, a_fc, 0, "cace"),)}
+        vd, a_fc = self.hp["visual_fc_dim"], authors_dim(sd, "a_fc.weight", 0, label)
+        unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED,  # + a_fc (its call is commented out)
+                  att + "v_norm2.weight": (vd,), att + "v_norm2.bias": (vd,),
+                  "a_fc.weight": (a_fc, self.audio_dim), "a_fc.bias": (a_fc,)}
         return key_map, unused
