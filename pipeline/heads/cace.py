@@ -1,20 +1,44 @@
 """CACE-Net: He et al., ACM MM 2024, "CACE-Net: Co-guidance Attention and Contrastive
 Enhancement for Effective Audio-Visual Event Localization" (authors' code: Brain-Cog-Lab/CACE-Net,
-``CACE/model``, ``CACE/supv_main.py``). Fully supervised only (the only setting the paper defines).
+``CACE/model``, ``CACE/supv_main.py``, run as ``run_supp.sh``: ``--guide Co-Guide --psai 0.3
+--contrastive --Lambda 0.6``). Fully supervised only: the paper defines no weak setting, and the
+authors' ``weak_main_model`` does not run (it reads ``self.dual``, never set, and an unimported
+``New_Audio_Guided_Attention``).
 
-Built on the CMBS fully supervised model (blocks imported from :mod:`._cmbs_blocks`):
+Built on the CMBS fully supervised model of the authors' code (blocks from :mod:`._cmbs_blocks`):
 
 * audio-visual co-guidance attention (AVCA, Sec. 3.2): the CMBS audio-guided spatial-channel
   visual vector gated by the global visual signal (Eq. 1-2, beta); the audio is enhanced by a
   visual-guided attention over the temporally self-attended audio (Eq. 3-6, psi);
-* the CMBS temporal trunk (Bi-LSTMs, self-attention, TBS, cross-modal attention, AV interaction);
+* the CMBS temporal trunk (Bi-LSTMs, self-attention, cross-modal attention, time-level gates,
+  AV interaction), as the CMBS code computes it;
 * background-event contrast enhancement (BECE, Sec. 3.3): a one-layer projection of the fused
   feature ``F_av`` and of its Gaussian-noised copy, supervised contrastive loss Eq. 7 within each
   video (positives: event-event pairs and each segment with its own augmented copy), and
   ``F_o = F_av + lambda * F_FT`` (Eq. 8) for the event-relevance classifier (Eq. 10) only;
-* class ``W_4 maxpool(F_av)`` (Eq. 11) with CMBS's event-level suppression (CMBS Eq. 8; the
-  authors' code keeps the CMBS CAS branch), loss Eq. 12 = CE + mean_t[BCE(rel) + BCE(g_av)]
-  + L_contrast, BECE switched on after the first eighth of the epochs (authors' code).
+* class ``W_4 maxpool(F_av)`` (Eq. 11) [+ the CMBS code's CAS score], loss Eq. 12 = CE +
+  mean_t[BCE(rel) + BCE(g_av)] + L_contrast, BECE switched on after the first eighth of the
+  epochs (authors' code).
+
+:meth:`CACENet.from_authors_state_dict` reads the authors' checkpoints.
+
+========================  =============================  ===========================  ========  ============
+component                 authors' code                  paper                        default   option
+========================  =============================  ===========================  ========  ============
+class branch (Eq. 11)     ``W_4 max F_av + gamma *       ``W_4 max F_av``             code      variant=paper
+                          av_score`` (CMBS CAS top-K)
+loss (Eq. 12)             + CE(av_score); BCEWithLogits  CE + BCE(rel) + BCE(g_av)    code      variant=paper
+                          on the sigmoided ``g_av``      + L_contrast
+time-level suppression    ``x + alpha*g*x`` on the       "from CMBS" (not detailed)   code      (none)
+                          cross-attention outputs
+cross-modal attn query    features before self-attn      single modality (CMRAN)      code      (none)
+audio self-attn (Eq. 3)   + residual and LayerNorm       ``softmax(qK^T) V``          code      (none)
+2nd visual self-attn      shares the 1st's LayerNorm     (not specified)              code      (none)
+BECE switch-on            epoch >= epochs / 8            (not specified)              code      bece_start
+tau, noise std, lambda    0.01, 0.1, 0.6 (run_supp.sh)   lambda 0.6 best (Table 2)    code      bece_*
+weak setting              does not run                   not defined                  none      (none)
+precision                 float64 (``model.double()``)   (not specified)              float32   (none)
+========================  =============================  ===========================  ========  ============
 """
 from __future__ import annotations
 
