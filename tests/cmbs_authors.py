@@ -83,7 +83,8 @@ def co_guided(p: str, fc: int, ca: int, hidden: int) -> Shapes:
 
 def supv_trunk(fc: int, ca: int, d: int, enc_ff: int, dec_ff: int, classes: int) -> Shapes:
     """supv_main_model from the RNNs on (CMBS and CACE-Net share it)."""
-    return {**temporal_encoder("video_encoder.", 2 * d, d, enc_ff), **cross_decoder("video_decoder.", 2 * d, d, dec_ff),
+    return {**temporal_encoder("video_encoder.", 2 * d, d, enc_ff),
+            **cross_decoder("video_decoder.", 2 * d, d, dec_ff),
             **temporal_encoder("audio_encoder.", d, d, enc_ff), **cross_decoder("audio_decoder.", d, d, dec_ff),
             **bilstm("audio_visual_rnn_layer.audio_rnn.", ca, d // 2),
             **bilstm("audio_visual_rnn_layer.visual_rnn.", fc, d),
@@ -104,8 +105,10 @@ def cmbs_layout(setting: str, cv=512, ca=128, fc=512, hidden=256, d=256, enc_ff=
                 **norm("video_norm.", d), **norm("audio_norm.", d)}
     enc_ff = enc_ff or 2048
     return {**linear("v_fc.", fc, cv), **cmga("spatial_channel_att.", fc, ca, hidden),
-            **temporal_encoder("video_encoder.", fc, d, enc_ff), **cross_decoder("video_decoder.", fc, d, dec_ff),
-            **temporal_encoder("audio_encoder.", ca, d, enc_ff), **cross_decoder("audio_decoder.", ca, d, dec_ff),
+            **temporal_encoder("video_encoder.", fc, d, enc_ff),
+            **cross_decoder("video_decoder.", fc, d, dec_ff),
+            **temporal_encoder("audio_encoder.", ca, d, enc_ff),
+            **cross_decoder("audio_decoder.", ca, d, dec_ff),
             **mha("AVInter.video_multihead.", d), **norm("AVInter.norm1.", d),
             **mha("VAInter.video_multihead.", d), **norm("VAInter.norm1.", d),
             **linear("audio_gated.0.", 1, d), **linear("video_gated.0.", 1, d),
@@ -168,7 +171,8 @@ def decoder(sd, p, query, memory, heads=4):
 
 def interact(sd, p, x, other, heads):
     joint = x * other
-    return ln(sd, p + "norm1.", joint + attend(sd, p + "video_multihead.", joint, torch.cat([other, x], 1), heads))
+    memory = torch.cat([other, x], 1)
+    return ln(sd, p + "norm1.", joint + attend(sd, p + "video_multihead.", joint, memory, heads))
 
 
 def run_bilstm(sd, p, x):
@@ -183,7 +187,8 @@ def topk_mean(x, k=4):
 
 
 def spatial_self_attention(sd, p, x, norm_key, sfx=""):
-    att = torch.softmax(lin(sd, f"{p}video_query{sfx}.", x) @ lin(sd, f"{p}video_key{sfx}.", x).transpose(1, 2), -1)
+    q, k = lin(sd, f"{p}video_query{sfx}.", x), lin(sd, f"{p}video_key{sfx}.", x)
+    att = torch.softmax(q @ k.transpose(1, 2), -1)
     return ln(sd, p + norm_key, x + att @ lin(sd, f"{p}video_value{sfx}.", x))
 
 
@@ -194,7 +199,8 @@ def audio_guided_attention(sd, p, visual, audio, beta, norm_key="norm."):
     avg = F.relu(lin(sd, p + "affine_video_ave.", xs.mean(1))).unsqueeze(1)
     s = torch.softmax(torch.tanh(lin(sd, p + "ave_v_att.", F.relu(lin(sd, p + "affine_video_3.", xs)) * avg)), 1)
     v_g = (s * xs).sum(1)
-    joint = (F.relu(lin(sd, p + "affine_audio_1.", a)).unsqueeze(1) * F.relu(lin(sd, p + "affine_video_1.", xs))).mean(1)
+    joint = F.relu(lin(sd, p + "affine_audio_1.", a)).unsqueeze(1) * F.relu(lin(sd, p + "affine_video_1.", xs))
+    joint = joint.mean(1)
     channel = torch.sigmoid(lin(sd, p + "affine_v_c_att.", F.relu(lin(sd, p + "affine_bottleneck.", joint))))
     xc = x * (channel.unsqueeze(1) + 1)
     query = F.relu(lin(sd, p + "affine_video_2.", xc)) * F.relu(lin(sd, p + "affine_audio_2.", a)).unsqueeze(1)
@@ -254,7 +260,8 @@ def cace_fully(sd, visual, audio, alpha=0.1, beta=0.4, gamma=0.3, psi=0.3, lam=0
     b, t, h, w, d = v.shape
     guided_v = audio_guided_attention(sd, p, v, audio, beta, norm_key="v_norm.")
     x2 = spatial_self_attention(sd, p, v.reshape(b * t, h * w, d), "v_norm.", sfx="2")
-    att = torch.softmax(lin(sd, p + "audio_query.", audio) @ lin(sd, p + "audio_key.", audio).transpose(1, 2), -1)
+    q, k = lin(sd, p + "audio_query.", audio), lin(sd, p + "audio_key.", audio)
+    att = torch.softmax(q @ k.transpose(1, 2), -1)
     a_g = ln(sd, p + "a_norm.", audio + att @ lin(sd, p + "audio_value.", audio))
     q = lin(sd, p + "v_query.", x2.mean(1).reshape(b, t, d))
     att = torch.softmax(q @ lin(sd, p + "vaudio_key.", a_g).transpose(1, 2), -1)

@@ -87,7 +87,8 @@ def test_code_variant_adds_the_cas_score_and_its_loss():
               + F.binary_cross_entropy_with_logits(out["gate_av"], rel))
     assert math.isclose(loss.item(), expect.item(), rel_tol=1e-5) and "cas" in parts
     paper = build_head("cace", visual_dim=16, audio_dim=8, num_classes=4, variant="paper", **CACE_TINY)
-    assert paper.trunk.visual_cas is None and "cas" not in paper.loss(paper(batch["visual"], batch["audio"]), batch)[1]
+    assert paper.trunk.visual_cas is None
+    assert "cas" not in paper.loss(paper(batch["visual"], batch["audio"]), batch)[1]
 
 
 def test_authors_checkpoint_gives_their_outputs():
@@ -110,7 +111,8 @@ def test_authors_model_size():
     """Their model saves 13,118,681 values, their forward reads 9,283,417: our head's size."""
     layout = authors.cace_layout()
     assert authors.numel(layout) == 13_118_681
-    head = get_head_class("cace").from_authors_state_dict(authors.random_state_dict(layout, dtype=torch.float32), "fully")
+    sd = authors.random_state_dict(layout, dtype=torch.float32)
+    head = get_head_class("cace").from_authors_state_dict(sd, "fully")
     assert count_parameters(head) == 9_283_417
     assert count_parameters(build_head("cace", visual_dim=512, audio_dim=128, num_classes=28)) == 9_283_417
 

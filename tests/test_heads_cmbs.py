@@ -171,9 +171,11 @@ def test_authors_model_size(setting, total, used):
     unused bottleneck and norms, all checked and dropped by the import)."""
     layout = authors.cmbs_layout(setting)
     assert authors.numel(layout) == total
-    head = get_head_class("cmbs").from_authors_state_dict(authors.random_state_dict(layout, dtype=torch.float32), setting)
+    sd = authors.random_state_dict(layout, dtype=torch.float32)
+    head = get_head_class("cmbs").from_authors_state_dict(sd, setting)
     assert count_parameters(head) == used
-    assert count_parameters(build_head("cmbs", visual_dim=512, audio_dim=128, num_classes=28, setting=setting)) == used
+    built = build_head("cmbs", visual_dim=512, audio_dim=128, num_classes=28, setting=setting)
+    assert count_parameters(built) == used
 
 
 def test_authors_checkpoint_is_read_strictly():

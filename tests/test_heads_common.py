@@ -173,8 +173,8 @@ SPECS = {
         # weak: MultiLabelSoftMargin on softmax outputs (authors' code, as AVEL's), on the published
         # labels (with the background bit also set, softmax sends all mass to background)
         overfit=lambda s: (block_overfit(CMBS_TINY, segments_right_or_loss_down) if s == "fully" else
-                           block_overfit(CMBS_TINY, all_of(loss_gap_closed(multilabel_floor), video_events_right),
-                                         published_weak=True))),
+                           block_overfit(CMBS_TINY, all_of(loss_gap_closed(multilabel_floor),
+                                                           video_events_right), published_weak=True))),
     "cace": HeadSpec(
         params={"fully": 9_283_417},  # what the authors' forward uses (test_heads_cace)
         outputs=lambda s, h, w: {"relevance": (2, T), "class_logits": (2, 28), "bece_query": (2, T, 256),

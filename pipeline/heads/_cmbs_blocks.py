@@ -206,7 +206,8 @@ def av_score(cas_v: torch.Tensor, cas_a: torch.Tensor, k: int) -> torch.Tensor:
 class CMBSTrunk(nn.Module):
     """From attended segment vectors to the fused feature ``F_o`` (Sec. 3.4-3.6).
 
-    ``(v (B,T,Dv), a (B,T,Da)) -> dict`` (``fused``, ``gate_v``, ``gate_a``, ``cas_v``, ``cas_a``): optional Bi-LSTMs (authors' fully supervised code),
+    ``(v (B,T,Dv), a (B,T,Da)) -> dict`` (``fused``, ``gate_v``, ``gate_a``, ``cas_v``, ``cas_a``):
+    optional Bi-LSTMs (authors' fully supervised code),
     self-attention ``V_s, A_s``; time-level gates ``g_v = sigmoid(W V_s)``, ``g_a = sigmoid(W A_s)``;
     cross-modal attention with key/value = both modalities; CAS ``S_V, S_A`` (1x1 temporal convs)
     of the suppressed streams; the AV interaction module; ``F_o`` = mean of the two streams.

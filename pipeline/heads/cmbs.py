@@ -207,8 +207,11 @@ class CMBS(Head):
         ``weak_main_model`` (weak) state dict; dimensions from its shapes, ``kw`` = other
         hyperparameters (heads, alpha, ...; their values are not in a state dict)."""
         label = f"cmbs {setting}"
+        if setting not in cls.settings:
+            raise ValueError(f"{label}: the authors' models are fully and weak")
         sd = without_data_parallel(state_dict)
-        cas = "localize_module.event_classifier.weight" if setting == "fully" else "CAS_model.classifier.0.weight"
+        cas = ("localize_module.event_classifier.weight" if setting == "fully"
+               else "CAS_model.classifier.0.weight")
         dims = {"visual_fc_dim": authors_dim(sd, "v_fc.weight", 0, label),
                 "cmga_hidden": authors_dim(sd, "spatial_channel_att.affine_bottleneck.weight", 0, label),
                 "d_model": authors_dim(sd, "video_gated.0.weight", 1, label),
