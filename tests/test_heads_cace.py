@@ -88,7 +88,10 @@ def test_code_variant_adds_the_cas_score_and_its_loss():
     assert math.isclose(loss.item(), expect.item(), rel_tol=1e-5) and "cas" in parts
     paper = build_head("cace", visual_dim=16, audio_dim=8, num_classes=4, variant="paper", **CACE_TINY)
     assert paper.trunk.visual_cas is None
-    assert "cas" not in paper.loss(paper(batch["visual"], batch["audio"]), batch)[1]
+    loss, parts = paper.loss(paper(batch["visual"], batch["audio"]), dict(batch, epoch=100))
+    loss.backward()
+    assert "cas" not in parts and "contrast" in parts
+    assert not [k for k, p in paper.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
 
 
 def test_authors_checkpoint_gives_their_outputs():

@@ -118,6 +118,16 @@ def test_code_variant_weak_loss_and_prediction():
     assert (head.predict(out) == out["video_raw"].argmax(-1, keepdim=True)).all()
 
 
+@pytest.mark.parametrize("setting", ["fully", "weak"])
+def test_paper_variant_trains_every_parameter(setting):
+    torch.manual_seed(0)
+    head = build_head("cmbs", visual_dim=16, audio_dim=8, num_classes=4, setting=setting, variant="paper",
+                      **CMBS_TINY)
+    batch = block_batch(b=2, c=4, h=2, w=2, cv=16, ca=8)
+    head.loss(head(batch["visual"], batch["audio"]), batch)[0].backward()
+    assert not [k for k, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+
+
 # ------------------------------------------------------------------- the authors' checkpoints
 SMALL = dict(cv=24, ca=8, fc=16, hidden=12, d=16, dec_ff=24, classes=5)  # any dims convert
 
