@@ -36,7 +36,7 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         attn = torch.softmax(self.query(x) @ self.key(x).transpose(1, 2), dim=-1)  # (N, P, P)
-        return (norm or self.norm)(x + self.dropout(attn @ self.value(x)))
+        return (self.norm if norm is None else norm)(x + self.dropout(attn @ self.value(x)))
 
 
 class GlobalSpatialAttention(nn.Module):
@@ -207,9 +207,8 @@ class CMBSTrunk(nn.Module):
     """From attended segment vectors to the fused feature ``F_o`` (Sec. 3.4-3.6).
 
     ``(v (B,T,Dv), a (B,T,Da)) -> dict`` (``fused``, ``gate_v``, ``gate_a``, ``cas_v``, ``cas_a``):
-    optional Bi-LSTMs (authors' fully supervised code),
-    self-attention ``V_s, A_s``; time-level gates ``g_v = sigmoid(W V_s)``, ``g_a = sigmoid(W A_s)``;
-    cross-modal attention with key/value = both modalities; CAS ``S_V, S_A`` (1x1 temporal convs)
+    optional Bi-LSTMs (authors' fully supervised code), self-attention ``V_s, A_s``; time-level
+    gates ``g_v = sigmoid(W V_s)``, ``g_a = sigmoid(W A_s)``; cross-modal attention with key/value = both modalities; CAS ``S_V, S_A`` (1x1 temporal convs)
     of the suppressed streams; the AV interaction module; ``F_o`` = mean of the two streams.
 
     ``order`` says where the gates act:
