@@ -1,12 +1,16 @@
 """Building blocks of CMBS (Xia & Zhao, CVPR 2022), shared by the ``cmbs`` and ``cace`` heads.
 
-Paper equations are implemented as written; where the paper is unclear the blocks follow the
-authors' public code (marmot-xy/CMBS ``model/models.py``, ``model/main_model.py``), which is
-said in a comment at each such place. Only layers the authors' forward pass uses are built.
+The blocks compute what the authors' public code computes (marmot-xy/CMBS ``model/models.py``,
+``model/main_model.py``) and, where the paper's equations differ, those too (``CMBSTrunk(order=
+"paper")``, :func:`event_suppress`); the heads choose with their ``variant`` hyperparameter.
+Only layers the authors' forward pass uses are built; :func:`load_authors_layout` reads the
+authors' checkpoints (their key names, their unused layers checked and dropped).
 
 Sequence tensors are batch-first ``(B, T, D)`` throughout.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,17 +26,17 @@ class SpatialSelfAttention(nn.Module):
     LayerNorm, no 1/sqrt(d) scaling).
     """
 
-    def __init__(self, dim: int, latent: int = 4, dropout: float = 0.2):
+    def __init__(self, dim: int, latent: int = 4, dropout: float = 0.2, own_norm: bool = True):
         super().__init__()
         self.query = nn.Linear(dim, dim // latent)
         self.key = nn.Linear(dim, dim // latent)
         self.value = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if own_norm else None  # else forward() is given one
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         attn = torch.softmax(self.query(x) @ self.key(x).transpose(1, 2), dim=-1)  # (N, P, P)
-        return self.norm(x + self.dropout(attn @ self.value(x)))
+        return (self.norm if norm is None else norm)(x + self.dropout(attn @ self.value(x)))
 
 
 class GlobalSpatialAttention(nn.Module):
@@ -132,24 +136,27 @@ class CrossModalAttention(nn.Module):
     value ``concat(memory, query)`` along time, then residual + LayerNorm and a feed-forward block.
 
     The authors' ``DecoderLayer`` also builds a self-attention it never calls; not built here.
+    Layer names follow that ``DecoderLayer`` (``multihead_attn``, ``linear1``/``linear2``, ...).
     """
 
     def __init__(self, input_dim: int, d_model: int, heads: int, ff_dim: int, dropout: float = 0.1):
         super().__init__()
         self.affine = nn.Linear(input_dim, d_model)
-        self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
-        self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.ReLU(), nn.Dropout(dropout),
-                                nn.Linear(ff_dim, d_model))
+        self.multihead_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, ff_dim)
+        self.linear2 = nn.Linear(ff_dim, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         q = self.affine(query)
         kv = torch.cat([memory, q], dim=1)
-        x = self.norm1(q + self.dropout1(self.attn(q, kv, kv, need_weights=False)[0]))
-        return self.norm2(x + self.dropout2(self.ff(x)))
+        x = self.norm1(q + self.dropout1(self.multihead_attn(q, kv, kv, need_weights=False)[0]))
+        ff = self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return self.norm2(x + self.dropout2(ff))
 
 
 class AVInteraction(nn.Module):
@@ -168,9 +175,14 @@ class AVInteraction(nn.Module):
 
 
 # ------------------------------------------------------------------ background suppression
-def time_suppress(x: torch.Tensor, gate: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Eq. 3-4: ``(1 - alpha) x + alpha * g * x`` with the other modality's gate ``g`` (B, T, 1)."""
-    return (1 - alpha) * x + alpha * gate * x
+TBS_FORMS = ("residual", "convex")
+
+
+def time_suppress(x: torch.Tensor, gate: torch.Tensor, alpha: float, form: str = "convex") -> torch.Tensor:
+    """Time-level suppression by a gate ``(B, T, 1)``. ``convex``: Eq. 3-4, ``(1 - alpha) x +
+    alpha * g * x`` (also the authors' weak model); ``residual``: ``x + alpha * g * x`` (the
+    authors' fully supervised model, and CACE-Net's)."""
+    return (x if form == "residual" else (1 - alpha) * x) + alpha * gate * x
 
 
 def class_topk_mean(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -184,24 +196,40 @@ def event_suppress(logits: torch.Tensor, gate_v: torch.Tensor, gate_a: torch.Ten
     return (1 - gamma) * logits + gamma * (gate_v * gate_a) * logits
 
 
+def av_score(cas_v: torch.Tensor, cas_a: torch.Tensor, k: int) -> torch.Tensor:
+    """Authors' fully supervised event-level branch: the mean of the two modalities' top-``k``
+    class scores (Eq. 5 without the sigmoid), ``(B, T, C) x 2 -> (B, C)``; their class logits
+    are ``y + gamma * av_score`` instead of Eq. 8's gating."""
+    return (class_topk_mean(cas_v, k) + class_topk_mean(cas_a, k)) / 2
+
+
 class CMBSTrunk(nn.Module):
     """From attended segment vectors to the fused feature ``F_o`` (Sec. 3.4-3.6).
 
-    ``(v (B,T,Dv), a (B,T,Da)) -> dict``: optional Bi-LSTM (authors' fully supervised code), self-
-    attention ``V_s, A_s``; time-level gates ``g_v = sigmoid(W V_s)``, ``g_a = sigmoid(W A_s)``;
-    Eq. 3-4 suppression; CAS ``S_V, S_A`` from the suppressed features and the event-level gates
-    ``sigmoid(top-k mean)`` (Eq. 5); cross-modal attention with key/value = both modalities; the
-    AV interaction module; ``F_o`` = mean of the two streams (authors' code).
+    ``(v (B,T,Dv), a (B,T,Da)) -> dict`` (``fused``, ``gate_v``, ``gate_a``, ``cas_v``, ``cas_a``):
+    optional Bi-LSTMs (authors' fully supervised code), self-attention ``V_s, A_s``; time-level
+    gates ``g_v = sigmoid(W V_s)``, ``g_a = sigmoid(W A_s)``; cross-modal attention with key/value = both modalities; CAS ``S_V, S_A`` (1x1 temporal convs)
+    of the suppressed streams; the AV interaction module; ``F_o`` = mean of the two streams.
 
-    Order follows the paper (gates on the self-attended features, cross-attention on the
-    suppressed ones); the authors' code gates the cross-attention outputs instead.
+    ``order`` says where the gates act:
+
+    * ``"code"`` (marmot-xy/CMBS): the cross-modal attention takes the features *before* self-
+      attention as its query and the other modality's self-attended features as memory; the gates
+      then suppress the attention outputs, and the CAS read the suppressed outputs;
+    * ``"paper"``: Eq. 3-4 suppress ``V_s, A_s``; CAS and cross-modal attention read those.
+
+    ``own_gate``: each stream is suppressed by the gate of its own modality (the authors' weak
+    model) instead of the other one's (Eq. 3-4, the authors' fully supervised model).
     """
 
     def __init__(self, visual_dim: int, audio_dim: int, cas_classes: int, *, d_model: int,
                  heads: int, av_heads: int, enc_ff: int, dec_ff: int, use_rnn: bool, alpha: float,
-                 top_k: int):
+                 order: str = "code", tbs_form: str = "convex", own_gate: bool = False):
         super().__init__()
-        self.alpha, self.top_k = alpha, top_k
+        if order not in ("code", "paper") or tbs_form not in TBS_FORMS:
+            raise ValueError(f"CMBSTrunk: order must be 'code' or 'paper' and tbs_form one of "
+                             f"{TBS_FORMS}, got {order!r}, {tbs_form!r}")
+        self.alpha, self.order, self.tbs_form, self.own_gate = alpha, order, tbs_form, own_gate
         if use_rnn:  # authors' supv_main_model: Bi-LSTMs (audio d/2, visual d units per direction)
             self.audio_rnn = nn.LSTM(audio_dim, d_model // 2, batch_first=True, bidirectional=True)
             self.visual_rnn = nn.LSTM(visual_dim, d_model, batch_first=True, bidirectional=True)
@@ -212,10 +240,14 @@ class CMBSTrunk(nn.Module):
         self.audio_enc = TemporalSelfAttention(audio_dim, d_model, heads, enc_ff)
         self.visual_gate = nn.Linear(d_model, 1)  # W_g^v (Sec. 3.4)
         self.audio_gate = nn.Linear(d_model, 1)  # W_g^a
-        self.visual_cas = nn.Linear(d_model, cas_classes)  # 1x1 temporal conv (Sec. 3.5)
-        self.audio_cas = nn.Linear(d_model, cas_classes)
-        self.visual_dec = CrossModalAttention(d_model, d_model, heads, dec_ff)
-        self.audio_dec = CrossModalAttention(d_model, d_model, heads, dec_ff)
+        if cas_classes:  # 1x1 temporal convs (Sec. 3.5); 0 = none (CACE-Net's paper variant)
+            self.visual_cas = nn.Linear(d_model, cas_classes)
+            self.audio_cas = nn.Linear(d_model, cas_classes)
+        else:
+            self.visual_cas = self.audio_cas = None
+        query_v, query_a = (visual_dim, audio_dim) if order == "code" else (d_model, d_model)
+        self.visual_dec = CrossModalAttention(query_v, d_model, heads, dec_ff)
+        self.audio_dec = CrossModalAttention(query_a, d_model, heads, dec_ff)
         self.av_inter = AVInteraction(d_model, av_heads)
         self.va_inter = AVInteraction(d_model, av_heads)
 
@@ -225,16 +257,22 @@ class CMBSTrunk(nn.Module):
             v, _ = self.visual_rnn(v)
         v_s, a_s = self.visual_enc(v), self.audio_enc(a)
         gate_v, gate_a = torch.sigmoid(self.visual_gate(v_s)), torch.sigmoid(self.audio_gate(a_s))
-        v_tbs = time_suppress(v_s, gate_a, self.alpha)  # Eq. 3
-        a_tbs = time_suppress(a_s, gate_v, self.alpha)  # Eq. 4
-        ebs_v = torch.sigmoid(class_topk_mean(self.visual_cas(v_tbs), self.top_k))
-        ebs_a = torch.sigmoid(class_topk_mean(self.audio_cas(a_tbs), self.top_k))
-        v_o = self.visual_dec(v_tbs, a_tbs)
-        a_o = self.audio_dec(a_tbs, v_tbs)
+        on_v, on_a = (gate_v, gate_a) if self.own_gate else (gate_a, gate_v)
+        if self.order == "code":
+            v_o = time_suppress(self.visual_dec(v, a_s), on_v, self.alpha, self.tbs_form)
+            a_o = time_suppress(self.audio_dec(a, v_s), on_a, self.alpha, self.tbs_form)
+            cas_in = v_o, a_o
+        else:
+            v_tbs = time_suppress(v_s, on_v, self.alpha, self.tbs_form)  # Eq. 3
+            a_tbs = time_suppress(a_s, on_a, self.alpha, self.tbs_form)  # Eq. 4
+            cas_in = v_tbs, a_tbs
+            v_o, a_o = self.visual_dec(v_tbs, a_tbs), self.audio_dec(a_tbs, v_tbs)
         v_o = self.av_inter(v_o, a_o)
         a_o = self.va_inter(a_o, v_o)  # sequential, as in the authors' code
-        return {"fused": (v_o + a_o) / 2, "gate_v": gate_v.squeeze(-1), "gate_a": gate_a.squeeze(-1),
-                "gate_av": (gate_v * gate_a).squeeze(-1), "ebs_v": ebs_v, "ebs_a": ebs_a}
+        out = {"fused": (v_o + a_o) / 2, "gate_v": gate_v.squeeze(-1), "gate_a": gate_a.squeeze(-1)}
+        if self.visual_cas is not None:  # S_V, S_A (B, T, K)
+            out["cas_v"], out["cas_a"] = self.visual_cas(cas_in[0]), self.audio_cas(cas_in[1])
+        return out
 
 
 # ----------------------------------------------------------------------------- labels, losses
@@ -250,14 +288,25 @@ def video_event_class(labels: torch.Tensor) -> torch.Tensor:
 
 
 def fully_loss(class_logits: torch.Tensor, relevance_logits: torch.Tensor, gate_av: torch.Tensor,
-               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+               labels: torch.Tensor, av_score: torch.Tensor | None = None,
+               gate_on_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """CMBS Eq. 9 (CACE-Net Eq. 12 without ``L_contrast``): CE of the video's event class +
-    mean_t BCE of the relevance logits + mean_t BCE of the (already sigmoided) gate ``g_av``."""
+    mean_t BCE of the relevance logits + mean_t BCE of the gate ``g_av`` (a probability).
+
+    Authors' code: ``av_score`` given adds its CE (the extra term of their ``supv_main.py``), and
+    ``gate_on_logits`` applies ``BCEWithLogits`` to the already-sigmoided ``g_av`` as they do.
+    """
     rel = relevance_targets(labels)
-    l_c = F.cross_entropy(class_logits, video_event_class(labels))
+    event = video_event_class(labels)
+    l_c = F.cross_entropy(class_logits, event)
     l_r = F.binary_cross_entropy_with_logits(relevance_logits, rel)
-    l_g = F.binary_cross_entropy(gate_av.clamp(1e-6, 1 - 1e-6), rel)
-    return l_c + l_r + l_g, {"class": l_c.item(), "relevance": l_r.item(), "gate": l_g.item()}
+    l_g = (F.binary_cross_entropy_with_logits(gate_av, rel) if gate_on_logits
+           else F.binary_cross_entropy(gate_av.clamp(1e-6, 1 - 1e-6), rel))
+    loss, parts = l_c + l_r + l_g, {"class": l_c.item(), "relevance": l_r.item(), "gate": l_g.item()}
+    if av_score is not None:
+        l_cas = F.cross_entropy(av_score, event)
+        loss, parts["cas"] = loss + l_cas, l_cas.item()
+    return loss, parts
 
 
 def localize(relevance_logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
@@ -266,3 +315,126 @@ def localize(relevance_logits: torch.Tensor, class_logits: torch.Tensor) -> torc
     background = class_logits.shape[-1]
     cls = class_logits.argmax(-1, keepdim=True).expand_as(relevance_logits)
     return torch.where(relevance_logits > 0, cls, torch.full_like(cls, background))
+
+
+# ------------------------------------------------- the authors' checkpoints (marmot-xy/CMBS layout)
+CMGA_KEYS = [  # ours (under the CMGA module) -> New_Audio_Guided_Attention / Co_Guided_Attention
+    ("self_att.query.", "video_query."), ("self_att.key.", "video_key."),
+    ("self_att.value.", "video_value."), ("global_att.affine_avg.", "affine_video_ave."),
+    ("global_att.affine_pos.", "affine_video_3."), ("global_att.score.", "ave_v_att."),
+    ("audio_att.video_c.", "affine_video_1."), ("audio_att.audio_c.", "affine_audio_1."),
+    ("audio_att.bottleneck.", "affine_bottleneck."), ("audio_att.channel.", "affine_v_c_att."),
+    ("audio_att.video_s.", "affine_video_2."), ("audio_att.audio_s.", "affine_audio_2."),
+    ("audio_att.spatial.", "affine_v_s_att."),
+]
+
+# New_Audio_Guided_Attention builds ave_bottleneck = Linear(512, 256) and never uses it.
+CMGA_UNUSED = {"spatial_channel_att.ave_bottleneck.weight": (256, 512),
+               "spatial_channel_att.ave_bottleneck.bias": (256,)}
+
+
+def trunk_keys(weak: bool) -> list[tuple[str, str]]:
+    """Our ``trunk.*`` parameter prefixes -> the authors' ``main_model`` prefixes. Their weak model
+    computes the gate it calls ``audio_gated`` from the *visual* self-attention (and vice versa)."""
+    gate_v, gate_a = ("audio_gated.0.", "video_gated.0.") if weak else ("video_gated.0.", "audio_gated.0.")
+    keys = [("trunk.audio_rnn.", "audio_visual_rnn_layer.audio_rnn."),
+            ("trunk.visual_rnn.", "audio_visual_rnn_layer.visual_rnn."),
+            ("trunk.visual_gate.", gate_v), ("trunk.audio_gate.", gate_a),
+            ("trunk.visual_cas.", "video_cas."), ("trunk.audio_cas.", "audio_cas.")]
+    for ours, theirs in (("visual", "video"), ("audio", "audio")):
+        keys += [(f"trunk.{ours}_enc.affine.", f"{theirs}_encoder.affine_matrix."),
+                 (f"trunk.{ours}_enc.layers.", f"{theirs}_encoder.encoder.layers."),
+                 (f"trunk.{ours}_dec.affine.", f"{theirs}_decoder.affine_matrix."),
+                 (f"trunk.{ours}_dec.", f"{theirs}_decoder.decoder.layers.0.")]
+    for ours, theirs in (("av", "AVInter"), ("va", "VAInter")):
+        keys += [(f"trunk.{ours}_inter.attn.", f"{theirs}.video_multihead."),
+                 (f"trunk.{ours}_inter.norm.", f"{theirs}.norm1.")]
+    return keys
+
+
+def trunk_unused_keys(trunk: CMBSTrunk) -> dict[str, tuple[int, ...]]:
+    """Keys the authors' modules save but their forward never reads, with their shapes: the
+    layer templates that ``_get_clones`` copies (``encoder_layer``, ``decoder_layer``) and the
+    decoder's self-attention."""
+    unused: dict[str, tuple[int, ...]] = {}
+    for ours, theirs in (("visual", "video"), ("audio", "audio")):
+        for name, p in getattr(trunk, f"{ours}_enc").layers[0].named_parameters():
+            unused[f"{theirs}_encoder.encoder_layer.{name}"] = tuple(p.shape)
+        for name, p in getattr(trunk, f"{ours}_dec").named_parameters():
+            if name.startswith("affine."):
+                continue
+            unused[f"{theirs}_decoder.decoder_layer.{name}"] = tuple(p.shape)
+            if name.startswith("multihead_attn."):
+                self_attn = name.replace("multihead_attn.", "self_attn.")
+                unused[f"{theirs}_decoder.decoder_layer.{self_attn}"] = tuple(p.shape)
+                unused[f"{theirs}_decoder.decoder.layers.0.{self_attn}"] = tuple(p.shape)
+    return unused
+
+
+def without_data_parallel(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The authors save ``nn.DataParallel(model).state_dict()``: drop the ``module.`` prefix."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def authors_dim(state_dict: dict[str, torch.Tensor], key: str, axis: int, label: str) -> int:
+    """Size ``axis`` of the authors' tensor ``key``, or an error naming the missing key."""
+    if key not in state_dict:
+        raise ValueError(f"{label}: authors' state dict has no key {key!r}")
+    return int(state_dict[key].shape[axis])
+
+
+def check_authors_overrides(defaults: dict[str, Any], kw: dict[str, Any], fixed: dict[str, Any],
+                            label: str) -> None:
+    """``kw`` of a ``from_authors_state_dict``: known hyperparameters, none that the checkpoint fixes."""
+    unknown = sorted(set(kw) - set(defaults))
+    clash = sorted(k for k in fixed if k in kw and kw[k] != fixed[k])
+    if unknown or clash:
+        raise ValueError(f"{label}: " + (f"unknown hyperparameter {unknown[0]!r}" if unknown else
+                                         f"{clash[0]!r} is fixed by the authors' checkpoint "
+                                         f"({fixed[clash[0]]!r})"))
+
+
+def _authors_key(name: str, key_map: list[tuple[str, str]]) -> str:
+    ours, theirs = max(((o, t) for o, t in key_map if name.startswith(o)), key=lambda p: len(p[0]),
+                       default=("", ""))
+    return theirs + name[len(ours):]
+
+
+def load_authors_layout(head: nn.Module, state_dict: dict[str, torch.Tensor],
+                        key_map: list[tuple[str, str]], unused: dict[str, tuple[int, ...]],
+                        label: str) -> None:
+    """Fill ``head``'s parameters from the authors' ``state_dict`` strictly: each of our
+    parameters from the key ``key_map`` names (longest prefix wins), shapes checked (a
+    ``Conv1d`` kernel-1 weight ``(O, I, 1)`` fills a ``Linear``); the ``unused`` keys must be
+    there with their shapes and are dropped; any key left over is an error. Buffers stay."""
+    theirs = dict(state_dict)
+    params = dict(head.named_parameters())
+    loaded = {}
+    for name, ref in head.state_dict().items():
+        if name not in params:  # a buffer of ours (not in the authors' layout)
+            loaded[name] = ref
+            continue
+        key = _authors_key(name, key_map)
+        if key not in theirs:
+            raise ValueError(f"{label}: authors' state dict has no key {key!r} (for {name!r}, "
+                             f"shape {tuple(ref.shape)})")
+        value = theirs.pop(key)
+        if value.dim() == ref.dim() + 1 and value.shape[-1] == 1:
+            value = value.squeeze(-1)
+        if value.shape != ref.shape:
+            raise ValueError(f"{label}: authors' key {key!r} has shape {tuple(state_dict[key].shape)}, "
+                             f"expected {tuple(ref.shape)} (for {name!r})")
+        loaded[name] = value.to(ref.dtype)
+    for key, shape in unused.items():
+        if key not in theirs:
+            raise ValueError(f"{label}: authors' state dict has no key {key!r} (unused by their "
+                             f"forward, but saved by their module)")
+        if tuple(theirs.pop(key).shape) != shape:
+            raise ValueError(f"{label}: authors' key {key!r} has shape "
+                             f"{tuple(state_dict[key].shape)}, expected {shape}")
+    if theirs:
+        raise ValueError(f"{label}: unexpected key {next(iter(theirs))!r} in the authors' state "
+                         f"dict ({len(theirs)} left over)")
+    head.load_state_dict(loaded, strict=True)

@@ -1,20 +1,44 @@
 """CACE-Net: He et al., ACM MM 2024, "CACE-Net: Co-guidance Attention and Contrastive
 Enhancement for Effective Audio-Visual Event Localization" (authors' code: Brain-Cog-Lab/CACE-Net,
-``CACE/model``, ``CACE/supv_main.py``). Fully supervised only (the only setting the paper defines).
+``CACE/model``, ``CACE/supv_main.py``, run as ``run_supp.sh``: ``--guide Co-Guide --psai 0.3
+--contrastive --Lambda 0.6``). Fully supervised only: the paper defines no weak setting, and the
+authors' ``weak_main_model`` does not run (it reads ``self.dual``, never set, and an unimported
+``New_Audio_Guided_Attention``).
 
-Built on the CMBS fully supervised model (blocks imported from :mod:`._cmbs_blocks`):
+Built on the CMBS fully supervised model of the authors' code (blocks from :mod:`._cmbs_blocks`):
 
 * audio-visual co-guidance attention (AVCA, Sec. 3.2): the CMBS audio-guided spatial-channel
   visual vector gated by the global visual signal (Eq. 1-2, beta); the audio is enhanced by a
   visual-guided attention over the temporally self-attended audio (Eq. 3-6, psi);
-* the CMBS temporal trunk (Bi-LSTMs, self-attention, TBS, cross-modal attention, AV interaction);
+* the CMBS temporal trunk (Bi-LSTMs, self-attention, cross-modal attention, time-level gates,
+  AV interaction), as the CMBS code computes it;
 * background-event contrast enhancement (BECE, Sec. 3.3): a one-layer projection of the fused
   feature ``F_av`` and of its Gaussian-noised copy, supervised contrastive loss Eq. 7 within each
   video (positives: event-event pairs and each segment with its own augmented copy), and
   ``F_o = F_av + lambda * F_FT`` (Eq. 8) for the event-relevance classifier (Eq. 10) only;
-* class ``W_4 maxpool(F_av)`` (Eq. 11) with CMBS's event-level suppression (CMBS Eq. 8; the
-  authors' code keeps the CMBS CAS branch), loss Eq. 12 = CE + mean_t[BCE(rel) + BCE(g_av)]
-  + L_contrast, BECE switched on after the first eighth of the epochs (authors' code).
+* class ``W_4 maxpool(F_av)`` (Eq. 11) [+ the CMBS code's CAS score], loss Eq. 12 = CE +
+  mean_t[BCE(rel) + BCE(g_av)] + L_contrast, BECE switched on after the first eighth of the
+  epochs (authors' code).
+
+:meth:`CACENet.from_authors_state_dict` reads the authors' checkpoints.
+
+========================  =============================  ===========================  ========  ============
+component                 authors' code                  paper                        default   option
+========================  =============================  ===========================  ========  ============
+class branch (Eq. 11)     ``W_4 max F_av + gamma *       ``W_4 max F_av``             code      variant=paper
+                          av_score`` (CMBS CAS top-K)
+loss (Eq. 12)             + CE(av_score); BCEWithLogits  CE + BCE(rel) + BCE(g_av)    code      variant=paper
+                          on the sigmoided ``g_av``      + L_contrast
+time-level suppression    ``x + alpha*g*x`` on the       "from CMBS" (not detailed)   code      (none)
+                          cross-attention outputs
+cross-modal attn query    features before self-attn      single modality (CMRAN)      code      (none)
+audio self-attn (Eq. 3)   + residual and LayerNorm       ``softmax(qK^T) V``          code      (none)
+2nd visual self-attn      shares the 1st's LayerNorm     (not specified)              code      (none)
+BECE switch-on            epoch >= epochs / 8            (not specified)              code      bece_start
+tau, noise std, lambda    0.01, 0.1, 0.6 (run_supp.sh)   lambda 0.6 best (Table 2)    code      bece_*
+weak setting              does not run                   not defined                  none      (none)
+precision                 float64 (``model.double()``)   (not specified)              float32   (none)
+========================  =============================  ===========================  ========  ============
 """
 from __future__ import annotations
 
@@ -24,8 +48,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._cmbs_blocks import (CMGA, CMBSTrunk, SpatialSelfAttention, event_suppress, fully_loss,
-                           localize, relevance_targets)
+from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention,
+                           authors_dim, av_score, check_authors_overrides, fully_loss,
+                           load_authors_layout, localize, relevance_targets, trunk_keys,
+                           trunk_unused_keys, without_data_parallel)
 from ._registry import Head, register_head
 
 
@@ -58,7 +84,8 @@ class CoGuidedAttention(nn.Module):
     residual + LayerNorm (Eq. 3-4; residual/norm from the authors' code), query = the spatial
     average of a second spatial self-attention of the visual map projected to the audio width
     (Eq. 5, ``W_v^Q``), ``a~ = softmax(q K^T) V`` and ``a = a + psi * sigmoid(a~) * a`` (Eq. 6).
-    The authors' second self-attention shares the first one's LayerNorm; it has its own here.
+    The second spatial self-attention uses the first one's LayerNorm, as the authors' code does
+    (their ``v_norm2`` is built but never used).
     """
 
     def __init__(self, dim: int, audio_dim: int, hidden: int, beta: float, psi: float,
@@ -66,7 +93,7 @@ class CoGuidedAttention(nn.Module):
         super().__init__()
         self.psi = psi
         self.cmga = CMGA(dim, audio_dim, hidden, beta, dropout)
-        self.visual_self = SpatialSelfAttention(dim, dropout=dropout)
+        self.visual_self = SpatialSelfAttention(dim, dropout=dropout, own_norm=False)
         self.audio_q = nn.Linear(audio_dim, audio_dim)  # W^Q, W^K, W^V of Eq. 4
         self.audio_k = nn.Linear(audio_dim, audio_dim)
         self.audio_v = nn.Linear(audio_dim, audio_dim)
@@ -79,7 +106,8 @@ class CoGuidedAttention(nn.Module):
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, h, w, d = visual.shape
         v = self.cmga(visual, audio)
-        v_global = self.visual_self(visual.reshape(b * t, h * w, d)).mean(1).reshape(b, t, d)
+        x = visual.reshape(b * t, h * w, d)
+        v_global = self.visual_self(x, norm=self.cmga.self_att.norm).mean(1).reshape(b, t, d)
         att = torch.softmax(self.audio_q(audio) @ self.audio_k(audio).transpose(1, 2), dim=-1)
         a_g = self.audio_norm(audio + self.dropout(att @ self.audio_v(audio)))  # Eq. 3
         att = torch.softmax(self.guide_q(v_global) @ self.guide_k(a_g).transpose(1, 2), dim=-1)
@@ -91,19 +119,21 @@ class CoGuidedAttention(nn.Module):
 class CACENet(Head):
     settings = ("fully",)
     DEFAULTS = {
+        "variant": "code",  # "code": the authors' supv_main_model (--guide Co-Guide --contrastive;
+        # table in the module docstring) | "paper": class branch Eq. 11 and loss Eq. 12 as printed
         "visual_fc_dim": 512,  # input FC width for the visual maps (authors' code video_fc_dim=512)
         "input_dropout": 0.2,  # dropout after the input FC (authors' code)
         "guide_hidden": 256,  # hidden width d of the guidance attentions (Eq. 1; code 256)
-        "beta": 0.4,  # audio-guided visual gate, Eq. 2 (Appendix: "0.4 by default")
+        "beta": 0.4,  # audio-guided visual gate, Eq. 2 (Appendix: "0.4 by default"; main.json)
         "psi": 0.3,  # visual-guided audio gate, Eq. 6 (Table S2 best; run_supp.sh --psai 0.3)
         "d_model": 256,  # hidden size of the temporal modules (authors' main.json)
         "heads": 4,  # heads of self- and cross-modal attention (authors' code)
         "av_heads": 4,  # heads of the AV interaction module (authors' code)
         "enc_ff": 1024,  # self-attention feed-forward width (authors' code)
         "dec_ff": 512,  # cross-modal attention feed-forward width (authors' code)
-        "alpha": 0.1,  # CMBS TBS weight, CMBS Eq. 3-4 (authors' main.json)
-        "gamma": 0.3,  # CMBS EBS weight, CMBS Eq. 8 (authors' main.json)
-        "top_k": 4,  # CMBS Eq. 5 top-K (authors' code)
+        "alpha": 0.1,  # CMBS time-level suppression weight, x + alpha*g*x (authors' main.json)
+        "gamma": 0.3,  # weight of the CAS score added to the class logits (authors' main.json)
+        "top_k": 4,  # top-K of the CAS score (authors' code)
         "bece_lambda": 0.6,  # lambda of Eq. 8 (Table 2 best; run_supp.sh --Lambda 0.6)
         "bece_noise_std": 0.1,  # std of the Gaussian-noise augmentation (authors' data_augmentation)
         "bece_temperature": 0.01,  # tau of Eq. 7 (authors' supv_main.py: logits /= 0.01)
@@ -122,14 +152,18 @@ class CACENet(Head):
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
                  **hp: Any):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
+        if hp["variant"] not in ("code", "paper"):
+            raise ValueError(f"cace: variant must be 'code' or 'paper', got {hp['variant']!r}")
         self.hp = hp
-        d, vd = hp["d_model"], hp["visual_fc_dim"]
+        d, vd, code = hp["d_model"], hp["visual_fc_dim"], hp["variant"] == "code"
         self.v_fc = nn.Linear(visual_dim, vd)
         self.dropout = nn.Dropout(hp["input_dropout"])
         self.guide = CoGuidedAttention(vd, audio_dim, hp["guide_hidden"], hp["beta"], hp["psi"])
-        self.trunk = CMBSTrunk(vd, audio_dim, num_classes, d_model=d, heads=hp["heads"],
-                               av_heads=hp["av_heads"], enc_ff=hp["enc_ff"], dec_ff=hp["dec_ff"],
-                               use_rnn=True, alpha=hp["alpha"], top_k=hp["top_k"])
+        # The paper's class branch (Eq. 11) has no CAS: those layers exist only in the code variant.
+        self.trunk = CMBSTrunk(vd, audio_dim, num_classes if code else 0, d_model=d,
+                               heads=hp["heads"], av_heads=hp["av_heads"], enc_ff=hp["enc_ff"],
+                               dec_ff=hp["dec_ff"], use_rnn=True, alpha=hp["alpha"], order="code",
+                               tbs_form="residual")
         self.project = nn.Sequential(nn.Linear(d, d), nn.ReLU())  # one nonlinear layer (Sec. 3.3)
         self.relevance = nn.Linear(d, 1)  # W_3, Eq. 10
         self.classifier = nn.Linear(d, num_classes)  # W_4, Eq. 11
@@ -141,13 +175,16 @@ class CACENet(Head):
         v, a = self.guide(self.dropout(F.relu(self.v_fc(visual))), audio)
         out = self.trunk(v, a)
         fused = out["fused"]  # F_av
+        out["gate_av"] = out["gate_v"] * out["gate_a"]
         query = self.project(fused)  # F_FT
         noise = torch.randn_like(fused) * self.hp["bece_noise_std"]
         out["bece_query"], out["bece_key"] = query, self.project(fused + noise)
         out["relevance_plain"] = self.relevance(fused).squeeze(-1)  # before BECE is switched on
         out["relevance"] = self.relevance(fused + self.hp["bece_lambda"] * query).squeeze(-1)  # Eq. 8
-        class_raw = self.classifier(fused.max(1).values)  # Eq. 11 (logits; softmax in the CE)
-        out["class_logits"] = event_suppress(class_raw, out["ebs_v"], out["ebs_a"], self.hp["gamma"])
+        out["class_logits"] = self.classifier(fused.max(1).values)  # Eq. 11 (softmax in the CE)
+        if self.hp["variant"] == "code":  # the CMBS code's CAS branch
+            out["av_score"] = av_score(out["cas_v"], out["cas_a"], self.hp["top_k"])
+            out["class_logits"] = out["class_logits"] + self.hp["gamma"] * out["av_score"]
         return out
 
     def bece_active(self, batch: dict[str, Any]) -> bool:
@@ -156,8 +193,10 @@ class CACENet(Head):
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         active = self.bece_active(batch)
         rel_logits = out["relevance"] if active else out["relevance_plain"]
-        # Eq. 12 without L_contrast: CMBS's CE + BCE(relevance) + BCE(g_av)
-        loss, parts = fully_loss(out["class_logits"], rel_logits, out["gate_av"], batch["labels"])
+        # Eq. 12 without L_contrast: CE + BCE(relevance) + BCE(g_av) (+ the code's CE on av_score,
+        # and its BCEWithLogits on the sigmoided gate)
+        loss, parts = fully_loss(out["class_logits"], rel_logits, out["gate_av"], batch["labels"],
+                                 av_score=out.get("av_score"), gate_on_logits=self.hp["variant"] == "code")
         if active:
             if self.training:
                 self.bece_trained.fill_(True)
@@ -173,3 +212,49 @@ class CACENet(Head):
         # evaluation sets contrastive_switch = True).
         relevance = out["relevance"] if bool(self.bece_trained) else out["relevance_plain"]
         return localize(relevance, out["class_logits"])
+
+    @classmethod
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str,
+                                **kw: Any) -> "CACENet":
+        """A head with the weights of the authors' ``supv_main_model`` (``--guide Co-Guide``, or
+        ``Audio-Guide`` with ``psi=0``) state dict; dimensions from its shapes, ``kw`` = other
+        hyperparameters (psi, bece_lambda = their ``--Lambda``, 0 for a run without
+        ``--contrastive``, ...). BECE counts as trained, as their evaluation switches it on."""
+        label = f"cace {setting}"
+        if setting not in cls.settings:
+            raise ValueError(f"{label}: the authors' weak model does not run (it reads an unset "
+                             f"attribute) and the paper defines no weak setting")
+        sd = without_data_parallel(state_dict)
+        dims = {"visual_fc_dim": authors_dim(sd, "v_fc.weight", 0, label),
+                "guide_hidden": authors_dim(sd, "spatial_channel_att.affine_bottleneck.weight", 0, label),
+                "d_model": authors_dim(sd, "video_gated.0.weight", 1, label),
+                "enc_ff": authors_dim(sd, "video_encoder.encoder.layers.0.linear1.weight", 0, label),
+                "dec_ff": authors_dim(sd, "video_decoder.decoder.layers.0.linear1.weight", 0, label),
+                "variant": "code"}
+        check_authors_overrides(cls.DEFAULTS, kw, dims, label)
+        head = cls(authors_dim(sd, "v_fc.weight", 1, label),
+                   authors_dim(sd, "spatial_channel_att.affine_audio_1.weight", 1, label),
+                   authors_dim(sd, "localize_module.event_classifier.weight", 0, label), setting,
+                   **{**cls.DEFAULTS, **kw, **dims})
+        load_authors_layout(head, sd, *head._authors_layout(sd, label), label)
+        head.bece_trained.fill_(True)
+        return head
+
+    def _authors_layout(self, sd: dict[str, torch.Tensor],
+                        label: str) -> tuple[list[tuple[str, str]], dict[str, tuple[int, ...]]]:
+        """Our parameter prefixes -> the authors' keys, and the keys their forward never reads."""
+        att = "spatial_channel_att."
+        key_map = [("v_fc.", "v_fc."), *[("guide.cmga." + o, att + t) for o, t in CMGA_KEYS],
+                   ("guide.cmga.self_att.norm.", att + "v_norm."),
+                   *[(f"guide.visual_self.{o}.", f"{att}video_{o}2.") for o in ("query", "key", "value")],
+                   *[(f"guide.audio_{o[0]}.", f"{att}audio_{o}.") for o in ("query", "key", "value")],
+                   ("guide.audio_norm.", att + "a_norm."), ("guide.guide_q.", att + "v_query."),
+                   ("guide.guide_k.", att + "vaudio_key."), ("guide.guide_v.", att + "vaudio_value."),
+                   *trunk_keys(weak=False), ("project.0.", "localize_module.encoder_q.0."),
+                   ("relevance.", "localize_module.classifier."),
+                   ("classifier.", "localize_module.event_classifier.")]
+        vd, a_fc = self.hp["visual_fc_dim"], authors_dim(sd, "a_fc.weight", 0, label)
+        unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED,  # + a_fc (its call is commented out)
+                  att + "v_norm2.weight": (vd,), att + "v_norm2.bias": (vd,),
+                  "a_fc.weight": (a_fc, self.audio_dim), "a_fc.bias": (a_fc,)}
+        return key_map, unused

@@ -1,21 +1,45 @@
 """CMBS: Xia & Zhao, CVPR 2022, "Cross-modal Background Suppression for Audio-Visual Event
-Localization" (authors' code: marmot-xy/CMBS).
+Localization" (authors' code: marmot-xy/CMBS, ``model/main_model.py``, ``supv_main.py``,
+``weakly_main.py``).
 
 Pipeline (Fig. 2): input FC + ReLU on the visual maps (authors' code, to adapt VGG/ResNet
 widths), cross-modal gated attention (CMGA, Sec. 3.3), [fully: Bi-LSTMs, authors' code], temporal
-self-attention, time-level background suppression (TBS, Eq. 3-4), class activation sequences and
-event-level gates (EBS, Eq. 5), cross-modal attention and the AV interaction module (Sec. 3.6).
+self-attention, time-level background suppression (TBS, Sec. 3.4), class activation sequences
+(CAS) and event-level background suppression (EBS, Sec. 3.5), cross-modal attention and the AV
+interaction module (Sec. 3.6). ``variant`` chooses between the computation of the authors' code
+(``"code"``, the default: it produced the published numbers) and the equations as printed
+(``"paper"``); the table below lists where they differ.
 
-* fully: relevance ``W_ot F_o`` per segment (Eq. 6, a sigmoid as in the authors' code; a softmax
-  over one logit is constant), class ``W_oc maxpool(F_o)`` over C classes suppressed by Eq. 8;
-  loss Eq. 9 = CE(class) + mean_t [BCE(relevance) + BCE(g_av)], ``g_av = g_a * g_v``.
-* weak: per-segment scores over C+1 classes (Eq. 10), Eq. 11 suppression, gated by ``g_av`` and
-  max-pooled over time (Eq. 12, MIL); softmax + cross-entropy against the video label.
+* fully: relevance ``W_ot F_o`` per segment (a sigmoid, Eq. 6's softmax over one logit being
+  constant), class ``W_oc maxpool(F_o)`` over C classes with the event-level branch; a segment
+  with relevance > 0.5 takes the video's class, others are background.
+* weak: scores over C+1 classes from ``F_o`` (Eq. 10), event-level suppression, the time-level
+  AV gate and max pooling over time (MIL) give the video prediction.
 
-Discrepancies with the authors' code (paper followed): the code gates the cross-attention
-outputs and drops the ``(1 - alpha)`` of Eq. 3-4; it replaces Eq. 8 by ``y + gamma * mean(topk
-CAS)`` with an extra CE on that mean; it applies ``BCEWithLogits`` to the already-sigmoided gate;
-its weak model averages the gates and top-k pools before gating. Blocks: :mod:`._cmbs_blocks`.
+:meth:`CMBS.from_authors_state_dict` reads the authors' checkpoints (``torch.save`` of their
+``supv_main_model`` / ``weak_main_model``, with or without the ``module.`` of DataParallel).
+
+========================  ============================  ==========================  =========  ============
+component                 authors' code                 paper                       default    option
+========================  ============================  ==========================  =========  ============
+CMGA (Eq. 1-2)            ``v_a + beta*sig(v_g)*v_a``   two-branch Eq. 2            code       (none)
+cross-modal attn query    features before self-attn     suppressed ``V_s, A_s``     code       variant=paper
+TBS acts on               cross-attention outputs       ``V_s, A_s`` (Eq. 3-4)      code       variant=paper
+TBS form, fully           ``x + alpha*g*x``, alpha 0.1  ``(1-alpha)x + alpha*g*x``  code       variant=paper
+TBS gate, weak            own modality's, convex        other modality's            code       variant=paper
+AV gate ``g_av``, weak    ``(g_v + g_a) / 2``           ``g_v * g_a``               code       variant=paper
+EBS, fully (Eq. 5, 8)     ``y + gamma*av_score``        ``sig`` gates, Eq. 8        code       variant=paper
+EBS, weak (Eq. 5, 11)     ``gamma*(sig(S_V)+sig(S_A))   top-K gates, Eq. 11,        code       variant=paper
+                          *S``, top-K mean, then gate   gate, then max over time
+loss, fully (Eq. 9)       + CE(av_score); BCEWithLogits BCE(g_av)                   code       variant=paper
+                          on the sigmoided ``g_av``
+loss, weak                MultiLabelSoftMargin on       softmax + CE                code       variant=paper
+                          softmax outputs
+weak inference            video class, every segment    MIL (not specified)         code       weak_predict
+alpha / beta / gamma      0.1/0.4/0.3; weak 0.2/0.5/0.5 alpha 0.2 best (Table 4)    code       alpha=...
+weak recipe               lr 6e-4, decay 10, 20, 40     lr 7e-4, decay 10, 20, 30   code       train params
+precision                 float64 (``model.double()``)  (not specified)             float32    (none)
+========================  ============================  ==========================  =========  ============
 """
 from __future__ import annotations
 
@@ -25,19 +49,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._cmbs_blocks import CMGA, CMBSTrunk, event_suppress, fully_loss, localize
+from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, authors_dim, av_score,
+                           check_authors_overrides, class_topk_mean, event_suppress, fully_loss,
+                           load_authors_layout, localize, trunk_keys, trunk_unused_keys,
+                           without_data_parallel)
 from ._registry import Head, register_head
+
+VARIANTS = ("code", "paper")
 
 
 @register_head("cmbs")
 class CMBS(Head):
     DEFAULTS = {
+        "variant": "code",  # "code": the authors' computation (table in the module docstring) |
+        # "paper": the equations as printed (Eq. 3-4, 8-12)
         "visual_fc_dim": 512,  # input FC width for the visual maps (authors' code video_fc_dim=512)
         "input_dropout": None,  # dropout after the input FC; None = per setting
         "cmga_hidden": 256,  # hidden width of the CMGA attentions (Eq. 1; authors' code 256)
         "d_model": 256,  # d_h, hidden size of all temporal modules (authors' main.json/weak.json)
         "heads": 4,  # heads of self- and cross-modal attention (authors' code nhead=4)
-        "top_k": 4,  # K of the class-wise top-K mean, Eq. 5 ("commonly set to 4")
+        "top_k": 4,  # K of the class-wise top-K mean, Eq. 5 ("commonly set to 4"; code 4)
         "beta": None,  # CMGA residual gate, Eq. 2; None = per setting (SETTING_DEFAULTS)
         "alpha": None,  # TBS suppression weight, Eq. 3-4; None = per setting
         "gamma": None,  # EBS weight, Eq. 8 / 11; None = per setting
@@ -45,16 +76,17 @@ class CMBS(Head):
         "dec_ff": 1024,  # feed-forward width of the cross-modal attention (authors' code 1024)
         "av_heads": None,  # heads of the AV interaction module; None = per setting
         "use_rnn": None,  # Bi-LSTMs before self-attention; None = per setting
-        "weak_predict": "video",  # weak inference: "video" = argmax of the MIL-pooled scores for
-        # every segment (authors' weakly_main.py: its sigmoid(gate) > 0.5 test always passes) |
-        # "segment" = per-segment argmax of g_av * y (MIL localization of [32])
+        "weak_predict": "video",  # weak inference: "video" = the video's class for every segment
+        # (authors' weakly_main.py: its sigmoid(gate) > 0.5 test always passes) | "segment" =
+        # per-segment argmax of the gated scores (MIL localization of [32]; with variant="code"
+        # the scores are a video-level vector times a positive gate, so both agree)
     }
     # Values that differ between the settings (a DEFAULTS value of None takes these).
     SETTING_DEFAULTS = {
         "fully": {
             "input_dropout": 0.2,  # authors' supv_main_model
             "beta": 0.4,  # authors' configs/main.json (the paper gives no value)
-            "alpha": 0.2,  # Table 4 best (authors' main.json uses 0.1 with a different Eq. 3)
+            "alpha": 0.1,  # authors' configs/main.json (Table 4's best, 0.2, is for Eq. 3's form)
             "gamma": 0.3,  # authors' configs/main.json (the paper gives no value)
             "enc_ff": 1024,  # authors' supv_main_model
             "av_heads": 4,  # authors' supv_main_model
@@ -74,13 +106,12 @@ class CMBS(Head):
         # Sec. 4.1: Adam, lr 7e-4, batch 64, lr halved at epochs 10, 20 and 30 (MultiStepLR in the
         # authors' code), then constant. 200 epochs and clip 0.5 from supv_train.sh /
         # weakly_train.sh. The authors' configs set weight_decay 5e-4 but never pass it to Adam,
-        # so it is 0. Their weakly_train.sh uses lr 6e-4 with milestones 10, 20, 40; the paper's
-        # recipe (7e-4; 10, 20, 30) is kept for both settings.
+        # so it is 0. Weak: weakly_train.sh / weakly_main.py use lr 6e-4, milestones 10, 20, 40.
         "fully": {"optimizer": "adam", "lr": 7e-4, "weight_decay": 0.0, "batch_size": 64,
                   "epochs": 200, "lr_step": 0, "lr_milestones": [10, 20, 30], "lr_gamma": 0.5,
                   "clip_grad": 0.5},
-        "weak": {"optimizer": "adam", "lr": 7e-4, "weight_decay": 0.0, "batch_size": 64,
-                 "epochs": 200, "lr_step": 0, "lr_milestones": [10, 20, 30], "lr_gamma": 0.5,
+        "weak": {"optimizer": "adam", "lr": 6e-4, "weight_decay": 0.0, "batch_size": 64,
+                 "epochs": 200, "lr_step": 0, "lr_milestones": [10, 20, 40], "lr_gamma": 0.5,
                  "clip_grad": 0.5},
     }
 
@@ -88,18 +119,22 @@ class CMBS(Head):
                  **hp: Any):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
         hp = {k: (self.SETTING_DEFAULTS[setting][k] if v is None else v) for k, v in hp.items()}
+        if hp["variant"] not in VARIANTS:
+            raise ValueError(f"cmbs: variant must be one of {VARIANTS}, got {hp['variant']!r}")
         if hp["weak_predict"] not in ("video", "segment"):
             raise ValueError("cmbs: weak_predict must be 'video' or 'segment', "
                              f"got {hp['weak_predict']!r}")
         self.hp = hp
-        d, vd = hp["d_model"], hp["visual_fc_dim"]
+        d, vd, code = hp["d_model"], hp["visual_fc_dim"], hp["variant"] == "code"
         classes = num_classes if setting == "fully" else num_classes + 1  # Sec. 3.5
         self.v_fc = nn.Linear(visual_dim, vd)
         self.dropout = nn.Dropout(hp["input_dropout"])
         self.cmga = CMGA(vd, audio_dim, hp["cmga_hidden"], hp["beta"])
         self.trunk = CMBSTrunk(vd, audio_dim, classes, d_model=d, heads=hp["heads"],
                                av_heads=hp["av_heads"], enc_ff=hp["enc_ff"], dec_ff=hp["dec_ff"],
-                               use_rnn=hp["use_rnn"], alpha=hp["alpha"], top_k=hp["top_k"])
+                               use_rnn=hp["use_rnn"], alpha=hp["alpha"], order=hp["variant"],
+                               tbs_form="residual" if code and setting == "fully" else "convex",
+                               own_gate=code and setting == "weak")
         if setting == "fully":
             self.relevance = nn.Linear(d, 1)  # W_ot, Eq. 6
             self.classifier = nn.Linear(d, classes)  # W_oc, Eq. 7
@@ -109,24 +144,52 @@ class CMBS(Head):
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         v = self.dropout(F.relu(self.v_fc(visual)))
         out = self.trunk(self.cmga(v, audio), audio)
-        gamma, fused = self.hp["gamma"], out["fused"]
         if self.setting == "fully":
-            out["relevance"] = self.relevance(fused).squeeze(-1)  # (B, T) logits
-            class_raw = self.classifier(fused.max(1).values)  # Eq. 7
-            out["class_logits"] = event_suppress(class_raw, out["ebs_v"], out["ebs_a"], gamma)  # Eq. 8
+            out["relevance"] = self.relevance(out["fused"]).squeeze(-1)  # (B, T) logits
+            out["gate_av"] = out["gate_v"] * out["gate_a"]
+            class_raw = self.classifier(out["fused"].max(1).values)  # Eq. 7
+            out.update(self._fully_event_level(class_raw, out["cas_v"], out["cas_a"]))
         else:
-            seg = event_suppress(self.classifier(fused), out["ebs_v"].unsqueeze(1),
-                                 out["ebs_a"].unsqueeze(1), gamma)  # Eq. 10-11, (B, T, C+1)
-            out["segment_logits"] = out["gate_av"].unsqueeze(-1) * seg
-            out["video_logits"] = out["segment_logits"].max(1).values  # Eq. 12
+            out.update(self._weak_scores(out))
         return out
 
+    def _fully_event_level(self, class_raw: torch.Tensor, cas_v: torch.Tensor,
+                           cas_a: torch.Tensor) -> dict[str, torch.Tensor]:
+        k, gamma = self.hp["top_k"], self.hp["gamma"]
+        if self.hp["variant"] == "code":
+            score = av_score(cas_v, cas_a, k)
+            return {"av_score": score, "class_logits": class_raw + gamma * score}
+        ebs_v = torch.sigmoid(class_topk_mean(cas_v, k))  # Eq. 5
+        ebs_a = torch.sigmoid(class_topk_mean(cas_a, k))
+        return {"class_logits": event_suppress(class_raw, ebs_v, ebs_a, gamma)}  # Eq. 8
+
+    def _weak_scores(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        seg, gamma, k = self.classifier(out["fused"]), self.hp["gamma"], self.hp["top_k"]  # Eq. 10
+        if self.hp["variant"] == "code":
+            seg = gamma * torch.sigmoid(out["cas_v"]) * seg + gamma * torch.sigmoid(out["cas_a"]) * seg
+            video_raw = class_topk_mean(seg, k)  # (B, C+1), before the time-level gate
+            gate_av = (out["gate_v"] + out["gate_a"]) / 2
+            gated = gate_av.unsqueeze(-1) * video_raw.unsqueeze(1)
+        else:
+            gate_av = out["gate_v"] * out["gate_a"]
+            ebs_v = torch.sigmoid(class_topk_mean(out["cas_v"], k)).unsqueeze(1)  # Eq. 5
+            ebs_a = torch.sigmoid(class_topk_mean(out["cas_a"], k)).unsqueeze(1)
+            gated = gate_av.unsqueeze(-1) * event_suppress(seg, ebs_v, ebs_a, gamma)  # Eq. 11
+            video_raw = gated.max(1).values
+        return {"gate_av": gate_av, "segment_logits": gated, "video_raw": video_raw,
+                "video_logits": gated.max(1).values}  # Eq. 12
+
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.setting == "weak":
+        code = self.hp["variant"] == "code"
+        if self.setting == "fully":  # Eq. 9 (+ the code's CE on av_score)
+            return fully_loss(out["class_logits"], out["relevance"], out["gate_av"], batch["labels"],
+                              av_score=out.get("av_score"), gate_on_logits=code)
+        if code:  # weakly_main.py: MultiLabelSoftMarginLoss on the softmax output
+            loss = F.multilabel_soft_margin_loss(F.softmax(out["video_logits"], -1), batch["weak"])
+        else:
             target = batch["weak"] / batch["weak"].sum(-1, keepdim=True).clamp_min(1e-8)
             loss = -(target * F.log_softmax(out["video_logits"], -1)).sum(-1).mean()
-            return loss, {"class": loss.item()}
-        return fully_loss(out["class_logits"], out["relevance"], out["gate_av"], batch["labels"])  # Eq. 9
+        return loss, {"class": loss.item()}
 
     @torch.no_grad()
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -135,4 +198,46 @@ class CMBS(Head):
         if self.hp["weak_predict"] == "segment":
             return out["segment_logits"].argmax(-1)
         t = out["segment_logits"].shape[1]
-        return out["video_logits"].argmax(-1, keepdim=True).expand(-1, t)
+        return out["video_raw"].argmax(-1, keepdim=True).expand(-1, t)
+
+    @classmethod
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str,
+                                **kw: Any) -> "CMBS":
+        """A head with the weights of the authors' ``supv_main_model`` (fully) or
+        ``weak_main_model`` (weak) state dict; dimensions from its shapes, ``kw`` = other
+        hyperparameters (heads, alpha, ...; their values are not in a state dict)."""
+        label = f"cmbs {setting}"
+        if setting not in cls.settings:
+            raise ValueError(f"{label}: the authors' models are fully and weak")
+        sd = without_data_parallel(state_dict)
+        cas = ("localize_module.event_classifier.weight" if setting == "fully"
+               else "CAS_model.classifier.0.weight")
+        dims = {"visual_fc_dim": authors_dim(sd, "v_fc.weight", 0, label),
+                "cmga_hidden": authors_dim(sd, "spatial_channel_att.affine_bottleneck.weight", 0, label),
+                "d_model": authors_dim(sd, "video_gated.0.weight", 1, label),
+                "enc_ff": authors_dim(sd, "video_encoder.encoder.layers.0.linear1.weight", 0, label),
+                "dec_ff": authors_dim(sd, "video_decoder.decoder.layers.0.linear1.weight", 0, label),
+                "variant": "code"}
+        check_authors_overrides(cls.DEFAULTS, kw, dims, label)
+        classes = authors_dim(sd, cas, 0, label) - (1 if setting == "weak" else 0)
+        head = cls(authors_dim(sd, "v_fc.weight", 1, label),
+                   authors_dim(sd, "spatial_channel_att.affine_audio_1.weight", 1, label), classes,
+                   setting, **{**cls.DEFAULTS, **kw, **dims})
+        key_map, unused = head._authors_layout()
+        load_authors_layout(head, sd, key_map, unused, label)
+        return head
+
+    def _authors_layout(self) -> tuple[list[tuple[str, str]], dict[str, tuple[int, ...]]]:
+        """Our parameter prefixes -> the authors' keys, and the keys their forward never reads."""
+        fully = self.setting == "fully"
+        key_map = [("v_fc.", "v_fc."), ("cmga.self_att.norm.", "spatial_channel_att.norm."),
+                   *[("cmga." + o, "spatial_channel_att." + t) for o, t in CMGA_KEYS],
+                   *trunk_keys(weak=not fully), ("relevance.", "localize_module.classifier."),
+                   ("classifier.", "localize_module.event_classifier." if fully else "CAS_model.classifier.0.")]
+        d = self.hp["d_model"]
+        unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED}
+        if fully:
+            unused.update({f"{m}_norm.{p}": (d,) for m in ("video", "audio") for p in ("weight", "bias")})
+        else:  # weak_main_model.classifier (its localize head is commented out)
+            unused.update({"classifier.weight": (1, d), "classifier.bias": (1,)})
+        return key_map, unused
