@@ -1,21 +1,27 @@
 """Reading the authors' checkpoints: a state dict in the authors' module and key layout, as their
-``torch.save(model.state_dict())`` writes it, converted into one of our heads strictly.
+``torch.save(model.state_dict())`` writes it (with or without the ``module.`` prefix of
+``nn.DataParallel``), converted into one of our heads strictly.
 
 A head with public code implements ``Head.from_authors_state_dict(state_dict, setting,
-**overrides)``: it infers the dimensions from the shapes (:meth:`AuthorsStateDict.dim`), builds
-itself with ``build_head`` and fills itself with :meth:`AuthorsStateDict.load_into` (a renaming of
-key prefixes) or, where tensors must be split or merged, with :meth:`take` / :meth:`skip` /
-:meth:`finish` directly. Every key of the authors' dict is used exactly once (their layers that no
-output depends on are named and skipped, shapes checked as well); the first missing,
-repeated, misshapen or unexpected key is an error naming it.
+**overrides)``: it wraps the dict in :class:`AuthorsStateDict`, infers the dimensions from the
+shapes (:meth:`AuthorsStateDict.dim`), checks ``overrides`` against them
+(:func:`check_overrides`), builds itself with ``build_head`` and fills itself with
+:meth:`AuthorsStateDict.load_into` (a renaming of module prefixes, the longest prefix winning)
+or, where tensors must be split or merged, with :meth:`~AuthorsStateDict.take` /
+:meth:`~AuthorsStateDict.skip` / :meth:`~AuthorsStateDict.finish` directly. Every key of the
+authors' dict is used exactly once (their layers that no output depends on are named and
+skipped, shapes checked as well); the first missing, repeated, misshapen or unexpected key is a
+one-line :class:`LayoutError` naming it.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+DATA_PARALLEL = "module."  # nn.DataParallel(model).state_dict() prefixes every key with it
 
 
 class LayoutError(ValueError):
@@ -33,7 +39,7 @@ class AuthorsStateDict:
         if bad is not None:
             raise LayoutError(f"{what}: {bad!r} is a {type(state_dict[bad]).__name__}, not a tensor")
         self.what = what
-        self._sd = dict(state_dict)
+        self._sd = without_data_parallel(state_dict)
         self._used: set[str] = set()
 
     def shape(self, key: str) -> tuple[int, ...]:
@@ -60,6 +66,14 @@ class AuthorsStateDict:
         self._used.add(key)
         return self._sd[key]
 
+    def take_linear(self, key: str, shape: Iterable[int]) -> torch.Tensor:
+        """:meth:`take` for a tensor of ours of ``shape``; a ``Linear`` weight ``(O, I)`` may also
+        come from a kernel-1 ``Conv1d`` weight ``(O, I, 1)`` (the same map), squeezed."""
+        shape = tuple(shape)
+        if len(shape) == 2 and key not in self._used and self.shape(key) == (*shape, 1):
+            return self.take(key, (*shape, 1)).squeeze(-1)
+        return self.take(key, shape)
+
     def skip(self, unused: Mapping[str, Iterable[int]]) -> None:
         """Keys of the authors' layers that no output depends on: present, shaped, not loaded."""
         for key, shape in unused.items():
@@ -72,18 +86,43 @@ class AuthorsStateDict:
                               + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
 
     def load_into(self, head: nn.Module, renames: Mapping[str, str],
-                  unused: Mapping[str, Iterable[int]] = {}) -> nn.Module:
+                  unused: Mapping[str, Iterable[int]] = {}, ours_only: Iterable[str] = ()) -> nn.Module:
         """Fill ``head`` (strict ``load_state_dict``): our key ``p + rest`` is the authors'
         ``renames[p] + rest`` for the longest prefix ``p`` of ``renames`` (a whole module path;
-        ``""`` maps it to the authors' top level)."""
-        ours = head.state_dict()
+        ``""`` maps it to the authors' top level), taken with :meth:`take_linear`; ``unused`` is
+        :meth:`skip`-ped, then :meth:`finish`. ``ours_only``: our buffers the authors' model
+        lacks; they keep the values ``head`` was built with."""
+        ours_only = set(ours_only)
         converted = {}
-        for key, value in ours.items():
-            converted[key] = self.take(_rename(key, renames), value.shape).to(value.dtype)
+        for key, value in head.state_dict().items():
+            if key in ours_only:
+                converted[key] = value
+                continue
+            converted[key] = self.take_linear(_rename(key, renames), value.shape).to(value.dtype)
         self.skip(unused)
         self.finish()
         head.load_state_dict(converted, strict=True)
         return head
+
+
+def without_data_parallel(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` without the ``module.`` that ``nn.DataParallel`` puts before every key."""
+    if state_dict and all(k.startswith(DATA_PARALLEL) for k in state_dict):
+        return {k[len(DATA_PARALLEL):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def check_overrides(what: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any],
+                    fixed: Mapping[str, Any]) -> None:
+    """``overrides`` of a ``from_authors_state_dict``: keys of the head's ``defaults``, and none
+    that contradicts a value ``fixed`` by the checkpoint (its shapes, its code)."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"{what}: unknown hyperparameter {unknown[0]!r}")
+    clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
+    if clash:
+        raise ValueError(f"{what}: {clash[0]!r} is fixed by the authors' checkpoint "
+                          f"({fixed[clash[0]]!r})")
 
 
 def _rename(key: str, renames: Mapping[str, str]) -> str:

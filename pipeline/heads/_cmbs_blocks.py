@@ -3,14 +3,14 @@
 The blocks compute what the authors' public code computes (marmot-xy/CMBS ``model/models.py``,
 ``model/main_model.py``) and, where the paper's equations differ, those too (``CMBSTrunk(order=
 "paper")``, :func:`event_suppress`); the heads choose with their ``variant`` hyperparameter.
-Only layers the authors' forward pass uses are built; :func:`load_authors_layout` reads the
-authors' checkpoints (their key names, their unused layers checked and dropped).
+Only layers the authors' forward pass uses are built; :data:`CMGA_KEYS`, :func:`trunk_keys` and
+:func:`trunk_unused_keys` describe the authors' checkpoints for
+:meth:`pipeline.heads._authors.AuthorsStateDict.load_into` (their key names, their unused layers
+checked and dropped).
 
 Sequence tensors are batch-first ``(B, T, D)`` throughout.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
@@ -318,37 +318,36 @@ def localize(relevance_logits: torch.Tensor, class_logits: torch.Tensor) -> torc
 
 
 # ------------------------------------------------- the authors' checkpoints (marmot-xy/CMBS layout)
-CMGA_KEYS = [  # ours (under the CMGA module) -> New_Audio_Guided_Attention / Co_Guided_Attention
-    ("self_att.query.", "video_query."), ("self_att.key.", "video_key."),
-    ("self_att.value.", "video_value."), ("global_att.affine_avg.", "affine_video_ave."),
-    ("global_att.affine_pos.", "affine_video_3."), ("global_att.score.", "ave_v_att."),
-    ("audio_att.video_c.", "affine_video_1."), ("audio_att.audio_c.", "affine_audio_1."),
-    ("audio_att.bottleneck.", "affine_bottleneck."), ("audio_att.channel.", "affine_v_c_att."),
-    ("audio_att.video_s.", "affine_video_2."), ("audio_att.audio_s.", "affine_audio_2."),
-    ("audio_att.spatial.", "affine_v_s_att."),
-]
+CMGA_KEYS = {  # ours (under the CMGA module) -> New_Audio_Guided_Attention / Co_Guided_Attention
+    "self_att.query": "video_query", "self_att.key": "video_key", "self_att.value": "video_value",
+    "global_att.affine_avg": "affine_video_ave", "global_att.affine_pos": "affine_video_3",
+    "global_att.score": "ave_v_att", "audio_att.video_c": "affine_video_1",
+    "audio_att.audio_c": "affine_audio_1", "audio_att.bottleneck": "affine_bottleneck",
+    "audio_att.channel": "affine_v_c_att", "audio_att.video_s": "affine_video_2",
+    "audio_att.audio_s": "affine_audio_2", "audio_att.spatial": "affine_v_s_att",
+}
 
 # New_Audio_Guided_Attention builds ave_bottleneck = Linear(512, 256) and never uses it.
 CMGA_UNUSED = {"spatial_channel_att.ave_bottleneck.weight": (256, 512),
                "spatial_channel_att.ave_bottleneck.bias": (256,)}
 
 
-def trunk_keys(weak: bool) -> list[tuple[str, str]]:
-    """Our ``trunk.*`` parameter prefixes -> the authors' ``main_model`` prefixes. Their weak model
+def trunk_keys(weak: bool) -> dict[str, str]:
+    """Our ``trunk.*`` module prefixes -> the authors' ``main_model`` prefixes. Their weak model
     computes the gate it calls ``audio_gated`` from the *visual* self-attention (and vice versa)."""
-    gate_v, gate_a = ("audio_gated.0.", "video_gated.0.") if weak else ("video_gated.0.", "audio_gated.0.")
-    keys = [("trunk.audio_rnn.", "audio_visual_rnn_layer.audio_rnn."),
-            ("trunk.visual_rnn.", "audio_visual_rnn_layer.visual_rnn."),
-            ("trunk.visual_gate.", gate_v), ("trunk.audio_gate.", gate_a),
-            ("trunk.visual_cas.", "video_cas."), ("trunk.audio_cas.", "audio_cas.")]
+    gate_v, gate_a = ("audio_gated.0", "video_gated.0") if weak else ("video_gated.0", "audio_gated.0")
+    keys = {"trunk.audio_rnn": "audio_visual_rnn_layer.audio_rnn",
+            "trunk.visual_rnn": "audio_visual_rnn_layer.visual_rnn",
+            "trunk.visual_gate": gate_v, "trunk.audio_gate": gate_a,
+            "trunk.visual_cas": "video_cas", "trunk.audio_cas": "audio_cas"}
     for ours, theirs in (("visual", "video"), ("audio", "audio")):
-        keys += [(f"trunk.{ours}_enc.affine.", f"{theirs}_encoder.affine_matrix."),
-                 (f"trunk.{ours}_enc.layers.", f"{theirs}_encoder.encoder.layers."),
-                 (f"trunk.{ours}_dec.affine.", f"{theirs}_decoder.affine_matrix."),
-                 (f"trunk.{ours}_dec.", f"{theirs}_decoder.decoder.layers.0.")]
+        keys.update({f"trunk.{ours}_enc.affine": f"{theirs}_encoder.affine_matrix",
+                     f"trunk.{ours}_enc.layers": f"{theirs}_encoder.encoder.layers",
+                     f"trunk.{ours}_dec.affine": f"{theirs}_decoder.affine_matrix",
+                     f"trunk.{ours}_dec": f"{theirs}_decoder.decoder.layers.0"})
     for ours, theirs in (("av", "AVInter"), ("va", "VAInter")):
-        keys += [(f"trunk.{ours}_inter.attn.", f"{theirs}.video_multihead."),
-                 (f"trunk.{ours}_inter.norm.", f"{theirs}.norm1.")]
+        keys.update({f"trunk.{ours}_inter.attn": f"{theirs}.video_multihead",
+                     f"trunk.{ours}_inter.norm": f"{theirs}.norm1"})
     return keys
 
 
@@ -369,72 +368,3 @@ def trunk_unused_keys(trunk: CMBSTrunk) -> dict[str, tuple[int, ...]]:
                 unused[f"{theirs}_decoder.decoder_layer.{self_attn}"] = tuple(p.shape)
                 unused[f"{theirs}_decoder.decoder.layers.0.{self_attn}"] = tuple(p.shape)
     return unused
-
-
-def without_data_parallel(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The authors save ``nn.DataParallel(model).state_dict()``: drop the ``module.`` prefix."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-def authors_dim(state_dict: dict[str, torch.Tensor], key: str, axis: int, label: str) -> int:
-    """Size ``axis`` of the authors' tensor ``key``, or an error naming the missing key."""
-    if key not in state_dict:
-        raise ValueError(f"{label}: authors' state dict has no key {key!r}")
-    return int(state_dict[key].shape[axis])
-
-
-def check_authors_overrides(defaults: dict[str, Any], kw: dict[str, Any], fixed: dict[str, Any],
-                            label: str) -> None:
-    """``kw`` of a ``from_authors_state_dict``: known hyperparameters, none that the checkpoint fixes."""
-    unknown = sorted(set(kw) - set(defaults))
-    clash = sorted(k for k in fixed if k in kw and kw[k] != fixed[k])
-    if unknown or clash:
-        raise ValueError(f"{label}: " + (f"unknown hyperparameter {unknown[0]!r}" if unknown else
-                                         f"{clash[0]!r} is fixed by the authors' checkpoint "
-                                         f"({fixed[clash[0]]!r})"))
-
-
-def _authors_key(name: str, key_map: list[tuple[str, str]]) -> str:
-    ours, theirs = max(((o, t) for o, t in key_map if name.startswith(o)), key=lambda p: len(p[0]),
-                       default=("", ""))
-    return theirs + name[len(ours):]
-
-
-def load_authors_layout(head: nn.Module, state_dict: dict[str, torch.Tensor],
-                        key_map: list[tuple[str, str]], unused: dict[str, tuple[int, ...]],
-                        label: str) -> None:
-    """Fill ``head``'s parameters from the authors' ``state_dict`` strictly: each of our
-    parameters from the key ``key_map`` names (longest prefix wins), shapes checked (a
-    ``Conv1d`` kernel-1 weight ``(O, I, 1)`` fills a ``Linear``); the ``unused`` keys must be
-    there with their shapes and are dropped; any key left over is an error. Buffers stay."""
-    theirs = dict(state_dict)
-    params = dict(head.named_parameters())
-    loaded = {}
-    for name, ref in head.state_dict().items():
-        if name not in params:  # a buffer of ours (not in the authors' layout)
-            loaded[name] = ref
-            continue
-        key = _authors_key(name, key_map)
-        if key not in theirs:
-            raise ValueError(f"{label}: authors' state dict has no key {key!r} (for {name!r}, "
-                             f"shape {tuple(ref.shape)})")
-        value = theirs.pop(key)
-        if value.dim() == ref.dim() + 1 and value.shape[-1] == 1:
-            value = value.squeeze(-1)
-        if value.shape != ref.shape:
-            raise ValueError(f"{label}: authors' key {key!r} has shape {tuple(state_dict[key].shape)}, "
-                             f"expected {tuple(ref.shape)} (for {name!r})")
-        loaded[name] = value.to(ref.dtype)
-    for key, shape in unused.items():
-        if key not in theirs:
-            raise ValueError(f"{label}: authors' state dict has no key {key!r} (unused by their "
-                             f"forward, but saved by their module)")
-        if tuple(theirs.pop(key).shape) != shape:
-            raise ValueError(f"{label}: authors' key {key!r} has shape "
-                             f"{tuple(state_dict[key].shape)}, expected {shape}")
-    if theirs:
-        raise ValueError(f"{label}: unexpected key {next(iter(theirs))!r} in the authors' state "
-                         f"dict ({len(theirs)} left over)")
-    head.load_state_dict(loaded, strict=True)

@@ -48,11 +48,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention,
-                           authors_dim, av_score, check_authors_overrides, fully_loss,
-                           load_authors_layout, localize, relevance_targets, trunk_keys,
-                           trunk_unused_keys, without_data_parallel)
-from ._registry import Head, register_head
+from ._authors import AuthorsStateDict, check_overrides
+from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention, av_score,
+                           fully_loss, localize, relevance_targets, trunk_keys, trunk_unused_keys)
+from ._registry import Head, build_head, register_head
 
 
 def bece_loss(query: torch.Tensor, key: torch.Tensor, relevance: torch.Tensor,
@@ -214,47 +213,47 @@ class CACENet(Head):
         return localize(relevance, out["class_logits"])
 
     @classmethod
-    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str,
-                                **kw: Any) -> "CACENet":
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str = "fully",
+                                **overrides: Any) -> "CACENet":
         """A head with the weights of the authors' ``supv_main_model`` (``--guide Co-Guide``, or
-        ``Audio-Guide`` with ``psi=0``) state dict; dimensions from its shapes, ``kw`` = other
-        hyperparameters (psi, bece_lambda = their ``--Lambda``, 0 for a run without
+        ``Audio-Guide`` with ``psi=0``) state dict; dimensions from its shapes, ``overrides`` =
+        other hyperparameters (psi, bece_lambda = their ``--Lambda``, 0 for a run without
         ``--contrastive``, ...). BECE counts as trained, as their evaluation switches it on."""
-        label = f"cace {setting}"
+        what = f"cace ({setting})"
         if setting not in cls.settings:
-            raise ValueError(f"{label}: the authors' weak model does not run (it reads an unset "
+            raise ValueError(f"{what}: the authors' weak model does not run (it reads an unset "
                              f"attribute) and the paper defines no weak setting")
-        sd = without_data_parallel(state_dict)
-        dims = {"visual_fc_dim": authors_dim(sd, "v_fc.weight", 0, label),
-                "guide_hidden": authors_dim(sd, "spatial_channel_att.affine_bottleneck.weight", 0, label),
-                "d_model": authors_dim(sd, "video_gated.0.weight", 1, label),
-                "enc_ff": authors_dim(sd, "video_encoder.encoder.layers.0.linear1.weight", 0, label),
-                "dec_ff": authors_dim(sd, "video_decoder.decoder.layers.0.linear1.weight", 0, label),
-                "variant": "code"}
-        check_authors_overrides(cls.DEFAULTS, kw, dims, label)
-        head = cls(authors_dim(sd, "v_fc.weight", 1, label),
-                   authors_dim(sd, "spatial_channel_att.affine_audio_1.weight", 1, label),
-                   authors_dim(sd, "localize_module.event_classifier.weight", 0, label), setting,
-                   **{**cls.DEFAULTS, **kw, **dims})
-        load_authors_layout(head, sd, *head._authors_layout(sd, label), label)
+        sd = AuthorsStateDict(state_dict, what)
+        widths = {"visual_fc_dim": sd.dim("v_fc.weight", 0),
+                  "guide_hidden": sd.dim("spatial_channel_att.affine_bottleneck.weight", 0),
+                  "d_model": sd.dim("video_gated.0.weight", 1),
+                  "enc_ff": sd.dim("video_encoder.encoder.layers.0.linear1.weight", 0),
+                  "dec_ff": sd.dim("video_decoder.decoder.layers.0.linear1.weight", 0),
+                  "variant": "code"}
+        check_overrides(what, cls.DEFAULTS, overrides, widths)
+        dims = {"visual_dim": sd.dim("v_fc.weight", 1),
+                "audio_dim": sd.dim("spatial_channel_att.affine_audio_1.weight", 1),
+                "num_classes": sd.dim("localize_module.event_classifier.weight", 0)}
+        head = build_head(cls.name, setting=setting, **dims, **{**overrides, **widths})
+        sd.load_into(head, *head._authors_layout(sd.dim("a_fc.weight", 0)), ours_only=["bece_trained"])
         head.bece_trained.fill_(True)
         return head
 
-    def _authors_layout(self, sd: dict[str, torch.Tensor],
-                        label: str) -> tuple[list[tuple[str, str]], dict[str, tuple[int, ...]]]:
-        """Our parameter prefixes -> the authors' keys, and the keys their forward never reads."""
+    def _authors_layout(self, a_fc: int) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+        """Our module prefixes -> the authors', and the keys their forward never reads (``a_fc``:
+        the width of their ``a_fc``, whose call is commented out)."""
         att = "spatial_channel_att."
-        key_map = [("v_fc.", "v_fc."), *[("guide.cmga." + o, att + t) for o, t in CMGA_KEYS],
-                   ("guide.cmga.self_att.norm.", att + "v_norm."),
-                   *[(f"guide.visual_self.{o}.", f"{att}video_{o}2.") for o in ("query", "key", "value")],
-                   *[(f"guide.audio_{o[0]}.", f"{att}audio_{o}.") for o in ("query", "key", "value")],
-                   ("guide.audio_norm.", att + "a_norm."), ("guide.guide_q.", att + "v_query."),
-                   ("guide.guide_k.", att + "vaudio_key."), ("guide.guide_v.", att + "vaudio_value."),
-                   *trunk_keys(weak=False), ("project.0.", "localize_module.encoder_q.0."),
-                   ("relevance.", "localize_module.classifier."),
-                   ("classifier.", "localize_module.event_classifier.")]
-        vd, a_fc = self.hp["visual_fc_dim"], authors_dim(sd, "a_fc.weight", 0, label)
-        unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED,  # + a_fc (its call is commented out)
+        renames = {"v_fc": "v_fc", **{"guide.cmga." + o: att + t for o, t in CMGA_KEYS.items()},
+                   "guide.cmga.self_att.norm": att + "v_norm",
+                   **{f"guide.visual_self.{o}": f"{att}video_{o}2" for o in ("query", "key", "value")},
+                   **{f"guide.audio_{o[0]}": f"{att}audio_{o}" for o in ("query", "key", "value")},
+                   "guide.audio_norm": att + "a_norm", "guide.guide_q": att + "v_query",
+                   "guide.guide_k": att + "vaudio_key", "guide.guide_v": att + "vaudio_value",
+                   **trunk_keys(weak=False), "project.0": "localize_module.encoder_q.0",
+                   "relevance": "localize_module.classifier",
+                   "classifier": "localize_module.event_classifier"}
+        vd = self.hp["visual_fc_dim"]
+        unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED,
                   att + "v_norm2.weight": (vd,), att + "v_norm2.bias": (vd,),
                   "a_fc.weight": (a_fc, self.audio_dim), "a_fc.bias": (a_fc,)}
-        return key_map, unused
+        return renames, unused

@@ -49,11 +49,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, authors_dim, av_score,
-                           check_authors_overrides, class_topk_mean, event_suppress, fully_loss,
-                           load_authors_layout, localize, trunk_keys, trunk_unused_keys,
-                           without_data_parallel)
-from ._registry import Head, register_head
+from ._authors import AuthorsStateDict, check_overrides
+from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, av_score, class_topk_mean,
+                           event_suppress, fully_loss, localize, trunk_keys, trunk_unused_keys)
+from ._registry import Head, build_head, register_head
 
 VARIANTS = ("code", "paper")
 
@@ -201,43 +200,41 @@ class CMBS(Head):
         return out["video_raw"].argmax(-1, keepdim=True).expand(-1, t)
 
     @classmethod
-    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str,
-                                **kw: Any) -> "CMBS":
+    def from_authors_state_dict(cls, state_dict: dict[str, torch.Tensor], setting: str = "fully",
+                                **overrides: Any) -> "CMBS":
         """A head with the weights of the authors' ``supv_main_model`` (fully) or
-        ``weak_main_model`` (weak) state dict; dimensions from its shapes, ``kw`` = other
+        ``weak_main_model`` (weak) state dict; dimensions from its shapes, ``overrides`` = other
         hyperparameters (heads, alpha, ...; their values are not in a state dict)."""
-        label = f"cmbs {setting}"
+        what = f"cmbs ({setting})"
         if setting not in cls.settings:
-            raise ValueError(f"{label}: the authors' models are fully and weak")
-        sd = without_data_parallel(state_dict)
+            raise ValueError(f"{what}: the authors' models are fully and weak")
+        sd = AuthorsStateDict(state_dict, what)
         cas = ("localize_module.event_classifier.weight" if setting == "fully"
                else "CAS_model.classifier.0.weight")
-        dims = {"visual_fc_dim": authors_dim(sd, "v_fc.weight", 0, label),
-                "cmga_hidden": authors_dim(sd, "spatial_channel_att.affine_bottleneck.weight", 0, label),
-                "d_model": authors_dim(sd, "video_gated.0.weight", 1, label),
-                "enc_ff": authors_dim(sd, "video_encoder.encoder.layers.0.linear1.weight", 0, label),
-                "dec_ff": authors_dim(sd, "video_decoder.decoder.layers.0.linear1.weight", 0, label),
-                "variant": "code"}
-        check_authors_overrides(cls.DEFAULTS, kw, dims, label)
-        classes = authors_dim(sd, cas, 0, label) - (1 if setting == "weak" else 0)
-        head = cls(authors_dim(sd, "v_fc.weight", 1, label),
-                   authors_dim(sd, "spatial_channel_att.affine_audio_1.weight", 1, label), classes,
-                   setting, **{**cls.DEFAULTS, **kw, **dims})
-        key_map, unused = head._authors_layout()
-        load_authors_layout(head, sd, key_map, unused, label)
-        return head
+        widths = {"visual_fc_dim": sd.dim("v_fc.weight", 0),
+                  "cmga_hidden": sd.dim("spatial_channel_att.affine_bottleneck.weight", 0),
+                  "d_model": sd.dim("video_gated.0.weight", 1),
+                  "enc_ff": sd.dim("video_encoder.encoder.layers.0.linear1.weight", 0),
+                  "dec_ff": sd.dim("video_decoder.decoder.layers.0.linear1.weight", 0),
+                  "variant": "code"}
+        check_overrides(what, cls.DEFAULTS, overrides, widths)
+        dims = {"visual_dim": sd.dim("v_fc.weight", 1),
+                "audio_dim": sd.dim("spatial_channel_att.affine_audio_1.weight", 1),
+                "num_classes": sd.dim(cas, 0) - (1 if setting == "weak" else 0)}
+        head = build_head(cls.name, setting=setting, **dims, **{**overrides, **widths})
+        return sd.load_into(head, *head._authors_layout())
 
-    def _authors_layout(self) -> tuple[list[tuple[str, str]], dict[str, tuple[int, ...]]]:
-        """Our parameter prefixes -> the authors' keys, and the keys their forward never reads."""
+    def _authors_layout(self) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+        """Our module prefixes -> the authors', and the keys their forward never reads."""
         fully = self.setting == "fully"
-        key_map = [("v_fc.", "v_fc."), ("cmga.self_att.norm.", "spatial_channel_att.norm."),
-                   *[("cmga." + o, "spatial_channel_att." + t) for o, t in CMGA_KEYS],
-                   *trunk_keys(weak=not fully), ("relevance.", "localize_module.classifier."),
-                   ("classifier.", "localize_module.event_classifier." if fully else "CAS_model.classifier.0.")]
+        renames = {"v_fc": "v_fc", "cmga.self_att.norm": "spatial_channel_att.norm",
+                   **{"cmga." + o: "spatial_channel_att." + t for o, t in CMGA_KEYS.items()},
+                   **trunk_keys(weak=not fully), "relevance": "localize_module.classifier",
+                   "classifier": "localize_module.event_classifier" if fully else "CAS_model.classifier.0"}
         d = self.hp["d_model"]
         unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED}
         if fully:
             unused.update({f"{m}_norm.{p}": (d,) for m in ("video", "audio") for p in ("weight", "bias")})
         else:  # weak_main_model.classifier (its localize head is commented out)
             unused.update({"classifier.weight": (1, d), "classifier.bias": (1,)})
-        return key_map, unused
+        return renames, unused
