@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import authors_reference as R
+import cmbs_authors
 from pipeline.data.ave import export_labels, load_annotations
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.features.store import import_community
@@ -68,6 +69,37 @@ def test_imported_checkpoint_is_evaluated_with_the_authors_outputs(tiny_ave, tmp
     assert res["accuracy"] == pytest.approx(float((expected_pred.numpy() == truth).mean()))
     with pytest.raises(ValueError, match="trained on train.visual='vgg19', evaluation asked for 'resnet50'"):
         evaluate(dst, tmp_path / "prepared", tmp_path / "features", "resnet50", "vggish", None)
+
+
+SMALL_CMBS = dict(cv=24, ca=8, fc=16, hidden=12, d=16, enc_ff=32, dec_ff=24, classes=28)
+
+
+@pytest.mark.parametrize("head,setting,layout", [
+    ("cmbs", "fully", cmbs_authors.cmbs_layout("fully", **SMALL_CMBS)),
+    ("cmbs", "weak", cmbs_authors.cmbs_layout("weak", **SMALL_CMBS)),
+    ("cace", "fully", cmbs_authors.cace_layout(**SMALL_CMBS, a_fc=6)),
+])
+def test_cmbs_and_cace_checkpoints_import_through_the_cli(head, setting, layout, tiny_ave, tmp_path):
+    """DataParallel's ``module.`` keys, CMBS's weak Conv1d classifier and CACE-Net's own buffer
+    all survive the CLI, and ``load_head`` rebuilds the head with the authors' outputs."""
+    sd = cmbs_authors.random_state_dict(layout, seed=5, dtype=torch.float32)
+    src, dst = tmp_path / "model.pth", tmp_path / "best.pt"
+    torch.save(sd, src)
+    main(["--head", head, "--setting", setting, "--ave-root", str(tiny_ave), str(src), str(dst)])
+    loaded, ckpt = ckpt_io.load_head(dst)
+    assert (ckpt["head"], ckpt["setting"], ckpt["dims"]) == (head, setting, {"visual_dim": 24, "audio_dim": 8,
+                                                                             "num_classes": 28})
+    assert ckpt["hparams"]["variant"] == "code" and ckpt["hparams"]["d_model"] == 16
+    direct = from_authors_state_dict(head, sd, setting).eval()
+    g = torch.Generator().manual_seed(0)
+    visual, audio = torch.randn(2, 10, 3, 2, 24, generator=g), torch.randn(2, 10, 8, generator=g)
+    with torch.no_grad():
+        ours, theirs = loaded(visual, audio), direct(visual, audio)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k != "bece_key")  # bece_key: + noise
+    assert torch.equal(loaded.predict(ours), direct.predict(theirs))
+    if head == "cace":
+        assert bool(loaded.bece_trained)  # their evaluation switches BECE on
 
 
 def test_errors_are_one_line_naming_the_file(tiny_ave, tmp_path, capsys):
