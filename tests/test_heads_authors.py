@@ -1,8 +1,11 @@
 """The one converter of the authors' state dicts (``pipeline.heads._authors``) on a toy module."""
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
+from pipeline.heads import Head, get_head_class, list_heads
 from pipeline.heads._authors import AuthorsStateDict, LayoutError, check_overrides
 
 
@@ -83,3 +86,11 @@ def test_overrides_are_known_and_do_not_contradict_the_checkpoint():
     with pytest.raises(ValueError, match=r"^toy \(fully\): 'd_model' is fixed by the authors' "
                                          r"checkpoint \(16\)$"):
         check_overrides("toy (fully)", defaults, {"d_model": 32}, fixed)
+
+
+def test_every_head_converts_with_the_base_signature():
+    base = inspect.signature(Head.from_authors_state_dict).parameters
+    for name in list_heads():
+        params = inspect.signature(get_head_class(name).from_authors_state_dict).parameters
+        assert [(p.name, p.kind, p.default) for p in params.values()] == \
+            [(p.name, p.kind, p.default) for p in base.values()], name
