@@ -84,7 +84,7 @@ class Cnn14Encoder(AudioEncoder):
         return {"model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
 
-@register_encoder("cnn14")
+@register_encoder("cnn14", "audio")
 def cnn14(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> Cnn14Encoder:
     models = panns_models()
     net, resolved = materialize(lambda: models.Cnn14(**CNN14_ARGS), spec.weights, spec.seed,

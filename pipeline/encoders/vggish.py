@@ -170,7 +170,7 @@ class VGGishEncoder(AudioEncoder):
         return meta
 
 
-@register_encoder("vggish")
+@register_encoder("vggish", "audio")
 def vggish(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VGGishEncoder:
     net, resolved = materialize(VGGishNet, spec.weights, spec.seed, VGGISH_WEIGHTS,
                                 remap=remap_vggish, allow_download=allow_download)

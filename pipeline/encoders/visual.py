@@ -256,16 +256,16 @@ def _build_timm(spec: ModelSpec, allow_download: bool, image_size: Optional[int]
 # ------------------------------------------------------------------------------------------
 # Registry entries
 # ------------------------------------------------------------------------------------------
-@register_encoder("vgg19")
+@register_encoder("vgg19", "visual")
 def vgg19(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VisualEncoder:
     return _build_torchvision("vgg19", spec, allow_download, image_size)
 
 
-@register_encoder("resnet50")
+@register_encoder("resnet50", "visual")
 def resnet50(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VisualEncoder:
     return _build_torchvision("resnet50", spec, allow_download, image_size)
 
 
-@register_encoder("timm/")
+@register_encoder("timm/", "visual")
 def timm_family(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VisualEncoder:
     return _build_timm(spec, allow_download, image_size)
