@@ -7,6 +7,7 @@ Stages call :func:`load_params` and read only their own section.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -214,8 +215,7 @@ register_section("data")(DataConfig)
 
 
 def _all_sections() -> dict[str, type]:
-    # Importing the rooms' config modules registers their sections.
-    import importlib
+    # Importing the rooms' config modules registers their sections (they import this module).
     for mod in ("pipeline.features.config", "pipeline.training.config", "pipeline.finetune.config"):
         try:
             importlib.import_module(mod)

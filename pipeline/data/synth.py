@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data._fs import replace_dir
+from pipeline.media.write import write_mp4
 from pipeline.config import ConfigError, SynthConfig
 from pipeline.data.ave import (ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS,
                                VIDEO_DIR)
@@ -295,7 +296,6 @@ def _gate(audible: list[bool], sr: int, ramp: int) -> np.ndarray:
 
 def write_video(spec: VideoSpec, cfg: SynthConfig, path: str | os.PathLike) -> None:
     """Render and encode one video (H.264 + AAC) to ``path``."""
-    from pipeline.media.write import write_mp4
 
     sigs = class_signatures(cfg.num_classes)
     write_mp4(path, render_frames(spec, sigs, cfg), cfg.fps, render_audio(spec, sigs, cfg),

@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.config import ConfigError
 from pipeline.encoders.spec import ModelSpec
-from pipeline.encoders.weights import ResolvedWeights, state_dict_sha256
+from pipeline.encoders.weights import DOWNLOAD_KEY, ResolvedWeights, state_dict_sha256
 
 
 class Encoder(nn.Module):
@@ -63,15 +63,17 @@ class Encoder(nn.Module):
         }
 
 
-Factory = Callable[..., Encoder]  # factory(spec, allow_download=, image_size=) -> Encoder
+Factory = Callable[..., Encoder]  # factory(spec, allow_download=, image_size=, download_key=) -> Encoder
 _ENCODERS: dict[str, Factory] = {}
 _MODALITY: dict[str, str] = {}  # registered name -> "visual" | "audio"
 PREFIX = "/"  # names registered ending with "/" are families: "timm/" serves "timm/<model>"
 
 
 def register_encoder(name: str, modality: str) -> Callable[[Factory], Factory]:
-    """Register ``factory(spec, allow_download=True, image_size=None) -> Encoder`` under ``name``
-    (audio factories ignore ``image_size``); ``modality`` is ``visual`` or ``audio``."""
+    """Register ``factory(spec, allow_download=True, image_size=None, download_key=...) ->
+    Encoder`` under ``name`` (audio factories ignore ``image_size``; ``download_key`` is the
+    params key named when a download is needed but disabled); ``modality`` is ``visual`` or
+    ``audio``."""
     if modality not in ("visual", "audio"):
         raise ValueError(f"encoder {name!r}: modality must be 'visual' or 'audio', got {modality!r}")
 
@@ -133,7 +135,7 @@ def check_encoder(name: str, key: str, modality: Optional[str] = None) -> str:
 
 
 def build_encoder(spec: Union[ModelSpec, dict, str], allow_download: bool = True,
-                  image_size: Optional[int] = None) -> Encoder:
+                  image_size: Optional[int] = None, download_key: str = DOWNLOAD_KEY) -> Encoder:
     """Encoder from a model spec (``extract.models.<name>`` entry, a dict of it, or an encoder
     name meaning ``{encoder: name}`` with pretrained weights), in eval mode.
 
@@ -144,5 +146,6 @@ def build_encoder(spec: Union[ModelSpec, dict, str], allow_download: bool = True
         spec = ModelSpec(**spec)
     elif not dataclasses.is_dataclass(spec):
         raise TypeError(f"expected a ModelSpec, dict or name, got {type(spec).__name__}")
-    enc = lookup(spec.encoder)(spec, allow_download=allow_download, image_size=image_size)
+    enc = lookup(spec.encoder)(spec, allow_download=allow_download, image_size=image_size,
+                               download_key=download_key)
     return enc.eval()

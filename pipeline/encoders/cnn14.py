@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pipeline.encoders.audio import AudioEncoder
 from pipeline.encoders.base import register_encoder
 from pipeline.encoders.spec import ModelSpec
-from pipeline.encoders.weights import ResolvedWeights, WeightsSpec, materialize
+from pipeline.encoders.weights import DOWNLOAD_KEY, ResolvedWeights, WeightsSpec, materialize
 
 SAMPLE_RATE = 32000
 EMBEDDING = 2048
@@ -85,8 +85,10 @@ class Cnn14Encoder(AudioEncoder):
 
 
 @register_encoder("cnn14", "audio")
-def cnn14(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> Cnn14Encoder:
+def cnn14(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None,
+          download_key: str = DOWNLOAD_KEY) -> Cnn14Encoder:
     models = panns_models()
     net, resolved = materialize(lambda: models.Cnn14(**CNN14_ARGS), spec.weights, spec.seed,
-                                CNN14_WEIGHTS, remap=remap_cnn14, allow_download=allow_download)
+                                CNN14_WEIGHTS, remap=remap_cnn14, allow_download=allow_download,
+                                download_key=download_key)
     return Cnn14Encoder(spec, resolved, net)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import decord
 import numpy as np
 
 from pipeline.runtime import NUM_SEGMENTS, SEGMENT_SECONDS
@@ -99,7 +100,6 @@ class VideoInfo:
 
 
 def _decord():
-    import decord
     decord.logging.set_level(decord.logging.QUIET)  # errors reach us as exceptions
     return decord
 

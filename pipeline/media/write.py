@@ -14,6 +14,7 @@ import os
 from fractions import Fraction
 from typing import Iterable, Optional, Sequence
 
+import av
 import numpy as np
 
 AAC_FRAME = 1024  # samples per AAC frame (the encoder's frame_size)
@@ -35,8 +36,6 @@ def write_mp4(path: str | os.PathLike, frames: Optional[Iterable[np.ndarray]], f
               frame_format: str = "rgb24", pix_fmt: str = "yuv420p") -> None:
     """Encode ``frames`` (H.264 in ``pix_fmt``: yuv420p needs even width/height, yuv444p takes
     any size) and ``audio`` (AAC mono) to ``path``."""
-    import av
-
     if frames is None and audio is None:
         raise ValueError("write_mp4 needs frames, audio or both")
     rate = _as_fraction(fps)
