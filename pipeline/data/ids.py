@@ -57,11 +57,11 @@ def inside(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
 
 def safe_filename(text: str, max_length: int = MAX_NAME_LENGTH) -> str:
     """One file-name component for ``text``: characters outside ``[A-Za-z0-9_.-]`` become
-    ``_``, leading dots are dropped, the length is bounded; when anything changed, ``-<hash>``
+    ``_``, runs of dots and underscores one ``_``, leading ones are dropped, the length is bounded; when anything changed, ``-<hash>``
     of the original is appended (distinct texts give distinct names)."""
-    name = _UNSAFE_CHAR.sub("_", text).lstrip(".")[:max_length]
+    name = re.sub(r"[._]*[_.]{2,}[._]*|_+", "_", _UNSAFE_CHAR.sub("_", text)).lstrip("._")[:max_length]
     if name != text or not name:
-        name = f"{name}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+        name = f"{name or '_'}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
     return name
 
 
