@@ -199,10 +199,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _load_reason(err: Exception) -> str:
     """The cause of a failed load in one phrase, without torch's advice to load unsafely."""
     text = str(err)
-    if "WeightsUnpickler error:" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ", 1)[0]
-        detail = detail.split("\n", 1)[0].split(" was not an allowed global", 1)[0]
-        return f"it holds Python objects or code, not only tensors ({detail}); refused"
+    if "Weights only load failed" in text:  # torch's safe unpickler refused the file
+        code = re.search(r"GLOBAL ([\w.]+)", text)
+        if code:
+            return f"it refers to Python code or objects ({code.group(1)}), not only tensors; refused"
+        op = re.search(r"Unsupported operand (\d+)", text)
+        what = f" (pickle opcode {op.group(1)})" if op else ""
+        return f"not a checkpoint of tensors{what}; refused by the safe loader"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
     return f"{type(err).__name__}: {first[:200]}"
 
