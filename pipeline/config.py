@@ -116,61 +116,66 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against type ``tp`` (errors name ``key``): unions, literals, nested
+    dataclasses, dicts, lists and scalars."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+        return _coerce_union(value, typing.get_args(tp), key)
     if origin is Literal:
-        if value not in args:
+        if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed: "
-                              + ", ".join(repr(a) for a in args))
+                              + ", ".join(repr(a) for a in typing.get_args(tp)))
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
-    if origin in (dict,):
+    if origin in (dict, list, tuple) or tp is dict:
+        return _coerce_container(value, tp, key)
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_union(value: Any, args: tuple, key: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+
+
+def _coerce_container(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         vt = args[1] if args else Any
         return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        et = args[0] if args else Any
-        return type(value)(_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)) \
-            if origin is list else tuple(_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    et = args[0] if args else Any
+    items = [_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
+
+
+_SCALARS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    if tp not in _SCALARS:
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return value
-    return value
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}[tp]
+    if not ok:
+        raise ConfigError(f"{key}: expected {_SCALARS[tp]}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 def from_dict(cls: type, data: Any, key: str = "") -> Any:

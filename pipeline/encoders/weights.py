@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 import torch
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.constants import HF_HUB_CACHE
 from safetensors.torch import load_file
 from torch import nn
 from torch.hub import download_url_to_file
@@ -96,7 +98,6 @@ def cache_dir(kind: CacheKind) -> Path:
     if kind == "panns":
         return Path.home() / "panns_data"  # where panns_inference looks
     if kind == "hf":
-        from huggingface_hub.constants import HF_HUB_CACHE
         return Path(os.environ.get("HF_HUB_CACHE", HF_HUB_CACHE))
     raise ValueError(f"unknown cache kind {kind!r}")
 
@@ -104,7 +105,6 @@ def cache_dir(kind: CacheKind) -> Path:
 def cached_file(spec: WeightsSpec) -> Optional[Path]:
     """The cached copy of ``spec``'s file, or None."""
     if spec.cache == "hf":
-        from huggingface_hub import try_to_load_from_cache
         hit = try_to_load_from_cache(spec.hf_repo, spec.file, cache_dir=cache_dir("hf"))
         return Path(hit) if isinstance(hit, str) and Path(hit).is_file() else None
     path = cache_dir(spec.cache) / spec.file
@@ -121,7 +121,6 @@ def _where(spec: WeightsSpec) -> str:
 def fetch(spec: WeightsSpec) -> Path:
     """Download ``spec`` into its cache the way the owning library does (may raise)."""
     if spec.cache == "hf":
-        from huggingface_hub import hf_hub_download
         return Path(hf_hub_download(spec.hf_repo, spec.file, cache_dir=cache_dir("hf")))
     dst = cache_dir(spec.cache) / spec.file
     dst.parent.mkdir(parents=True, exist_ok=True)

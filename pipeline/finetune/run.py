@@ -98,30 +98,39 @@ def run(params: dict) -> dict:
     held_out = load_clips(videos(rows, [cfg.eval_split]), cfg, sample_rate, log)
     log(f"finetune: {len(train)} training videos ({'+'.join(cfg.train_splits)}), {len(held_out)} "
         f"held-out ({cfg.eval_split}); frames {tuple(train.frames.shape[1:])}, audio {tuple(train.audio.shape[1:])}")
-
     out = Path(paths.finetune)
-    live = None
-    if env.main:
-        live = Live(dir=str(Path(paths.reports) / "finetune"), dvcyaml=None, save_dvc_exp=False)
+    live = Live(dir=str(Path(paths.reports) / "finetune"), dvcyaml=None, save_dvc_exp=False) \
+        if env.main else None
     hist = fit(core, train, held_out, cfg, env, out / CHECKPOINT_DIR, live, log)
     summary = {}
     if env.main:
-        before, after = hist["before"], hist["eval"][-1]
-        summary = {"retrieval_top1_before": before["retrieval_top1"],
-                   "retrieval_top1_after": after["retrieval_top1"],
-                   "val_loss_before": before["loss"], "val_loss_after": after["loss"],
-                   "train_loss_first_epoch": hist["train_loss"][0],
-                   "train_loss_last_epoch": hist["train_loss"][-1],
-                   "seconds": round(hist["seconds"], 1), "peak_memory_mb": round(hist["peak_memory_mb"], 1),
-                   "world_size": env.world, "videos_train": len(train), "videos_held_out": len(held_out)}
-        written = save_encoders(core, out)
-        log("finetune: wrote " + ", ".join(map(str, written.values())))
-        atomic_write_json(out / SUMMARY_FILE,
-                          {"metrics": summary, "config": to_dict(cfg), "git": git_revision(),
-                           "weights": {role: str(p) for role, p in written.items()}}, indent=1)
-        live.summary.update(summary)
-        live.make_summary()
-        live.end()
-        log("finetune: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        summary = {**summarize(hist), "world_size": env.world, "videos_train": len(train),
+                   "videos_held_out": len(held_out)}
+        publish(core, cfg, out, summary, live, log)
     env.barrier()
     return summary
+
+
+def summarize(hist: dict) -> dict:
+    """The stage's metrics from ``fit``'s history."""
+    before, after = hist["before"], hist["eval"][-1]
+    return {"retrieval_top1_before": before["retrieval_top1"],
+            "retrieval_top1_after": after["retrieval_top1"],
+            "val_loss_before": before["loss"], "val_loss_after": after["loss"],
+            "train_loss_first_epoch": hist["train_loss"][0],
+            "train_loss_last_epoch": hist["train_loss"][-1],
+            "seconds": round(hist["seconds"], 1), "peak_memory_mb": round(hist["peak_memory_mb"], 1)}
+
+
+def publish(core: AVContrastive, cfg: FinetuneConfig, out: Path, summary: dict, live: Live,
+            log: Callable[[str], None]) -> None:
+    """Rank 0: the tuned encoders, ``finetune.json`` and the DVCLive summary, each atomically."""
+    written = save_encoders(core, out)
+    log("finetune: wrote " + ", ".join(map(str, written.values())))
+    atomic_write_json(out / SUMMARY_FILE,
+                      {"metrics": summary, "config": to_dict(cfg), "git": git_revision(),
+                       "weights": {role: str(p) for role, p in written.items()}}, indent=1)
+    live.summary.update(summary)
+    live.make_summary()
+    live.end()
+    log("finetune: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
