@@ -7,11 +7,12 @@ Stages call :func:`load_params` and read only their own section.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
@@ -20,6 +21,11 @@ DEFAULT_PARAMS = "params.yaml"
 
 class ConfigError(ValueError):
     """Invalid params.yaml: the message names the key and the allowed values."""
+
+
+class InputError(ValueError):
+    """An input file (annotations, features, checkpoint, weights) cannot be used; the message
+    names the file and the reason."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,10 +39,16 @@ class Paths:
     models: str = "models"  # trained head checkpoints
     reports: str = "reports"  # evaluation and results tables
 
+    def validate(self, key: str = "paths") -> None:
+        for f in dataclasses.fields(self):
+            if not getattr(self, f.name).strip():
+                raise ConfigError(f"{key}.{f.name}: empty; a folder path is needed")
+
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Synthetic AVE-format demo set (pipeline.data.synth)."""
+    """Synthetic AVE-format demo set (pipeline.data.synth); the defaults are params.yaml's demo
+    profile (``python -m pipeline.data.synth`` builds its options from these fields)."""
     root: str = "raw/demo"  # where the AVE-format set is written
     seed: int = 0  # everything is drawn from this seed
     num_classes: int = 6  # categories used (AVE's first N category names)
@@ -47,15 +59,17 @@ class SynthConfig:
     height: int = 120
     fps: float = 25.0  # video frame rate
     sample_rate: int = 16000  # audio sample rate of the AAC track
-    full_fraction: float = 0.66  # share of events spanning all ten segments (AVE: ~2/3)
+    full_fraction: float = 0.4  # share of events spanning all ten segments (AVE: ~2/3; demo: less)
     # share of background segments carrying one modality only, half a silent object, half an
     # off-screen sound (the rest are empty): what makes single-modality localisation fail
-    single_modality: float = 0.6
+    single_modality: float = 0.8
     noise: float = 0.1  # audio/visual noise level (0..1)
-    two_label: int = 0  # videos given a second annotation line of another category (AVE has some)
+    two_label: int = 4  # videos given a second annotation line of another category (AVE has some)
     workers: int = 2  # encoder processes (1: in-process)
 
     def validate(self, key: str = "synth") -> None:
+        if not self.root.strip():
+            raise ConfigError(f"{key}.root: empty; the folder the set is written to")
         if self.width % 2 or self.height % 2 or min(self.width, self.height) < 16:
             raise ConfigError(f"{key}.width/height: even and >= 16 (H.264 4:2:0), got "
                               f"{self.width}x{self.height}")
@@ -80,6 +94,16 @@ class DataConfig:
     probe_timeout_s: float = 30.0  # per-video probe timeout (decord can hang)
     workers: int = 2  # probe worker processes
 
+    def validate(self, key: str = "data") -> None:
+        if not self.root.strip():
+            raise ConfigError(f"{key}.root: empty; the AVE-format folder (raw/demo or raw/ave)")
+        if self.min_duration < 0:
+            raise ConfigError(f"{key}.min_duration: must be >= 0 seconds, got {self.min_duration!r}")
+        if self.probe_timeout_s <= 0:
+            raise ConfigError(f"{key}.probe_timeout_s: must be > 0, got {self.probe_timeout_s!r}")
+        if self.workers < 1:
+            raise ConfigError(f"{key}.workers: must be >= 1, got {self.workers!r}")
+
 
 # --------------------------------------------------------------------------------------------
 # Loader
@@ -92,61 +116,66 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against type ``tp`` (errors name ``key``): unions, literals, nested
+    dataclasses, dicts, lists and scalars."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+        return _coerce_union(value, typing.get_args(tp), key)
     if origin is Literal:
-        if value not in args:
+        if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed: "
-                              + ", ".join(repr(a) for a in args))
+                              + ", ".join(repr(a) for a in typing.get_args(tp)))
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
-    if origin in (dict,):
+    if origin in (dict, list, tuple) or tp is dict:
+        return _coerce_container(value, tp, key)
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_union(value: Any, args: tuple, key: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+
+
+def _coerce_container(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         vt = args[1] if args else Any
         return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        et = args[0] if args else Any
-        return type(value)(_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)) \
-            if origin is list else tuple(_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    et = args[0] if args else Any
+    items = [_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
+
+
+_SCALARS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    if tp not in _SCALARS:
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return value
-    return value
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}[tp]
+    if not ok:
+        raise ConfigError(f"{key}: expected {_SCALARS[tp]}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 def from_dict(cls: type, data: Any, key: str = "") -> Any:
@@ -191,8 +220,7 @@ register_section("data")(DataConfig)
 
 
 def _all_sections() -> dict[str, type]:
-    # Importing the rooms' config modules registers their sections.
-    import importlib
+    # Importing the rooms' config modules registers their sections (they import this module).
     for mod in ("pipeline.features.config", "pipeline.training.config", "pipeline.finetune.config"):
         try:
             importlib.import_module(mod)
@@ -203,21 +231,48 @@ def _all_sections() -> dict[str, type]:
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Optional[dict] = None) -> dict[str, Any]:
-    """Load and validate every section of ``params.yaml``; returns ``{section: dataclass}``."""
+    """Load and validate every section of ``params.yaml``; returns ``{section: dataclass}``.
+    Every error is a :class:`ConfigError` whose message starts with the file name."""
     path = Path(path)
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     if overrides:
         raw = _merge(raw, overrides)
-    return validate(raw, where=str(path))
+    try:
+        return validate(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
-def validate(raw: dict, where: str = "params") -> dict[str, Any]:
+_CHECKS: list[Callable[[dict[str, Any]], None]] = []
+
+
+def register_check(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """Register a check across sections (e.g. ``finetune.image_size == extract.image_size``);
+    it gets ``{section: dataclass}`` and raises :class:`ConfigError` naming the keys."""
+    _CHECKS.append(fn)
+    return fn
+
+
+def validate(raw: dict) -> dict[str, Any]:
+    """Every section built and checked, then every cross-section check (errors name the key)."""
     sections = _all_sections()
     unknown = sorted(set(raw) - set(sections))
     if unknown:
-        raise ConfigError(f"{where}: unknown section {unknown[0]!r}; allowed: {', '.join(sections)}")
-    return {name: from_dict(cls, raw.get(name), name) for name, cls in sections.items()}
+        raise ConfigError(f"unknown section {unknown[0]!r}; allowed: {', '.join(sections)}")
+    params = {name: from_dict(cls, raw.get(name), name) for name, cls in sections.items()}
+    for check in _CHECKS:
+        check(params)
+    return params
 
 
 def _merge(a: dict, b: dict) -> dict:

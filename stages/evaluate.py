@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.cli import stage_main
 from pipeline.config import load_params
 from pipeline.evaluation.evaluate import evaluate
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")

@@ -14,9 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
 
+from pipeline.cli import stage_main  # noqa: E402
 from pipeline.features.run import run_stage  # noqa: E402
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="a key of extract.models in params.yaml (e.g. vgg19, vggish)")

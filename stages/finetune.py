@@ -17,10 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
 
+from pipeline.cli import stage_main  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.finetune.run import run  # noqa: E402
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

@@ -15,20 +15,28 @@ import shutil
 import typing
 from pathlib import Path
 
+from pipeline.cli import stage_main
 from pipeline.config import load_params
+from pipeline.data.ids import output_file
 from pipeline.evaluation import report
-from pipeline.training.config import Setting
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.heads import get_head_class
+from pipeline.heads._registry import TRAIN_KEYS
+from pipeline.runtime import atomic_write_json
+from pipeline.training.config import Setting, check_head
+from pipeline.training.run import train_from_params
+
+
+def cell_dir(root: str | Path, head: str, setting: str) -> Path:
+    """``<root>/matrix/<head>-<setting>``; the name is sanitised and stays inside the folder."""
+    return output_file(Path(root) / "matrix", f"{head}-{setting}")
 
 
 def cell(params, head: str, setting: str) -> None:
-    from pipeline.evaluation.evaluate import evaluate
-    from pipeline.heads import get_head_class
-    from pipeline.heads._registry import TRAIN_KEYS
-    from pipeline.training.run import train_from_params
-
     paths, tc, rc, ec = params["paths"], params["train"], params["report"], params["evaluate"]
-    out = Path(paths.reports) / "matrix" / f"{head}-{setting}"
-    models = Path(paths.models) / "matrix" / f"{head}-{setting}"
+    check_head(head, "--head")
+    out = cell_dir(paths.reports, head, setting)
+    models = cell_dir(paths.models, head, setting)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     models.mkdir(parents=True, exist_ok=True)  # a DVC out even when the cell has no model
@@ -44,7 +52,7 @@ def cell(params, head: str, setting: str) -> None:
                        device=tc.device)
         note = f"{rc.epochs} epochs (demo profile)" if rc.epochs is not None else ""
         row = report.cell_row(head, setting, tc.visual, tc.audio, res, note)
-    (out / "row.json").write_text(json.dumps(row, indent=1) + "\n")
+    atomic_write_json(out / "row.json", row, indent=1)
 
 
 def table(params) -> None:
@@ -52,12 +60,13 @@ def table(params) -> None:
     rows = []
     for head in rc.heads:
         for setting in rc.settings:
-            path = Path(paths.reports) / "matrix" / f"{head}-{setting}" / "row.json"
+            path = cell_dir(paths.reports, head, setting) / "row.json"
             rows.append(json.loads(path.read_text()))
     for p in report.write_table(rows, paths.reports):
         print(f"wrote {p}")
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")

@@ -16,8 +16,8 @@ import pytest
 from pipeline.config import SynthConfig
 
 TINY = SynthConfig(root="", seed=7, num_classes=3, train=6, val=3, test=3, width=64, height=48,
-                   fps=25.0, sample_rate=16000, full_fraction=0.5, noise=0.1, two_label=1,
-                   workers=1)
+                   fps=25.0, sample_rate=16000, full_fraction=0.5, single_modality=0.6, noise=0.1,
+                   two_label=1, workers=1)
 
 
 @pytest.fixture(scope="session")

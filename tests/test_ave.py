@@ -134,3 +134,25 @@ def test_bad_lines_follow_policy(tmp_path):
 def test_missing_annotations_file_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="Annotations.txt"):
         ave.load_annotations(tmp_path)
+
+
+def test_repaired_lines_stay_in_their_split(tmp_path):
+    """A line warned about and repaired (swapped, clamped) is matched by its text as written:
+    its identical copy in a split file keeps it in that split."""
+    root = _write_root(tmp_path, [
+        "Cat&eeeeeeeeeee&good&7&3",  # swapped -> 3..7
+        "Cat&fffffffffff&good&2&12",  # end past 10 -> 2..10
+        "Cat&ggggggggggg&good&-1&4",  # start below 0 -> 0..4
+        "Bark&hhhhhhhhhhh&good&0&10",
+    ], train=["Cat&eeeeeeeeeee&good&7&3", "Bark&hhhhhhhhhhh&good&0&10"],
+        val=["Cat&fffffffffff&good&2&12"],
+        test=["Cat&ggggggggggg & good&-1&4", "Cat&ggggggggggg&good&-1&4"])
+    with pytest.warns(ave.AnnotationWarning) as rec:
+        ann = ave.load_annotations(root)
+    msgs = [str(w.message) for w in rec]
+    assert ann.splits == {"train": [0, 3], "val": [1], "test": [2]}
+    assert not any("not found" in m for m in msgs)
+    assert any("testSet.txt:2: repeats split line 1" in m for m in msgs)
+    by = ann.by_index()
+    assert [(by[i].start, by[i].end) for i in range(3)] == [(3, 7), (2, 10), (0, 4)]
+    assert ann.labels()[0].argmax(-1).tolist() == [2] * 3 + [0] * 4 + [2] * 3

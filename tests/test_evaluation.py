@@ -194,3 +194,35 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     assert len(plot) == 2 * 8 * 10
     images = sorted(p.name for p in (tmp_path / "ev" / "plots" / "images").iterdir())
     assert "confusion.png" in images and sum(n.startswith("timeline_") for n in images) == 3
+
+
+def _reference_metrics(pred, true, num_labels, background):
+    """The hand formulas the sklearn-based metrics replaced (results must not change)."""
+    pred, true = pred.reshape(-1), true.reshape(-1)
+    cm = np.bincount(true * num_labels + pred, minlength=num_labels ** 2).reshape(num_labels, -1)
+    pe, te = pred != background, true != background
+    tp = int((pe & te).sum())
+    p = tp / int(pe.sum()) if pe.any() else 0.0
+    r = tp / int(te.sum()) if te.any() else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return cm, (pred == true).mean(), {"precision": p, "recall": r, "f1": f1}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sklearn_metrics_equal_the_hand_formulas(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 6))
+    shape = (int(rng.integers(1, 8)), 10)
+    true = rng.integers(0, k, shape)
+    # seeds 0/1: everything background in pred / true (the zero-division cases)
+    pred = np.full(shape, k - 1) if seed == 0 else rng.integers(0, k, shape)
+    if seed == 1:
+        true = np.full(shape, k - 1)
+    cm, acc, ev = _reference_metrics(pred, true, k, k - 1)
+    out = M.confusion_matrix(pred, true, k)
+    assert out.dtype == np.int64 and out.tolist() == cm.tolist()
+    assert M.segment_accuracy(pred, true) == pytest.approx(acc, abs=1e-15)
+    got = M.event_detection(pred, true, background=k - 1)
+    assert got == pytest.approx(ev, abs=1e-12)
+    with pytest.raises(ValueError, match="class index outside"):
+        M.confusion_matrix(pred, true, k - 1 if (true == k - 1).any() or (pred == k - 1).any() else 1)

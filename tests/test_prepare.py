@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.data.ave import load_annotations
 from pipeline.data.prepare import MANIFEST_COLUMNS, load_manifest, prepare, usable_mask
+from pipeline.media import decode_audio
 from pipeline.media.write import write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,11 +55,18 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
     by_vid = {r["video_id"]: r for r in rows}
     expect = {"corrupt": ("corrupt", ()), "truncated": ("corrupt", ()),
               "silent": ("no_audio", ("no_audio",)), "missing": ("missing", ()),
-              "short": ("short", ("padded_short",)), "too_short": ("unusable", ("too_short",))}
+              "short": ("short", ("padded_short", "padded_audio")),
+              "too_short": ("unusable", ("too_short",))}
     for k, (status, flags) in expect.items():
         r = by_vid[case[k]]
         assert (r["status"], r["flags"]) == (status, flags), (k, r)
         assert r["message"]
+    # The probe and the decoder share one rule: the audio flags extraction reports are the
+    # manifest's.
+    for k in ("silent", "short"):
+        r = by_vid[case[k]]
+        audio = set(decode_audio(r["path"], 16000).flags)
+        assert audio == set(r["flags"]) & {"no_audio", "padded_audio"}, (k, audio)
     assert rows[13]["status"] == "unusable" and rows[13]["split"] == "none"
     others = [r for r in rows[:13] if r["video_id"] not in case.values()]
     assert len(others) == 7  # six good videos, one of them on two lines

@@ -148,3 +148,32 @@ def test_config_validation():
         from_dict(SynthConfig, {"num_classes": 29}, "synth")
     with pytest.raises(ConfigError, match=r"synth\.single_modality: must be in 0\.\.1"):
         from_dict(SynthConfig, {"single_modality": 1.5}, "synth")
+
+
+def test_dataclass_defaults_are_the_demo_profile():
+    """params.yaml's synth section is the dataclass's defaults, and the CLI's."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.data.synth import cli_parser
+
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["synth"]
+    defaults = dataclasses.asdict(SynthConfig())
+    assert defaults == demo
+    args = vars(cli_parser().parse_args([]))
+    assert args == defaults
+    args = vars(cli_parser().parse_args(["out", "--num-classes", "3", "--single-modality", "0.5"]))
+    assert (args["root"], args["num_classes"], args["single_modality"]) == ("out", 3, 0.5)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from pipeline.data.synth import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "x"), "--width", "161"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: synth.width/height: even and >= 16 (H.264 4:2:0), got 161x120"]
+    assert not (tmp_path / "x").exists()

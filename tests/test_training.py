@@ -218,7 +218,7 @@ def test_config_errors_name_the_key(toyset, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.setting"):
         validate({"train": {"setting": "semi"}})
     # cml is a valid setting, but only for heads whose paper defines it.
-    assert validate({"train": {"setting": "cml"}})["train"].setting == "cml"
+    assert validate({"train": {"head": "m2n", "setting": "cml"}})["train"].setting == "cml"
     with pytest.raises(ConfigError, match=r"train\.setting: head 'toy' has no 'cml' setting; "
                                           r"it supports: fully, weak"):
         train(RunSpec("toy", "cml", device="cpu"), data, tmp_path)

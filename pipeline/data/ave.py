@@ -12,11 +12,15 @@ Policy for bad input (each case is a ``AnnotationWarning`` naming file and line,
 
 * wrong field count or non-integer times: the line is unusable; its index is kept (indices are
   line numbers), its label row is all background and it is left out of every split;
-* times outside ``0..num_segments`` or ``start > end``: clamped / swapped into range;
+* a video id that cannot safely name a file (:func:`pipeline.data.ids.video_id_problem`: a path
+  separator, ``..``, a leading ``/`` or ``~``, control characters, characters outside
+  ``[A-Za-z0-9_.-]``): the line is unusable, as above; such ids never become paths;
+* times outside ``0..num_segments`` or ``start > end``: clamped / swapped into range; the split
+  files' copies of such a line (its original text) stay in their split;
 * empty interval (``start == end``, real line 27): kept, all segments background, as the
   published ``labels.h5`` does;
-* a split line that is not in ``Annotations.txt`` (unknown category or video) or repeats an
-  earlier split line: left out of the split;
+* a split line that is not in ``Annotations.txt`` (unknown category or video), has an unsafe
+  video id, or repeats an earlier split line: left out of the split;
 * an annotation line repeated verbatim: kept (it is its own index), warned about.
 
 CLI: ``python -m pipeline.data.ave export-labels RAW_DIR OUT_DIR`` writes the community files
@@ -30,9 +34,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-NUM_SEGMENTS = 10  # AVE clips are ten 1-second segments
+from pipeline.data.ids import UnsafePathError, inside, video_id_problem
+from pipeline.runtime import NUM_SEGMENTS
 SPLITS = ("train", "val", "test")
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 ANNOTATIONS_FILE = "Annotations.txt"
@@ -54,6 +60,7 @@ class Sample:
     quality: str
     start: int  # first event segment
     end: int  # one past the last event segment (start == end: no event)
+    source: str = field(default="", compare=False)  # the line as written (before any repair)
 
     @property
     def line(self) -> str:
@@ -83,7 +90,14 @@ class AVEAnnotations:
         return {s.index: s for s in self.samples}
 
     def video_path(self, video_id: str) -> Path:
-        return self.root / VIDEO_DIR / f"{video_id}.mp4"
+        """``<root>/AVE/<video_id>.mp4``; :class:`pipeline.data.ids.UnsafePathError` when the id
+        is unsafe or the file resolves (symlinks followed) outside ``<root>/AVE/``."""
+        problem = video_id_problem(video_id)
+        if problem:
+            raise UnsafePathError(f"video id {video_id!r} {problem}")
+        path = self.root / VIDEO_DIR / f"{video_id}.mp4"
+        inside(path, self.root / VIDEO_DIR)
+        return path
 
     def video_ids(self) -> list[str]:
         """Unique video ids in first-appearance order (a video may carry two samples)."""
@@ -144,6 +158,11 @@ def parse_annotation_line(
     if not category or not video_id:
         _warn(problems, f"{where}: empty category or video id: {text!r}; line unusable")
         return None
+    problem = video_id_problem(video_id)
+    if problem:
+        _warn(problems, f"{where}: unsafe video id {video_id!r} ({problem}); line unusable "
+                        "(all background, left out of splits)")
+        return None
     if start > end:
         _warn(problems, f"{where}: StartTime {start} > EndTime {end}; swapped")
         start, end = end, start
@@ -155,7 +174,12 @@ def parse_annotation_line(
     if start == end:
         _warn(problems, f"{where}: empty interval {start}..{end}; all segments background "
                         "(as the published labels.h5)")
-    return Sample(index, category, video_id, quality, start, end)
+    return Sample(index, category, video_id, quality, start, end, _normalized(text))
+
+
+def _normalized(text: str) -> str:
+    """A line's fields with surrounding blanks removed (how split lines are matched)."""
+    return "&".join(p.strip() for p in text.split("&"))
 
 
 def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
@@ -193,21 +217,28 @@ def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
 
 def _match_split(path: Path, samples: list[Sample], categories: list[str],
                  problems: list[str]) -> list[int]:
-    """Map each split line to the index of the identical Annotations.txt line."""
-    free: dict[str, list[int]] = {}
+    """Map each split line to the index of the Annotations.txt line it copies: the line as
+    written there (so a line repaired on parsing keeps its split), or its repaired text."""
+    candidates: dict[str, list[int]] = {}
     for s in samples:
-        free.setdefault(s.line, []).append(s.index)
+        for key in dict.fromkeys((s.source, s.line)):
+            candidates.setdefault(key, []).append(s.index)
     known = set(categories)
-    order, used = [], {}
+    order, taken, used = [], set(), {}
     for n, text in _read_lines(path):
-        parts = [p.strip() for p in text.split("&")]
-        key = "&".join(parts)
-        if key in free and free[key]:
+        key = _normalized(text)
+        parts = key.split("&")
+        index = next((i for i in candidates.get(key, ()) if i not in taken), None)
+        if index is not None:
             used[key] = n
-            order.append(free[key].pop(0))
+            taken.add(index)
+            order.append(index)
         elif key in used:
             _warn(problems, f"{path}:{n}: repeats split line {used[key]}; left out")
-        elif len(parts) >= 1 and parts[0] not in known:
+        elif len(parts) > 1 and video_id_problem(parts[1]):
+            _warn(problems, f"{path}:{n}: unsafe video id {parts[1]!r} "
+                            f"({video_id_problem(parts[1])}); left out of the split")
+        elif parts[0] not in known:
             _warn(problems, f"{path}:{n}: unknown category {parts[0]!r} (not in "
                             f"{ANNOTATIONS_FILE}); left out of the split")
         else:
@@ -218,8 +249,6 @@ def _match_split(path: Path, samples: list[Sample], categories: list[str],
 
 def export_labels(root: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write the community label/order files from the annotation files alone."""
-    import h5py
-
     ann = load_annotations(root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,19 @@ missing         no file                          excluded (features marked inval
 corrupt         cannot be opened / decoded       excluded
 no_video        no video stream                  excluded
 unusable        probe hung or crashed; video     excluded (flag ``too_short`` for the
-                shorter than ``min_duration``;    duration case)
-                annotation line unparsable
+                shorter than ``min_duration``;    duration case); a file resolving outside
+                annotation line unparsable;       the data root is never opened
+                file outside ``<root>/AVE/``
 short           video < 10 s                     last frame repeated (flag ``padded_short``)
 no_audio        no audio stream                  silence (flag ``no_audio``)
 ok              --                               --
 ============== ================================ ===========================================
 
-Other flags: ``padded_audio`` (audio shorter than the clip: silence appended), ``vfr``
-(variable frame rate: sampled by timestamps).
+Other flags: ``padded_audio`` (audio shorter than the clip: silence appended; the decoder's
+rule, :func:`pipeline.media.audio_flags`), ``vfr`` (variable frame rate: sampled by timestamps).
+A video id that cannot name a file safely makes its annotation line unusable
+(:mod:`pipeline.data.ave`); a video file that resolves (symlinks followed) outside
+``<root>/AVE/`` is ``unusable`` and never probed.
 """
 from __future__ import annotations
 
@@ -44,19 +48,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import h5py
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.data._fs import replace_dir
-from pipeline.data.ave import NUM_SEGMENTS, SPLITS, AVEAnnotations, load_annotations
+from pipeline.data.ave import SPLITS, AVEAnnotations, load_annotations
+from pipeline.data.ids import UnsafePathError
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
-                            VideoInfo, probe_many)
+                            VideoInfo, audio_flags, probe_many)
+from pipeline.runtime import NUM_SEGMENTS
 
 MANIFEST_COLUMNS = ("index", "video_id", "category", "split", "start", "end", "path", "status",
                     "duration", "fps", "num_frames", "has_audio", "flags", "message")
 STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusable")
 EXCLUDED = frozenset({"corrupt", "missing", "no_video", "unusable"})  # no features for these
 FLAG_TOO_SHORT = "too_short"  # shorter than min_duration: excluded
-AUDIO_SHORT_TOLERANCE_S = 0.1  # audio may end this much before the video without a flag
 _EXCLUDE = "excluded (features marked invalid)"
 ACTIONS = {"missing": _EXCLUDE, "corrupt": _EXCLUDE, "no_video": _EXCLUDE, "unusable": _EXCLUDE,
            "short": "padded with the last frame", "no_audio": "silent audio", "ok": ""}
@@ -98,11 +105,11 @@ def video_status(info: VideoInfo, min_duration: float,
     if info.status == "short":
         flags.append(FLAG_PADDED_SHORT)
         notes.append(f"video {info.duration:.2f} s < {num_segments} s")
-    if not info.has_audio:
-        flags.append(FLAG_NO_AUDIO)
+    audio = audio_flags(info.audio_duration if info.has_audio else 0.0, num_segments)
+    flags += audio
+    if FLAG_NO_AUDIO in audio:
         notes.append("no audio stream")
-    elif info.audio_duration < min(info.duration, num_segments) - AUDIO_SHORT_TOLERANCE_S:
-        flags.append(FLAG_PADDED_AUDIO)
+    elif FLAG_PADDED_AUDIO in audio:
         notes.append(f"audio {info.audio_duration:.2f} s")
     if info.vfr:
         flags.append(FLAG_VFR)
@@ -112,7 +119,8 @@ def video_status(info: VideoInfo, min_duration: float,
 
 
 def build_rows(ann: AVEAnnotations, infos: dict[str, VideoInfo], min_duration: float) -> list[dict]:
-    """Manifest rows, one per annotation data line (unparsable lines: status ``unusable``)."""
+    """Manifest rows, one per annotation data line (unparsable lines: status ``unusable``);
+    ``path`` is the checked video path (empty for a file outside the root, never opened)."""
     split_of = {i: split for split in SPLITS for i in ann.splits.get(split, [])}
     by_index = ann.by_index()
     rows = []
@@ -128,7 +136,7 @@ def build_rows(ann: AVEAnnotations, infos: dict[str, VideoInfo], min_duration: f
         status, flags, message = video_status(info, min_duration)
         rows.append(dict(index=index, video_id=s.video_id, category=s.category,
                          split=split_of.get(index, "none"), start=s.start, end=s.end,
-                         path=str(ann.video_path(s.video_id)), status=status,
+                         path=info.path, status=status,
                          duration=round(info.duration, 4), fps=round(info.fps, 4),
                          num_frames=info.num_frames, has_audio=info.has_audio,
                          flags=tuple(flags), message=message))
@@ -143,13 +151,11 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each one is in ann.problems, hence in the report
         ann = load_annotations(root)
-    ids = ann.video_ids()
-    paths = [ann.video_path(v) for v in ids]
-    infos_iter: Iterable[VideoInfo] = probe_many(paths, workers=workers, timeout_s=timeout_s)
+    paths, infos = contained_videos(ann)
+    infos_iter: Iterable[VideoInfo] = probe_many(paths.values(), workers=workers, timeout_s=timeout_s)
     if progress:
-        from tqdm import tqdm
-        infos_iter = tqdm(infos_iter, total=len(ids), desc="probe", unit="video")
-    infos = dict(zip(ids, infos_iter))
+        infos_iter = tqdm(infos_iter, total=len(paths), desc="probe", unit="video")
+    infos.update(zip(paths, infos_iter))
     rows = build_rows(ann, infos, min_duration)
     result = PrepareResult(out_dir, rows, list(ann.categories), list(ann.problems))
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -164,10 +170,20 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration
     return result
 
 
+def contained_videos(ann: AVEAnnotations) -> tuple[dict[str, Path], dict[str, VideoInfo]]:
+    """``({video id: path to probe}, {video id: unusable info})``: a file that resolves outside
+    ``<root>/AVE/`` (a symlink leading away) is never opened."""
+    paths, outside = {}, {}
+    for vid in ann.video_ids():
+        try:
+            paths[vid] = ann.video_path(vid)
+        except UnsafePathError as e:
+            outside[vid] = VideoInfo("", "unusable", message=f"not opened: {e}")
+    return paths, outside
+
+
 def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path,
                    min_duration: float) -> None:
-    import h5py
-
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
         w.writeheader()

@@ -25,7 +25,8 @@ Everything is drawn from ``seed``: the same seed gives the same annotation files
 decoded content (encoders run single-threaded). The set is written to a temporary directory
 and renamed into place, so an interrupted run leaves no half set.
 
-CLI: ``python -m pipeline.data.synth OUT_DIR --train 96 --val 24 --test 24 --classes 6``.
+CLI: ``python -m pipeline.data.synth [ROOT] [--train 96 --val 24 --num-classes 6 ...]``: one
+option per :class:`pipeline.config.SynthConfig` field, with its defaults (the demo profile).
 """
 from __future__ import annotations
 
@@ -35,18 +36,21 @@ import json
 import os
 import shutil
 import time
+import typing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli import stage_main
+from pipeline.config import SynthConfig, from_dict
 from pipeline.data._fs import replace_dir
-from pipeline.config import ConfigError, SynthConfig
-from pipeline.data.ave import (ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS,
-                               VIDEO_DIR)
+from pipeline.data.ave import ANNOTATIONS_FILE, HEADER_PREFIX, SPLIT_FILES, SPLITS, VIDEO_DIR
+from pipeline.media.write import write_mp4
+from pipeline.runtime import NUM_SEGMENTS
 
 # AVE's 28 categories in Annotations.txt first-appearance order (= label index order).
 AVE_CATEGORIES = (
@@ -295,7 +299,6 @@ def _gate(audible: list[bool], sr: int, ramp: int) -> np.ndarray:
 
 def write_video(spec: VideoSpec, cfg: SynthConfig, path: str | os.PathLike) -> None:
     """Render and encode one video (H.264 + AAC) to ``path``."""
-    from pipeline.media.write import write_mp4
 
     sigs = class_signatures(cfg.num_classes)
     write_mp4(path, render_frames(spec, sigs, cfg), cfg.fps, render_audio(spec, sigs, cfg),
@@ -366,36 +369,27 @@ def load_synth_meta(root: str | os.PathLike) -> dict:
     return json.loads((Path(root) / "synth.json").read_text())
 
 
-def main(argv: list[str] | None = None) -> None:
-    d = SynthConfig()
+def cli_parser() -> argparse.ArgumentParser:
+    """Options built from :class:`SynthConfig`: one ``--<field>`` per field (``_`` -> ``-``),
+    its type and default (the demo profile of params.yaml); the output folder is ``root``."""
     p = argparse.ArgumentParser(prog="python -m pipeline.data.synth",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("out_dir")
-    p.add_argument("--train", type=int, default=d.train)
-    p.add_argument("--val", type=int, default=d.val)
-    p.add_argument("--test", type=int, default=d.test)
-    p.add_argument("--classes", type=int, default=d.num_classes)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--height", type=int, default=d.height)
-    p.add_argument("--fps", type=float, default=d.fps)
-    p.add_argument("--sample-rate", type=int, default=d.sample_rate)
-    p.add_argument("--full-fraction", type=float, default=d.full_fraction)
-    p.add_argument("--single-modality", type=float, default=d.single_modality)
-    p.add_argument("--two-label", type=int, default=d.two_label)
-    p.add_argument("--workers", type=int, default=d.workers)
-    a = p.parse_args(argv)
-    cfg = replace(d, root=a.out_dir, train=a.train, val=a.val, test=a.test, num_classes=a.classes,
-                  seed=a.seed, width=a.width, height=a.height, fps=a.fps,
-                  sample_rate=a.sample_rate, full_fraction=a.full_fraction,
-                  single_modality=a.single_modality, two_label=a.two_label, workers=a.workers)
-    try:
-        cfg.validate()
-    except ConfigError as e:
-        p.error(str(e))
+    hints = typing.get_type_hints(SynthConfig)
+    for f in fields(SynthConfig):
+        if f.name == "root":
+            p.add_argument("root", nargs="?", default=f.default, help=f"output folder (default: {f.default})")
+            continue
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=hints[f.name], default=f.default,
+                       help=f"synth.{f.name} (default: {f.default})")
+    return p
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> None:
+    cfg = from_dict(SynthConfig, vars(cli_parser().parse_args(argv)), "synth")
     t0 = time.time()
     root = generate(cfg)
-    print(f"wrote {a.train + a.val + a.test} videos, {a.classes} classes to {root} "
+    print(f"wrote {cfg.train + cfg.val + cfg.test} videos, {cfg.num_classes} classes to {root} "
           f"in {time.time() - t0:.1f} s")
 
 

@@ -14,6 +14,7 @@ _EXPORTS = {
     "Encoder": "pipeline.encoders.base",
     "build_encoder": "pipeline.encoders.base",
     "encoder_names": "pipeline.encoders.base",
+    "encoder_modality": "pipeline.encoders.base",
     "register_encoder": "pipeline.encoders.base",
     "VisualEncoder": "pipeline.encoders.visual",
     "ImagePreprocess": "pipeline.encoders.visual",

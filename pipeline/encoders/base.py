@@ -7,10 +7,9 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from pipeline.config import ConfigError
 from pipeline.encoders.spec import ModelSpec
-from pipeline.encoders.weights import ResolvedWeights, state_dict_sha256
-
-NUM_SEGMENTS = 10  # AVE: ten 1-second segments per clip
+from pipeline.encoders.weights import DOWNLOAD_KEY, ResolvedWeights, state_dict_sha256
 
 
 class Encoder(nn.Module):
@@ -64,18 +63,25 @@ class Encoder(nn.Module):
         }
 
 
-Factory = Callable[..., Encoder]  # factory(spec, allow_download=, image_size=) -> Encoder
+Factory = Callable[..., Encoder]  # factory(spec, allow_download=, image_size=, download_key=) -> Encoder
 _ENCODERS: dict[str, Factory] = {}
+_MODALITY: dict[str, str] = {}  # registered name -> "visual" | "audio"
 PREFIX = "/"  # names registered ending with "/" are families: "timm/" serves "timm/<model>"
 
 
-def register_encoder(name: str) -> Callable[[Factory], Factory]:
-    """Register ``factory(spec, allow_download=True, image_size=None) -> Encoder`` under ``name``
-    (audio factories ignore ``image_size``)."""
+def register_encoder(name: str, modality: str) -> Callable[[Factory], Factory]:
+    """Register ``factory(spec, allow_download=True, image_size=None, download_key=...) ->
+    Encoder`` under ``name`` (audio factories ignore ``image_size``; ``download_key`` is the
+    params key named when a download is needed but disabled); ``modality`` is ``visual`` or
+    ``audio``."""
+    if modality not in ("visual", "audio"):
+        raise ValueError(f"encoder {name!r}: modality must be 'visual' or 'audio', got {modality!r}")
+
     def deco(fn: Factory) -> Factory:
         if name in _ENCODERS:
             raise ValueError(f"encoder {name!r} registered twice")
         _ENCODERS[name] = fn
+        _MODALITY[name] = modality
         return fn
     return deco
 
@@ -86,22 +92,50 @@ def encoder_names() -> list[str]:
 
 
 def _import_all() -> None:
+    # The encoder modules import this one (for Encoder and register_encoder): a cycle.
     from pipeline.encoders import cnn14, vggish, visual  # noqa: F401  (fill the registry)
 
 
-def lookup(name: str) -> Factory:
+def _registered(name: str) -> str:
+    """The registry entry serving ``name`` (itself, or its family such as ``timm/``)."""
     _import_all()
     if name in _ENCODERS:
-        return _ENCODERS[name]
+        return name
     family = name.split(PREFIX, 1)[0] + PREFIX if PREFIX in name else None
-    if family in _ENCODERS:
-        return _ENCODERS[family]
+    if family in _ENCODERS and name != family:
+        return family
     raise KeyError(f"unknown encoder {name!r}; valid: {', '.join(sorted(_ENCODERS))} "
                    "(a family like 'timm/' takes a model name after the slash)")
 
 
+def lookup(name: str) -> Factory:
+    return _ENCODERS[_registered(name)]
+
+
+def encoder_modality(name: str) -> str:
+    """``visual`` or ``audio`` for a registered encoder name (KeyError listing valid names)."""
+    return _MODALITY[_registered(name)]
+
+
+def check_encoder(name: str, key: str, modality: Optional[str] = None) -> str:
+    """Params check: ``name`` is a registered encoder (a ``timm/<model>`` that timm knows) of
+    ``modality`` when given; returns its modality. Errors name ``key``."""
+    try:
+        found = encoder_modality(name)
+    except KeyError as e:
+        raise ConfigError(f"{key}: {e.args[0]}") from None
+    if name.startswith("timm/"):
+        import timm  # heavy; imported only when a timm encoder is configured
+        if not timm.is_model(name.split("/", 1)[1]):
+            raise ConfigError(f"{key}: timm has no model {name.split('/', 1)[1]!r} "
+                              "(see timm.list_models())")
+    if modality and found != modality:
+        raise ConfigError(f"{key}: {name!r} is an {found} encoder; a {modality} one is needed")
+    return found
+
+
 def build_encoder(spec: Union[ModelSpec, dict, str], allow_download: bool = True,
-                  image_size: Optional[int] = None) -> Encoder:
+                  image_size: Optional[int] = None, download_key: str = DOWNLOAD_KEY) -> Encoder:
     """Encoder from a model spec (``extract.models.<name>`` entry, a dict of it, or an encoder
     name meaning ``{encoder: name}`` with pretrained weights), in eval mode.
 
@@ -112,5 +146,6 @@ def build_encoder(spec: Union[ModelSpec, dict, str], allow_download: bool = True
         spec = ModelSpec(**spec)
     elif not dataclasses.is_dataclass(spec):
         raise TypeError(f"expected a ModelSpec, dict or name, got {type(spec).__name__}")
-    enc = lookup(spec.encoder)(spec, allow_download=allow_download, image_size=image_size)
+    enc = lookup(spec.encoder)(spec, allow_download=allow_download, image_size=image_size,
+                               download_key=download_key)
     return enc.eval()

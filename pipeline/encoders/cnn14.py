@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pipeline.encoders.audio import AudioEncoder
 from pipeline.encoders.base import register_encoder
 from pipeline.encoders.spec import ModelSpec
-from pipeline.encoders.weights import ResolvedWeights, WeightsSpec, materialize
+from pipeline.encoders.weights import DOWNLOAD_KEY, ResolvedWeights, WeightsSpec, materialize
 
 SAMPLE_RATE = 32000
 EMBEDDING = 2048
@@ -84,9 +84,11 @@ class Cnn14Encoder(AudioEncoder):
         return {"model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
 
-@register_encoder("cnn14")
-def cnn14(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> Cnn14Encoder:
+@register_encoder("cnn14", "audio")
+def cnn14(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None,
+          download_key: str = DOWNLOAD_KEY) -> Cnn14Encoder:
     models = panns_models()
     net, resolved = materialize(lambda: models.Cnn14(**CNN14_ARGS), spec.weights, spec.seed,
-                                CNN14_WEIGHTS, remap=remap_cnn14, allow_download=allow_download)
+                                CNN14_WEIGHTS, remap=remap_cnn14, allow_download=allow_download,
+                                download_key=download_key)
     return Cnn14Encoder(spec, resolved, net)

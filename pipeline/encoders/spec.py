@@ -6,6 +6,22 @@ from typing import Literal
 
 from pipeline.config import ConfigError
 
+WEIGHTS_KEYWORDS = ("pretrained", "random")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def check_weights(value: str, key: str) -> None:
+    """``pretrained``, ``random``, or something that reads as a checkpoint path (it contains a
+    folder or ends in a checkpoint suffix): a typo such as ``pretrianed`` is an error here,
+    not a 'file not found' after the data is read. Whether the file exists is checked when the
+    encoder is built (a stage's input may not exist yet when params are loaded)."""
+    if value in WEIGHTS_KEYWORDS:
+        return
+    if not value.strip() or not ("/" in value or value.endswith(CHECKPOINT_SUFFIXES)):
+        raise ConfigError(f"{key}: {value!r} is neither {' nor '.join(WEIGHTS_KEYWORDS)} nor a "
+                          f"checkpoint path (a folder/file, or a name ending in "
+                          f"{', '.join(CHECKPOINT_SUFFIXES)})")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -20,5 +36,4 @@ class ModelSpec:
     def validate(self, key: str = "") -> None:
         if not self.encoder:
             raise ConfigError(f"{key}.encoder: empty; e.g. vgg19, resnet50, vggish, cnn14, timm/<name>")
-        if not self.weights:
-            raise ConfigError(f"{key}.weights: empty; allowed: pretrained | random | <path>")
+        check_weights(self.weights, f"{key}.weights")

@@ -28,7 +28,8 @@ from torch import nn
 from pipeline.encoders.audio import AudioEncoder
 from pipeline.encoders.base import register_encoder
 from pipeline.encoders.spec import ModelSpec
-from pipeline.encoders.weights import ResolvedWeights, WeightsSpec, load_checkpoint, materialize, resolve
+from pipeline.encoders.weights import (DOWNLOAD_KEY, ResolvedWeights, WeightsSpec, load_checkpoint,
+                                      materialize, resolve)
 
 SAMPLE_RATE = 16000  # vggish_params.SAMPLE_RATE
 WINDOW = 400  # 0.025 s
@@ -170,12 +171,15 @@ class VGGishEncoder(AudioEncoder):
         return meta
 
 
-@register_encoder("vggish")
-def vggish(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VGGishEncoder:
+@register_encoder("vggish", "audio")
+def vggish(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None,
+           download_key: str = DOWNLOAD_KEY) -> VGGishEncoder:
     net, resolved = materialize(VGGishNet, spec.weights, spec.seed, VGGISH_WEIGHTS,
-                                remap=remap_vggish, allow_download=allow_download)
+                                remap=remap_vggish, allow_download=allow_download,
+                                download_key=download_key)
     post, pca = None, None
     if spec.postprocess != "none":  # the published PCA parameters, whatever the net's weights
-        pca = resolve("pretrained", VGGISH_PCA, allow_download=allow_download)
+        pca = resolve("pretrained", VGGISH_PCA, allow_download=allow_download,
+                      download_key=download_key)
         post = PCAPostprocess(*load_pca(pca.path), quantize=spec.postprocess == "pca_quantize")
     return VGGishEncoder(spec, resolved, net, post, pca)

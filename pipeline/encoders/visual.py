@@ -9,23 +9,32 @@ Frames are resized to ``image_size`` by squashing (no crop), as the AVE features
 normalised with the weights' mean/std (``preprocess: weights``) or caffe-style
 (``preprocess: caffe``: BGR, ImageNet BGR mean subtracted, 0..255 range, as Keras'
 ``preprocess_input`` for VGG-19 that made the published AVE features).
+
+timm is imported inside the ``timm/`` family's functions only: its import takes seconds and the
+torchvision encoders (and every params check) never need it.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from pipeline.encoders.base import Encoder, register_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.encoders.weights import (
-    HASH_PREFIX, ResolvedWeights, WeightsSpec, load_checkpoint, load_strict, materialize, resolve, seeded,
+    DOWNLOAD_KEY, HASH_PREFIX, ResolvedWeights, WeightsSpec, load_checkpoint, load_strict, materialize, resolve, seeded,
 )
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # Keras imagenet_utils 'caffe' mode, 0..255 BGR
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision/timm ImageNet statistics, pixels in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_SIZE = (224, 224)
 # torchvision backbones: arch -> (published weights tag, node whose output is the map, channels)
 TORCHVISION = {
     "vgg19": ("IMAGENET1K_V1", "features.36", 512),  # final max-pool of the conv stack
@@ -44,11 +53,15 @@ class ImagePreprocess:
 
     @classmethod
     def from_weights(cls, spec: WeightsSpec, mode: str, image_size: Optional[int]) -> "ImagePreprocess":
-        size = (image_size, image_size) if image_size else tuple(spec.input_size or (224, 224))
+        """From the weights' description; a description without size or mean/std is an error
+        (no silent default)."""
+        if spec.input_size is None or (mode != "caffe" and (spec.mean is None or spec.std is None)):
+            raise ValueError(f"weights {spec.name!r} describe no input size / mean / std")
+        size = (image_size, image_size) if image_size else tuple(spec.input_size)
         if mode == "caffe":
             return cls(size, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), bgr=True)
-        mean = tuple(255.0 * m for m in (spec.mean or (0.485, 0.456, 0.406)))
-        std = tuple(255.0 * s for s in (spec.std or (0.229, 0.224, 0.225)))
+        mean = tuple(255.0 * m for m in spec.mean)
+        std = tuple(255.0 * s for s in spec.std)
         return cls(size, mean, std, bgr=False)
 
 
@@ -111,7 +124,6 @@ class VisualEncoder(Encoder):
 def net_output_hw(net: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     """Map size for an input size (one tiny forward on the meta device)."""
     try:
-        import copy
         meta_net = copy.deepcopy(net).to("meta")
         out = meta_net(torch.empty(1, 3, *size, device="meta"))
     except Exception:  # some ops have no meta kernel: fall back to a real forward
@@ -135,8 +147,6 @@ class _MapOf(nn.Module):
 # ------------------------------------------------------------------------------------------
 def torchvision_weights(arch: str, tag: str) -> WeightsSpec:
     """Weights description from torchvision's own ``Weights`` enum (file, url, mean/std, size)."""
-    import torchvision
-
     w = torchvision.models.get_model_weights(arch)[tag]
     t = w.transforms()
     file = w.url.rsplit("/", 1)[-1]
@@ -152,9 +162,6 @@ def torchvision_body(arch: str) -> tuple[nn.Module, set[str]]:
 
     The full model is built on the meta device so the classifier (120 M parameters for VGG-19)
     is never allocated or initialised."""
-    import torchvision
-    from torchvision.models.feature_extraction import create_feature_extractor
-
     with torch.device("meta"):
         full = torchvision.models.get_model(arch, weights=None)
     body = create_feature_extractor(full, {TORCHVISION[arch][1]: "map"}).to_empty(device="cpu")
@@ -178,7 +185,8 @@ def remap_torchvision(state: dict, drop: set[str]) -> dict:
     return {"body." + k: v for k, v in state.items() if k not in drop}
 
 
-def _build_torchvision(arch: str, spec: ModelSpec, allow_download: bool, image_size: Optional[int]) -> VisualEncoder:
+def _build_torchvision(arch: str, spec: ModelSpec, allow_download: bool, image_size: Optional[int],
+                       download_key: str) -> VisualEncoder:
     tag, node, channels = TORCHVISION[arch]
     wspec = torchvision_weights(arch, tag)
     drop: set[str] = set()
@@ -189,7 +197,8 @@ def _build_torchvision(arch: str, spec: ModelSpec, allow_download: bool, image_s
         return _MapOf(body)
 
     net, resolved = materialize(create, spec.weights, spec.seed, wspec,
-                                remap=lambda sd: remap_torchvision(sd, drop), allow_download=allow_download)
+                                remap=lambda sd: remap_torchvision(sd, drop), allow_download=allow_download,
+                                download_key=download_key)
     prep = ImagePreprocess.from_weights(wspec, spec.preprocess, image_size)
     export = lambda n: {k[len("body."):]: v.detach().cpu() for k, v in n.state_dict().items()}
     return VisualEncoder(spec.encoder, spec, resolved, net, channels, prep, export)
@@ -200,7 +209,7 @@ def _build_torchvision(arch: str, spec: ModelSpec, allow_download: bool, image_s
 # ------------------------------------------------------------------------------------------
 def timm_weights(model_name: str) -> Optional[WeightsSpec]:
     """Weights description from timm's pretrained config (HF hub file, mean/std, input size)."""
-    import timm
+    import timm  # the timm family only (see the module doc)
 
     cfg = timm.models.get_pretrained_cfg(model_name)
     if cfg is None:
@@ -220,6 +229,15 @@ def timm_weights(model_name: str) -> Optional[WeightsSpec]:
     return None
 
 
+def _imagenet_stats(model_name: str) -> WeightsSpec:
+    """A timm model without a pretrained config (random or own weights): ImageNet mean/std and
+    224 px, a decision that is logged here and recorded in the feature file's mean/std."""
+    print(f"encoder timm/{model_name}: timm has no pretrained config; frames normalised with "
+          f"ImageNet mean {IMAGENET_MEAN} / std {IMAGENET_STD} at {IMAGENET_SIZE[0]} px", flush=True)
+    return WeightsSpec(f"timm/{model_name} (no pretrained config)", "", "", "torch_hub",
+                       input_size=IMAGENET_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
 class _TimmMap(nn.Module):
     def __init__(self, body: nn.Module):
         super().__init__()
@@ -229,12 +247,13 @@ class _TimmMap(nn.Module):
         return self.body(x)[-1]
 
 
-def _build_timm(spec: ModelSpec, allow_download: bool, image_size: Optional[int]) -> VisualEncoder:
-    import timm
+def _build_timm(spec: ModelSpec, allow_download: bool, image_size: Optional[int],
+                download_key: str) -> VisualEncoder:
+    import timm  # the timm family only (see the module doc)
 
     model_name = spec.encoder.split("/", 1)[1]
     wspec = timm_weights(model_name)
-    resolved = resolve(spec.weights, wspec, spec.seed, allow_download)
+    resolved = resolve(spec.weights, wspec, spec.seed, allow_download, download_key)
     kwargs = dict(features_only=True, out_indices=(-1,))
     with seeded(spec.seed):
         body = timm.create_model(model_name, pretrained=False, **kwargs)
@@ -247,8 +266,7 @@ def _build_timm(spec: ModelSpec, allow_download: bool, image_size: Optional[int]
                 body = timm.create_model(model_name, pretrained=True,
                                          pretrained_cfg_overlay=dict(file=str(resolved.path)), **kwargs)
     channels = body.feature_info.channels()[-1]
-    prep = ImagePreprocess.from_weights(wspec or WeightsSpec("none", "", "", "torch_hub"),
-                                        spec.preprocess, image_size)
+    prep = ImagePreprocess.from_weights(wspec or _imagenet_stats(model_name), spec.preprocess, image_size)
     export = lambda n: {k[len("body."):]: v.detach().cpu() for k, v in n.state_dict().items()}
     return VisualEncoder(spec.encoder, spec, resolved, _TimmMap(body), channels, prep, export)
 
@@ -256,16 +274,19 @@ def _build_timm(spec: ModelSpec, allow_download: bool, image_size: Optional[int]
 # ------------------------------------------------------------------------------------------
 # Registry entries
 # ------------------------------------------------------------------------------------------
-@register_encoder("vgg19")
-def vgg19(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VisualEncoder:
-    return _build_torchvision("vgg19", spec, allow_download, image_size)
+@register_encoder("vgg19", "visual")
+def vgg19(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None,
+          download_key: str = DOWNLOAD_KEY) -> VisualEncoder:
+    return _build_torchvision("vgg19", spec, allow_download, image_size, download_key)
 
 
-@register_encoder("resnet50")
-def resnet50(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VisualEncoder:
-    return _build_torchvision("resnet50", spec, allow_download, image_size)
+@register_encoder("resnet50", "visual")
+def resnet50(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None,
+          download_key: str = DOWNLOAD_KEY) -> VisualEncoder:
+    return _build_torchvision("resnet50", spec, allow_download, image_size, download_key)
 
 
-@register_encoder("timm/")
-def timm_family(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None) -> VisualEncoder:
-    return _build_timm(spec, allow_download, image_size)
+@register_encoder("timm/", "visual")
+def timm_family(spec: ModelSpec, allow_download: bool = True, image_size: Optional[int] = None,
+                download_key: str = DOWNLOAD_KEY) -> VisualEncoder:
+    return _build_timm(spec, allow_download, image_size, download_key)

@@ -30,19 +30,28 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 import torch
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.constants import HF_HUB_CACHE
+from safetensors.torch import load_file
 from torch import nn
 from torch.hub import download_url_to_file
 
+from pipeline.config import InputError
+
 CacheKind = Literal["torch_hub", "panns", "hf"]
 HASH_PREFIX = re.compile(r"-([a-f0-9]{6,64})\.")  # torch.hub convention: name-<sha256 prefix>.ext
+
+
+DOWNLOAD_KEY = "extract.download"  # the params key that allows downloads (named in errors)
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """A checkpoint is neither given, cached nor downloadable; the message says where to put it."""
 
 
-class WeightsLoadError(RuntimeError):
-    """A checkpoint exists but does not load strictly into its encoder."""
+class WeightsLoadError(InputError):
+    """A checkpoint exists but cannot be read, or does not load strictly into its encoder; the
+    message names the file and the reason."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,6 @@ def cache_dir(kind: CacheKind) -> Path:
     if kind == "panns":
         return Path.home() / "panns_data"  # where panns_inference looks
     if kind == "hf":
-        from huggingface_hub.constants import HF_HUB_CACHE
         return Path(os.environ.get("HF_HUB_CACHE", HF_HUB_CACHE))
     raise ValueError(f"unknown cache kind {kind!r}")
 
@@ -97,7 +105,6 @@ def cache_dir(kind: CacheKind) -> Path:
 def cached_file(spec: WeightsSpec) -> Optional[Path]:
     """The cached copy of ``spec``'s file, or None."""
     if spec.cache == "hf":
-        from huggingface_hub import try_to_load_from_cache
         hit = try_to_load_from_cache(spec.hf_repo, spec.file, cache_dir=cache_dir("hf"))
         return Path(hit) if isinstance(hit, str) and Path(hit).is_file() else None
     path = cache_dir(spec.cache) / spec.file
@@ -114,7 +121,6 @@ def _where(spec: WeightsSpec) -> str:
 def fetch(spec: WeightsSpec) -> Path:
     """Download ``spec`` into its cache the way the owning library does (may raise)."""
     if spec.cache == "hf":
-        from huggingface_hub import hf_hub_download
         return Path(hf_hub_download(spec.hf_repo, spec.file, cache_dir=cache_dir("hf")))
     dst = cache_dir(spec.cache) / spec.file
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -123,12 +129,14 @@ def fetch(spec: WeightsSpec) -> Path:
     return dst
 
 
-def resolve_file(spec: WeightsSpec, allow_download: bool = True) -> Path:
-    """Cached file, else a download when allowed, else :class:`WeightsNotFoundError`."""
+def resolve_file(spec: WeightsSpec, allow_download: bool = True,
+                 download_key: str = DOWNLOAD_KEY) -> Path:
+    """Cached file, else a download when allowed, else :class:`WeightsNotFoundError`
+    (naming ``download_key``, the params key that allows downloads)."""
     hit = cached_file(spec)
     if hit is not None:
         return hit
-    reason = "downloads are disabled (extract.download: false)"
+    reason = f"downloads are disabled ({download_key}: false)"
     if allow_download:
         try:
             return fetch(spec)
@@ -140,7 +148,7 @@ def resolve_file(spec: WeightsSpec, allow_download: bool = True) -> Path:
 
 
 def resolve(weights: str, spec: Optional[WeightsSpec], seed: int = 0,
-            allow_download: bool = True) -> ResolvedWeights:
+            allow_download: bool = True, download_key: str = DOWNLOAD_KEY) -> ResolvedWeights:
     """``pretrained | random | <path>`` -> :class:`ResolvedWeights` (``sha256`` empty for random:
     :meth:`Encoder.metadata` records the hash of the initialised state instead)."""
     if weights == "random":
@@ -148,7 +156,7 @@ def resolve(weights: str, spec: Optional[WeightsSpec], seed: int = 0,
     if weights == "pretrained":
         if spec is None:
             raise WeightsNotFoundError("this encoder has no published weights; use `random` or a path")
-        path = resolve_file(spec, allow_download)
+        path = resolve_file(spec, allow_download, download_key)
         return ResolvedWeights("pretrained", path, file_sha256(path), None, spec)
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -168,16 +176,37 @@ def _numpy_safe_globals() -> list:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file: safetensors, or ``torch.load(weights_only=True)``."""
+    """Read a checkpoint file: safetensors, or ``torch.load(weights_only=True)``. A file that
+    cannot be read (garbage, a pickle holding code or objects, a broken safetensors file) is a
+    :class:`WeightsLoadError` naming the file and the reason; nothing in it is ever executed."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
-    with torch.serialization.safe_globals(_numpy_safe_globals()):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            obj = load_file(str(path), device="cpu")
+        else:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # torch/pickle/safetensors each raise their own types
+        raise WeightsLoadError(f"{path}: not a readable checkpoint: {_load_reason(e)}") from None
     if not isinstance(obj, dict):
         raise WeightsLoadError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
+
+
+def _load_reason(err: Exception) -> str:
+    """The cause of a failed load in one phrase, without torch's advice to load unsafely."""
+    text = str(err)
+    if "Weights only load failed" in text:  # torch's safe unpickler refused the file
+        code = re.search(r"GLOBAL ([\w.]+)", text)
+        if code:
+            return f"it refers to Python code or objects ({code.group(1)}), not only tensors; refused"
+        op = re.search(r"Unsupported operand (\d+)", text)
+        what = f" (pickle opcode {op.group(1)})" if op else ""
+        return f"not a checkpoint of tensors{what}; refused by the safe loader"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"{type(err).__name__}: {first[:200]}"
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -224,13 +253,14 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -
 
 def materialize(create: Callable[[], nn.Module], weights: str, seed: int,
                 spec: Optional[WeightsSpec], remap: Callable[[dict], dict] = lambda sd: sd,
-                allow_download: bool = True) -> tuple[nn.Module, ResolvedWeights]:
+                allow_download: bool = True,
+                download_key: str = DOWNLOAD_KEY) -> tuple[nn.Module, ResolvedWeights]:
     """Build a module under ``seed`` and load its weights (strict) from the resolved file.
 
     ``remap`` is the encoder's pure key-mapping function from its native checkpoint format
     to the module's ``state_dict`` keys.
     """
-    resolved = resolve(weights, spec, seed, allow_download)
+    resolved = resolve(weights, spec, seed, allow_download, download_key)
     with seeded(seed):
         module = create()
     if resolved.path is not None:

@@ -1,2 +1,2 @@
-"""Test-split evaluation: ``metrics`` (pure numpy), ``plots``, ``evaluate`` (checkpoint ->
+"""Test-split evaluation: ``metrics`` (scikit-learn), ``plots``, ``evaluate`` (checkpoint ->
 metrics + DVCLive plots), ``report`` (results table beside the papers' numbers)."""

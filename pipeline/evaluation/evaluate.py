@@ -12,34 +12,43 @@ directions with the event segments (labels ``event`` / ``background``).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from dvclive import Live
 
+from pipeline.data.ids import safe_filename
+from pipeline.data.prepare import load_manifest
 from pipeline.evaluation import metrics as M
 from pipeline.evaluation import plots
+from pipeline.heads.m2n import DIRECTIONS, cml_evaluate
+from pipeline.runtime import atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import predict, select_device
+from pipeline.training.loop import predict
 
 
 def _video_ids(prepared: Path, rows: np.ndarray) -> list[str]:
+    """Video id of each row (``row<index>`` without a manifest); data, not yet a file name."""
     if not (prepared / "manifest.csv").is_file():
         return [f"row{r}" for r in rows]
-    from pipeline.data.prepare import load_manifest
     by_index = {int(m["index"]): str(m["video_id"]) for m in load_manifest(prepared)}
     return [by_index.get(int(r), f"row{r}") for r in rows]
+
+
+def timeline_name(i: int, video_id: str) -> str:
+    """File name of a timeline image: the video id sanitised, so it stays in its folder."""
+    return f"timeline_{i:03d}_{safe_filename(video_id)}.png"
 
 
 def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path, visual: str,
              audio: str, out_dir: str | Path | None, *, split: str = "test", batch_size: int = 64,
              timelines: int = 4, device: str = "auto") -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``split``; with ``out_dir``, logged there via DVCLive."""
-    dev = select_device(device)
+    dev = select_device(device, "train.device")
     head, ckpt = ckpt_io.load_head(checkpoint, dev)
     trained_on = (ckpt.get("params") or {}).get("train") or {}
     for key, name in (("visual", visual), ("audio", audio)):
@@ -80,8 +89,6 @@ def _cross_modal(head, split, device: torch.device, batch_size: int, vids: list[
                  ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
     """M2N's CML metrics of a ``cml`` head, and its predicted windows as event (0) /
     background (1) segments against the truth: rows A2V then V2A (for the plots)."""
-    from pipeline.heads.m2n import DIRECTIONS, cml_evaluate
-
     acc, windows = cml_evaluate(head, split.visual, split.audio, split.labels, device, batch_size)
     events = split.targets.numpy() != split.labels.shape[-1] - 1
     pred = np.concatenate([np.where(windows[d].numpy(), 0, 1) for d in DIRECTIONS])
@@ -94,9 +101,6 @@ def _cross_modal(head, split, device: torch.device, batch_size: int, vids: list[
 
 def _log(res: dict, pred: np.ndarray, true: np.ndarray, vids: list[str], out_dir: Path,
          timelines: int) -> None:
-    from dvclive import Live
-    import matplotlib.pyplot as plt
-
     names = res["labels"]
     with Live(str(out_dir), save_dvc_exp=False, dvcyaml=False) as live:
         for k in ("accuracy", "num_parameters", "train_seconds", "val_accuracy", "best_epoch",
@@ -114,14 +118,14 @@ def _log(res: dict, pred: np.ndarray, true: np.ndarray, vids: list[str], out_dir
         fig = plots.confusion_figure(np.asarray(res["confusion"]), names,
                                      f"{res['head']} ({res['setting']}) {res['split']}")
         live.log_image("confusion.png", fig)
-        plt.close(fig)
+        plots.close(fig)
         for i in _timeline_rows(true, timelines, background=len(names) - 1):
             fig = plots.timeline_figure(pred[i], true[i], names,
                                         f"{vids[i]}: {res['head']} ({res['setting']})")
-            live.log_image(f"timeline_{i:03d}_{vids[i]}.png", fig)
-            plt.close(fig)
-    (out_dir / "confusion.json").write_text(json.dumps(
-        {"labels": names, "matrix": res["confusion"]}, indent=1))
+            live.log_image(timeline_name(i, vids[i]), fig)
+            plots.close(fig)
+    atomic_write_json(out_dir / "confusion.json", {"labels": names, "matrix": res["confusion"]},
+                      indent=1)
 
 
 def _timeline_rows(true: np.ndarray, k: int, background: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Segment-level metrics of AVE localization (pure numpy; inputs are class indices).
+"""Segment-level metrics of AVE localization (scikit-learn's metrics; inputs are class indices).
 
 ``pred`` and ``true`` are ``(N, T)`` integer arrays in ``0..C`` with background ``C``.
 
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def _check(pred, true) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +26,7 @@ def _check(pred, true) -> tuple[np.ndarray, np.ndarray]:
 
 def segment_accuracy(pred, true) -> float:
     pred, true = _check(pred, true)
-    return float((pred == true).mean()) if true.size else float("nan")
+    return float(skm.accuracy_score(true, pred)) if true.size else float("nan")
 
 
 def confusion_matrix(pred, true, num_labels: int) -> np.ndarray:
@@ -33,8 +34,9 @@ def confusion_matrix(pred, true, num_labels: int) -> np.ndarray:
     pred, true = _check(pred, true)
     if true.size and (max(pred.max(), true.max()) >= num_labels or min(pred.min(), true.min()) < 0):
         raise ValueError(f"class index outside 0..{num_labels - 1}")
-    return np.bincount(true * num_labels + pred, minlength=num_labels ** 2).reshape(
-        num_labels, num_labels)
+    if not true.size:
+        return np.zeros((num_labels, num_labels), np.int64)
+    return skm.confusion_matrix(true, pred, labels=np.arange(num_labels)).astype(np.int64)
 
 
 def per_class_accuracy(pred, true, num_labels: int) -> list[float | None]:
@@ -46,11 +48,11 @@ def per_class_accuracy(pred, true, num_labels: int) -> list[float | None]:
 def event_detection(pred, true, background: int) -> dict[str, float]:
     pred, true = _check(pred, true)
     pe, te = pred != background, true != background
-    tp = int((pe & te).sum())
-    precision = tp / int(pe.sum()) if pe.any() else 0.0
-    recall = tp / int(te.sum()) if te.any() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    if not true.size:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    p, r, f1, _ = skm.precision_recall_fscore_support(te, pe, average="binary", pos_label=True,
+                                                      zero_division=0.0)
+    return {"precision": float(p), "recall": float(r), "f1": float(f1)}
 
 
 def summarize(pred, true, categories: list[str]) -> dict:

@@ -8,6 +8,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def close(fig: plt.Figure) -> None:
+    """Free a figure once it is logged."""
+    plt.close(fig)
+
+
 def confusion_figure(cm: np.ndarray, labels: list[str], title: str = "") -> plt.Figure:
     cm = np.asarray(cm)
     n = len(labels)

@@ -10,9 +10,10 @@ Each report-matrix cell writes one row (``cell_row``); ``write_table`` gathers t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
+
+from pipeline.runtime import atomic_write_json, atomic_write_text
 
 ROW_KEYS = ("head", "setting", "visual", "audio", "accuracy", "params", "train_seconds",
             "paper_accuracy")
@@ -132,6 +133,6 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, 
         if missing:
             raise ValueError(f"result row {r.get('head')}/{r.get('setting')} lacks {missing}")
     jp, mp = out_dir / "results.json", out_dir / "results.md"
-    jp.write_text(json.dumps(rows, indent=1) + "\n")
-    mp.write_text(markdown(rows))
+    atomic_write_json(jp, rows, indent=1)
+    atomic_write_text(mp, markdown(rows))
     return jp, mp

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from pipeline.config import ConfigError, register_section
+from pipeline.data.ids import safe_filename
+from pipeline.encoders.base import check_encoder
 from pipeline.encoders.spec import ModelSpec
 
 
@@ -49,3 +51,20 @@ class ExtractConfig:
             raise ConfigError(f"{key}.image_size: must be >= 32 or null, got {self.image_size}")
         if self.decode_timeout_s <= 0:
             raise ConfigError(f"{key}.decode_timeout_s: must be > 0, got {self.decode_timeout_s}")
+        for name, spec in self.models.items():
+            check_model(name, spec, f"{key}.models.{name}")
+
+
+def check_model(name: str, spec: ModelSpec, key: str) -> None:
+    """An ``extract.models`` entry: its name is a plain file name (``<name>.h5``), its encoder is
+    registered, and pre/post-processing options fit the encoder."""
+    if not name or safe_filename(name) != name:
+        raise ConfigError(f"{key}: {name!r} is not a plain name (letters, digits, '_', '-', '.'); "
+                          "it names the feature file <paths.features>/<name>.h5")
+    modality = check_encoder(spec.encoder, f"{key}.encoder")
+    if spec.preprocess != "weights" and modality != "visual":
+        raise ConfigError(f"{key}.preprocess: {spec.preprocess!r} applies to visual encoders only; "
+                          f"{spec.encoder!r} is an audio encoder")
+    if spec.postprocess != "none" and spec.encoder != "vggish":
+        raise ConfigError(f"{key}.postprocess: {spec.postprocess!r} applies to vggish only, not "
+                          f"{spec.encoder!r}")

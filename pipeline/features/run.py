@@ -8,30 +8,15 @@ merges. The output is the same file as a single-process run.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import DEFAULT_PARAMS, load_params, to_dict
+import torch.distributed as dist
 
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from the torchrun environment (1 process without it)."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev or "unknown") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, to_dict
+from pipeline.data.prepare import load_manifest
+from pipeline.features.engine import DIST_TIMEOUT_S, extract
+from pipeline.runtime import dist_env, git_revision, init_distributed, select_device
 
 
 def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: bool = True,
@@ -41,29 +26,20 @@ def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: 
     params = load_params(params_path, overrides)
     cfg, paths = params["extract"], params["paths"]
     if name not in cfg.models:
-        raise KeyError(f"unknown model {name!r}; extract.models has: {', '.join(cfg.models)}")
-    rank, world, local_rank = dist_env()
-    log = print if rank == 0 else (lambda msg: None)
-
-    import torch
-    import torch.distributed as dist
-
-    from pipeline.data.prepare import load_manifest
-    from pipeline.features.engine import DIST_TIMEOUT_S, extract, pick_device
-
-    device = pick_device(cfg.device, local_rank, log=log)
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=DIST_TIMEOUT_S))
+        raise ConfigError(f"{params_path}: extract.models has no model {name!r}; it has: "
+                          f"{', '.join(cfg.models)}")
+    env = dist_env()
+    log = print if env.main else (lambda msg: None)
+    device = select_device(cfg.device, "extract.device", env.local_rank, log=log)
+    # Ranks wait for each other at the merge barrier: the timeout covers a whole extraction.
+    init_distributed(device.type, env, timeout_s=DIST_TIMEOUT_S)
     spec = cfg.models[name]
     log(f"extract[{name}]: git {git_revision()}; spec {to_dict(spec)}; "
         f"config { {k: v for k, v in to_dict(cfg).items() if k != 'models'} }")
     rows = load_manifest(paths.prepared)
     try:
         return extract(name, spec, rows, Path(paths.features) / f"{name}.h5", cfg, device=device,
-                       rank=rank, world_size=world, progress=progress, log=log)
+                       rank=env.rank, world_size=env.world, progress=progress, log=log)
     finally:
-        if world > 1 and dist.is_initialized():
+        if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -13,7 +13,6 @@ file; the same inputs give a byte-identical file (HDF5 object times are not trac
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -21,9 +20,10 @@ from typing import Any, Literal, Optional
 import h5py
 import numpy as np
 
+from pipeline.runtime import NUM_SEGMENTS, atomic_path
+
 DATASET = "avadataset"  # the community's dataset name (visual_feature.h5, audio_feature.h5, labels.h5)
 VALID = "valid"
-NUM_SEGMENTS = 10
 REQUIRED_ATTRS = ("model", "encoder", "weights", "weights_sha256", "frames_per_segment", "sampling",
                   "image_size", "sample_rate", "dtype", "code_version", "created_by")
 
@@ -85,8 +85,8 @@ class StoreWriter:
         """``extras``: more per-row datasets, ``{name: (per-row shape, dtype)}`` (e.g. the
         sampled frame ``timestamps`` (10, F) float32)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._commit = atomic_path(self.path)  # the file appears at path only on close()
+        self.tmp = self._commit.__enter__()
         self.f = h5py.File(self.tmp, "w")
         shape = (num_rows, NUM_SEGMENTS, *feature_shape)
         self.data = self.f.create_dataset(DATASET, shape=shape, dtype=dtype, chunks=(1, *shape[1:]),
@@ -116,12 +116,13 @@ class StoreWriter:
         self.f.create_dataset(VALID, data=self.valid_mask)
         write_meta(self.f, self.meta)
         self.f.close()
-        os.replace(self.tmp, self.path)
+        self._commit.__exit__(None, None, None)
         return self.path
 
     def abort(self) -> None:
         self.f.close()
-        self.tmp.unlink(missing_ok=True)
+        # atomic_path's error path: the temporary is removed, the target left as it was
+        self._commit.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> "StoreWriter":
         return self

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config import ConfigError, register_section
+from pipeline.config import ConfigError, register_check, register_section
+from pipeline.data.ave import SPLITS
+from pipeline.encoders.base import check_encoder
+from pipeline.encoders.spec import check_weights
 
 
 @register_section("finetune")
@@ -78,3 +81,51 @@ class FinetuneConfig:
             prefixes = getattr(self, name)
             if "all" in prefixes and len(prefixes) > 1:
                 raise ConfigError(f"{key}.{name}: 'all' cannot be combined with other prefixes: {prefixes}")
+        self._validate_sources(key)
+        self._validate_optimisation(key)
+
+    def _validate_sources(self, key: str) -> None:
+        """Encoders, weights and splits name things that exist."""
+        for role in ("visual", "audio"):
+            check_encoder(getattr(self, role), f"{key}.{role}", role)
+            check_weights(getattr(self, f"{role}_weights"), f"{key}.{role}_weights")
+        for i, split in enumerate(self.train_splits):
+            if split not in SPLITS:
+                raise ConfigError(f"{key}.train_splits[{i}]: unknown split {split!r}; allowed: "
+                                  f"{', '.join(SPLITS)}")
+        if not self.train_splits:
+            raise ConfigError(f"{key}.train_splits: empty; e.g. [train]")
+        if self.eval_split not in SPLITS:
+            raise ConfigError(f"{key}.eval_split: unknown split {self.eval_split!r}; allowed: "
+                              f"{', '.join(SPLITS)}")
+        if self.eval_split in self.train_splits:
+            raise ConfigError(f"{key}.eval_split: {self.eval_split!r} is also in train_splits; the "
+                              "retrieval metric needs held-out videos")
+
+    def _validate_optimisation(self, key: str) -> None:
+        for name in ("lr_encoder", "lr_head", "lr_gamma", "decode_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{key}.{name}: must be > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name}: must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{key}.momentum: must be in [0, 1), got {self.momentum!r}")
+        ms = self.lr_milestones
+        if any(m < 1 for m in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ConfigError(f"{key}.lr_milestones: strictly increasing epochs >= 1, got {ms!r}")
+        if self.micro_batch > self.batch_size // self.nproc:
+            raise ConfigError(f"{key}.micro_batch: {self.micro_batch} exceeds the per-rank batch "
+                              f"{self.batch_size // self.nproc} (batch_size / nproc)")
+
+
+@register_check
+def _check_matches_extraction(params: dict) -> None:
+    """The tuned encoders are re-extracted with ``extract``'s frames: same size and sampling."""
+    ft, ex = params["finetune"], params["extract"]
+    if ex.image_size is not None and ft.image_size != ex.image_size:
+        raise ConfigError(f"finetune.image_size: {ft.image_size} differs from extract.image_size "
+                          f"{ex.image_size}; the tuned encoder would be extracted at another size")
+    if ft.sampling != ex.sampling:
+        raise ConfigError(f"finetune.sampling: {ft.sampling!r} differs from extract.sampling "
+                          f"{ex.sampling!r}")

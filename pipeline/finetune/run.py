@@ -3,20 +3,24 @@ tuned weights out in the encoders' native format, metrics through DVCLive (rank 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Callable
 
-import torch
+from dvclive import Live
 
 from pipeline.config import to_dict
+from pipeline.data.prepare import load_manifest
 from pipeline.encoders.base import lookup
 from pipeline.encoders.spec import ModelSpec
+from pipeline.encoders.weights import seeded
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.data import load_clips, videos
 from pipeline.finetune.model import AVContrastive, freeze_unused, set_trainable
-from pipeline.finetune.train import fit, init_distributed
+from pipeline.finetune.train import Dist, fit
+from pipeline.runtime import (atomic_torch_save, atomic_write_json, dist_env, git_revision,
+                              init_distributed, seed_everything, select_device)
+
+DOWNLOAD_KEY = "finetune.download"  # named when a pretrained file is missing and downloads are off
 
 CHECKPOINT_DIR = "checkpoints"  # under paths.finetune
 SUMMARY_FILE = "finetune.json"  # under paths.finetune: what the weights are and how they were made
@@ -34,10 +38,7 @@ def save_encoders(core: AVContrastive, out_dir: str | Path) -> dict[str, Path]:
     out = {}
     for role, enc in (("visual", core.visual), ("audio", core.audio)):
         path = weights_file(out_dir, enc.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(enc.export_state_dict(), tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(enc.export_state_dict(), path)
         out[role] = path
     return out
 
@@ -48,13 +49,12 @@ def build_model(cfg: FinetuneConfig, log: Callable[[str], None] = print,
     trainable layers set, projection heads seeded; ``distributed``: trainable parameters the
     embeddings do not use are frozen (DDP needs every one). Returns the model and audio rate."""
     visual = lookup(cfg.visual)(ModelSpec(encoder=cfg.visual, weights=cfg.visual_weights, seed=cfg.seed),
-                                cfg.download, image_size=cfg.image_size)
+                                cfg.download, image_size=cfg.image_size, download_key=DOWNLOAD_KEY)
     audio = lookup(cfg.audio)(ModelSpec(encoder=cfg.audio, weights=cfg.audio_weights, seed=cfg.seed),
-                              cfg.download)
+                              cfg.download, download_key=DOWNLOAD_KEY)
     nv = set_trainable(visual, cfg.visual_trainable, "finetune.visual_trainable")
     na = set_trainable(audio, cfg.audio_trainable, "finetune.audio_trainable")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         model = AVContrastive(visual, audio, visual.feature_shape()[-1], audio.feature_shape()[-1], cfg.proj_dim,
                               cfg.proj_norm)
     rate = audio_sample_rate(audio)
@@ -74,56 +74,63 @@ def audio_sample_rate(audio) -> int:
     return int(rate)
 
 
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def start(device: str) -> Dist:
+    """Rank and device (its choice logged by rank 0), the process group joined with a timeout."""
+    env = dist_env()
+    dev = select_device(device, "finetune.device", env.local_rank,
+                        log=print if env.main else None)
+    init_distributed(dev.type, env)
+    return Dist(env.rank, env.world, dev)
 
 
 def run(params: dict) -> dict:
     """Fine-tune as ``params['finetune']`` says; rank 0 writes weights, summary and metrics."""
     cfg: FinetuneConfig = params["finetune"]
     paths = params["paths"]
-    env = init_distributed(cfg.device)
+    env = start(cfg.device)
     log = (lambda s: print(s, flush=True)) if env.main else (lambda s: None)
     log(f"finetune: git {git_revision()}, rank {env.rank}/{env.world} on {env.device}\n"
         + json.dumps(to_dict(cfg), indent=1))
-    from pipeline.data.prepare import load_manifest  # the prepare stage's loader
-
     rows = load_manifest(paths.prepared)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed, deterministic=False)
     core, sample_rate = build_model(cfg, log, distributed=env.world > 1)
     train = load_clips(videos(rows, cfg.train_splits), cfg, sample_rate, log)
     held_out = load_clips(videos(rows, [cfg.eval_split]), cfg, sample_rate, log)
     log(f"finetune: {len(train)} training videos ({'+'.join(cfg.train_splits)}), {len(held_out)} "
         f"held-out ({cfg.eval_split}); frames {tuple(train.frames.shape[1:])}, audio {tuple(train.audio.shape[1:])}")
-
     out = Path(paths.finetune)
-    live = None
-    if env.main:
-        from dvclive import Live
-        live = Live(dir=str(Path(paths.reports) / "finetune"), dvcyaml=None, save_dvc_exp=False)
+    live = Live(dir=str(Path(paths.reports) / "finetune"), dvcyaml=None, save_dvc_exp=False) \
+        if env.main else None
     hist = fit(core, train, held_out, cfg, env, out / CHECKPOINT_DIR, live, log)
     summary = {}
     if env.main:
-        before, after = hist["before"], hist["eval"][-1]
-        summary = {"retrieval_top1_before": before["retrieval_top1"],
-                   "retrieval_top1_after": after["retrieval_top1"],
-                   "val_loss_before": before["loss"], "val_loss_after": after["loss"],
-                   "train_loss_first_epoch": hist["train_loss"][0],
-                   "train_loss_last_epoch": hist["train_loss"][-1],
-                   "seconds": round(hist["seconds"], 1), "peak_memory_mb": round(hist["peak_memory_mb"], 1),
-                   "world_size": env.world, "videos_train": len(train), "videos_held_out": len(held_out)}
-        written = save_encoders(core, out)
-        log("finetune: wrote " + ", ".join(map(str, written.values())))
-        (out / SUMMARY_FILE).write_text(json.dumps(
-            {"metrics": summary, "config": to_dict(cfg), "git": git_revision(),
-             "weights": {role: str(p) for role, p in written.items()}}, indent=1))
-        live.summary.update(summary)
-        live.make_summary()
-        live.end()
-        log("finetune: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        summary = {**summarize(hist), "world_size": env.world, "videos_train": len(train),
+                   "videos_held_out": len(held_out)}
+        publish(core, cfg, out, summary, live, log)
     env.barrier()
     return summary
+
+
+def summarize(hist: dict) -> dict:
+    """The stage's metrics from ``fit``'s history."""
+    before, after = hist["before"], hist["eval"][-1]
+    return {"retrieval_top1_before": before["retrieval_top1"],
+            "retrieval_top1_after": after["retrieval_top1"],
+            "val_loss_before": before["loss"], "val_loss_after": after["loss"],
+            "train_loss_first_epoch": hist["train_loss"][0],
+            "train_loss_last_epoch": hist["train_loss"][-1],
+            "seconds": round(hist["seconds"], 1), "peak_memory_mb": round(hist["peak_memory_mb"], 1)}
+
+
+def publish(core: AVContrastive, cfg: FinetuneConfig, out: Path, summary: dict, live: Live,
+            log: Callable[[str], None]) -> None:
+    """Rank 0: the tuned encoders, ``finetune.json`` and the DVCLive summary, each atomically."""
+    written = save_encoders(core, out)
+    log("finetune: wrote " + ", ".join(map(str, written.values())))
+    atomic_write_json(out / SUMMARY_FILE,
+                      {"metrics": summary, "config": to_dict(cfg), "git": git_revision(),
+                       "weights": {role: str(p) for role, p in written.items()}}, indent=1)
+    live.summary.update(summary)
+    live.make_summary()
+    live.end()
+    log("finetune: " + ", ".join(f"{k} {v}" for k, v in summary.items()))

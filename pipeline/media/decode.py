@@ -10,8 +10,10 @@ Policy (each case either returns data plus a flag or raises :class:`DecodeFailur
 * video shorter than the segments asked for -> the last frame repeats (flag ``padded_short``;
   rule ``"ave_reference"`` instead stretches the clip as the reference does: ``short_stretched``).
 * variable frame rate -> sampled by timestamps anyway (flag ``vfr``).
-* no audio stream -> silence (flag ``no_audio``); audio shorter than the segments -> padded
-  with silence (flag ``padded_audio``).
+* no audio stream -> silence (flag ``no_audio``); audio shorter than the segments by more than
+  :data:`AUDIO_PAD_TOLERANCE_S` -> padded with silence (flag ``padded_audio``); an audio stream
+  that cannot be opened -> ``"corrupt"``. Probe (:func:`read_info`) and decoder use the same
+  rules (:func:`audio_flags`, :func:`_open_audio`), so ``prepare`` and extraction agree.
 * AAC: decord trims the encoder priming at the start but returns the last AAC frame whole
   (up to ~1024 extra samples at the end), so audio is cut to the first
   ``num_segments * sample_rate`` samples; segment ``s`` is samples ``[s*sr, (s+1)*sr)``.
@@ -23,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import decord
 import numpy as np
 
-from .sampling import NUM_SEGMENTS, Rule, is_variable_rate, segment_frame_indices, sample_times
+from pipeline.runtime import NUM_SEGMENTS, SEGMENT_SECONDS
+
+from .sampling import Rule, is_variable_rate, segment_frame_indices, sample_times
 
 # Flags attached to decoded data (also used in manifest.csv `flags`).
 FLAG_PADDED_SHORT = "padded_short"  # video shorter than the clip: last frame repeated
@@ -39,6 +44,7 @@ FAILURE_STATUS = {"missing": "missing", "corrupt": "corrupt", "no_video": "no_vi
                   "timeout": "unusable", "crash": "unusable", "error": "unusable"}
 SHORT_TOLERANCE_S = 0.1  # a video is 'short' when it ends this much before num_segments seconds
 AUDIO_PAD_TOLERANCE_S = 0.05  # flag padded_audio only when more than this much audio is missing
+#   (probe and decoder alike: prepare's manifest flags are the ones extraction reports)
 PROBE_AUDIO_RATE = 16000  # rate used to decode audio while probing (only its length is kept)
 
 
@@ -94,7 +100,6 @@ class VideoInfo:
 
 
 def _decord():
-    import decord
     decord.logging.set_level(decord.logging.QUIET)  # errors reach us as exceptions
     return decord
 
@@ -149,7 +154,7 @@ def read_info(path: str | os.PathLike, num_segments: int = NUM_SEGMENTS) -> Vide
         n = len(vr)
         h, w = vr[0].shape[:2]  # decodes the first frame: a file that opens but cannot decode fails
     except DecodeFailure as f:
-        audio_s = _audio_duration(str(path)) if f.kind == "no_video" else 0.0
+        audio_s = _audio_seconds(str(path)) if f.kind == "no_video" else 0.0
         return VideoInfo(str(path), f.status, has_audio=audio_s > 0, message=f.message,
                          audio_duration=audio_s)
     except Exception as e:
@@ -157,9 +162,13 @@ def read_info(path: str | os.PathLike, num_segments: int = NUM_SEGMENTS) -> Vide
     duration = float(ts[-1, 1])
     fps = float(vr.get_avg_fps())
     del vr
-    audio_duration = _audio_duration(spath)
+    try:
+        audio_duration = _audio_seconds(spath)
+    except DecodeFailure as f:  # the decoder would fail on it too: one status for both
+        return VideoInfo(spath, f.status, duration, fps, n, int(w), int(h), True, False,
+                         message=f.message)
     vfr = is_variable_rate(ts[:, 0])
-    if duration < num_segments - SHORT_TOLERANCE_S:
+    if duration < num_segments * SEGMENT_SECONDS - SHORT_TOLERANCE_S:
         status, msg = "short", f"video is {duration:.2f} s < {num_segments} s"
     elif audio_duration <= 0:
         status, msg = "no_audio", "no audio stream"
@@ -169,14 +178,33 @@ def read_info(path: str | os.PathLike, num_segments: int = NUM_SEGMENTS) -> Vide
                      vfr, msg, audio_duration)
 
 
-def _audio_duration(path: str) -> float:
-    """Seconds of decodable audio; 0 when there is no (readable) audio stream."""
+def audio_flags(audio_seconds: float, num_segments: int = NUM_SEGMENTS) -> tuple[str, ...]:
+    """The audio flags of a track this long (0: no audio stream), as the decoder sets them."""
+    if audio_seconds <= 0:
+        return (FLAG_NO_AUDIO,)
+    if audio_seconds < num_segments * SEGMENT_SECONDS - AUDIO_PAD_TOLERANCE_S:
+        return (FLAG_PADDED_AUDIO,)
+    return ()
+
+
+def _open_audio(path: str, sample_rate: int):
+    """decord ``AudioReader`` (mono, resampled), or ``None`` when the file has no audio
+    stream; an audio stream that cannot be opened raises ``DecodeFailure("corrupt")``."""
     decord = _decord()
     try:
-        ar = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=PROBE_AUDIO_RATE, mono=True)
-    except Exception:
-        return 0.0
-    return float(ar.shape[1]) / PROBE_AUDIO_RATE
+        ar = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=sample_rate, mono=True)
+    except Exception as e:
+        msg = _short(e)
+        if "audio stream" not in msg:
+            raise DecodeFailure(path, "corrupt", f"cannot open audio: {msg}") from None
+        return None
+    return ar if ar.shape[1] > 0 else None
+
+
+def _audio_seconds(path: str) -> float:
+    """Seconds of decodable audio; 0 without an audio stream (corrupt audio raises)."""
+    ar = _open_audio(path, PROBE_AUDIO_RATE)
+    return 0.0 if ar is None else float(ar.shape[1]) / PROBE_AUDIO_RATE
 
 
 def decode_video(path: str | os.PathLike, frames_per_segment: int = 16, rule: Rule = "timestamp",
@@ -214,21 +242,10 @@ def decode_audio(path: str | os.PathLike, sample_rate: int,
                  num_segments: int = NUM_SEGMENTS) -> Decoded:
     """Mono waveform resampled to ``sample_rate``, ``float32 (num_segments, sample_rate)``."""
     spath = _check_file(path)
-    decord = _decord()
     want = num_segments * sample_rate
-    try:
-        ar = decord.AudioReader(spath, ctx=decord.cpu(0), sample_rate=sample_rate, mono=True)
-    except Exception as e:
-        msg = _short(e)
-        if "audio stream" not in msg:
-            raise DecodeFailure(spath, "corrupt", f"cannot open audio: {msg}") from None
-        return Decoded(np.zeros((num_segments, sample_rate), np.float32), (FLAG_NO_AUDIO,))
-    if ar.shape[1] == 0:
-        return Decoded(np.zeros((num_segments, sample_rate), np.float32), (FLAG_NO_AUDIO,))
+    ar = _open_audio(spath, sample_rate)
+    if ar is None:
+        return Decoded(np.zeros((num_segments, sample_rate), np.float32), audio_flags(0.0, num_segments))
     x = np.asarray(ar[:].asnumpy(), dtype=np.float32).reshape(-1)[:want]
-    flags = ()
-    if x.shape[0] < want:
-        if want - x.shape[0] > AUDIO_PAD_TOLERANCE_S * sample_rate:
-            flags = (FLAG_PADDED_AUDIO,)
-        x = np.pad(x, (0, want - x.shape[0]))
-    return Decoded(x.reshape(num_segments, sample_rate), flags)
+    flags = audio_flags(x.shape[0] / sample_rate, num_segments)
+    return Decoded(np.pad(x, (0, want - x.shape[0])).reshape(num_segments, sample_rate), flags)

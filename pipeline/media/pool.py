@@ -164,6 +164,17 @@ class DecodePool:
 
     def _step(self, todo: deque, items_by_seq: dict, results: dict) -> None:
         """Dispatch queued items, wait for one event, collect results / timeouts / deaths."""
+        self._dispatch(todo, items_by_seq)
+        now = time.monotonic()
+        deadlines = [w.deadline for w in self._pool if w.seq is not None]
+        deadlines += [w.started + START_TIMEOUT_S for w in self._pool if not w.ready]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        ready = set(wait([w.conn for w in self._pool] + [w.proc.sentinel for w in self._pool],
+                         timeout))
+        self._collect(ready, items_by_seq, results)
+
+    def _dispatch(self, todo: deque, items_by_seq: dict) -> None:
+        """Start workers as needed and hand each idle ready one the next queued item."""
         busy = sum(1 for w in self._pool if w.seq is not None)
         while len(self._pool) < min(self.workers, busy + len(todo)):
             self._spawn()
@@ -178,12 +189,9 @@ class DecodePool:
                     self.killed += 1
                     continue
                 w.seq, w.deadline = seq, time.monotonic() + self.timeout_s
-        now = time.monotonic()
-        deadlines = [w.deadline for w in self._pool if w.seq is not None]
-        deadlines += [w.started + START_TIMEOUT_S for w in self._pool if not w.ready]
-        timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        ready = set(wait([w.conn for w in self._pool] + [w.proc.sentinel for w in self._pool],
-                         timeout))
+
+    def _collect(self, ready: set, items_by_seq: dict, results: dict) -> None:
+        """Results, ready messages, deaths and timeouts of the workers after a wait."""
         now = time.monotonic()
         for w in list(self._pool):
             if w.conn in ready or w.conn.poll():

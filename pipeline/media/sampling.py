@@ -18,10 +18,10 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.runtime import NUM_SEGMENTS, SEGMENT_SECONDS as SEGMENT_S
+
 Rule = Literal["timestamp", "ave_reference"]
 RULES: tuple[str, ...] = ("timestamp", "ave_reference")
-NUM_SEGMENTS = 10  # AVE clips are ten 1-second segments
-SEGMENT_S = 1.0  # segment length in seconds
 # Tolerance when comparing a sample time with frame start times: timestamps come as float32
 # (ulp ~1e-6 s at 10 s); 0.1 ms is far below any real frame duration.
 TIME_EPS_S = 1e-4

@@ -6,12 +6,16 @@ Training-recipe keys left ``null`` take the head's paper default (``TRAIN_DEFAUL
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Optional
 
-from pipeline.config import ConfigError, register_section
+from pipeline import heads as registry
+from pipeline.heads._registry import TRAIN_KEYS
+from pipeline.config import ConfigError, register_check, register_section
+from pipeline.data.ids import safe_filename
+from pipeline.encoders.base import check_encoder
 
-# Heads whose hyperparameters can be overridden under ``heads:`` (the registry's names).
+# Heads whose hyperparameters can be overridden under ``heads:`` (the paper heads and baselines).
 HEAD_NAMES = ("avel", "psp", "cmbs", "cace", "m2n", "vscg", "majority", "audio_only", "visual_only")
 # Supervision settings (the registry's SETTINGS): fully = segment labels | weak = video labels
 # only | cml = M2N's cross-modality localization (A2V / V2A; heads whose paper defines it).
@@ -44,6 +48,13 @@ class TrainConfig:
     clip_grad: Optional[float] = None  # max global grad norm (0 = no clipping)
 
     def validate(self, key: str) -> None:
+        check_head(self.head, f"{key}.head")
+        supported = registry.get_head_class(self.head).settings
+        if self.setting not in supported:
+            raise ConfigError(f"{key}.setting: head {self.head!r} has no {self.setting!r} setting; "
+                              f"it supports: {', '.join(supported)}")
+        for name in ("visual", "audio"):
+            check_file_name(getattr(self, name), f"{key}.{name}")
         for name in ("lr", "weight_decay", "lr_gamma", "clip_grad"):
             v = getattr(self, name)
             if v is not None and v < 0:
@@ -59,8 +70,20 @@ class TrainConfig:
 
     def recipe_overrides(self) -> dict[str, Any]:
         """The training-recipe keys set in params (non-null)."""
-        from pipeline.heads import _registry
-        return {k: getattr(self, k) for k in _registry.TRAIN_KEYS if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in TRAIN_KEYS if getattr(self, k) is not None}
+
+
+def check_head(name: str, key: str) -> None:
+    """``name`` is a registered head (the registry's list in the error)."""
+    if name not in registry.list_heads():
+        raise ConfigError(f"{key}: unknown head {name!r}; registered: {', '.join(registry.list_heads())}")
+
+
+def check_file_name(name: str, key: str) -> None:
+    """``name`` becomes a file name (``<paths.features>/<name>.h5``): no path, nothing to escape."""
+    if not name or safe_filename(name) != name:
+        raise ConfigError(f"{key}: {name!r} is not a plain name (letters, digits, '_', '-', '.'; "
+                          "no path)")
 
 
 def check_milestones(milestones: list[int], key: str) -> None:
@@ -87,6 +110,11 @@ class HeadsConfig:
     majority: dict[str, Any] = field(default_factory=dict)
     audio_only: dict[str, Any] = field(default_factory=dict)
     visual_only: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, key: str) -> None:
+        for f in fields(self):
+            if f.name in registry.list_heads():
+                check_hparams(f.name, getattr(self, f.name), f"{key}.{f.name}")
 
     def of(self, head: str) -> dict[str, Any]:
         """Overrides of ``head`` (``null`` values = the paper default, i.e. no override)."""
@@ -117,5 +145,59 @@ class ReportConfig:
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
 
     def validate(self, key: str) -> None:
+        for i, head in enumerate(self.heads):
+            check_head(head, f"{key}.heads[{i}]")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"{key}.epochs: must be >= 1, got {self.epochs!r}")
+
+
+def check_hparams(head: str, overrides: dict[str, Any], key: str) -> None:
+    """Every key of ``heads.<head>`` is one of the head's ``DEFAULTS``, of the same kind of
+    value (``null``: the paper default)."""
+    defaults = registry.get_head_class(head).DEFAULTS
+    for name, value in overrides.items():
+        if name not in defaults:
+            raise ConfigError(f"{key}.{name}: head {head!r} has no hyperparameter {name!r}; "
+                              f"valid: {', '.join(sorted(defaults))}")
+        if value is not None and not _same_kind(value, defaults[name]):
+            raise ConfigError(f"{key}.{name}: expected {_kind(defaults[name])} like the default "
+                              f"{defaults[name]!r}, got {value!r}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+        return value.is_integer()
+    return _kind(value) == _kind(default)
+
+
+@register_check
+def _check_feature_kinds(params: dict[str, Any]) -> None:
+    """``train.visual`` / ``train.audio``, when they are ``extract.models`` entries, are of
+    that modality (a name not listed there may be an imported community feature file)."""
+    models = params["extract"].models
+    for role in ("visual", "audio"):
+        name = getattr(params["train"], role)
+        if name in models:
+            check_encoder(models[name].encoder, f"train.{role} ({name!r}: extract.models.{name}"
+                                                ".encoder)", role)
+
+
+@register_check
+def _check_recipe(params: dict[str, Any]) -> None:
+    """The resolved training recipe of ``train.head`` (paper defaults + ``train.*``) and its
+    hyperparameters are valid before any data is read."""
+    from pipeline.training.loop import resolve_recipe  # loop imports this module
+    tc = params["train"]
+    resolve_recipe(tc.head, tc.setting, tc.recipe_overrides())

@@ -114,7 +114,9 @@ def read_categories(prepared: str | Path, num_classes: int) -> list[str]:
             raise ValueError(f"{path}: {len(cats)} categories but labels.h5 has {num_classes} "
                              "event classes")
         return list(cats)
-    return [f"class{i}" for i in range(num_classes)]
+    names = [f"class{i}" for i in range(num_classes)]
+    print(f"data: {path} missing; categories named class0..class{num_classes - 1}", flush=True)
+    return names
 
 
 def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio: str,

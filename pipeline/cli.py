@@ -1,0 +1,66 @@
+"""Stage entry points: an error is one line on stderr, never a traceback.
+
+Every ``stages/<name>.py`` wraps its ``main`` with :func:`stage_main`. An error the user can
+fix (bad params, a missing or unreadable input file, unsafe data) prints
+``error: <file or key>: <what is wrong>`` and exits with status 2; any other exception prints
+``error: internal: <type>: <message>`` and exits with status 1. ``--debug`` (anywhere on the
+command line) or the environment variable ``AVE_DEBUG=1`` re-raises instead, with the full
+traceback.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable, Optional
+
+from pipeline.config import ConfigError, InputError
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "AVE_DEBUG"
+EXIT_INPUT = 2  # the user's params or inputs are wrong
+EXIT_INTERNAL = 1  # anything else (a bug, or a failure of the machine)
+# Errors whose message names the key or file at fault: shown as they are.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, InputError, FileNotFoundError,
+                                                 IsADirectoryError, PermissionError)
+
+
+def debug_enabled(argv: list[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (an OSError without a message names its file)."""
+    if isinstance(err, OSError) and err.filename is not None and not err.args[1:]:
+        text = f"{err.filename}: {err.strerror or err}"
+    else:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(text.split()) or type(err).__name__
+
+
+def stage_main(main: Callable[[Optional[list[str]]], Any]) -> Callable[[Optional[list[str]]], Any]:
+    """Wrap a stage's ``main(argv)``: errors become one line and an exit status (see module doc)."""
+    @functools.wraps(main)
+    def wrapper(argv: Optional[list[str]] = None) -> Any:
+        args = list(sys.argv[1:] if argv is None else argv)
+        debug = debug_enabled(args)
+        args = [a for a in args if a != DEBUG_FLAG]
+        try:
+            return main(args)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("error: interrupted", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        except INPUT_ERRORS as e:
+            if debug:
+                raise
+            print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_INPUT) from None
+        except Exception as e:
+            if debug:
+                raise
+            print(f"error: internal: {type(e).__name__}: {one_line(e)} (rerun with {DEBUG_FLAG} "
+                  f"or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_INTERNAL) from None
+    return wrapper
