@@ -73,8 +73,10 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
     assert "Annotations.txt:15" in report and "excluded" in report and "padded" in report
     with h5py.File(out / "labels.h5") as f:
         assert f["avadataset"].shape == (14, 10, 4) and f["avadataset"].dtype == np.float32
-    with h5py.File(out / "weak_labels.h5") as f:
-        assert f["avadataset"].shape == (14, 4)
+    with h5py.File(out / "mil_labels.h5") as f:  # as published: the event class alone
+        video = f["avadataset"][()]
+    assert video.shape == (14, 4) and video.dtype == np.float32 and not video[:, 3].any()
+    assert video[:13].sum(-1).tolist() == [1.0] * 13 and not video[13].any()  # 13: unusable
     sizes = {}
     for split in ("train", "val", "test"):
         with h5py.File(out / f"{split}_order.h5") as f:

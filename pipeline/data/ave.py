@@ -46,6 +46,7 @@ SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.tx
 ANNOTATIONS_FILE = "Annotations.txt"
 VIDEO_DIR = "AVE"  # videos live in <root>/AVE/<VideoID>.mp4
 HEADER_PREFIX = "Category&VideoID"
+BACKGROUND_FILE = "backgroundSet.txt"  # <root>/backgroundSet.txt: background-only video ids (optional)
 CML_DIR = "cml"  # <root>/cml/{train,val,test}Set.txt: the cross-modality localization split
 ORDER_FILE = "{split}_order.h5"  # community split orders (dataset "order")
 ORDER_MATCH_FILE = "{split}_order_match.h5"  # community cml split orders (dataset "order")

@@ -7,9 +7,11 @@ directory renamed into place):
 
 * ``manifest.csv``: one row per Annotations.txt data line (``index`` = line index = row of
   labels.h5 and of the feature files), columns :data:`MANIFEST_COLUMNS`;
-* ``labels.h5`` / ``weak_labels.h5`` (``avadataset``), ``{train,val,test}_order.h5``
-  (``order``: the split files as published; rows that are not usable stay in the orders and
-  are masked by consumers through the manifest status / the feature files' ``valid``);
+* ``labels.h5`` / ``mil_labels.h5`` (``avadataset``; video-level labels as published: the
+  event class alone), ``{train,val,test}_order.h5`` and, when the root has the cml split,
+  ``{train,val,test}_order_match.h5`` (``order``: the split files as published; rows that are
+  not usable stay in the orders and are masked by consumers through the manifest status / the
+  feature files' ``valid``);
 * ``categories.json`` (names in label-index order) and ``report.md``.
 
 Policy per video (a bad video never stops the run):
@@ -47,7 +49,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline.data._fs import replace_dir
-from pipeline.data.ave import NUM_SEGMENTS, SPLITS, AVEAnnotations, load_annotations
+from pipeline.data.ave import (NUM_SEGMENTS, ORDER_FILE, ORDER_MATCH_FILE, SPLITS, AVEAnnotations,
+                               load_annotations, write_order)
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                             VideoInfo, probe_many)
 
@@ -175,11 +178,12 @@ def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: 
             w.writerow({**r, "flags": ";".join(r["flags"]), "has_audio": int(r["has_audio"])})
     with h5py.File(out / "labels.h5", "w") as f:
         f.create_dataset("avadataset", data=ann.labels())
-    with h5py.File(out / "weak_labels.h5", "w") as f:
-        f.create_dataset("avadataset", data=ann.weak_labels())
+    with h5py.File(out / "mil_labels.h5", "w") as f:
+        f.create_dataset("avadataset", data=ann.video_labels())
     for split in SPLITS:
-        with h5py.File(out / f"{split}_order.h5", "w") as f:
-            f.create_dataset("order", data=ann.order(split))
+        write_order(out / ORDER_FILE.format(split=split), ann.order(split))
+        if ann.cml_splits:
+            write_order(out / ORDER_MATCH_FILE.format(split=split), ann.cml_order(split))
     (out / "categories.json").write_text(json.dumps(result.categories, indent=1) + "\n")
     (out / "report.md").write_text(render_report(result, ann, root, min_duration))
 
@@ -193,6 +197,7 @@ def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path,
              f"{sum(r['status'] not in EXCLUDED for r in rows)}; unique videos: "
              f"{len(ann.video_ids())}; categories: {len(result.categories)}",
              f"- splits: " + ", ".join(f"{s} {len(ann.splits.get(s, []))}" for s in SPLITS),
+             _cml_line(ann),
              f"- min_duration: {min_duration:g} s", "",
              "## Samples per status", "", "| status | samples | what is done |", "|---|---|---|"]
     for status, n in result.counts().items():
@@ -224,6 +229,20 @@ def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path,
     else:
         lines.append("none")
     return "\n".join(lines) + "\n"
+
+
+def _cml_line(ann: AVEAnnotations) -> str:
+    """Report line of the cml split: sizes, and events spanning all segments (left out of cml
+    training and evaluation, with events of no segment)."""
+    if not ann.cml_splits:
+        return "- cml split: none (no cml/ folder in the root; the cml setting cannot run)"
+    by_index = ann.by_index()
+    parts = []
+    for split in SPLITS:
+        lengths = [by_index[i].end - by_index[i].start for i in ann.cml_splits[split]]
+        full = sum(n == NUM_SEGMENTS for n in lengths)
+        parts.append(f"{split} {len(lengths)} ({full} full-length, {lengths.count(0)} empty)")
+    return "- cml split: " + ", ".join(parts)
 
 
 _FLAG_ACTIONS = {FLAG_PADDED_AUDIO: "audio padded with silence", FLAG_VFR: "sampled by timestamps",

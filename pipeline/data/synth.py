@@ -20,6 +20,13 @@ Content (chosen so that random-initialised CNN features, averaged over frames, s
 * ``two_label`` videos carry a second annotation line with another category (as some AVE
   videos do): two smaller objects side by side and two tones, each with its own interval.
   ``train``/``val``/``test`` count videos; both lines of a video are in its split.
+* a cross-modality localization split in ``cml/`` (the AVE reference code's
+  ``*_order_match.h5`` partition, written like the standard split files): the same sizes in
+  annotation lines, another partition, val and test drawn from the partial events only;
+* ``background_only``: extra background-only training videos (no event; their segments hold
+  nothing, a silent object or an off-screen sound), a share of the annotation lines (AVE's
+  weak-setting reference adds 178 to 4143), listed by video id in ``backgroundSet.txt`` and
+  absent from ``Annotations.txt`` and the splits.
 
 Everything is drawn from ``seed``: the same seed gives the same annotation files and the same
 decoded content (encoders run single-threaded). The set is written to a temporary directory
@@ -45,8 +52,8 @@ import numpy as np
 
 from pipeline.data._fs import replace_dir
 from pipeline.config import ConfigError, SynthConfig
-from pipeline.data.ave import (ANNOTATIONS_FILE, HEADER_PREFIX, NUM_SEGMENTS, SPLIT_FILES, SPLITS,
-                               VIDEO_DIR)
+from pipeline.data.ave import (ANNOTATIONS_FILE, BACKGROUND_FILE, CML_DIR, HEADER_PREFIX,
+                               NUM_SEGMENTS, SPLIT_FILES, SPLITS, VIDEO_DIR)
 
 # AVE's 28 categories in Annotations.txt first-appearance order (= label index order).
 AVE_CATEGORIES = (
@@ -136,8 +143,10 @@ def _video_id(rng: np.random.Generator, taken: set[str]) -> str:
 
 
 def _draw_event(rng: np.random.Generator, category: int, full_fraction: float,
-                single_modality: float) -> EventSpec:
-    if rng.random() < full_fraction:
+                single_modality: float, background_only: bool = False) -> EventSpec:
+    if background_only:  # no event segment: the category only shows in single-modality ones
+        start = end = 0
+    elif rng.random() < full_fraction:
         start, end = 0, NUM_SEGMENTS
     else:
         length = int(rng.integers(1, NUM_SEGMENTS))
@@ -168,6 +177,10 @@ def draw_specs(cfg: SynthConfig) -> list[VideoSpec]:
             first = specs[i].category
             other = (first + 1 + int(rng.integers(0, cfg.num_classes - 1))) % cfg.num_classes
             specs[i] = replace(specs[i], events=specs[i].events + (draw(other),))
+    lines = sum(len(s.events) for s in specs)
+    for c in rng.integers(0, cfg.num_classes, int(round(cfg.background_only * lines))):
+        specs.append(VideoSpec(_video_id(rng, taken), "background",
+                               (draw(c, background_only=True),), int(rng.integers(0, 2**31 - 1))))
     return specs
 
 
@@ -319,7 +332,7 @@ def write_annotations(root: Path, specs: list[VideoSpec], cfg: SynthConfig, seed
     """``Annotations.txt`` (header, then grouped by category like AVE), the split files, and
     ``synth.json``."""
     sigs = class_signatures(cfg.num_classes)
-    pairs = [(s, ev) for s in specs for ev in s.events]
+    pairs = [(s, ev) for s in specs if s.split in SPLITS for ev in s.events]
     pairs.sort(key=lambda p: p[1].category)  # stable: category blocks as in AVE
     assert HEADER.startswith(HEADER_PREFIX)
     lines = [HEADER] + [annotation_line(s.video_id, ev, sigs) for s, ev in pairs]
@@ -330,9 +343,31 @@ def write_annotations(root: Path, specs: list[VideoSpec], cfg: SynthConfig, seed
                    for ev in s.events]
         members = [members[i] for i in rng.permutation(len(members))]
         (root / SPLIT_FILES[split]).write_text("".join(m + "\n" for m in members))
+    (root / CML_DIR).mkdir(exist_ok=True)
+    for split, members in cml_split(specs, sigs, np.random.default_rng([seed, 4])).items():
+        (root / CML_DIR / SPLIT_FILES[split]).write_text("".join(m + "\n" for m in members))
+    background = [s.video_id for s in specs if s.split == "background"]
+    (root / BACKGROUND_FILE).write_text("".join(v + "\n" for v in background))
     meta = {"config": asdict(cfg), "classes": [asdict(s) for s in sigs],
             "videos": [asdict(s) for s in specs]}
     (root / "synth.json").write_text(json.dumps(meta, indent=1))
+
+
+def cml_split(specs: list[VideoSpec], sigs: list[ClassSignature],
+              rng: np.random.Generator) -> dict[str, list[str]]:
+    """The cml partition of the annotation lines: test, then val, take as many partial events
+    (1..9 segments) as the standard split has lines (fewer if there are not enough); train
+    takes every other line, full-length events included."""
+    lines = [(annotation_line(s.video_id, ev, sigs), 0 < ev.end - ev.start < NUM_SEGMENTS)
+             for s in specs if s.split in SPLITS for ev in s.events]
+    order = [lines[i] for i in rng.permutation(len(lines))]
+    partial = [line for line, ok in order if ok]
+    sizes = {split: sum(len(s.events) for s in specs if s.split == split) for split in SPLITS}
+    out = {"test": partial[:sizes["test"]]}
+    out["val"] = partial[sizes["test"]:sizes["test"] + sizes["val"]]
+    taken = set(out["test"]) | set(out["val"])
+    out["train"] = [line for line, _ in order if line not in taken]
+    return {split: out[split] for split in SPLITS}
 
 
 def generate(cfg: SynthConfig, root: str | os.PathLike | None = None,
@@ -383,12 +418,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full-fraction", type=float, default=d.full_fraction)
     p.add_argument("--single-modality", type=float, default=d.single_modality)
     p.add_argument("--two-label", type=int, default=d.two_label)
+    p.add_argument("--background-only", type=float, default=d.background_only)
     p.add_argument("--workers", type=int, default=d.workers)
     a = p.parse_args(argv)
     cfg = replace(d, root=a.out_dir, train=a.train, val=a.val, test=a.test, num_classes=a.classes,
                   seed=a.seed, width=a.width, height=a.height, fps=a.fps,
                   sample_rate=a.sample_rate, full_fraction=a.full_fraction,
-                  single_modality=a.single_modality, two_label=a.two_label, workers=a.workers)
+                  single_modality=a.single_modality, two_label=a.two_label,
+                  background_only=a.background_only, workers=a.workers)
     try:
         cfg.validate()
     except ConfigError as e:
