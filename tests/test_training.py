@@ -53,9 +53,11 @@ if "toy" not in _registry._HEADS:
     register_head("toy")(_ToyHead)
 
 
-def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6, av=False):
-    """Contract layout: prepared/{labels,*_order}.h5, categories.json; features/{v,a}.h5.
-    The audio feature is the one-hot segment label plus noise (the answer is known).
+def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6, av=False,
+              full_length=()):
+    """Contract layout: prepared/{labels,mil_labels,*_order,*_order_match}.h5, categories.json;
+    features/{v,a}.h5. The audio feature is the one-hot segment label plus noise (the answer is
+    known). Rows in ``full_length`` get an event over all segments (others are partial).
 
     ``av``: an event is audible *and* visible instead: its class one-hot is in the audio and in
     the visual feature; the background segments of half the videos hold the video's sound only
@@ -67,6 +69,7 @@ def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6
     end = start + rng.integers(1, 6, n)
     labels = np.zeros((n, T, C + 1), np.float32)
     labels[:, :, C] = 1
+    start[list(full_length)], end[list(full_length)] = 0, T
     for i in range(n):
         labels[i, start[i]:end[i], C] = 0
         labels[i, start[i]:end[i], cls[i]] = 1
@@ -88,11 +91,15 @@ def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6
     feats.mkdir(parents=True, exist_ok=True)
     with h5py.File(prepared / "labels.h5", "w") as f:
         f["avadataset"] = labels
+    with h5py.File(prepared / "mil_labels.h5", "w") as f:  # the event class alone
+        f["avadataset"] = np.eye(C + 1, dtype=np.float32)[cls]
     perm = rng.permutation(n)
+    perm_cml = np.random.default_rng(seed + 1).permutation(n)  # the cml split: another partition
     a = 0
     for split, k in zip(("train", "val", "test"), n_per_split):
-        with h5py.File(prepared / f"{split}_order.h5", "w") as f:
-            f["order"] = np.sort(perm[a:a + k]).astype(np.int64)
+        for name, order in (("order", perm), ("order_match", perm_cml)):
+            with h5py.File(prepared / f"{split}_{name}.h5", "w") as f:
+                f["order"] = np.sort(order[a:a + k]).astype(np.int64)
         a += k
     (prepared / "categories.json").write_text(json.dumps([f"cat{i}" for i in range(C)]))
     valid = np.ones(n, bool)
@@ -299,7 +306,9 @@ def test_cml_trains_m2n_and_selects_the_best_window_accuracy(toyset, tmp_path):
     mean of their val window accuracies. The toy audio encodes the event segments, so V2A (the
     audio is searched) is learnable; the visual is noise, so A2V stays near chance."""
     from pipeline.heads.m2n import cml_evaluate
-    data = toyset[0]
+    with pytest.raises(ValueError, match="setting='cml'"):  # cml runs on the cml split only
+        train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY), toyset[0], tmp_path)
+    data = load_dataset(*toyset[1:], "vis", "aud", verbose=False, setting="cml")
     res = train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
                         recipe_overrides={"epochs": 5, "lr": 3e-3, "batch_size": 16}),
                 data, tmp_path, live_dir=tmp_path / "live")
