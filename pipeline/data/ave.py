@@ -47,6 +47,7 @@ ANNOTATIONS_FILE = "Annotations.txt"
 VIDEO_DIR = "AVE"  # videos live in <root>/AVE/<VideoID>.mp4
 HEADER_PREFIX = "Category&VideoID"
 BACKGROUND_FILE = "backgroundSet.txt"  # <root>/backgroundSet.txt: background-only video ids (optional)
+BACKGROUND_LABELS = "labels_noisy.h5"  # their labels (B, C+1), background alone (reference code's name)
 CML_DIR = "cml"  # <root>/cml/{train,val,test}Set.txt: the cross-modality localization split
 ORDER_FILE = "{split}_order.h5"  # community split orders (dataset "order")
 ORDER_MATCH_FILE = "{split}_order_match.h5"  # community cml split orders (dataset "order")
@@ -252,6 +253,23 @@ def _match_split(path: Path, samples: list[Sample], categories: list[str],
             _warn(problems, f"{path}:{n}: line not found in {ANNOTATIONS_FILE}: {text!r}; "
                             "left out of the split")
     return order
+
+
+def background_video_ids(root: str | Path, problems: list[str] | None = None) -> list[str]:
+    """Video ids of ``<root>/backgroundSet.txt`` (background-only training videos, one id a
+    line; the synthetic set writes one, AVE published only their features): ``[]`` without
+    the file. Ids that are not YouTube-id characters are warned about and left out."""
+    path = Path(root) / BACKGROUND_FILE
+    if not path.is_file():
+        return []
+    problems = [] if problems is None else problems
+    ids = []
+    for n, text in _read_lines(path):
+        if not text.replace("-", "").replace("_", "").isalnum() or not text.isascii():
+            _warn(problems, f"{path}:{n}: {text!r} is not a video id; left out")
+            continue
+        ids.append(text)
+    return list(dict.fromkeys(ids))
 
 
 def export_labels(root: str | Path, out_dir: str | Path) -> dict[str, Path]:

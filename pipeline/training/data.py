@@ -25,12 +25,11 @@ import h5py
 import numpy as np
 import torch
 
-from pipeline.data.ave import ORDER_FILE, ORDER_MATCH_FILE
+from pipeline.data.ave import BACKGROUND_LABELS, ORDER_FILE, ORDER_MATCH_FILE
 from pipeline.features.store import load_features
 
 SPLITS = ("train", "val", "test")
 VIDEO_LABELS = "mil_labels.h5"  # prepared video-level labels (avadataset, (N, C+1))
-BACKGROUND_LABELS = "labels_noisy.h5"  # background-only samples' labels (avadataset, (B, C+1))
 
 
 def feature_path(features_dir: str | Path, name: str) -> Path:
