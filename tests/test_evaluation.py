@@ -77,7 +77,10 @@ def test_report_rows_and_table_schema(tmp_path):
     res = {"accuracy": 0.7512, "num_parameters": 1234, "train_seconds": 12.345}
     ts = {**res, "accuracy": 0.7834}  # the test-selected checkpoint's result
     cml = {**res, "accuracy": 0.45, "cross_modal": {"a2v": 0.4, "v2a": 0.5}, "videos": 40,
-           "cml_excluded": {"full_length": 7, "no_event": 1}}
+           "cml_excluded": {"full_length": 7, "no_event": 1},
+           "cml_excluded_by_split": {"train": {"full_length": 30, "no_event": 0},
+                                     "val": {"full_length": 5, "no_event": 1},
+                                     "test": {"full_length": 7, "no_event": 1}}}
     cml_ts = {**cml, "accuracy": 0.5, "cross_modal": {"a2v": 0.45, "v2a": 0.55}}
     rows = [report.cell_row("psp", "fully", "vgg19", "vggish", res, result_test_selected=ts,
                             selection="psp script"),
@@ -111,8 +114,8 @@ def test_report_rows_and_table_schema(tmp_path):
     assert "not defined by the paper" in md
     # cml rows: their own table in M2N Table 1's layout (A2V, V2A, average), not in the SEL
     # one, on the cml split with the excluded test videos counted.
-    assert ("| m2n | 40 | 7 / 1 | 40.0 | 45.0 | 51.2 | 50.0 | 55.0 | 53.6 | 45.0 | 50.0 | 52.4 "
-            "| 1,234 | 12 |") in md
+    assert ("| m2n | 40 | 30 / 5 / 7 | 0 / 1 / 1 | 40.0 | 45.0 | 51.2 | 50.0 | 55.0 | 53.6 "
+            "| 45.0 | 50.0 | 52.4 | 1,234 | 12 |") in md
     assert "no cml setting): psp." in md and md.count("| psp |") == 1
     with pytest.raises(ValueError, match="lacks"):
         report.write_table([{"head": "x"}], tmp_path)
@@ -205,6 +208,9 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     assert metrics["cross_modal"] == expect
     assert "event" not in metrics and "per_class" not in metrics
     assert metrics["cml_excluded"] == {"full_length": n_full, "no_event": 0}
+    by_split = res["cml_excluded_by_split"]  # train and val from the training run
+    assert by_split["train"]["full_length"] == len(data.splits["train"].cml_excluded["full_length"])
+    assert set(by_split) == {"train", "val", "test"} and by_split["test"]["full_length"] == n_full
     # Confusion of window segments (A2V rows, then V2A) against the event segments.
     events = int((test.targets != 3).sum())
     cm = np.asarray(res["confusion"])

@@ -70,6 +70,8 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
                selected_by=ckpt.get("selected_by", "val"))
     if ckpt["setting"] == "cml":
         res["cml_excluded"] = {k: len(v) for k, v in s.cml_excluded.items()}
+        res["cml_excluded_by_split"] = {**ckpt.get("cml_excluded", {}),
+                                        split: res["cml_excluded"]}  # train/val: training run
     if "cross_modal" in res:
         print(f"{split} (cml split): cross-modal localization A2V "
               f"{res['cross_modal']['a2v']:.4f}, V2A {res['cross_modal']['v2a']:.4f}, average "

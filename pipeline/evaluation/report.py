@@ -7,7 +7,8 @@ Each report-matrix cell writes one row (``cell_row``); ``write_table`` gathers t
 ``paper_source`` and ``note`` (e.g. 'not defined by the paper'); ``cml`` rows (M2N's
 cross-modality localization on the cml split, accuracy = mean of A2V and V2A) add
 ``cross_modal``, ``cross_modal_test_selected``, ``paper_cross_modal`` (``{"a2v", "v2a"}``),
-``videos`` and ``cml_excluded`` (``{"full_length", "no_event"}``, test videos left out).
+``videos``, ``cml_excluded`` (``{"full_length", "no_event"}``, test videos left out) and
+``cml_excluded_by_split`` (the same per split: train and val from the training run).
 
 ``accuracy`` is ours with the val-selected checkpoint (``best_val.pt``),
 ``accuracy_test_selected`` ours with the checkpoint the head's released script would report
@@ -82,6 +83,8 @@ def cell_row(head: str, setting: str, visual: str, audio: str,
         row["paper_cross_modal"] = PAPER_CROSS_MODAL.get(head)
         row["videos"] = int(result["videos"]) if result else None
         row["cml_excluded"] = dict(result["cml_excluded"]) if result else None
+        row["cml_excluded_by_split"] = (dict(result.get("cml_excluded_by_split", {}))
+                                        if result else None)
     return row
 
 
@@ -140,17 +143,17 @@ def _cml_markdown(rows: list[dict[str, Any]]) -> list[str]:
            "spanning all segments (one possible window: trivially right) or without an event "
            "segment, counted under 'excluded'. Ours, val / test: as in the table above.", ""]
     if defined:
-        out += ["| head | test videos | excluded (full-length / no event) | A2V (ours, val) "
+        out += ["| head | test videos | full-length excluded (train / val / test) "
+                "| no event (train / val / test) | A2V (ours, val) "
                 "| A2V (ours, test) | A2V (paper) | V2A (ours, val) | V2A (ours, test) "
                 "| V2A (paper) | average (ours, val) | average (ours, test) | average (paper) "
                 "| params (ours) | train s | notes |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in defined:
         xm, pxm = r.get("cross_modal") or {}, r.get("paper_cross_modal") or {}
         xt = r.get("cross_modal_test_selected") or {}
-        ex = r.get("cml_excluded") or {}
-        out.append(f"| {r['head']} | {_fmt(r.get('videos'))} "
-                   f"| {_fmt(ex.get('full_length'))} / {_fmt(ex.get('no_event'))} "
+        out.append(f"| {r['head']} | {_fmt(r.get('videos'))} | {_by_split(r, 'full_length')} "
+                   f"| {_by_split(r, 'no_event')} "
                    f"| {_fmt(xm.get('a2v'), '.1f')} | {_fmt(xt.get('a2v'), '.1f')} "
                    f"| {_fmt(pxm.get('a2v'), '.1f')} "
                    f"| {_fmt(xm.get('v2a'), '.1f')} | {_fmt(xt.get('v2a'), '.1f')} "
@@ -164,6 +167,14 @@ def _cml_markdown(rows: list[dict[str, Any]]) -> list[str]:
     if undefined:
         out += ["", f"Not defined by the paper (no cml setting): {', '.join(undefined)}."]
     return out
+
+
+def _by_split(row: dict[str, Any], reason: str) -> str:
+    """'train / val / test' counts of cml rows left out for ``reason`` (– where unknown)."""
+    by = row.get("cml_excluded_by_split") or {}
+    if "test" not in by and row.get("cml_excluded"):
+        by = {**by, "test": row["cml_excluded"]}
+    return " / ".join(_fmt((by.get(s) or {}).get(reason)) for s in ("train", "val", "test"))
 
 
 def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:

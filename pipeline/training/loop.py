@@ -380,7 +380,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                   "hparams": hparams, "dims": dims, "recipe": recipe,
                   "params": params_snapshot or {}, "num_parameters": n_params,
                   "categories": list(data.categories), "train_seconds": seconds,
-                  "feature_norm": norm,
+                  "feature_norm": norm, "cml_excluded": _cml_counts(data),
                   "step": (epoch + 1) * steps_per_epoch}
         if improved:
             ckpt_io.save({**common, "epoch": epoch, "val_accuracy": val_acc,
@@ -431,6 +431,12 @@ def _script_check(script: ScriptSelection, epoch: int, head, val_acc: float,
         return validation_metrics(head, test_split, setting, device, num_classes)["accuracy"]
     return script.update(epoch, accuracy_on, lambda: {k: v.detach().cpu().clone()
                                                       for k, v in head.state_dict().items()})
+
+
+def _cml_counts(data: Dataset) -> dict[str, dict[str, int]]:
+    """cml: per split, the rows left out (full-length events, no event); {} otherwise."""
+    return {split: {k: len(v) for k, v in s.cml_excluded.items()}
+            for split, s in data.splits.items() if s.cml_excluded}
 
 
 def _selection_note(protocol: str, best: dict, script: ScriptSelection) -> dict[str, Any]:
