@@ -227,7 +227,8 @@ def test_iid_random_scores_follow_the_max_window_sum_rule_on_the_real_cml_test_s
     for l in lengths.unique().tolist():
         sums = torch.rand(20000, 10, generator=g).unfold(1, l, 1).sum(-1)
         p_start[l] = torch.bincount(sums.argmax(1), minlength=11 - l).double() / 20000
-    expected = float(sum(p_start[l][f] for l, f in zip(lengths.tolist(), first.tolist())) / len(mask))
+    hits = sum(p_start[l][f] for l, f in zip(lengths.tolist(), first.tolist()))
+    expected = float(hits / len(mask))
     accs = [window_localization_accuracy(torch.rand(mask.shape, generator=g), mask)
             for _ in range(50)]
     assert sum(accs) / len(accs) == pytest.approx(expected, abs=0.01)

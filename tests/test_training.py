@@ -511,7 +511,8 @@ def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp
     # the released check is scored on the test split: evaluating best_test.pt gives that number
     head = ckpt_io.build_from(test_ckpt).eval()
     from pipeline.training.loop import accuracy, predict
-    acc = accuracy(predict(head, data.splits["test"], torch.device("cpu")), data.splits["test"].targets)
+    test = data.splits["test"]
+    acc = accuracy(predict(head, test, torch.device("cpu")), test.targets)
     assert acc == pytest.approx(checked[best_epoch])
 
 

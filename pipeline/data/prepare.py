@@ -55,8 +55,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline.data._fs import replace_dir
-from pipeline.data.ave import (BACKGROUND_LABELS, NUM_SEGMENTS, ORDER_FILE, ORDER_MATCH_FILE, SPLITS,
-                               AVEAnnotations, background_video_ids, load_annotations, write_order)
+from pipeline.data.ave import (BACKGROUND_LABELS, NUM_SEGMENTS, ORDER_FILE, ORDER_MATCH_FILE,
+                               SPLITS, AVEAnnotations, background_video_ids, load_annotations,
+                               write_order)
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                             VideoInfo, probe_many)
 
@@ -301,7 +302,8 @@ _FLAG_ACTIONS = {FLAG_PADDED_AUDIO: "audio padded with silence", FLAG_VFR: "samp
                  FLAG_NO_AUDIO: "silent audio", FLAG_PADDED_SHORT: "padded with the last frame"}
 
 
-def load_manifest(prepared_dir: str | os.PathLike, name: str = "manifest.csv") -> list[dict[str, Any]]:
+def load_manifest(prepared_dir: str | os.PathLike,
+                  name: str = "manifest.csv") -> list[dict[str, Any]]:
     """Rows of ``manifest.csv`` (or ``name``, e.g. ``background_manifest.csv``) with typed values
     (``flags`` a tuple, ``has_audio`` a bool)."""
     rows = []

@@ -142,7 +142,8 @@ class M2N(Head):
         self.classifier = nn.Linear(d, num_classes) if setting == "fully" else None
         self.relevance = nn.Linear(d, 1)  # Eq. 16
 
-    def _encode(self, visual: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, visual: torch.Tensor,
+                audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``f_v^I, f_a^I`` (Eq. 1-8)."""
         v, _ = self.avga(visual, audio)
         f_v, f_a = self.visual_in(v), self.audio_in(audio)

@@ -122,7 +122,8 @@ class Dataset:
 def read_order(prepared: str | Path, split: str, setting: str = "fully") -> np.ndarray:
     """Line indices of ``split``: ``<split>_order.h5``, or ``<split>_order_match.h5`` (the cml
     split) in the ``cml`` setting."""
-    path = Path(prepared) / (ORDER_MATCH_FILE if setting == "cml" else ORDER_FILE).format(split=split)
+    name = ORDER_MATCH_FILE if setting == "cml" else ORDER_FILE
+    path = Path(prepared) / name.format(split=split)
     if not path.is_file():
         hint = (" (the cml split: the data root needs cml/{train,val,test}Set.txt; re-run prepare)"
                 if setting == "cml" else "; run prepare")

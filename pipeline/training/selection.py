@@ -12,20 +12,17 @@ Every training run records two checkpoints:
 0-based, as in the scripts' loops; ties go as in the script (``>=``: the later epoch, ``>``: the
 earlier). A run that ends before the schedule's first check checks its last epoch.
 
-========  =======  ==============================================  ===================  =====
-head      setting  released script (repository)                    checks at epoch e    split
-========  =======  ==============================================  ===================  =====
-avel      fully    supervised_main.py (YapengTian/AVE-ECCV18)      e % 5 == 0           val
-avel      weak     weak_supervised_main.py                          e % 5 == 0           val
-psp       both     {fully,weakly}_supervised_main.py, check_epoch 5  e % 5 == 0, e > 0    test
-                   (jasongief/PSP_CVPR_2021)
-vscg      fully    fully_supervised_main.py (Bravo5542/VSCG)       e % 5 == 0, e > 0    test
-vscg      weak     weakly_supervised_main.py                        e > 50               test
-cmbs      both     supv_main.py / weakly_main.py, eval_freq 1      every epoch          test
-                   (marmot-xy/CMBS)
-cace      fully    supv_main.py, eval_freq 1 (Brain-Cog-Lab/CACE)  every epoch          test
-others    --       no released code                                 every epoch          test
-========  =======  ==============================================  ===================  =====
+The released scripts' checks (epoch ``e``, 0-based):
+
+* avel fully / weak (YapengTian/AVE-ECCV18 ``supervised_main.py``, ``weak_supervised_main.py``):
+  val, ``e % 5 == 0``;
+* psp fully / weak (jasongief/PSP_CVPR_2021 ``{fully,weakly}_supervised_main.py``,
+  ``check_epoch`` 5): test, ``e % 5 == 0 and e != 0``;
+* vscg fully (Bravo5542/VSCG ``fully_supervised_main.py``): test, ``e % 5 == 0 and e != 0``;
+* vscg weak (``weakly_supervised_main.py``): test, every epoch ``e > 50``;
+* cmbs fully / weak (marmot-xy/CMBS ``supv_main.py``, ``weakly_main.py``, ``eval_freq`` 1) and
+  cace fully (Brain-Cog-Lab/CACE-Net ``supv_main.py``, ``eval_freq`` 1): test, every epoch;
+* m2n and the baselines (no released code): test, every epoch.
 
 AVEL's script selects on val (its weak script never updates ``best_val_acc``, so it keeps the
 last checked epoch; we follow the evident intent, the best one).
@@ -49,7 +46,8 @@ class Schedule:
     source: str = "no released code: every epoch on test"
 
     def checks(self, epoch: int) -> bool:
-        return epoch % self.every == 0 and not (self.skip_first and epoch == 0) and epoch > self.after
+        return (epoch % self.every == 0 and not (self.skip_first and epoch == 0)
+                and epoch > self.after)
 
 
 _AVE = "YapengTian/AVE-ECCV18 (supervised_main.py, weak_supervised_main.py)"
@@ -66,7 +64,8 @@ SCHEDULES: dict[tuple[str, str], Schedule] = {
     ("vscg", "fully"): Schedule(**_EVERY_5, source=f"{_VSCG} (fully_supervised_main.py): test, "
                                                    "epoch % 5 == 0, epoch > 0"),
     ("vscg", "weak"): Schedule("test", after=50, later_wins_ties=True,
-                               source=f"{_VSCG} (weakly_supervised_main.py): test, every epoch > 50"),
+                               source=f"{_VSCG} (weakly_supervised_main.py): test, "
+                                      "every epoch > 50"),
     ("cmbs", "fully"): Schedule("test", source=f"{_CMBS}: test, every epoch"),
     ("cmbs", "weak"): Schedule("test", source=f"{_CMBS}: test, every epoch"),
     ("cace", "fully"): Schedule("test", source=f"{_CACE}: test, every epoch"),
