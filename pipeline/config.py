@@ -65,6 +65,9 @@ class SynthConfig:
     single_modality: float = 0.8
     noise: float = 0.1  # audio/visual noise level (0..1)
     two_label: int = 4  # videos given a second annotation line of another category (AVE has some)
+    # extra background-only training videos (weak setting), a share of the annotation lines
+    # (AVE reference: 178 / 4143 = 0.043); listed in backgroundSet.txt, not in Annotations.txt
+    background_only: float = 0.043
     workers: int = 2  # encoder processes (1: in-process)
 
     def validate(self, key: str = "synth") -> None:
@@ -77,7 +80,7 @@ class SynthConfig:
             raise ConfigError(f"{key}.num_classes: 1..28 (AVE categories), got {self.num_classes}")
         if min(self.train, self.val, self.test) < 0 or self.fps <= 0 or self.sample_rate < 8000:
             raise ConfigError(f"{key}: split sizes >= 0, fps > 0, sample_rate >= 8000")
-        for name in ("full_fraction", "single_modality", "noise"):
+        for name in ("full_fraction", "single_modality", "noise", "background_only"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{key}.{name}: must be in 0..1, got {getattr(self, name)!r}")
         if self.workers < 1:

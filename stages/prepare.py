@@ -1,7 +1,8 @@
 """DVC stage `prepare`: AVE-format root (params `data.root`) -> params `paths.prepared`.
 
 Reads params.yaml `data` (root, min_duration, probe_timeout_s, workers) and `paths.prepared`.
-Writes manifest.csv, labels.h5, weak_labels.h5, {train,val,test}_order.h5, categories.json and
+Writes manifest.csv, labels.h5, mil_labels.h5, {train,val,test}_order.h5 (and *_order_match.h5
+for the cml split), categories.json and
 report.md (every problem and what was done about it); bad videos never stop the run.
 """
 from __future__ import annotations

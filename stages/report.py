@@ -1,7 +1,9 @@
 """Results table over heads x settings (pipeline file matrix/dvc.yaml).
 
 `cell --head H --setting S`: train H in S with ${report.epochs} epochs (null = paper default)
-into ${paths.models}/matrix/H-S, evaluate on test, write ${paths.reports}/matrix/H-S/row.json;
+into ${paths.models}/matrix/H-S, evaluate both its val-selected and its test-selected checkpoint
+(best_val.pt, best_test.pt: the released script's protocol) on test, write
+${paths.reports}/matrix/H-S/row.json;
 a setting the head does not define (e.g. cml for all but m2n) trains nothing and gives a row
 noting 'not defined by the paper'.
 `table`: gather the rows of ${report.heads} x ${report.settings} into
@@ -25,6 +27,7 @@ from pipeline.heads._registry import TRAIN_KEYS
 from pipeline.runtime import atomic_write_json
 from pipeline.training.config import Setting, check_head
 from pipeline.training.run import train_from_params
+from pipeline.training.selection import PROTOCOLS, schedule
 
 
 def cell_dir(root: str | Path, head: str, setting: str) -> Path:
@@ -47,11 +50,15 @@ def cell(params, head: str, setting: str) -> None:
         changes = {**{k: None for k in TRAIN_KEYS}, "head": head, "setting": setting,
                    "epochs": rc.epochs}
         train_from_params(params, out_dir=models, live_dir=out / "train", **changes)
-        res = evaluate(models / "best.pt", paths.prepared, paths.features, tc.visual, tc.audio,
-                       out / "evaluate", split=ec.split, batch_size=ec.batch_size, timelines=0,
-                       device=tc.device)
+        res = {protocol: evaluate(models / f"best_{protocol}.pt", paths.prepared,
+                                  paths.features, tc.visual, tc.audio,
+                                  out / f"evaluate_{protocol}", split=ec.split,
+                                  batch_size=ec.batch_size, timelines=0, device=tc.device)
+               for protocol in PROTOCOLS}
         note = f"{rc.epochs} epochs (demo profile)" if rc.epochs is not None else ""
-        row = report.cell_row(head, setting, tc.visual, tc.audio, res, note)
+        row = report.cell_row(head, setting, tc.visual, tc.audio, res["val"], note,
+                              result_test_selected=res["test"],
+                              selection=schedule(head, setting).source)
     atomic_write_json(out / "row.json", row, indent=1)
 
 

@@ -51,10 +51,12 @@ def test_real_labels_values(real):
     np.testing.assert_array_equal(labels.sum(-1), 1.0)
     # Line 2: Church bell&MH3m4AwEcRY&good&6&8 -> segments 6, 7 are class 0.
     assert labels[1].argmax(-1).tolist() == [28] * 6 + [0, 0] + [28] * 2
-    weak = ann.weak_labels()
-    assert weak.shape == (4143, 29)
-    assert weak[0].tolist() == [1.0] + [0.0] * 28  # whole clip: no background
-    assert weak[1, 0] == 1.0 and weak[1, 28] == 1.0
+    video = ann.video_labels()  # the published mil_labels.h5: the event class alone
+    assert video.shape == (4143, 29) and video.dtype == np.float32
+    np.testing.assert_array_equal(video.sum(-1), 1.0)
+    assert video[:, 28].sum() == 0  # background = 0 in every row
+    assert video[1].tolist() == [1.0] + [0.0] * 28  # partial event: still the class alone
+    assert video[26, 0] == 1.0  # line 27, empty interval: its class, as published
 
 
 def test_split_order_follows_split_file(real):
@@ -83,7 +85,46 @@ def test_cli_export_labels(tmp_path):
     with pytest.warns(ave.AnnotationWarning, match="empty interval"):
         ave.main(["export-labels", str(REAL), str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "labels.h5", "test_order.h5", "train_order.h5", "val_order.h5"]
+        "labels.h5", "mil_labels.h5", "test_order.h5", "test_order_match.h5", "train_order.h5",
+        "train_order_match.h5", "val_order.h5", "val_order_match.h5"]
+
+
+# sha256 of the published arrays' bytes (reference code's data/*.h5; C order, little endian).
+PUBLISHED_SHA256 = {
+    "mil_labels": "2445dc602bb49ee94f2104c76a9e315411cd892ee2a1d42ccaf74c5c064eb9e6",
+    "train_order_match": "45a393a302608aaec6c7bcab5326e8b96c9b294189add0b2cd15eed9475debfe",
+    "val_order_match": "a350f7cc9c4b2d0426942c952881bd54d6f0fefd1d788dc3156663fdf7008d93",
+    "test_order_match": "04cfef798c77c3336459e7ca341ff180c3c34656e90da2d7611b7a7b310603fc",
+}
+
+
+def test_export_mil_labels_and_cml_orders_equal_the_published_files(tmp_path):
+    import hashlib
+
+    with pytest.warns(ave.AnnotationWarning, match="empty interval"):
+        written = ave.export_labels(REAL, tmp_path)
+    shapes = {"mil_labels": ("avadataset", np.float32, (4143, 29)),
+              "train_order_match": ("order", np.int64, (3339,)),
+              "val_order_match": ("order", np.int64, (402,)),
+              "test_order_match": ("order", np.int64, (402,))}
+    for name, (key, dtype, shape) in shapes.items():
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            d = f[key]
+            assert d.dtype == dtype and d.shape == shape, name
+            digest = hashlib.sha256(np.ascontiguousarray(d[()]).tobytes()).hexdigest()
+        assert digest == PUBLISHED_SHA256[name], name
+    assert written["mil_labels"] == tmp_path / "mil_labels.h5"
+
+
+def test_real_cml_split_has_no_full_length_test_event(real):
+    """The cml split (raw/ave/cml) differs from the standard one; its test events are partial."""
+    ann, _ = real
+    by_index = ann.by_index()
+    sizes = {s: len(ann.cml_splits[s]) for s in ave.SPLITS}
+    assert sizes == {"train": 3339, "val": 402, "test": 402}
+    assert ann.cml_splits["test"] != ann.splits["test"]
+    lengths = [by_index[i].end - by_index[i].start for i in ann.cml_splits["test"]]
+    assert min(lengths) >= 1 and max(lengths) < ave.NUM_SEGMENTS
 
 
 def _write_root(tmp_path, annotations, train, val=(), test=()):

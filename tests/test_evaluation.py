@@ -75,12 +75,19 @@ def test_evaluate_checkpoint_writes_metrics_and_plots(tmp_path):
 
 def test_report_rows_and_table_schema(tmp_path):
     res = {"accuracy": 0.7512, "num_parameters": 1234, "train_seconds": 12.345}
-    rows = [report.cell_row("psp", "fully", "vgg19", "vggish", res),
+    ts = {**res, "accuracy": 0.7834}  # the test-selected checkpoint's result
+    cml = {**res, "accuracy": 0.45, "cross_modal": {"a2v": 0.4, "v2a": 0.5}, "videos": 40,
+           "cml_excluded": {"full_length": 7, "no_event": 1},
+           "cml_excluded_by_split": {"train": {"full_length": 30, "no_event": 0},
+                                     "val": {"full_length": 5, "no_event": 1},
+                                     "test": {"full_length": 7, "no_event": 1}}}
+    cml_ts = {**cml, "accuracy": 0.5, "cross_modal": {"a2v": 0.45, "v2a": 0.55}}
+    rows = [report.cell_row("psp", "fully", "vgg19", "vggish", res, result_test_selected=ts,
+                            selection="psp script"),
             report.cell_row("psp", "weak", "vgg19", "vggish", res),
             report.cell_row("cace", "weak", "vgg19", "vggish", None, report.NOT_DEFINED),
             report.cell_row("majority", "fully", "vgg19", "vggish", res),
-            report.cell_row("m2n", "cml", "vgg19", "vggish",
-                            {**res, "accuracy": 0.45, "cross_modal": {"a2v": 0.4, "v2a": 0.5}}),
+            report.cell_row("m2n", "cml", "vgg19", "vggish", cml, result_test_selected=cml_ts),
             report.cell_row("psp", "cml", "vgg19", "vggish", None, report.NOT_DEFINED)]
     jp, mp = report.write_table(rows, tmp_path)
     loaded = json.loads(jp.read_text())
@@ -91,16 +98,24 @@ def test_report_rows_and_table_schema(tmp_path):
         assert r["accuracy"] is None or 0 <= r["accuracy"] <= 100
         assert r["params"] is None or isinstance(r["params"], int)
     assert loaded[0]["accuracy"] == 75.12 and loaded[0]["paper_accuracy"] == 77.8
+    assert loaded[0]["accuracy_test_selected"] == 78.34 and loaded[0]["selection"] == "psp script"
+    assert loaded[1]["accuracy_test_selected"] is None
     assert loaded[1]["paper_accuracy"] == 73.5 and loaded[3]["paper_accuracy"] is None
     assert loaded[2]["accuracy"] is None and loaded[2]["note"] == report.NOT_DEFINED
     assert loaded[4]["cross_modal"] == {"a2v": 40.0, "v2a": 50.0} and loaded[4]["accuracy"] == 45.0
     assert loaded[4]["paper_accuracy"] == 52.4 and loaded[4]["paper_cross_modal"] == {"a2v": 51.2,
                                                                                       "v2a": 53.6}
+    assert loaded[4]["cml_excluded"] == {"full_length": 7, "no_event": 1}
+    assert loaded[4]["cross_modal_test_selected"] == {"a2v": 45.0, "v2a": 55.0}
     assert loaded[5]["cross_modal"] is None and loaded[5]["paper_cross_modal"] is None
     md = mp.read_text()
-    assert "| psp | 75.1 | 77.8 | 75.1 | 73.5 |" in md and "not defined by the paper" in md
-    # cml rows: their own table in M2N Table 1's layout (A2V, V2A, average), not in the SEL one.
-    assert "| m2n | 40.0 | 51.2 | 50.0 | 53.6 | 45.0 | 52.4 | 1,234 | 12 |" in md
+    # per setting: ours (val-selected), ours (test-selected), the paper
+    assert "| psp | 75.1 | 78.3 | 77.8 | 75.1 | – | 73.5 |" in md
+    assert "not defined by the paper" in md
+    # cml rows: their own table in M2N Table 1's layout (A2V, V2A, average), not in the SEL
+    # one, on the cml split with the excluded test videos counted.
+    assert ("| m2n | 40 | 30 / 5 / 7 | 0 / 1 / 1 | 40.0 | 45.0 | 51.2 | 50.0 | 55.0 | 53.6 "
+            "| 45.0 | 50.0 | 52.4 | 1,234 | 12 |") in md
     assert "no cml setting): psp." in md and md.count("| psp |") == 1
     with pytest.raises(ValueError, match="lacks"):
         report.write_table([{"head": "x"}], tmp_path)
@@ -148,6 +163,10 @@ def test_report_stage_cells_and_table(tmp_path):
     assert not any(any((tmp_path / "models" / "matrix" / c).iterdir())
                    for c in ("toy-cml", "toy_fully-weak", "toy_fully-cml"))  # nothing trained
     assert (tmp_path / "models" / "matrix" / "toy-weak" / "best.pt").is_file()
+    assert all(rows[i]["accuracy_test_selected"] is not None for i in (0, 1, 3))
+    for protocol in ("val", "test"):
+        assert (tmp_path / "reports" / "matrix" / "toy-fully" / f"evaluate_{protocol}"
+                / "metrics.json").is_file()
     # cells use the paper recipe (train.lr is not applied), with report.epochs
     from pipeline.training import checkpoint as ck
     best = ck.load(tmp_path / "models" / "matrix" / "toy-weak" / "best.pt")
@@ -168,13 +187,17 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     from pipeline.training.data import load_dataset
     from pipeline.training.loop import RunSpec, train
 
-    prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8))
-    data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
+    prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8),
+                                full_length=range(0, 32, 3))  # 2 of them in the cml test split
+    data = load_dataset(prepared, feats, "vis", "aud", verbose=False, setting="cml")
     train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
                   recipe_overrides={"epochs": 2, "lr": 3e-3}), data, tmp_path / "m")
     res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
                    device="cpu", batch_size=3, timelines=3)
     test = data.splits["test"]
+    n_full = len(test.cml_excluded["full_length"])
+    assert n_full > 0 and res["cml_excluded"] == {"full_length": n_full, "no_event": 0}
+    assert res["videos"] == len(test) == 8 - n_full
     head = ck.load_head(tmp_path / "m" / "best.pt")[0]
     acc, windows = cml_evaluate(head, test.visual, test.audio, test.labels, torch.device("cpu"))
     expect = {"a2v": pytest.approx(acc["a2v"]), "v2a": pytest.approx(acc["v2a"])}
@@ -184,14 +207,19 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     assert metrics["accuracy"] == pytest.approx(res["accuracy"])
     assert metrics["cross_modal"] == expect
     assert "event" not in metrics and "per_class" not in metrics
+    assert metrics["cml_excluded"] == {"full_length": n_full, "no_event": 0}
+    by_split = res["cml_excluded_by_split"]  # train and val from the training run
+    assert by_split["train"]["full_length"] == len(data.splits["train"].cml_excluded["full_length"])
+    assert set(by_split) == {"train", "val", "test"} and by_split["test"]["full_length"] == n_full
     # Confusion of window segments (A2V rows, then V2A) against the event segments.
     events = int((test.targets != 3).sum())
     cm = np.asarray(res["confusion"])
-    assert res["labels"] == ["event", "background"] and cm.sum() == 2 * 8 * 10
+    n = len(test)
+    assert res["labels"] == ["event", "background"] and cm.sum() == 2 * n * 10
     assert cm[0].sum() == 2 * events
     assert cm[:, 0].sum() == int(windows["a2v"].sum() + windows["v2a"].sum())
     plot = json.loads((tmp_path / "ev" / "plots" / "sklearn" / "confusion_matrix.json").read_text())
-    assert len(plot) == 2 * 8 * 10
+    assert len(plot) == 2 * n * 10
     images = sorted(p.name for p in (tmp_path / "ev" / "plots" / "images").iterdir())
     assert "confusion.png" in images and sum(n.startswith("timeline_") for n in images) == 3
 

@@ -165,5 +165,10 @@ def test_torchrun_two_processes_gloo_equals_one_process(prepared_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rank 0/2" in proc.stdout
+    # the background-only video of the fixture (backgroundSet.txt): <model>_noisy.h5, same layout
+    import h5py
+    for run in ("one", "two"):
+        with h5py.File(tmp_path / run / "vggish_noisy.h5") as f:
+            assert f["avadataset"].shape[:2] == (1, 10) and f["valid"][()].tolist() == [True]
     two = tmp_path / "two" / "vggish.h5"
     assert _md5(two) == _md5(one.path)

@@ -150,3 +150,86 @@ def test_cml_evaluate_batches_both_directions_and_averages():
     events = labels[..., -1] == 0
     assert torch.equal(windows["a2v"], events)
     assert windows["v2a"][0].nonzero().flatten().tolist() == [3, 4, 5]
+
+
+def test_cml_query_reads_only_the_query_modality_and_its_event_segments():
+    """Sec. 3.5: the query modality's event segments averaged into one vector, repeated at every
+    position; it never depends on the searched sequence (no leak of the answer)."""
+    head = _cml_head().eval()
+    batch = _cml_batch()
+    inputs = {"visual": batch["visual"], "audio": batch["audio"]}
+    events = batch["labels"][..., -1] == 0
+    new_v, new_a = random_inputs(b=3, h=2, w=2, cv=16, ca=8, relu=False, seed=5)
+    outside = (~events)[..., None]  # (B, T, 1): segments outside the query
+    cases = {  # direction: (another searched sequence, other query segments outside the event)
+        "a2v": ({"visual": new_v}, {"audio": torch.where(outside, new_a, batch["audio"])}),
+        "v2a": ({"audio": new_a},
+                {"visual": torch.where(outside[..., None, None], new_v, batch["visual"])}),
+    }
+    with torch.no_grad():
+        for d, (searched, outside_query) in cases.items():
+            def query(**change):
+                return head.cross_modal_query(**{**inputs, **change}, query_mask=events,
+                                              direction=d)
+
+            def relevance(**change):
+                return head.cross_modal_relevance(**{**inputs, **change}, query_mask=events,
+                                                  direction=d)
+            q = query()
+            assert q.shape == (3, M2N_TINY["d_model"])
+            torch.testing.assert_close(query(**searched), q)
+            torch.testing.assert_close(query(**outside_query), q)
+            torch.testing.assert_close(relevance(**outside_query), relevance())
+            assert not torch.allclose(relevance(**searched), relevance())  # what is searched counts
+
+
+def _real_cml_test_events() -> torch.Tensor:
+    """Event masks (402, 10) of the AVE cml test split (raw/ave/cml), full-length ones excluded."""
+    from pathlib import Path
+
+    from pipeline.data.ave import load_annotations
+    from pipeline.training.data import cml_exclusions
+
+    with pytest.warns(UserWarning):  # the real file's line 27 (empty interval)
+        ann = load_annotations(Path(__file__).resolve().parents[1] / "raw" / "ave")
+    labels = ann.labels()[ann.cml_order("test")]
+    excluded = cml_exclusions(labels)
+    assert not excluded["full_length"].any() and not excluded["no_event"].any()
+    return torch.from_numpy(labels[..., -1] == 0)
+
+
+def test_random_window_scores_chance_on_the_real_cml_test_split():
+    """A model whose relevance picks one of the 10 - l + 1 windows of the query length l at
+    random scores mean(1 / (10 - l + 1)) on the cml test split (no full-length event there)."""
+    mask = _real_cml_test_events()
+    lengths = mask.sum(1)
+    chance = float((1 / (10 - lengths.double() + 1)).mean())
+    g = torch.Generator().manual_seed(0)
+    accs = []
+    for _ in range(50):
+        starts = (torch.rand(len(mask), generator=g) * (11 - lengths)).long()
+        pos = torch.arange(10)
+        rel = ((pos >= starts[:, None]) & (pos < (starts + lengths)[:, None])).float()
+        accs.append(window_localization_accuracy(rel, mask))
+    assert len(mask) == 402 and chance == pytest.approx(0.2077, abs=1e-4)
+    assert sum(accs) / len(accs) == pytest.approx(chance, abs=0.01)
+
+
+def test_iid_random_scores_follow_the_max_window_sum_rule_on_the_real_cml_test_split():
+    """Independent random segment scores: the max-sum window favours the two edge windows
+    (P(start) per length, simulated here), and most AVE events touch an edge, so the expected
+    accuracy is above the uniform chance level; far below the 0.7 that full-length events gave."""
+    mask = _real_cml_test_events()
+    lengths = mask.sum(1)
+    first = mask.int().argmax(1)
+    g = torch.Generator().manual_seed(1)
+    p_start = {}
+    for l in lengths.unique().tolist():
+        sums = torch.rand(20000, 10, generator=g).unfold(1, l, 1).sum(-1)
+        p_start[l] = torch.bincount(sums.argmax(1), minlength=11 - l).double() / 20000
+    hits = sum(p_start[l][f] for l, f in zip(lengths.tolist(), first.tolist()))
+    expected = float(hits / len(mask))
+    accs = [window_localization_accuracy(torch.rand(mask.shape, generator=g), mask)
+            for _ in range(50)]
+    assert sum(accs) / len(accs) == pytest.approx(expected, abs=0.01)
+    assert 0.21 < expected < 0.3

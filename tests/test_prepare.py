@@ -81,8 +81,10 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
     assert "Annotations.txt:15" in report and "excluded" in report and "padded" in report
     with h5py.File(out / "labels.h5") as f:
         assert f["avadataset"].shape == (14, 10, 4) and f["avadataset"].dtype == np.float32
-    with h5py.File(out / "weak_labels.h5") as f:
-        assert f["avadataset"].shape == (14, 4)
+    with h5py.File(out / "mil_labels.h5") as f:  # as published: the event class alone
+        video = f["avadataset"][()]
+    assert video.shape == (14, 4) and video.dtype == np.float32 and not video[:, 3].any()
+    assert video[:13].sum(-1).tolist() == [1.0] * 13 and not video[13].any()  # 13: unusable
     sizes = {}
     for split in ("train", "val", "test"):
         with h5py.File(out / f"{split}_order.h5") as f:
@@ -120,3 +122,27 @@ def test_stages_run_from_params(tmp_path, tiny_synth_config):
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 samples" in proc.stdout
     assert len(load_manifest(tmp_path / "prepared")) == 4
+
+
+def test_background_only_videos_get_their_manifest_and_labels(prepared_dir, ave_root, tmp_path):
+    ids = (ave_root / "backgroundSet.txt").read_text().split()
+    rows = load_manifest(prepared_dir, "background_manifest.csv")
+    assert [r["video_id"] for r in rows] == ids and len(ids) == 1
+    assert rows[0]["index"] == 0 and rows[0]["split"] == "background" and rows[0]["status"] == "ok"
+    assert ids[0] not in {r["video_id"] for r in load_manifest(prepared_dir)}
+    with h5py.File(prepared_dir / "labels_noisy.h5") as f:
+        assert f["avadataset"][()].tolist() == [[0.0, 0.0, 0.0, 1.0]]  # background alone
+    # a root with the published labels_noisy.h5 (no videos): checked and copied
+    root = tmp_path / "root"
+    shutil.copytree(ave_root, root)
+    (root / "backgroundSet.txt").unlink()
+    with h5py.File(root / "labels_noisy.h5", "w") as f:
+        f["avadataset"] = np.eye(4, dtype=np.float32)[[3, 3]]
+    prepare(root, tmp_path / "p", workers=1)
+    assert not (tmp_path / "p" / "background_manifest.csv").exists()
+    with h5py.File(tmp_path / "p" / "labels_noisy.h5") as f:
+        assert f["avadataset"].shape == (2, 4)
+    with h5py.File(root / "labels_noisy.h5", "w") as f:
+        f["avadataset"] = np.eye(4, dtype=np.float32)[[0, 3]]  # an event row: refused
+    with pytest.raises(ValueError, match="background alone"):
+        prepare(root, tmp_path / "p", workers=1)

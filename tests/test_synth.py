@@ -96,8 +96,12 @@ def test_labels_agree_with_content(ave_root):
         nearest = np.argmin(((px[..., None, :] - colours) ** 2).sum(-1), -1)  # (10, P)
         audio = decode_audio(path, 16000).samples
         for ev in v["events"]:
-            s = by_key[(v["video_id"], ev["category"])]
-            labelled = [s.start <= t < s.end for t in range(10)]
+            if v["split"] == "background":  # background-only: in no annotation line
+                assert (v["video_id"], ev["category"]) not in by_key
+                labelled = [False] * 10
+            else:
+                s = by_key[(v["video_id"], ev["category"])]
+                labelled = [s.start <= t < s.end for t in range(10)]
             assert labelled == [k == "event" for k in ev["segments"]]
             freq = classes[ev["category"]]["freq_hz"]
             for t, kind in enumerate(ev["segments"]):
@@ -112,7 +116,7 @@ def test_labels_agree_with_content(ave_root):
 
 def test_draw_distribution():
     cfg = SynthConfig(num_classes=6, train=600, val=0, test=0)
-    specs = draw_specs(cfg)
+    specs = [s for s in draw_specs(cfg) if s.split != "background"]
     events = [s.events[0] for s in specs]
     full = np.mean([(e.start, e.end) == (0, 10) for e in events])
     assert abs(full - cfg.full_fraction) < 0.06
@@ -127,7 +131,8 @@ def test_draw_distribution():
 def test_single_modality_share(share):
     specs = draw_specs(SynthConfig(num_classes=6, train=600, val=0, test=0, full_fraction=0.0,
                                    single_modality=share))
-    kinds = [k for s in specs for k in s.events[0].segments if k != "event"]
+    kinds = [k for s in specs if s.split != "background"
+             for k in s.events[0].segments if k != "event"]
     counts = {k: kinds.count(k) / len(kinds) for k in ("empty", "visual_only", "audio_only")}
     assert abs(counts["empty"] - (1 - share)) < 0.03
     assert abs(counts["visual_only"] - share / 2) < 0.03
@@ -177,3 +182,31 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: synth.width/height: even and >= 16 (H.264 4:2:0), got 161x120"]
     assert not (tmp_path / "x").exists()
+
+
+def test_cml_split_partitions_the_lines_with_partial_events_in_val_and_test(ave_root):
+    ann = load_annotations(ave_root)
+    by_index = ann.by_index()
+    cml = ann.cml_splits
+    assert sorted(i for v in cml.values() for i in v) == list(range(ann.num_lines))
+    assert {s: len(v) for s, v in cml.items()} == {s: len(v) for s, v in ann.splits.items()} \
+        or len(cml["train"]) > len(ann.splits["train"])  # too few partial events: train keeps them
+    for split in ("val", "test"):
+        assert cml[split], split
+        assert all(0 < by_index[i].end - by_index[i].start < 10 for i in cml[split])
+
+
+def test_background_only_videos_are_listed_and_eventless(tmp_path):
+    cfg = SynthConfig(num_classes=3, train=40, val=5, test=5, background_only=0.1, two_label=0)
+    specs = draw_specs(cfg)
+    bg = [s for s in specs if s.split == "background"]
+    assert len(bg) == 5  # round(0.1 x 50 annotation lines)
+    assert all(e.start == e.end == 0 and "event" not in e.segments for s in bg for e in s.events)
+    assert len(draw_specs(replace(cfg, background_only=0.0))) == 50
+    small = replace(cfg, root="", train=2, val=1, test=1, width=32, height=32, background_only=0.5,
+                    workers=1)
+    root = generate(small, tmp_path / "set")
+    ids = (root / "backgroundSet.txt").read_text().split()
+    assert len(ids) == 2 and all((root / "AVE" / f"{v}.mp4").is_file() for v in ids)
+    ann = load_annotations(root)
+    assert not set(ids) & set(ann.video_ids())

@@ -53,9 +53,11 @@ if "toy" not in _registry._HEADS:
     register_head("toy")(_ToyHead)
 
 
-def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6, av=False):
-    """Contract layout: prepared/{labels,*_order}.h5, categories.json; features/{v,a}.h5.
-    The audio feature is the one-hot segment label plus noise (the answer is known).
+def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6, av=False,
+              full_length=()):
+    """Contract layout: prepared/{labels,mil_labels,*_order,*_order_match}.h5, categories.json;
+    features/{v,a}.h5. The audio feature is the one-hot segment label plus noise (the answer is
+    known). Rows in ``full_length`` get an event over all segments (others are partial).
 
     ``av``: an event is audible *and* visible instead: its class one-hot is in the audio and in
     the visual feature; the background segments of half the videos hold the video's sound only
@@ -67,6 +69,7 @@ def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6
     end = start + rng.integers(1, 6, n)
     labels = np.zeros((n, T, C + 1), np.float32)
     labels[:, :, C] = 1
+    start[list(full_length)], end[list(full_length)] = 0, T
     for i in range(n):
         labels[i, start[i]:end[i], C] = 0
         labels[i, start[i]:end[i], cls[i]] = 1
@@ -88,11 +91,15 @@ def write_set(root, n_per_split=(48, 16, 16), invalid=(), seed=0, vdim=4, adim=6
     feats.mkdir(parents=True, exist_ok=True)
     with h5py.File(prepared / "labels.h5", "w") as f:
         f["avadataset"] = labels
+    with h5py.File(prepared / "mil_labels.h5", "w") as f:  # the event class alone
+        f["avadataset"] = np.eye(C + 1, dtype=np.float32)[cls]
     perm = rng.permutation(n)
+    perm_cml = np.random.default_rng(seed + 1).permutation(n)  # the cml split: another partition
     a = 0
     for split, k in zip(("train", "val", "test"), n_per_split):
-        with h5py.File(prepared / f"{split}_order.h5", "w") as f:
-            f["order"] = np.sort(perm[a:a + k]).astype(np.int64)
+        for name, order in (("order", perm), ("order_match", perm_cml)):
+            with h5py.File(prepared / f"{split}_{name}.h5", "w") as f:
+                f["order"] = np.sort(order[a:a + k]).astype(np.int64)
         a += k
     (prepared / "categories.json").write_text(json.dumps([f"cat{i}" for i in range(C)]))
     valid = np.ones(n, bool)
@@ -299,7 +306,9 @@ def test_cml_trains_m2n_and_selects_the_best_window_accuracy(toyset, tmp_path):
     mean of their val window accuracies. The toy audio encodes the event segments, so V2A (the
     audio is searched) is learnable; the visual is noise, so A2V stays near chance."""
     from pipeline.heads.m2n import cml_evaluate
-    data = toyset[0]
+    with pytest.raises(ValueError, match="setting='cml'"):  # cml runs on the cml split only
+        train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY), toyset[0], tmp_path)
+    data = load_dataset(*toyset[1:], "vis", "aud", verbose=False, setting="cml")
     res = train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
                         recipe_overrides={"epochs": 5, "lr": 3e-3, "batch_size": 16}),
                 data, tmp_path, live_dir=tmp_path / "live")
@@ -413,3 +422,107 @@ def test_standardize_uses_train_statistics_and_travels_with_the_checkpoint(tmp_p
     raw = train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "raw")
     assert ckpt_io.load(tmp_path / "raw" / "best.pt")["feature_norm"] is None
     assert raw.best_val_accuracy < res.best_val_accuracy
+
+
+def test_cml_reads_the_cml_split_and_excludes_full_length_events(tmp_path):
+    prepared, feats = write_set(tmp_path, n_per_split=(20, 8, 8), full_length=range(0, 36, 3))
+    with h5py.File(prepared / "test_order_match.h5") as f:
+        cml_test = f["order"][()]
+    with h5py.File(prepared / "labels.h5") as f:
+        labels = f["avadataset"][()]
+    full = set(range(0, 36, 3))
+    data = load_dataset(prepared, feats, "vis", "aud", verbose=False, setting="cml")
+    test = data.splits["test"]
+    assert data.setting == "cml"
+    assert test.rows.tolist() == [r for r in cml_test if r not in full]
+    assert test.cml_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
+    assert len(test.cml_excluded["no_event"]) == 0 and len(test.cml_excluded["full_length"]) > 0
+    torch.testing.assert_close(test.labels, torch.from_numpy(labels[test.rows]))
+    standard = load_dataset(prepared, feats, "vis", "aud", verbose=False)
+    assert standard.splits["test"].cml_excluded == {}
+    assert standard.splits["test"].rows.tolist() != test.rows.tolist()
+
+
+def _write_background_only(prepared, feats, n=5, vdim=4, adim=6):
+    rng = np.random.default_rng(3)
+    for name, shape in (("vis", (n, T, 2, 2, vdim)), ("aud", (n, T, adim))):
+        with h5py.File(feats / f"{name}_noisy.h5", "w") as f:
+            f["avadataset"] = rng.normal(0, 1, shape).astype(np.float16)
+            f["valid"] = np.ones(n, bool)
+    with h5py.File(prepared / "labels_noisy.h5", "w") as f:
+        f["avadataset"] = np.eye(C + 1, dtype=np.float32)[[C] * n]  # background alone
+
+
+def test_weak_targets_are_mil_labels_plus_background_only_samples(tmp_path, capsys):
+    prepared, feats = write_set(tmp_path, n_per_split=(20, 8, 8))
+    with h5py.File(prepared / "mil_labels.h5") as f:
+        mil = f["avadataset"][()]
+    data = load_dataset(prepared, feats, "vis", "aud", setting="weak", background_only=True)
+    assert "background-only samples: not used (absent:" in capsys.readouterr().out
+    train_split = data.splits["train"]
+    assert train_split.background_only == 0
+    torch.testing.assert_close(train_split.weak, torch.from_numpy(mil[train_split.rows]))
+    assert train_split.weak[:, C].sum() == 0  # as published: background = 0 in every row
+    _write_background_only(prepared, feats)
+    data = load_dataset(prepared, feats, "vis", "aud", verbose=False, setting="weak",
+                        background_only=True)
+    grown = data.splits["train"]
+    assert len(grown) == 25 and grown.background_only == 5 and grown.rows[-5:].tolist() == [-1] * 5
+    assert grown.weak[-5:].argmax(-1).tolist() == [C] * 5 and grown.weak[-5:].sum() == 5
+    assert (grown.targets[-5:] == C).all()
+    assert len(data.splits["val"]) == 8  # only train grows
+    off = load_dataset(prepared, feats, "vis", "aud", verbose=False, setting="weak")
+    assert len(off.splits["train"]) == 20
+    fully = load_dataset(prepared, feats, "vis", "aud", verbose=False, background_only=True)
+    assert len(fully.splits["train"]) == 20  # the weak setting's samples only
+    batch_keys = []
+    _ToyHead.seen_keys = batch_keys
+    res = train(RunSpec("toy", "weak", device="cpu", recipe_overrides={"epochs": 1}), data,
+                tmp_path / "m")
+    assert res.epochs == 1 and all("labels" not in k for k in batch_keys)
+
+
+def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp_path,
+                                                                     monkeypatch):
+    """best_val.pt: the best val epoch; best_test.pt: the best test accuracy at the released
+    script's checks (here: every 2nd epoch from epoch 2, ties to the later); best.pt: the one
+    train.select names."""
+    from pipeline.training import selection
+
+    monkeypatch.setitem(selection.SCHEDULES, ("toy", "fully"),
+                        selection.Schedule("test", every=2, skip_first=True, later_wins_ties=True))
+    data = toyset[0]
+    res = {}
+    for select in ("val", "test"):
+        out = tmp_path / select
+        res[select] = train(RunSpec("toy", "fully", device="cpu", select=select), data, out)
+        assert ckpt_io.load(out / "best.pt")["selected_by"] == select
+        assert torch.equal(_state(out / "best.pt")["fc.weight"],
+                           _state(out / f"best_{select}.pt")["fc.weight"])
+    h = res["test"].history
+    checked = {r["epoch"]: r["script_test_accuracy"] for r in h if "script_test_accuracy" in r}
+    assert sorted(checked) == [2, 4]
+    best_epoch = max(sorted(checked), key=lambda e: (checked[e], e))
+    test_ckpt = ckpt_io.load(tmp_path / "test" / "best_test.pt")
+    assert test_ckpt["epoch"] == best_epoch and test_ckpt["selection"]["checks"] == 2
+    assert test_ckpt["selection"]["accuracy"] == checked[best_epoch]
+    val_ckpt = ckpt_io.load(tmp_path / "test" / "best_val.pt")
+    assert val_ckpt["epoch"] == int(np.argmax([r["val_accuracy"] for r in h]))
+    # the released check is scored on the test split: evaluating best_test.pt gives that number
+    head = ckpt_io.build_from(test_ckpt).eval()
+    from pipeline.training.loop import accuracy, predict
+    test = data.splits["test"]
+    acc = accuracy(predict(head, test, torch.device("cpu")), test.targets)
+    assert acc == pytest.approx(checked[best_epoch])
+
+
+def test_released_schedules():
+    from pipeline.training.selection import schedule
+
+    def checks(head, setting, n=60):
+        return [e for e in range(n) if schedule(head, setting).checks(e)]
+    assert checks("psp", "fully")[:3] == [5, 10, 15] and schedule("psp", "weak").split == "test"
+    assert checks("avel", "weak")[:3] == [0, 5, 10] and schedule("avel", "fully").split == "val"
+    assert checks("vscg", "fully")[:2] == [5, 10] and checks("vscg", "weak")[:2] == [51, 52]
+    assert checks("cmbs", "weak", 3) == checks("cace", "fully", 3) == [0, 1, 2]
+    assert checks("m2n", "cml", 3) == [0, 1, 2]  # no released code: every epoch

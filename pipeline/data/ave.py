@@ -23,9 +23,17 @@ Policy for bad input (each case is a ``AnnotationWarning`` naming file and line,
   video id, or repeats an earlier split line: left out of the split;
 * an annotation line repeated verbatim: kept (it is its own index), warned about.
 
+Cross-modality localization split (``<root>/cml/{train,val,test}Set.txt``, optional): the
+partition the AVE reference code uses for A2V / V2A (its ``{train,val,test}_order_match.h5``),
+written and matched like the standard split files.
+
+Video-level labels (``mil_labels.h5`` of the reference code, the weak setting's targets): the
+event class alone, background = 0 in every row (:meth:`AVEAnnotations.video_labels`).
+
 CLI: ``python -m pipeline.data.ave export-labels RAW_DIR OUT_DIR`` writes the community files
-``labels.h5`` (``avadataset``, float32 ``(N,10,C+1)``) and ``{train,val,test}_order.h5``
-(``order``, int64).
+``labels.h5`` (``avadataset``, float32 ``(N,10,C+1)``), ``mil_labels.h5`` (``avadataset``,
+float32 ``(N,C+1)``), ``{train,val,test}_order.h5`` and, when ``RAW_DIR/cml/`` holds the split,
+``{train,val,test}_order_match.h5`` (``order``, int64).
 """
 from __future__ import annotations
 
@@ -44,6 +52,11 @@ SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.tx
 ANNOTATIONS_FILE = "Annotations.txt"
 VIDEO_DIR = "AVE"  # videos live in <root>/AVE/<VideoID>.mp4
 HEADER_PREFIX = "Category&VideoID"
+BACKGROUND_FILE = "backgroundSet.txt"  # <root>/backgroundSet.txt: background-only video ids
+BACKGROUND_LABELS = "labels_noisy.h5"  # their labels (B, C+1), background alone (reference name)
+CML_DIR = "cml"  # <root>/cml/{train,val,test}Set.txt: the cross-modality localization split
+ORDER_FILE = "{split}_order.h5"  # community split orders (dataset "order")
+ORDER_MATCH_FILE = "{split}_order_match.h5"  # community cml split orders (dataset "order")
 
 
 class AnnotationWarning(UserWarning):
@@ -77,6 +90,7 @@ class AVEAnnotations:
     categories: list[str]  # index order = first appearance
     splits: dict[str, list[int]] = field(default_factory=dict)  # split -> sample indices
     problems: list[str] = field(default_factory=list)  # every warning issued while parsing
+    cml_splits: dict[str, list[int]] = field(default_factory=dict)  # cml/ split (may be empty)
 
     @property
     def num_classes(self) -> int:
@@ -113,13 +127,22 @@ class AVEAnnotations:
             out[s.index, s.start : s.end, cat[s.category]] = 1.0
         return out
 
-    def weak_labels(self, num_segments: int = NUM_SEGMENTS) -> np.ndarray:
-        """Video-level labels ``(num_lines, C+1)``: the event class, and background when any
-        segment is background (max over segments of the one-hot labels)."""
-        return self.labels(num_segments).max(axis=1)
-
     def order(self, split: str) -> np.ndarray:
         return np.asarray(self.splits[split], dtype=np.int64)
+
+    def video_labels(self) -> np.ndarray:
+        """Video-level labels ``(num_lines, C+1)`` float32 as the published ``mil_labels.h5``:
+        the sample's event class alone (background = 0 in every row, also for an empty
+        interval); unusable lines are all zero."""
+        out = np.zeros((self.num_lines, self.num_classes + 1), np.float32)
+        cat = {c: i for i, c in enumerate(self.categories)}
+        for s in self.samples:
+            out[s.index, cat[s.category]] = 1.0
+        return out
+
+    def cml_order(self, split: str) -> np.ndarray:
+        """Indices of the cross-modality localization split (``<split>_order_match.h5``)."""
+        return np.asarray(self.cml_splits[split], dtype=np.int64)
 
 
 def _warn(problems: list[str], msg: str) -> None:
@@ -212,7 +235,23 @@ def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
             else:
                 ann.splits[split] = []
                 _warn(problems, f"{path}: split file missing; split '{split}' is empty")
+        if (root / CML_DIR).is_dir():
+            ann.cml_splits = _read_cml_splits(root / CML_DIR, samples, categories, problems)
     return ann
+
+
+def _read_cml_splits(cml_dir: Path, samples: list[Sample], categories: list[str],
+                     problems: list[str]) -> dict[str, list[int]]:
+    """The cml split files, matched like the standard ones (a missing file: an empty split)."""
+    out = {}
+    for split in SPLITS:
+        path = cml_dir / SPLIT_FILES[split]
+        if path.is_file():
+            out[split] = _match_split(path, samples, categories, problems)
+        else:
+            out[split] = []
+            _warn(problems, f"{path}: cml split file missing; cml split '{split}' is empty")
+    return out
 
 
 def _match_split(path: Path, samples: list[Sample], categories: list[str],
@@ -247,6 +286,24 @@ def _match_split(path: Path, samples: list[Sample], categories: list[str],
     return order
 
 
+def background_video_ids(root: str | Path, problems: list[str] | None = None) -> list[str]:
+    """Video ids of ``<root>/backgroundSet.txt`` (background-only training videos, one id a
+    line; the synthetic set writes one, AVE published only their features): ``[]`` without
+    the file. Unsafe ids (:func:`pipeline.data.ids.video_id_problem`) are warned about and left out."""
+    path = Path(root) / BACKGROUND_FILE
+    if not path.is_file():
+        return []
+    problems = [] if problems is None else problems
+    ids = []
+    for n, text in _read_lines(path):
+        problem = video_id_problem(text)
+        if problem:
+            _warn(problems, f"{path}:{n}: unsafe video id {text!r} ({problem}); left out")
+            continue
+        ids.append(text)
+    return list(dict.fromkeys(ids))
+
+
 def export_labels(root: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write the community label/order files from the annotation files alone."""
     ann = load_annotations(root)
@@ -257,18 +314,32 @@ def export_labels(root: str | Path, out_dir: str | Path) -> dict[str, Path]:
     with h5py.File(path, "w") as f:
         f.create_dataset("avadataset", data=ann.labels())
     written["labels"] = path
+    path = out_dir / "mil_labels.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("avadataset", data=ann.video_labels())
+    written["mil_labels"] = path
     for split in SPLITS:
-        path = out_dir / f"{split}_order.h5"
-        with h5py.File(path, "w") as f:
-            f.create_dataset("order", data=ann.order(split))
-        written[split] = path
+        written[split] = write_order(out_dir / ORDER_FILE.format(split=split), ann.order(split))
+        if ann.cml_splits:
+            written[f"{split}_match"] = write_order(out_dir / ORDER_MATCH_FILE.format(split=split),
+                                                    ann.cml_order(split))
     return written
+
+
+def write_order(path: Path, order: np.ndarray) -> Path:
+    """A community order file: dataset ``order``, int64 line indices."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("order", data=np.asarray(order, dtype=np.int64))
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pipeline.data.ave", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export-labels", help="write labels.h5 and {train,val,test}_order.h5")
+    e = sub.add_parser("export-labels", help="write labels.h5, mil_labels.h5, "
+                       "{train,val,test}_order.h5 and {train,val,test}_order_match.h5")
     e.add_argument("raw_dir", help="AVE-format root with Annotations.txt and the split files")
     e.add_argument("out_dir")
     args = p.parse_args(argv)

@@ -7,10 +7,18 @@ directory renamed into place):
 
 * ``manifest.csv``: one row per Annotations.txt data line (``index`` = line index = row of
   labels.h5 and of the feature files), columns :data:`MANIFEST_COLUMNS`;
-* ``labels.h5`` / ``weak_labels.h5`` (``avadataset``), ``{train,val,test}_order.h5``
-  (``order``: the split files as published; rows that are not usable stay in the orders and
-  are masked by consumers through the manifest status / the feature files' ``valid``);
-* ``categories.json`` (names in label-index order) and ``report.md``.
+* ``labels.h5`` / ``mil_labels.h5`` (``avadataset``; video-level labels as published: the
+  event class alone), ``{train,val,test}_order.h5`` and, when the root has the cml split,
+  ``{train,val,test}_order_match.h5`` (``order``: the split files as published; rows that are
+  not usable stay in the orders and are masked by consumers through the manifest status / the
+  feature files' ``valid``);
+* ``categories.json`` (names in label-index order) and ``report.md``;
+* background-only training samples of the weak setting, when the root has them:
+  ``background_manifest.csv`` (the videos of ``backgroundSet.txt``, same columns; the extract
+  stages write their features to ``<model>_noisy.h5``) and ``labels_noisy.h5`` (``avadataset``
+  ``(B, C+1)``, background alone, as the reference code's file). A root with the published
+  ``labels_noisy.h5`` and no videos: that file is checked and copied (its features are the
+  published ``*_feature_noisy.h5``, imported by the user; README).
 
 Policy per video (a bad video never stops the run):
 
@@ -53,7 +61,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data._fs import replace_dir
-from pipeline.data.ave import SPLITS, AVEAnnotations, load_annotations
+from pipeline.data.ave import (BACKGROUND_LABELS, ORDER_FILE, ORDER_MATCH_FILE, SPLITS,
+                               AVEAnnotations, background_video_ids, load_annotations, write_order)
 from pipeline.data.ids import UnsafePathError
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                             VideoInfo, audio_flags, probe_many)
@@ -80,6 +89,7 @@ class PrepareResult:
     categories: list[str]
     annotation_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    background_rows: list[dict[str, Any]] = field(default_factory=list)  # backgroundSet.txt videos
 
     def counts(self) -> dict[str, int]:
         c = Counter(r["status"] for r in self.rows)
@@ -143,6 +153,21 @@ def build_rows(ann: AVEAnnotations, infos: dict[str, VideoInfo], min_duration: f
     return rows
 
 
+def background_rows(ann: AVEAnnotations, ids: list[str], infos: dict[str, VideoInfo],
+                    min_duration: float) -> list[dict[str, Any]]:
+    """Manifest rows of the background-only videos (index = row of ``<model>_noisy.h5``)."""
+    rows = []
+    for index, vid in enumerate(ids):
+        status, flags, message = video_status(infos[vid], min_duration)
+        info = infos[vid]
+        rows.append(dict(index=index, video_id=vid, category="", split="background", start=0,
+                         end=0, path=str(ann.video_path(vid)), status=status,
+                         duration=round(info.duration, 4), fps=round(info.fps, 4),
+                         num_frames=info.num_frames, has_audio=info.has_audio,
+                         flags=tuple(flags), message=message))
+    return rows
+
+
 def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration: float = 1.0,
             workers: int = 2, timeout_s: float = 30.0, progress: bool = False) -> PrepareResult:
     """Run the stage: read ``root``, write ``out_dir`` atomically; see the module doc."""
@@ -151,13 +176,15 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each one is in ann.problems, hence in the report
         ann = load_annotations(root)
-    paths, infos = contained_videos(ann)
+        bg_ids = background_video_ids(root, ann.problems)
+    paths, infos = contained_videos(ann, list(dict.fromkeys(ann.video_ids() + bg_ids)))
     infos_iter: Iterable[VideoInfo] = probe_many(paths.values(), workers=workers, timeout_s=timeout_s)
     if progress:
         infos_iter = tqdm(infos_iter, total=len(paths), desc="probe", unit="video")
     infos.update(zip(paths, infos_iter))
     rows = build_rows(ann, infos, min_duration)
     result = PrepareResult(out_dir, rows, list(ann.categories), list(ann.problems))
+    result.background_rows = background_rows(ann, bg_ids, infos, min_duration)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -170,11 +197,11 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration
     return result
 
 
-def contained_videos(ann: AVEAnnotations) -> tuple[dict[str, Path], dict[str, VideoInfo]]:
+def contained_videos(ann: AVEAnnotations, ids: list[str]) -> tuple[dict[str, Path], dict[str, VideoInfo]]:
     """``({video id: path to probe}, {video id: unusable info})``: a file that resolves outside
     ``<root>/AVE/`` (a symlink leading away) is never opened."""
     paths, outside = {}, {}
-    for vid in ann.video_ids():
+    for vid in ids:
         try:
             paths[vid] = ann.video_path(vid)
         except UnsafePathError as e:
@@ -184,20 +211,48 @@ def contained_videos(ann: AVEAnnotations) -> tuple[dict[str, Path], dict[str, Vi
 
 def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path,
                    min_duration: float) -> None:
-    with open(out / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-        w.writeheader()
-        for r in result.rows:
-            w.writerow({**r, "flags": ";".join(r["flags"]), "has_audio": int(r["has_audio"])})
+    write_manifest(out / "manifest.csv", result.rows)
     with h5py.File(out / "labels.h5", "w") as f:
         f.create_dataset("avadataset", data=ann.labels())
-    with h5py.File(out / "weak_labels.h5", "w") as f:
-        f.create_dataset("avadataset", data=ann.weak_labels())
+    with h5py.File(out / "mil_labels.h5", "w") as f:
+        f.create_dataset("avadataset", data=ann.video_labels())
     for split in SPLITS:
-        with h5py.File(out / f"{split}_order.h5", "w") as f:
-            f.create_dataset("order", data=ann.order(split))
+        write_order(out / ORDER_FILE.format(split=split), ann.order(split))
+        if ann.cml_splits:
+            write_order(out / ORDER_MATCH_FILE.format(split=split), ann.cml_order(split))
+    _write_background(out, ann, result, root)
     (out / "categories.json").write_text(json.dumps(result.categories, indent=1) + "\n")
     (out / "report.md").write_text(render_report(result, ann, root, min_duration))
+
+
+def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path) -> None:
+    """``background_manifest.csv`` + ``labels_noisy.h5`` of the background-only videos, or the
+    root's published ``labels_noisy.h5`` (checked: background alone, C+1 columns)."""
+    import h5py
+
+    published = root / BACKGROUND_LABELS
+    if result.background_rows:
+        write_manifest(out / "background_manifest.csv", result.background_rows)
+        labels = np.zeros((len(result.background_rows), ann.num_classes + 1), np.float32)
+        labels[:, ann.background] = 1.0
+        with h5py.File(out / BACKGROUND_LABELS, "w") as f:
+            f.create_dataset("avadataset", data=labels)
+    elif published.is_file():
+        with h5py.File(published, "r") as f:
+            labels = np.asarray(f["avadataset"][()], dtype=np.float32)
+        if labels.ndim != 2 or labels.shape[1] != ann.num_classes + 1 or \
+                not (labels[:, ann.background] == 1).all() or labels[:, :ann.background].any():
+            raise ValueError(f"{published}: expected (B, {ann.num_classes + 1}) rows of "
+                             f"background alone, got shape {labels.shape}")
+        shutil.copyfile(published, out / BACKGROUND_LABELS)
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "flags": ";".join(r["flags"]), "has_audio": int(r["has_audio"])})
 
 
 def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path,
@@ -209,6 +264,8 @@ def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path,
              f"{sum(r['status'] not in EXCLUDED for r in rows)}; unique videos: "
              f"{len(ann.video_ids())}; categories: {len(result.categories)}",
              f"- splits: " + ", ".join(f"{s} {len(ann.splits.get(s, []))}" for s in SPLITS),
+             _cml_line(ann),
+             f"- background-only videos (weak training): {len(result.background_rows)}",
              f"- min_duration: {min_duration:g} s", "",
              "## Samples per status", "", "| status | samples | what is done |", "|---|---|---|"]
     for status, n in result.counts().items():
@@ -242,14 +299,30 @@ def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path,
     return "\n".join(lines) + "\n"
 
 
+def _cml_line(ann: AVEAnnotations) -> str:
+    """Report line of the cml split: sizes, and events spanning all segments (left out of cml
+    training and evaluation, with events of no segment)."""
+    if not ann.cml_splits:
+        return "- cml split: none (no cml/ folder in the root; the cml setting cannot run)"
+    by_index = ann.by_index()
+    parts = []
+    for split in SPLITS:
+        lengths = [by_index[i].end - by_index[i].start for i in ann.cml_splits[split]]
+        full = sum(n == NUM_SEGMENTS for n in lengths)
+        parts.append(f"{split} {len(lengths)} ({full} full-length, {lengths.count(0)} empty)")
+    return "- cml split: " + ", ".join(parts)
+
+
 _FLAG_ACTIONS = {FLAG_PADDED_AUDIO: "audio padded with silence", FLAG_VFR: "sampled by timestamps",
                  FLAG_NO_AUDIO: "silent audio", FLAG_PADDED_SHORT: "padded with the last frame"}
 
 
-def load_manifest(prepared_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of ``manifest.csv`` with typed values (``flags`` a tuple, ``has_audio`` a bool)."""
+def load_manifest(prepared_dir: str | os.PathLike,
+                  name: str = "manifest.csv") -> list[dict[str, Any]]:
+    """Rows of ``manifest.csv`` (or ``name``, e.g. ``background_manifest.csv``) with typed values
+    (``flags`` a tuple, ``has_audio`` a bool)."""
     rows = []
-    with open(Path(prepared_dir) / "manifest.csv", newline="") as f:
+    with open(Path(prepared_dir) / name, newline="") as f:
         for raw in csv.DictReader(f):
             row: dict[str, Any] = dict(raw)
             for k, tp in _TYPES.items():

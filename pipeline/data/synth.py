@@ -20,6 +20,13 @@ Content (chosen so that random-initialised CNN features, averaged over frames, s
 * ``two_label`` videos carry a second annotation line with another category (as some AVE
   videos do): two smaller objects side by side and two tones, each with its own interval.
   ``train``/``val``/``test`` count videos; both lines of a video are in its split.
+* a cross-modality localization split in ``cml/`` (the AVE reference code's
+  ``*_order_match.h5`` partition, written like the standard split files): the same sizes in
+  annotation lines, another partition, val and test drawn from the partial events only;
+* ``background_only``: extra background-only training videos (no event; their segments hold
+  nothing, a silent object or an off-screen sound), a share of the annotation lines (AVE's
+  weak-setting reference adds 178 to 4143), listed by video id in ``backgroundSet.txt`` and
+  absent from ``Annotations.txt`` and the splits.
 
 Everything is drawn from ``seed``: the same seed gives the same annotation files and the same
 decoded content (encoders run single-threaded). The set is written to a temporary directory
@@ -48,7 +55,8 @@ import numpy as np
 from pipeline.cli import stage_main
 from pipeline.config import SynthConfig, from_dict
 from pipeline.data._fs import replace_dir
-from pipeline.data.ave import ANNOTATIONS_FILE, HEADER_PREFIX, SPLIT_FILES, SPLITS, VIDEO_DIR
+from pipeline.data.ave import (ANNOTATIONS_FILE, BACKGROUND_FILE, CML_DIR, HEADER_PREFIX,
+                               SPLIT_FILES, SPLITS, VIDEO_DIR)
 from pipeline.media.write import write_mp4
 from pipeline.runtime import NUM_SEGMENTS
 
@@ -140,8 +148,10 @@ def _video_id(rng: np.random.Generator, taken: set[str]) -> str:
 
 
 def _draw_event(rng: np.random.Generator, category: int, full_fraction: float,
-                single_modality: float) -> EventSpec:
-    if rng.random() < full_fraction:
+                single_modality: float, background_only: bool = False) -> EventSpec:
+    if background_only:  # no event segment: the category only shows in single-modality ones
+        start = end = 0
+    elif rng.random() < full_fraction:
         start, end = 0, NUM_SEGMENTS
     else:
         length = int(rng.integers(1, NUM_SEGMENTS))
@@ -172,6 +182,10 @@ def draw_specs(cfg: SynthConfig) -> list[VideoSpec]:
             first = specs[i].category
             other = (first + 1 + int(rng.integers(0, cfg.num_classes - 1))) % cfg.num_classes
             specs[i] = replace(specs[i], events=specs[i].events + (draw(other),))
+    lines = sum(len(s.events) for s in specs)
+    for c in rng.integers(0, cfg.num_classes, int(round(cfg.background_only * lines))):
+        specs.append(VideoSpec(_video_id(rng, taken), "background",
+                               (draw(c, background_only=True),), int(rng.integers(0, 2**31 - 1))))
     return specs
 
 
@@ -322,7 +336,7 @@ def write_annotations(root: Path, specs: list[VideoSpec], cfg: SynthConfig, seed
     """``Annotations.txt`` (header, then grouped by category like AVE), the split files, and
     ``synth.json``."""
     sigs = class_signatures(cfg.num_classes)
-    pairs = [(s, ev) for s in specs for ev in s.events]
+    pairs = [(s, ev) for s in specs if s.split in SPLITS for ev in s.events]
     pairs.sort(key=lambda p: p[1].category)  # stable: category blocks as in AVE
     assert HEADER.startswith(HEADER_PREFIX)
     lines = [HEADER] + [annotation_line(s.video_id, ev, sigs) for s, ev in pairs]
@@ -333,9 +347,31 @@ def write_annotations(root: Path, specs: list[VideoSpec], cfg: SynthConfig, seed
                    for ev in s.events]
         members = [members[i] for i in rng.permutation(len(members))]
         (root / SPLIT_FILES[split]).write_text("".join(m + "\n" for m in members))
+    (root / CML_DIR).mkdir(exist_ok=True)
+    for split, members in cml_split(specs, sigs, np.random.default_rng([seed, 4])).items():
+        (root / CML_DIR / SPLIT_FILES[split]).write_text("".join(m + "\n" for m in members))
+    background = [s.video_id for s in specs if s.split == "background"]
+    (root / BACKGROUND_FILE).write_text("".join(v + "\n" for v in background))
     meta = {"config": asdict(cfg), "classes": [asdict(s) for s in sigs],
             "videos": [asdict(s) for s in specs]}
     (root / "synth.json").write_text(json.dumps(meta, indent=1))
+
+
+def cml_split(specs: list[VideoSpec], sigs: list[ClassSignature],
+              rng: np.random.Generator) -> dict[str, list[str]]:
+    """The cml partition of the annotation lines: test, then val, take as many partial events
+    (1..9 segments) as the standard split has lines (fewer if there are not enough); train
+    takes every other line, full-length events included."""
+    lines = [(annotation_line(s.video_id, ev, sigs), 0 < ev.end - ev.start < NUM_SEGMENTS)
+             for s in specs if s.split in SPLITS for ev in s.events]
+    order = [lines[i] for i in rng.permutation(len(lines))]
+    partial = [line for line, ok in order if ok]
+    sizes = {split: sum(len(s.events) for s in specs if s.split == split) for split in SPLITS}
+    out = {"test": partial[:sizes["test"]]}
+    out["val"] = partial[sizes["test"]:sizes["test"] + sizes["val"]]
+    taken = set(out["test"]) | set(out["val"])
+    out["train"] = [line for line, _ in order if line not in taken]
+    return {split: out[split] for split in SPLITS}
 
 
 def generate(cfg: SynthConfig, root: str | os.PathLike | None = None,

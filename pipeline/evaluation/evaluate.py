@@ -8,7 +8,9 @@ A ``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's prot
 (``pipeline.heads.m2n.cml_evaluate``): ``accuracy`` is the mean of ``cross_modal/a2v`` and
 ``cross_modal/v2a`` (exact window match, M2N Table 1 "Average"); class and event metrics are not
 defined there, and the confusion matrix and timelines compare the predicted windows of both
-directions with the event segments (labels ``event`` / ``background``).
+directions with the event segments (labels ``event`` / ``background``). It is evaluated on the
+cml split (``<split>_order_match.h5``) without the events spanning all segments and those
+without an event segment; ``cml_excluded/full_length`` and ``cml_excluded/no_event`` count them.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
         if trained_on.get(key) not in (None, name):
             raise ValueError(f"{checkpoint} was trained on train.{key}={trained_on[key]!r}, "
                              f"evaluation asked for {name!r}")
-    data = load_dataset(prepared, features, visual, audio, splits=(split,))
+    data = load_dataset(prepared, features, visual, audio, splits=(split,),
+                        setting=ckpt["setting"])
     if data.num_classes != ckpt["dims"]["num_classes"]:
         raise ValueError(f"labels have {data.num_classes} classes, checkpoint "
                          f"{ckpt['dims']['num_classes']}")
@@ -72,11 +75,18 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
                train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
-               val_accuracy=float(ckpt["val_accuracy"]))
+               val_accuracy=float(ckpt["val_accuracy"]),
+               selected_by=ckpt.get("selected_by", "val"))
+    if ckpt["setting"] == "cml":
+        res["cml_excluded"] = {k: len(v) for k, v in s.cml_excluded.items()}
+        res["cml_excluded_by_split"] = {**ckpt.get("cml_excluded", {}),
+                                        split: res["cml_excluded"]}  # train/val: training run
     if "cross_modal" in res:
-        print(f"{split}: cross-modal localization A2V {res['cross_modal']['a2v']:.4f}, V2A "
-              f"{res['cross_modal']['v2a']:.4f}, average {res['accuracy']:.4f} ({len(s)} videos, "
-              f"{len(s.excluded)} excluded)")
+        print(f"{split} (cml split): cross-modal localization A2V "
+              f"{res['cross_modal']['a2v']:.4f}, V2A {res['cross_modal']['v2a']:.4f}, average "
+              f"{res['accuracy']:.4f} ({len(s)} videos; excluded: {len(s.excluded)} invalid "
+              f"features, {res['cml_excluded']['full_length']} full-length events, "
+              f"{res['cml_excluded']['no_event']} without an event)")
     else:
         print(f"{split}: accuracy {res['accuracy']:.4f} on {res['segments']} segments ({len(s)} "
               f"videos, {len(s.excluded)} excluded); event F1 {res['event']['f1']:.4f}")
@@ -110,6 +120,8 @@ def _log(res: dict, pred: np.ndarray, true: np.ndarray, vids: list[str], out_dir
             live.log_metric(f"event/{k}", v, plot=False)
         for k, v in res.get("cross_modal", {}).items():
             live.log_metric(f"cross_modal/{k}", v, plot=False)
+        for k, v in res.get("cml_excluded", {}).items():
+            live.log_metric(f"cml_excluded/{k}", v, plot=False)
         for name, v in res.get("per_class", {}).items():
             if v is not None and not math.isnan(v):
                 live.log_metric(f"per_class/{name}", v, plot=False)

@@ -19,6 +19,18 @@ from pipeline.features.engine import DIST_TIMEOUT_S, extract
 from pipeline.runtime import dist_env, git_revision, init_distributed, select_device
 
 
+def extract_background_only(name, spec, cfg, paths, device, rank, world, progress, log) -> None:
+    """The background-only training videos of the weak setting (``background_manifest.csv``,
+    written by prepare when the root lists them) into ``<paths.features>/<name>_noisy.h5``,
+    the layout of the reference code's ``*_feature_noisy.h5``; nothing without that manifest."""
+    if not (Path(paths.prepared) / "background_manifest.csv").is_file():
+        log(f"extract[{name}]: no background-only videos in {paths.prepared}")
+        return
+    rows = load_manifest(paths.prepared, "background_manifest.csv")
+    extract(name, spec, rows, Path(paths.features) / f"{name}_noisy.h5", cfg, device=device,
+            rank=rank, world_size=world, progress=progress, log=log)
+
+
 def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: bool = True,
               overrides: Optional[dict] = None):
     """Extract model ``name`` (a key of ``extract.models``) for the prepared manifest into
@@ -38,8 +50,10 @@ def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: 
         f"config { {k: v for k, v in to_dict(cfg).items() if k != 'models'} }")
     rows = load_manifest(paths.prepared)
     try:
-        return extract(name, spec, rows, Path(paths.features) / f"{name}.h5", cfg, device=device,
-                       rank=env.rank, world_size=env.world, progress=progress, log=log)
+        result = extract(name, spec, rows, Path(paths.features) / f"{name}.h5", cfg,
+                         device=device, rank=env.rank, world_size=env.world, progress=progress, log=log)
+        extract_background_only(name, spec, cfg, paths, device, env.rank, env.world, progress, log)
+        return result
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

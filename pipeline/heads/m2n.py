@@ -15,8 +15,9 @@ separately trained model as in the paper; no weak setting.
   diagonal (Eq. 13); ``f_av = f_ms + f_ma``;
 * SEL (Sec. 3.5): class ``Linear(maxpool f_av)`` over C classes (Eq. 14-15), relevance
   ``sigmoid(Linear(f_av))`` (Eq. 16), loss Eq. 17; a segment is an event iff ``p_r >= 0.5``.
-* CML (Sec. 3.5): :meth:`M2N.cross_modal_relevance` (the query modality's event segments
-  averaged and repeated N times, its IMN omitted, relevance over the searched modality); in the
+* CML (Sec. 3.5): :meth:`M2N.cross_modal_query` (the query modality's event segments averaged
+  into one ``d``-vector that reads nothing of the searched sequence) repeated N times, its IMN
+  omitted, relevance over the searched modality (:meth:`M2N.cross_modal_relevance`); in the
   ``cml`` setting ``forward_batch`` runs A2V and V2A with the event segments as query and the
   loss is Eq. 18 (BCE only; no classifier is built). Inference and metric (Sec. 4.1, Table 1):
   :func:`best_window`, :func:`window_localization_accuracy`, batched by :func:`cml_evaluate`.
@@ -141,15 +142,13 @@ class M2N(Head):
         self.classifier = nn.Linear(d, num_classes) if setting == "fully" else None
         self.relevance = nn.Linear(d, 1)  # Eq. 16
 
-    def _encode(self, visual: torch.Tensor, audio: torch.Tensor,
-                query: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_v^I, f_a^I`` (Eq. 1-8); ``query`` in {"v", "a"} skips that modality's IMN (CML)."""
+    def _encode(self, visual: torch.Tensor,
+                audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_v^I, f_a^I`` (Eq. 1-8)."""
         v, _ = self.avga(visual, audio)
         f_v, f_a = self.visual_in(v), self.audio_in(audio)
         f_v, f_a = self.cmn_v(f_v, f_a), self.cmn_a(f_a, f_v)
-        f_v = f_v if query == "v" else self.imn_v(f_v)
-        f_a = f_a if query == "a" else self.imn_a(f_a)
-        return f_v, f_a
+        return self.imn_v(f_v), self.imn_a(f_a)
 
     def _localize(self, f_v: torch.Tensor, f_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``f_av`` (B, N, d) (MSPM + MASM) and its relevance logits (B, N) (Eq. 16)."""
@@ -194,23 +193,50 @@ class M2N(Head):
         return localize(out["relevance"], out["class_logits"])  # p_r >= 0.5 -> class, else bg
 
     # ------------------------------------------------------------------------ cross-modal (CML)
+    @staticmethod
+    def _query_input(visual: torch.Tensor, audio: torch.Tensor, query_mask: torch.Tensor,
+                     direction: str) -> torch.Tensor:
+        """The query modality's input features averaged over its event segments: audio
+        ``(B, Ca)`` (A2V) or visual ``(B, Cv)`` (V2A). The visual segments are pooled over
+        space uniformly: the audio that guides AVGA is the searched sequence in V2A, and the
+        query must not see it (not stated)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be 'a2v' or 'v2a', got {direction!r}")
+        x = audio if direction == "a2v" else visual.mean(dim=(2, 3))
+        w = query_mask.to(x.dtype)
+        w = w / w.sum(1, keepdim=True).clamp_min(1)
+        return torch.einsum("bt,btc->bc", w, x)
+
+    def cross_modal_query(self, visual: torch.Tensor, audio: torch.Tensor,
+                          query_mask: torch.Tensor, direction: str) -> torch.Tensor:
+        """The CML query ``(B, d)`` (Sec. 3.5): the query modality's event segments (under
+        ``query_mask`` (B, T)) in the common space, averaged into one vector. It reads only
+        the query modality ("a2v": audio, "v2a": visual), never the searched sequence."""
+        q = self._query_input(visual, audio, query_mask, direction)
+        return self.audio_in(q) if direction == "a2v" else self.visual_in(q)
+
     def cross_modal_relevance(self, visual: torch.Tensor, audio: torch.Tensor,
                               query_mask: torch.Tensor, direction: str) -> torch.Tensor:
         """The paper's CML forward: event-relevance logits ``(B, T)`` over the searched modality.
 
-        ``direction`` "a2v": the audio segments under ``query_mask`` (B, T) are averaged and
-        repeated over the T positions, the visual sequence is searched; "v2a" the converse. The
-        query modality skips its IMN (Sec. 3.5). Train with BCE on these logits (Eq. 18).
+        ``direction`` "a2v": the audio query (:meth:`cross_modal_query`) is repeated over the T
+        positions and the visual sequence is searched (its AVGA guided by the averaged query
+        audio); "v2a" the converse (the audio sequence is searched). Then CMN for both, IMN
+        for the searched modality only (Sec. 3.5), MSPM + MASM and Eq. 16. Train with BCE on
+        these logits (Eq. 18).
         """
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be 'a2v' or 'v2a', got {direction!r}")
-        w = query_mask.to(audio.dtype)
-        w = w / w.sum(1, keepdim=True).clamp_min(1)
+        t = query_mask.shape[1]
+        q = self.cross_modal_query(visual, audio, query_mask, direction).unsqueeze(1)
+        q = q.expand(-1, t, -1)
         if direction == "a2v":
-            audio = torch.einsum("bt,btc->bc", w, audio).unsqueeze(1).expand_as(audio)
+            guide = self._query_input(visual, audio, query_mask, direction)
+            f_v = self.visual_in(self.avga(visual, guide.unsqueeze(1).expand(-1, t, -1))[0])
+            f_v, f_a = self.cmn_v(f_v, q), self.cmn_a(q, f_v)
+            f_v = self.imn_v(f_v)
         else:
-            visual = torch.einsum("bt,bthwc->bhwc", w, visual).unsqueeze(1).expand_as(visual)
-        f_v, f_a = self._encode(visual, audio, query="a" if direction == "a2v" else "v")
+            f_a = self.audio_in(audio)
+            f_v, f_a = self.cmn_v(q, f_a), self.cmn_a(f_a, q)
+            f_a = self.imn_a(f_a)
         return self._localize(f_v, f_a)[1]
 
 

@@ -36,6 +36,13 @@ class TrainConfig:
     # none: raw features, as the papers | standardize: per-channel z-score with train-split
     # mean/std (stored in the checkpoint; the demo's random-init encoders give arbitrary scales)
     feature_norm: Literal["none", "standardize"] = "none"
+    # best.pt: val = the best val epoch, checked every epoch (ours) | test = the epoch the head's
+    # released script reports (its schedule of checks, on test except AVEL's val); both are
+    # always written (best_val.pt, best_test.pt; pipeline.training.selection)
+    select: Literal["val", "test"] = "val"
+    # weak setting: append the background-only training samples (<features>/<visual>_noisy.h5,
+    # <features>/<audio>_noisy.h5, <prepared>/labels_noisy.h5) when present; absent = logged
+    background_only: bool = True
     # Training recipe: null = the head's paper default for the setting (TRAIN_DEFAULTS).
     optimizer: Optional[Literal["adam", "sgd"]] = None
     lr: Optional[float] = None  # initial learning rate

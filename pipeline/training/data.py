@@ -1,7 +1,16 @@
 """Split tensors for training and evaluation, read once into memory.
 
-Rows of a split are the prepared ``<split>_order.h5`` indices; rows whose visual or audio
+Rows of a split are the prepared ``<split>_order.h5`` indices (the ``cml`` setting: the
+cross-modality localization split, ``<split>_order_match.h5``); rows whose visual or audio
 feature is invalid (``valid`` False in either feature file) are excluded, counted and printed.
+In ``cml``, events spanning all segments (a query with a single possible window, trivially
+right) and samples without an event segment (no query) are excluded too, as the AVE reference
+evaluation does, and counted (``SplitData.cml_excluded``).
+
+Video-level labels (the weak setting's targets) are the prepared ``mil_labels.h5`` rows: the
+event class alone, as published. In ``weak``, background-only training samples (the reference
+code's ``*_noisy.h5``) are appended to the train split when present (:func:`background_only`).
+
 Features stay in their stored dtype (float16 halves the memory of full AVE) and are cast to
 float32 per batch on the device.
 """
@@ -16,9 +25,11 @@ import h5py
 import numpy as np
 import torch
 
+from pipeline.data.ave import BACKGROUND_LABELS, ORDER_FILE, ORDER_MATCH_FILE
 from pipeline.features.store import load_features
 
 SPLITS = ("train", "val", "test")
+VIDEO_LABELS = "mil_labels.h5"  # prepared video-level labels (avadataset, (N, C+1))
 
 
 def feature_path(features_dir: str | Path, name: str) -> Path:
@@ -36,14 +47,20 @@ class SplitData:
     visual: torch.Tensor
     audio: torch.Tensor
     labels: torch.Tensor  # one-hot float32 (n, T, C+1)
+    video_labels: torch.Tensor  # video-level float32 (n, C+1): mil_labels.h5 rows
+    # cml: split rows left out, by reason ("full_length": event over all T segments,
+    # "no_event": no event segment); empty in fully / weak
+    cml_excluded: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    background_only: int = 0  # trailing rows that are background-only samples (row id -1)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def weak(self) -> torch.Tensor:
-        """Video-level labels (n, C+1): max over segments (as prepared weak_labels.h5)."""
-        return self.labels.amax(dim=1)
+        """Video-level labels (n, C+1), the weak setting's targets (as published
+        ``mil_labels.h5``: the event class alone; background alone for background-only rows)."""
+        return self.video_labels
 
     @property
     def targets(self) -> torch.Tensor:
@@ -95,15 +112,43 @@ class Dataset:
     audio_dim: int
     visual_meta: dict
     audio_meta: dict
+    setting: str = "fully"  # the protocol the splits were read for (cml: the cml split)
 
     @property
     def num_classes(self) -> int:
         return len(self.categories)
 
 
-def read_order(prepared: str | Path, split: str) -> np.ndarray:
-    with h5py.File(Path(prepared) / f"{split}_order.h5", "r") as f:
+def read_order(prepared: str | Path, split: str, setting: str = "fully") -> np.ndarray:
+    """Line indices of ``split``: ``<split>_order.h5``, or ``<split>_order_match.h5`` (the cml
+    split) in the ``cml`` setting."""
+    name = ORDER_MATCH_FILE if setting == "cml" else ORDER_FILE
+    path = Path(prepared) / name.format(split=split)
+    if not path.is_file():
+        hint = (" (the cml split: the data root needs cml/{train,val,test}Set.txt; re-run prepare)"
+                if setting == "cml" else "; run prepare")
+        raise FileNotFoundError(f"{path}: split order file missing{hint}")
+    with h5py.File(path, "r") as f:
         return np.asarray(f["order"][()], dtype=np.int64).reshape(-1)
+
+
+def read_video_labels(prepared: str | Path, num_lines: int) -> np.ndarray:
+    """``mil_labels.h5`` (N, C+1) float32; its row count must be the label rows'."""
+    path = Path(prepared) / VIDEO_LABELS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: video-level labels missing; run prepare")
+    with h5py.File(path, "r") as f:
+        out = np.asarray(f["avadataset"][()], dtype=np.float32)
+    if len(out) != num_lines:
+        raise ValueError(f"{path}: {len(out)} rows but labels.h5 has {num_lines}")
+    return out
+
+
+def cml_exclusions(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks over rows of one-hot ``labels`` (n, T, C+1): ``full_length`` (every segment
+    an event: one window, trivially right) and ``no_event`` (no query)."""
+    events = (labels[..., -1] == 0).sum(1)
+    return {"full_length": events == labels.shape[1], "no_event": events == 0}
 
 
 def read_categories(prepared: str | Path, num_classes: int) -> list[str]:
@@ -120,11 +165,18 @@ def read_categories(prepared: str | Path, num_classes: int) -> list[str]:
 
 
 def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio: str,
-                 splits: tuple[str, ...] = SPLITS, verbose: bool = True) -> Dataset:
-    """Read labels, orders and both feature files once; return the splits as tensors."""
+                 splits: tuple[str, ...] = SPLITS, verbose: bool = True,
+                 setting: str = "fully", background_only: bool = False) -> Dataset:
+    """Read labels, orders and both feature files once; return the splits as tensors.
+
+    ``setting`` picks the split files and exclusions (see the module doc); with
+    ``background_only`` (weak only), the background-only samples are appended to train when
+    their files are present (:func:`background_only`)."""
     prepared = Path(prepared)
+    log = print if verbose else (lambda *a: None)
     with h5py.File(prepared / "labels.h5", "r") as f:
         labels = np.asarray(f["avadataset"][()], dtype=np.float32)
+    video_labels = read_video_labels(prepared, len(labels))
     vpath, apath = feature_path(features, visual), feature_path(features, audio)
     for p, key in ((vpath, "train.visual"), (apath, "train.audio")):
         if not p.is_file():
@@ -142,17 +194,86 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
     valid = np.asarray(vis.valid, bool) & np.asarray(aud.valid, bool)
     out = {}
     for split in splits:
-        order = read_order(prepared, split)
+        order = read_order(prepared, split, setting)
         keep = order[valid[order]]
         dropped = order[~valid[order]]
-        if verbose:
-            print(f"data: {split}: {len(keep)} rows, {len(dropped)} excluded (invalid features)"
-                  + (f": rows {dropped[:10].tolist()}{' ...' if len(dropped) > 10 else ''}"
-                     if len(dropped) else ""))
+        log(f"data: {split}: {len(keep)} rows, {len(dropped)} excluded (invalid features)"
+            + (f": rows {dropped[:10].tolist()}{' ...' if len(dropped) > 10 else ''}"
+               if len(dropped) else ""))
+        excluded = {}
+        if setting == "cml":
+            masks = cml_exclusions(labels[keep])
+            excluded = {k: keep[m] for k, m in masks.items()}
+            keep = keep[~np.logical_or.reduce(list(masks.values()))]
+            log(f"data: {split} (cml split): {len(keep)} rows kept, "
+                f"{len(excluded['full_length'])} full-length events and "
+                f"{len(excluded['no_event'])} without an event excluded")
         out[split] = SplitData(split, keep, dropped,
                                torch.from_numpy(np.ascontiguousarray(vis.data[keep])),
                                torch.from_numpy(np.ascontiguousarray(aud.data[keep])),
-                               torch.from_numpy(labels[keep]))
+                               torch.from_numpy(labels[keep]),
+                               torch.from_numpy(video_labels[keep]), excluded)
+    if background_only and setting == "weak" and "train" in out:
+        extra = read_background_only(prepared, features, visual, audio, labels.shape[1], log)
+        if extra is not None:
+            out["train"] = append_rows(out["train"], *extra)
     return Dataset(out, read_categories(prepared, labels.shape[-1] - 1),
                    int(vis.data.shape[-1]), int(aud.data.shape[-1]),
-                   dict(vis.meta), dict(aud.meta))
+                   dict(vis.meta), dict(aud.meta), setting)
+
+
+def background_only_paths(prepared: str | Path, features: str | Path, visual: str,
+                          audio: str) -> dict[str, Path]:
+    """Files of the background-only training samples, in the layout of the reference code's
+    ``visual_feature_noisy.h5`` / ``audio_feature_noisy.h5`` / ``labels_noisy.h5`` (dataset
+    ``avadataset``; (B,T,H,W,C), (B,T,D), (B,C+1) with the background bit alone):
+    ``<features>/<visual>_noisy.h5``, ``<features>/<audio>_noisy.h5``,
+    ``<prepared>/labels_noisy.h5``."""
+    return {"visual": feature_path(features, f"{visual}_noisy"),
+            "audio": feature_path(features, f"{audio}_noisy"),
+            "labels": Path(prepared) / BACKGROUND_LABELS}
+
+
+def read_background_only(prepared, features, visual: str, audio: str, num_segments: int,
+                         log=print) -> tuple[torch.Tensor, ...] | None:
+    """``(visual, audio, labels, video_labels)`` of the background-only samples, or ``None``
+    (logged) when a file is absent."""
+    paths = background_only_paths(prepared, features, visual, audio)
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        log(f"data: background-only samples: not used (absent: {', '.join(missing)}); weak "
+            "training on the train split alone")
+        return None
+    with h5py.File(paths["labels"], "r") as f:
+        video = np.asarray(f["avadataset"][()], dtype=np.float32)
+    vis, aud = load_features(paths["visual"]), load_features(paths["audio"])
+    if not (len(vis.data) == len(aud.data) == len(video)):
+        raise ValueError(f"background-only files disagree in rows: {paths['visual']} "
+                         f"{len(vis.data)}, {paths['audio']} {len(aud.data)}, {paths['labels']} "
+                         f"{len(video)}")
+    if not (video[:, -1] == 1).all() or video[:, :-1].any():
+        raise ValueError(f"{paths['labels']}: every row must be background alone")
+    valid = np.asarray(vis.valid, bool) & np.asarray(aud.valid, bool)
+    labels = np.zeros((int(valid.sum()), num_segments, video.shape[1]), np.float32)
+    labels[..., -1] = 1.0
+    log(f"data: background-only samples: {int(valid.sum())} appended to train "
+        f"({int((~valid).sum())} invalid left out) from {paths['visual']}, {paths['audio']}")
+    return (torch.from_numpy(np.ascontiguousarray(vis.data[valid])),
+            torch.from_numpy(np.ascontiguousarray(aud.data[valid])),
+            torch.from_numpy(labels), torch.from_numpy(video[valid]))
+
+
+def append_rows(split: SplitData, visual: torch.Tensor, audio: torch.Tensor,
+                labels: torch.Tensor, video_labels: torch.Tensor) -> SplitData:
+    """``split`` with background-only samples appended (row id -1)."""
+    if visual.shape[1:] != split.visual.shape[1:] or audio.shape[1:] != split.audio.shape[1:]:
+        raise ValueError(f"background-only features {tuple(visual.shape[1:])} / "
+                         f"{tuple(audio.shape[1:])} do not match the train split's "
+                         f"{tuple(split.visual.shape[1:])} / {tuple(split.audio.shape[1:])}")
+    return dataclasses.replace(
+        split, rows=np.concatenate([split.rows, np.full(len(visual), -1, np.int64)]),
+        visual=torch.cat([split.visual, visual.to(split.visual.dtype)]),
+        audio=torch.cat([split.audio, audio.to(split.audio.dtype)]),
+        labels=torch.cat([split.labels, labels]),
+        video_labels=torch.cat([split.video_labels, video_labels]),
+        background_only=split.background_only + len(visual))

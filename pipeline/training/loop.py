@@ -9,7 +9,9 @@
 * Validation each epoch: the head's loss on the val split (eval mode, the training batches'
   keys) and ``val_accuracy``, the selection metric: segment accuracy in ``fully`` / ``weak``,
   the mean of A2V and V2A window accuracy in ``cml`` (M2N Table 1 "Average"). The best epoch by
-  ``val_accuracy`` is ``best.pt``.
+  ``val_accuracy`` is ``best_val.pt``; the epoch the head's released script would report (its
+  schedule of checks, mostly on test: :mod:`pipeline.training.selection`) is ``best_test.pt``;
+  ``best.pt`` is the one ``select`` names.
 * Reproducible: one seed for init, shuffling (own generator) and dropout (global RNG); both RNG
   states are in ``last.pt`` so a resumed run equals an uninterrupted one.
 * Resume: ``last.pt`` is written every epoch and is resumed only when its fingerprint (head,
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import random
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from pipeline.evaluation.metrics import event_detection
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import check_milestones
 from pipeline.training.data import Dataset, SplitData, feature_stats
+from pipeline.training.selection import ScriptSelection
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,6 +55,7 @@ class RunSpec:
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = True
     feature_norm: str = "none"  # none | standardize (train-split statistics, kept in checkpoints)
+    select: str = "val"  # best.pt: val (best val epoch) | test (the released script's protocol)
 
 
 def resolve_recipe(head: str, setting: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +139,7 @@ def make_batch(data: SplitData, idx: torch.Tensor, setting: str, device: torch.d
     labels = data.labels[idx]
     batch = {"visual": data.visual[idx].to(device).float(),
              "audio": data.audio[idx].to(device).float(),
-             "weak": labels.amax(dim=1).to(device),
+             "weak": data.weak[idx].to(device),  # mil_labels.h5: the event class alone
              "epoch": epoch, "epochs": epochs}
     if setting != "weak":
         batch["labels"] = labels.to(device)
@@ -288,6 +293,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
 
     epochs = int(recipe["epochs"])
     start, best, history, seconds, resumed = 0, None, [], 0.0, None
+    script = ScriptSelection(spec.head, spec.setting, epochs)
     last_path = out_dir / "last.pt"
     if spec.resume and last_path.is_file():
         last = ckpt_io.load(last_path)
@@ -304,17 +310,25 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
             gen.set_state(last["rng"]["shuffle"])
             start, best, history = last["epoch"] + 1, last["best"], list(last["history"])
             seconds, resumed = float(last["train_seconds"]), last["epoch"]
+            script.load_state(last.get("script_selection"))
             print(f"resume: {last_path} at epoch {last['epoch'] + 1}/{epochs}")
 
     live = _open_live(live_dir, resume=resumed is not None)
     train_split, val_split = data.splits["train"], data.splits["val"]
+    test_split = data.splits.get("test")
     if len(train_split) == 0:
         raise ValueError("train split is empty after excluding invalid rows")
+    if (spec.setting == "cml") != (data.setting == "cml"):
+        raise ValueError(f"setting {spec.setting!r} needs the data read for it: "
+                         f"load_dataset(..., setting={spec.setting!r}) (got {data.setting!r})")
     norm = None
     if spec.feature_norm == "standardize":
         norm = feature_stats(train_split)  # train statistics only; evaluation reuses them
         train_split, val_split = train_split.normalized(norm), val_split.normalized(norm)
+        test_split = test_split.normalized(norm) if test_split is not None else None
         print("features: standardized per channel with train-split mean/std")
+    print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
+          f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
     bs = int(recipe["batch_size"])
     steps_per_epoch = -(-len(train_split) // bs)
     done_this_call = 0
@@ -349,6 +363,10 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
         if improved:
             best = {"epoch": epoch, "val_accuracy": val_acc,
                     "model": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
+        script_acc = _script_check(script, epoch, head, val_acc, test_split, spec.setting, device,
+                                   data.num_classes)
+        if script_acc is not None:
+            row[f"script_{script.schedule.split}_accuracy"] = script_acc
         print(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  val loss "
               f"{val['loss']:.4f}  val acc {val_acc:.4f}{'  *' if improved else ''}  "
               f"({time.perf_counter() - t0:.1f}s)")
@@ -362,14 +380,14 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                   "hparams": hparams, "dims": dims, "recipe": recipe,
                   "params": params_snapshot or {}, "num_parameters": n_params,
                   "categories": list(data.categories), "train_seconds": seconds,
-                  "feature_norm": norm,
+                  "feature_norm": norm, "cml_excluded": _cml_counts(data),
                   "step": (epoch + 1) * steps_per_epoch}
         if improved:
             ckpt_io.save({**common, "epoch": epoch, "val_accuracy": val_acc,
-                          "model": best["model"]}, out_dir / "best.pt")
+                          "model": best["model"]}, out_dir / "best_val.pt")
         ckpt_io.save({**common, "epoch": epoch, "model": head.state_dict(),
                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "rng": _rng_state(gen, device),
+                      "rng": _rng_state(gen, device), "script_selection": script.state(),
                       "best": best, "history": history, "fingerprint": fp}, last_path)
         done_this_call += 1
 
@@ -378,10 +396,16 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
         # finished run is resumed after best.pt was removed, e.g. by DVC).
         last = ckpt_io.load(last_path)
         keep = {k: v for k, v in last.items()
-                if k not in ("optimizer", "scheduler", "rng", "best", "history", "fingerprint")}
-        ckpt_io.save({**keep, "epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
-                      "step": (best["epoch"] + 1) * steps_per_epoch, "model": best["model"],
-                      "train_seconds": seconds}, out_dir / "best.pt")
+                if k not in ("optimizer", "scheduler", "rng", "best", "history", "fingerprint",
+                             "script_selection")}
+        val_acc_of = {r["epoch"]: r["val_accuracy"] for r in history}
+        for protocol, b in (("val", best), ("test", script.best or best)):
+            ckpt_io.save({**keep, "epoch": b["epoch"], "val_accuracy": val_acc_of[b["epoch"]],
+                          "step": (b["epoch"] + 1) * steps_per_epoch, "model": b["model"],
+                          "train_seconds": seconds, "selected_by": protocol,
+                          "selection": _selection_note(protocol, b, script)},
+                         out_dir / f"best_{protocol}.pt")
+        shutil.copyfile(out_dir / f"best_{spec.select}.pt", out_dir / "best.pt")
     if live is not None:
         if best is not None:
             live.summary.update({"best/val_accuracy": best["val_accuracy"],
@@ -392,6 +416,35 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
           f"train time {seconds:.1f}s" if best else "no epoch trained")
     return TrainResult(best["epoch"] if best else -1, best["val_accuracy"] if best else float("nan"),
                        len(history), n_params, seconds, resumed, history)
+
+
+def _script_check(script: ScriptSelection, epoch: int, head, val_acc: float,
+                  test_split: Optional[SplitData], setting: str, device: torch.device,
+                  num_classes: int) -> Optional[float]:
+    """The released script's check at this epoch (if due): val reuses this epoch's val
+    accuracy, test is scored here. Without a test split there is nothing to check."""
+    if script.schedule.split == "test" and test_split is None:
+        return None
+    def accuracy_on(split: str) -> float:
+        if split == "val":
+            return val_acc
+        return validation_metrics(head, test_split, setting, device, num_classes)["accuracy"]
+    return script.update(epoch, accuracy_on, lambda: {k: v.detach().cpu().clone()
+                                                      for k, v in head.state_dict().items()})
+
+
+def _cml_counts(data: Dataset) -> dict[str, dict[str, int]]:
+    """cml: per split, the rows left out (full-length events, no event); {} otherwise."""
+    return {split: {k: len(v) for k, v in s.cml_excluded.items()}
+            for split, s in data.splits.items() if s.cml_excluded}
+
+
+def _selection_note(protocol: str, best: dict, script: ScriptSelection) -> dict[str, Any]:
+    """What chose this checkpoint (stored in best_*.pt)."""
+    if protocol == "val" or script.best is None:
+        return {"protocol": "val", "split": "val", "rule": "best val accuracy, every epoch"}
+    return {"protocol": "test", "split": script.schedule.split, "rule": script.schedule.source,
+            "accuracy": best["accuracy"], "checks": script.checked}
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
