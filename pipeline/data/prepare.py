@@ -25,6 +25,8 @@ unusable        probe hung or crashed; video     excluded (flag ``too_short`` fo
                 annotation line unparsable
 short           video < 10 s                     last frame repeated (flag ``padded_short``)
 no_audio        no audio stream                  silence (flag ``no_audio``)
+unprobed        ``source="features"``: videos     none: rows are valid per the imported
+                are not read                      feature files (``valid``)
 ok              --                               --
 ============== ================================ ===========================================
 
@@ -53,13 +55,14 @@ from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT,
 
 MANIFEST_COLUMNS = ("index", "video_id", "category", "split", "start", "end", "path", "status",
                     "duration", "fps", "num_frames", "has_audio", "flags", "message")
-STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusable")
+STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusable", "unprobed")
 EXCLUDED = frozenset({"corrupt", "missing", "no_video", "unusable"})  # no features for these
 FLAG_TOO_SHORT = "too_short"  # shorter than min_duration: excluded
 AUDIO_SHORT_TOLERANCE_S = 0.1  # audio may end this much before the video without a flag
 _EXCLUDE = "excluded (features marked invalid)"
 ACTIONS = {"missing": _EXCLUDE, "corrupt": _EXCLUDE, "no_video": _EXCLUDE, "unusable": _EXCLUDE,
-           "short": "padded with the last frame", "no_audio": "silent audio", "ok": ""}
+           "short": "padded with the last frame", "no_audio": "silent audio", "ok": "",
+           "unprobed": "video not read (data.source: features); valid per the feature files"}
 _TYPES = {"index": int, "start": int, "end": int, "duration": float, "fps": float,
           "num_frames": int}
 
@@ -89,7 +92,7 @@ class PrepareResult:
 def video_status(info: VideoInfo, min_duration: float,
                  num_segments: int = NUM_SEGMENTS) -> tuple[str, list[str], str]:
     """``(status, flags, message)`` of one probed video under the module's policy."""
-    if info.status in EXCLUDED:
+    if info.status in EXCLUDED or info.status == "unprobed":
         return info.status, [], info.message
     if info.duration < min_duration:
         return "unusable", [FLAG_TOO_SHORT], (f"video is {info.duration:.2f} s < min_duration "
@@ -136,8 +139,12 @@ def build_rows(ann: AVEAnnotations, infos: dict[str, VideoInfo], min_duration: f
 
 
 def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration: float = 1.0,
-            workers: int = 2, timeout_s: float = 30.0, progress: bool = False) -> PrepareResult:
-    """Run the stage: read ``root``, write ``out_dir`` atomically; see the module doc."""
+            workers: int = 2, timeout_s: float = 30.0, progress: bool = False,
+            source: str = "videos") -> PrepareResult:
+    """Run the stage: read ``root``, write ``out_dir`` atomically; see the module doc.
+
+    ``source="features"``: no video is opened (the published-features route): every row is
+    ``unprobed`` and the labels, orders and manifest come from the annotation files alone."""
     t0 = time.time()
     root, out_dir = Path(root), Path(out_dir)
     with warnings.catch_warnings():
@@ -145,8 +152,12 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration
         ann = load_annotations(root)
     ids = ann.video_ids()
     paths = [ann.video_path(v) for v in ids]
-    infos_iter: Iterable[VideoInfo] = probe_many(paths, workers=workers, timeout_s=timeout_s)
-    if progress:
+    if source not in ("videos", "features"):
+        raise ValueError(f"data.source: {source!r} is not allowed; allowed: 'videos', 'features'")
+    infos_iter: Iterable[VideoInfo] = probe_many(paths, workers=workers, timeout_s=timeout_s) \
+        if source == "videos" else (VideoInfo(str(p), "unprobed", message="video not read "
+                                              "(data.source: features)") for p in paths)
+    if progress and source == "videos":
         from tqdm import tqdm
         infos_iter = tqdm(infos_iter, total=len(ids), desc="probe", unit="video")
     infos = dict(zip(ids, infos_iter))
