@@ -52,7 +52,10 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
     if name.endswith(NOISY_SUFFIX):
         rows = _shape(src)[0]
         if (root / NOISY_LABELS).is_file():
-            noisy = _read(root / NOISY_LABELS).reshape(-1, _read(prepared / LABELS).shape[-1])
+            noisy, classes = _read(root / NOISY_LABELS), _read(prepared / LABELS).shape[-1]
+            if noisy.ndim != 2 or noisy.shape[1] != classes:
+                raise ValueError(f"{root / NOISY_LABELS}: shape {noisy.shape}, expected (rows, "
+                                 f"{classes}) video labels as {prepared / LABELS}")
             if len(noisy) != rows:
                 raise ValueError(f"{src}: {rows} rows but {root / NOISY_LABELS} has {len(noisy)}")
             if not (noisy[:, -1] == 1).all() or noisy[:, :-1].any():
