@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ._cmbs_blocks import (CMGA, CMBSTrunk, SpatialSelfAttention, event_suppress, fully_loss,
                            localize, relevance_targets)
-from ._registry import Head, register_head
+from ._registry import Head, event_class_probabilities, register_head
 
 
 def bece_loss(query: torch.Tensor, key: torch.Tensor, relevance: torch.Tensor,
@@ -173,3 +173,8 @@ class CACENet(Head):
         # evaluation sets contrastive_switch = True).
         relevance = out["relevance"] if bool(self.bece_trained) else out["relevance_plain"]
         return localize(relevance, out["class_logits"])
+
+    @torch.no_grad()
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        relevance = out["relevance"] if bool(self.bece_trained) else out["relevance_plain"]
+        return event_class_probabilities(relevance, out["class_logits"])

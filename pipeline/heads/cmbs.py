@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._cmbs_blocks import CMGA, CMBSTrunk, event_suppress, fully_loss, localize
-from ._registry import Head, register_head
+from ._registry import Head, event_class_probabilities, register_head
 
 
 @register_head("cmbs")
@@ -136,3 +136,12 @@ class CMBS(Head):
             return out["segment_logits"].argmax(-1)
         t = out["segment_logits"].shape[1]
         return out["video_logits"].argmax(-1, keepdim=True).expand(-1, t)
+
+    @torch.no_grad()
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.setting == "fully":
+            return event_class_probabilities(out["relevance"], out["class_logits"])
+        if self.hp["weak_predict"] == "segment":
+            return out["segment_logits"].float().softmax(-1)
+        t = out["segment_logits"].shape[1]
+        return out["video_logits"].float().softmax(-1).unsqueeze(1).expand(-1, t, -1)

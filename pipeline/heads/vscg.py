@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._avga import bilstm
-from ._registry import register_head
+from ._registry import event_class_probabilities, register_head
 from .psp import (PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier, avps_loss,
                   weak_target)
 
@@ -202,3 +202,8 @@ class VSCG(PSPEncoderHead):
             background = torch.full_like(event, self.num_classes)
             return torch.where(torch.sigmoid(out["is_event"]) > self.event_threshold, event, background)
         return out["logits"].argmax(dim=-1)
+
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.setting == "fully":
+            return event_class_probabilities(out["is_event"], out["event_logits"])
+        return super().probabilities(out)
