@@ -2,6 +2,8 @@
 float64, no ``valid``) -> prepare without videos -> import stage -> train + evaluate every head."""
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import h5py
 import numpy as np
 import pytest
@@ -178,3 +180,33 @@ def test_every_head_trains_and_evaluates_on_published_files(route, head, setting
                    "published_vgg19", "published_vggish", None, device="cpu")
     assert res["videos"] == SPLITS["test"] and res["segments"] == SPLITS["test"] * 10
     assert 0.0 <= res["accuracy"] <= 1.0
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_evaluate_writes_a_self_contained_page(route, tmp_path):
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.training.run import train_from_params
+
+    base, _ = route
+    params = load_params(base / "params.yaml", {"train": {"head": "avel", "setting": "fully"}})
+    train_from_params(params, out_dir=tmp_path / "m", live_dir=None)
+    res = evaluate(tmp_path / "m" / "best.pt", params["paths"].prepared, params["paths"].features,
+                   "published_vgg19", "published_vggish", tmp_path / "eval", device="cpu", timelines=1)
+    page = _Tags()
+    page.feed((tmp_path / "eval" / "index.html").read_text())
+    tags = [t for t, _ in page.tags]
+    assert tags[:2] == ["html", "head"] and "style" in tags
+    assert not any(t in ("script", "link", "img", "iframe") for t in tags)  # nothing to fetch
+    tables = [a for t, a in page.tags if t == "table"]
+    assert {"class": "cm"} in tables  # the confusion matrix
+    assert sum(1 for t, _ in page.tags if t == "tr") > len(res["labels"]) + 1  # results + matrix rows
+    segs = [a for t, a in page.tags if t == "div" and a.get("class", "").startswith("seg")]
+    assert len(segs) == 2 * SPLITS["test"] * 10  # truth and prediction rows of every test video

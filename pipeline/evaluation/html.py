@@ -35,9 +35,9 @@ overflow:hidden;white-space:nowrap;text-align:center;line-height:18px}
 .seg.bg{color:#555} .row{display:grid;grid-template-columns:200px 48px 1fr;align-items:center;gap:6px;font-size:12px}
 .row .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap} .tag{color:#888;font-size:11px}
 .legend span{display:inline-block;margin:2px 8px 2px 0;font-size:12px} .legend i{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px;vertical-align:-1px}
-.video{margin:18px 0 28px} .video video{width:100%;max-width:720px;background:#000;display:block}
-.video .tlbox{max-width:720px} .err{color:#b00}
-.ticks{display:flex;max-width:720px;font-size:9px;color:#888} .ticks span{flex:1}
+.video{margin:18px 0 28px} .video video{width:100%;max-width:640px;background:#000;display:block}
+.video .tlbox{max-width:640px} .err{color:#b00}
+.ticks{display:flex;max-width:640px;font-size:9px;color:#888} .ticks span{flex:1}
 """
 
 
