@@ -51,7 +51,7 @@ def _published(root, features, labels):
     for c in range(3):
         visual[..., c * 8:(c + 1) * 8] += 3 * (target == c)[..., None, None, None]
         audio[..., c * 8:(c + 1) * 8] += 3 * (target == c)[..., None]
-    features.mkdir(parents=True)
+    features.mkdir(parents=True, exist_ok=True)
     _h5(features / "visual_feature.h5", visual)
     _h5(features / "audio_feature.h5", audio)
     _h5(features / "visual_feature_noisy.h5", rng.normal(0, 1, (NOISY, 10, 7, 7, 512)).astype(np.float32))
@@ -73,7 +73,7 @@ def route(tmp_path_factory):
         "paths": {k: str(base / v) for k, v in (("prepared", "data/prepared"), ("features", "data/features"),
                                                 ("models", "models"), ("reports", "reports"))},
         "data": {"root": str(root), "source": "features"},
-        "published": {"root": str(root / "features"), "dtype": "float32", "files": {
+        "published": {"root": str(root), "dtype": "float32", "files": {
             "published_vgg19": {"file": "visual_feature.h5"},
             "published_vggish": {"file": "audio_feature.h5"},
             "published_vgg19_noisy": {"file": "visual_feature_noisy.h5"},
@@ -85,8 +85,8 @@ def route(tmp_path_factory):
     result = prepare(root, params["paths"]["prepared"], source="features")
     with h5py.File(base / "data/prepared/labels.h5") as f:
         labels = f["avadataset"][()]
-    _published(root, root / "features", labels)
-    export_labels(root, root / "features")  # the published labels.h5 / *_order.h5 beside them
+    _published(root, root, labels)
+    export_labels(root, root)  # the published labels.h5 / *_order.h5 beside them
     for name in params["published"]["files"]:
         import_features.main([name, "--params", str(base / "params.yaml")])
     return base, result
@@ -105,7 +105,7 @@ def test_import_keeps_values_rows_and_provenance(route):
     base, _ = route
     feats = base / "data/features"
     v, a = load_features(feats / "published_vgg19.h5"), load_features(feats / "published_vggish.h5")
-    with h5py.File(base / "raw/ave/features/audio_feature.h5") as f:
+    with h5py.File(base / "raw/ave/audio_feature.h5") as f:
         np.testing.assert_allclose(a.data, f["avadataset"][()].astype(np.float32))
     assert v.data.shape == (24, 10, 7, 7, 512) and a.data.shape == (24, 10, 128)
     assert v.valid.all() and a.valid.all() and v.data.dtype == np.float32

@@ -72,7 +72,7 @@ NOISY_SUFFIX = "_noisy"  # <name>_noisy.h5: background-only extra training video
 class PublishedConfig:
     """Published / community feature files imported into the store (published/dvc.yaml)."""
 
-    root: str = "raw/ave/features"  # where the user drops visual_feature.h5, audio_feature.h5, ...
+    root: str = "raw/ave"  # where the user drops visual_feature.h5, audio_feature.h5, ... (beside Annotations.txt)
     dtype: Literal["float16", "float32"] = "float16"  # stored dtype (published files: float32/64)
     files: dict[str, CommunityFile] = field(default_factory=dict)  # store name -> file in root
 

@@ -16,7 +16,9 @@ Checks, each an error naming the file:
 
 Contract with the training data layer: ``<paths.features>/<name>_noisy.h5`` beside
 ``<name>.h5``, same store layout (``avadataset`` rows, ``valid``, provenance attrs), every row a
-background-only video; ``<visual>_noisy.h5`` and ``<audio>_noisy.h5`` have the same rows.
+background-only video; ``<visual>_noisy.h5`` and ``<audio>_noisy.h5`` have the same rows; their
+labels are the published ``labels_noisy.h5`` in ``data.root`` (= ``published.root`` by default),
+which ``prepare`` checks and copies.
 """
 from __future__ import annotations
 
