@@ -18,6 +18,8 @@ Segments and windows. A video of ``d`` seconds has ``n = max(1, ceil(d - 0.1))``
   is the last 10 segments (start ``n - 10``), so it overlaps its predecessor when ``n`` is not
   a multiple of 10. A segment covered by two windows keeps the result of the earlier window.
 
+A video is decoded whole, in a worker process with a timeout, at the encoder's frame size
+(memory grows with length: 16 frames a second at 224 px are about 2.4 MB a second).
 A video without an audio track is encoded with silence, as extraction does, and its output
 says ``"audio": false``. Per video, ``<out>/<name>.json`` (per segment: class, its
 probability, event or background; events merged into intervals of consecutive segments with
