@@ -299,14 +299,14 @@ def _unique(name: str, used: set[str]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.localize",
-                                description="Localize audio-visual events in videos with a trained head.")
+    p = argparse.ArgumentParser(prog="python -m pipeline.localize", description=__doc__.split("\n")[0])
     p.add_argument("videos", nargs="+", help="video files (any length, frame rate, size)")
     p.add_argument("--model", default="models/best.pt", help="a train checkpoint (best.pt)")
-    p.add_argument("--out", required=True, help="output folder: <name>.json, <name>.png, index.html")
+    p.add_argument("--out", required=True, help="folder for <name>.json, <name>.png, index.html")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--visual-weights", help="visual encoder checkpoint, when the recorded one is unavailable")
-    p.add_argument("--audio-weights", help="audio encoder checkpoint, when the recorded one is unavailable")
+    for kind in ("visual", "audio"):
+        p.add_argument(f"--{kind}-weights", help=f"{kind} encoder checkpoint, when the one the "
+                       "features were made with is not available")
     p.add_argument("--download", action="store_true",
                    help="fetch missing pretrained encoder weights from their public location")
     args = p.parse_args(argv)

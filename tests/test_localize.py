@@ -159,6 +159,7 @@ def test_recovers_planted_intervals_within_one_segment(localized):
         if not has_audio:
             continue
         found = [(e["class_index"], e["start"], e["end"]) for e in r["events"]]
+        print(f"{name}: planted {planted}, found {found}")
         assert len(found) == len(planted), (name, found, planted)
         for (c, s, e), (fc, fs, fe) in zip(planted, found):
             assert fc == c and abs(fs - s) <= 1 and abs(fe - e) <= 1, (name, found, planted)

@@ -164,7 +164,8 @@ def load_features(path: str | Path) -> FeatureSet:
 AVE_PUBLISHED: dict[str, dict[str, Any]] = {
     "visual": {
         "model": "vgg19", "encoder": "keras/vgg19",
-        "weights": "published AVE features: Keras VGG-19 ImageNet (vgg19_weights_tf_dim_ordering_tf_kernels.h5)",
+        "weights": "published AVE features: Keras VGG-19 ImageNet "
+                   "(vgg19_weights_tf_dim_ordering_tf_kernels.h5)",
         "frames_per_segment": 16, "sampling": "ave_reference", "image_size": 224,
         "sample_rate": 0, "extractor": "pool5 7x7x512 per frame, mean of 16 frames per segment",
         "model_spec": {"encoder": "vgg19", "weights": "published", "seed": 0,
