@@ -96,6 +96,9 @@ class DataConfig:
     min_duration: float = 1.0  # seconds; shorter videos are reported 'too_short' and excluded
     probe_timeout_s: float = 30.0  # per-video probe timeout (decord can hang)
     workers: int = 2  # probe worker processes
+    # videos: probe every video (manifest from annotations + videos) | features: no video is
+    # read; rows come from Annotations.txt alone and are valid per the imported feature files
+    source: Literal["videos", "features"] = "videos"
 
     def validate(self, key: str = "data") -> None:
         if not self.root.strip():

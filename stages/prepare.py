@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, out = params["data"], params["paths"].prepared
     print(f"prepare: {to_dict(cfg)} -> {out}")
     result = prepare(cfg.root, out, min_duration=cfg.min_duration, workers=cfg.workers,
-                     timeout_s=cfg.probe_timeout_s, progress=True)
+                     timeout_s=cfg.probe_timeout_s, progress=True, source=cfg.source)
     print(result.summary())
     print(f"prepare: report at {out}/report.md")
 

@@ -34,6 +34,8 @@ unusable        probe hung or crashed; video     excluded (flag ``too_short`` fo
                 file outside ``<root>/AVE/``
 short           video < 10 s                     last frame repeated (flag ``padded_short``)
 no_audio        no audio stream                  silence (flag ``no_audio``)
+unprobed        ``source="features"``: videos     none: rows are valid per the imported
+                are not read                      feature files (``valid``)
 ok              --                               --
 ============== ================================ ===========================================
 
@@ -70,12 +72,13 @@ from pipeline.runtime import NUM_SEGMENTS
 
 MANIFEST_COLUMNS = ("index", "video_id", "category", "split", "start", "end", "path", "status",
                     "duration", "fps", "num_frames", "has_audio", "flags", "message")
-STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusable")
+STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusable", "unprobed")
 EXCLUDED = frozenset({"corrupt", "missing", "no_video", "unusable"})  # no features for these
 FLAG_TOO_SHORT = "too_short"  # shorter than min_duration: excluded
 _EXCLUDE = "excluded (features marked invalid)"
 ACTIONS = {"missing": _EXCLUDE, "corrupt": _EXCLUDE, "no_video": _EXCLUDE, "unusable": _EXCLUDE,
-           "short": "padded with the last frame", "no_audio": "silent audio", "ok": ""}
+           "short": "padded with the last frame", "no_audio": "silent audio", "ok": "",
+           "unprobed": "video not read (data.source: features); valid per the feature files"}
 _TYPES = {"index": int, "start": int, "end": int, "duration": float, "fps": float,
           "num_frames": int}
 
@@ -106,7 +109,7 @@ class PrepareResult:
 def video_status(info: VideoInfo, min_duration: float,
                  num_segments: int = NUM_SEGMENTS) -> tuple[str, list[str], str]:
     """``(status, flags, message)`` of one probed video under the module's policy."""
-    if info.status in EXCLUDED:
+    if info.status in EXCLUDED or info.status == "unprobed":
         return info.status, [], info.message
     if info.duration < min_duration:
         return "unusable", [FLAG_TOO_SHORT], (f"video is {info.duration:.2f} s < min_duration "
@@ -169,18 +172,28 @@ def background_rows(ann: AVEAnnotations, ids: list[str], infos: dict[str, VideoI
 
 
 def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration: float = 1.0,
-            workers: int = 2, timeout_s: float = 30.0, progress: bool = False) -> PrepareResult:
-    """Run the stage: read ``root``, write ``out_dir`` atomically; see the module doc."""
+            workers: int = 2, timeout_s: float = 30.0, progress: bool = False,
+            source: str = "videos") -> PrepareResult:
+    """Run the stage: read ``root``, write ``out_dir`` atomically; see the module doc.
+
+    ``source="features"``: no video is opened (the published-features route): every row is
+    ``unprobed`` and the labels, orders and manifest come from the annotation files alone."""
     t0 = time.time()
     root, out_dir = Path(root), Path(out_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each one is in ann.problems, hence in the report
         ann = load_annotations(root)
         bg_ids = background_video_ids(root, ann.problems)
+    if source not in ("videos", "features"):
+        raise ValueError(f"data.source: {source!r} is not allowed; allowed: 'videos', 'features'")
     paths, infos = contained_videos(ann, list(dict.fromkeys(ann.video_ids() + bg_ids)))
-    infos_iter: Iterable[VideoInfo] = probe_many(paths.values(), workers=workers, timeout_s=timeout_s)
-    if progress:
-        infos_iter = tqdm(infos_iter, total=len(paths), desc="probe", unit="video")
+    if source == "videos":
+        infos_iter: Iterable[VideoInfo] = probe_many(paths.values(), workers=workers, timeout_s=timeout_s)
+        if progress:
+            infos_iter = tqdm(infos_iter, total=len(paths), desc="probe", unit="video")
+    else:
+        infos_iter = (VideoInfo(str(p), "unprobed", message="video not read (data.source: features)")
+                      for p in paths.values())
     infos.update(zip(paths, infos_iter))
     rows = build_rows(ann, infos, min_duration)
     result = PrepareResult(out_dir, rows, list(ann.categories), list(ann.problems))

@@ -1,6 +1,7 @@
 """Evaluate a trained checkpoint on one split; log metrics and plots with DVCLive.
 
-Writes under ``out_dir`` (a DVCLive dir): ``metrics.json`` (accuracy, event precision/recall/F1,
+Writes under ``out_dir`` (a DVCLive dir): ``index.html`` (a self-contained page: results,
+confusion matrix, every video's timeline), ``metrics.json`` (accuracy, event precision/recall/F1,
 per-class accuracy, parameter count, training time), ``plots/sklearn/confusion_matrix.json``
 (DVC confusion template), and ``plots/images/{confusion.png, timeline_*.png}``.
 
@@ -28,6 +29,7 @@ from pipeline.evaluation import metrics as M
 from pipeline.evaluation import plots
 from pipeline.heads.m2n import DIRECTIONS, cml_evaluate
 from pipeline.runtime import atomic_write_json, select_device
+from pipeline.evaluation.html import write_evaluation_page
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
 from pipeline.training.loop import predict
@@ -92,6 +94,7 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
               f"videos, {len(s.excluded)} excluded); event F1 {res['event']['f1']:.4f}")
     if out_dir is not None:
         _log(res, pred, true, vids, Path(out_dir), timelines)
+        write_evaluation_page(Path(out_dir) / "index.html", res, pred, true, vids)
     return res
 
 

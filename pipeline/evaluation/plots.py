@@ -33,21 +33,24 @@ def confusion_figure(cm: np.ndarray, labels: list[str], title: str = "") -> plt.
     return fig
 
 
-def timeline_figure(pred: np.ndarray, true: np.ndarray, labels: list[str], title: str) -> plt.Figure:
-    """Two rows of T segments (truth, prediction); colour = class, grey = background."""
-    pred, true = np.asarray(pred), np.asarray(true)
+def timeline_figure(pred: np.ndarray, true: np.ndarray | None, labels: list[str],
+                    title: str) -> plt.Figure:
+    """Rows of T segments (truth when given, prediction); colour = class, grey = background."""
+    pred = np.asarray(pred)
+    rows = [("pred", pred)] if true is None else [("truth", np.asarray(true)), ("pred", pred)]
     bg = len(labels) - 1
     cmap = plt.get_cmap("tab20")
     colours = [(0.85, 0.85, 0.85, 1.0) if c == bg else cmap(c % 20) for c in range(len(labels))]
-    fig, ax = plt.subplots(figsize=(6, 1.4), dpi=100)
-    for row, seq in enumerate((true, pred)):
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(pred)), 0.9 + 0.5 * len(rows)), dpi=100)
+    for row, (_, seq) in enumerate(rows):
+        y = len(rows) - 1 - row
         for t, c in enumerate(seq):
-            ax.add_patch(plt.Rectangle((t, 1 - row), 1, 0.9, color=colours[int(c)]))
-            ax.text(t + 0.5, 1.45 - row, labels[int(c)][:6], ha="center", va="center", fontsize=5)
-    ax.set_xlim(0, len(true))
-    ax.set_ylim(0, 2)
-    ax.set_yticks([0.45, 1.45], ["pred", "truth"], fontsize=7)
-    ax.set_xticks(range(len(true) + 1))
+            ax.add_patch(plt.Rectangle((t, y), 1, 0.9, color=colours[int(c)]))
+            ax.text(t + 0.5, y + 0.45, labels[int(c)][:6], ha="center", va="center", fontsize=5)
+    ax.set_xlim(0, len(pred))
+    ax.set_ylim(0, len(rows))
+    ax.set_yticks([len(rows) - 1 - r + 0.45 for r in range(len(rows))], [n for n, _ in rows], fontsize=7)
+    ax.set_xticks(range(len(pred) + 1))
     ax.tick_params(axis="x", labelsize=6)
     ax.set_xlabel("segment (s)", fontsize=7)
     ax.set_title(title, fontsize=8)

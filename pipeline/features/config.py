@@ -68,3 +68,34 @@ def check_model(name: str, spec: ModelSpec, key: str) -> None:
     if spec.postprocess != "none" and spec.encoder != "vggish":
         raise ConfigError(f"{key}.postprocess: {spec.postprocess!r} applies to vggish only, not "
                           f"{spec.encoder!r}")
+
+
+@dataclass(frozen=True)
+class CommunityFile:
+    """One feature file in the community ``avadataset`` layout to import (``published.files``)."""
+
+    file: str  # file name inside ``published.root``, e.g. visual_feature.h5
+    encoder: str = ""  # extractor, recorded as provenance ("" = the AVE preset for AVE's file names)
+    weights: str = ""  # its weights, recorded as provenance ("" = the preset / unknown)
+
+    def validate(self, key: str = "") -> None:
+        if not self.file.endswith(".h5") or "/" in self.file or self.file.startswith("."):
+            raise ConfigError(f"{key}.file: a .h5 file name inside published.root, got {self.file!r}")
+
+
+NOISY_SUFFIX = "_noisy"  # <name>_noisy.h5: background-only extra training videos of <name>.h5
+
+
+@register_section("published")
+@dataclass(frozen=True)
+class PublishedConfig:
+    """Published / community feature files imported into the store (published/dvc.yaml)."""
+
+    root: str = "raw/ave"  # where the user drops visual_feature.h5, audio_feature.h5, ... (beside Annotations.txt)
+    dtype: Literal["float16", "float32"] = "float16"  # stored dtype (published files: float32/64)
+    files: dict[str, CommunityFile] = field(default_factory=dict)  # store name -> file in root
+
+    def validate(self, key: str = "published") -> None:
+        for name in self.files:
+            if not name or not all(c.isalnum() or c in "_-" for c in name):
+                raise ConfigError(f"{key}.files.{name}: store names are letters, digits, _ and -")

@@ -157,36 +157,68 @@ def load_features(path: str | Path) -> FeatureSet:
     return FeatureSet(data, valid, meta)
 
 
-def import_community(h5_path: str | Path, out_path: str | Path, kind: Literal["visual", "audio"],
-                     dtype: Optional[Literal["float16", "float32"]] = None, **meta: Any) -> Path:
-    """A published ``visual_feature.h5`` / ``audio_feature.h5`` -> store file (all rows valid).
+# Provenance of the published AVE features (Tian et al., ECCV 2018; the authors' feature
+# scripts): Keras VGG-19 (ImageNet) pool5 map of 16 frames per 1-s segment, averaged, frames
+# squashed to 224 x 224 with Keras' caffe preprocessing; audio: VGGish (AudioSet) 128-d
+# embeddings of each 1-s segment, raw (before PCA). ``model_spec`` names our encoder of the
+# same architecture; ``weights: published`` says that those exact weights are not ours.
+AVE_PUBLISHED: dict[str, dict[str, Any]] = {
+    "visual": {
+        "model": "vgg19", "encoder": "keras/vgg19",
+        "weights": "published AVE features: Keras VGG-19 ImageNet "
+                   "(vgg19_weights_tf_dim_ordering_tf_kernels.h5)",
+        "frames_per_segment": 16, "sampling": "ave_reference", "image_size": 224,
+        "sample_rate": 0, "extractor": "pool5 7x7x512 per frame, mean of 16 frames per segment",
+        "model_spec": {"encoder": "vgg19", "weights": "published", "seed": 0,
+                       "preprocess": "caffe", "postprocess": "none"},
+    },
+    "audio": {
+        "model": "vggish", "encoder": "vggish",
+        "weights": "published AVE features: VGGish AudioSet (vggish_model.ckpt), raw embeddings",
+        "frames_per_segment": 0, "sampling": "1 s segments of the mono track", "image_size": 0,
+        "sample_rate": 16000, "extractor": "128-d embedding per 1-s segment, before PCA",
+        "model_spec": {"encoder": "vggish", "weights": "published", "seed": 0,
+                       "preprocess": "weights", "postprocess": "none"},
+    },
+}
+STEP_ROWS = 256  # rows copied per block on import
 
-    Provenance of the published files (Tian et al., ECCV 2018): Keras VGG-19 ImageNet, pool5
-    map averaged over 16 frames per second (visual); VGGish raw embeddings (audio)."""
+
+def community_kind(shape: tuple[int, ...]) -> Literal["visual", "audio"]:
+    """``visual`` for ``(N, 10, h, w, C)``, ``audio`` for ``(N, 10, D)``; otherwise an error."""
+    if len(shape) in (3, 5) and shape[1] == NUM_SEGMENTS:
+        return "visual" if len(shape) == 5 else "audio"
+    raise ValueError(f"features must be visual (N, 10, h, w, C) or audio (N, 10, D), got {shape}")
+
+
+def import_community(h5_path: str | Path, out_path: str | Path,
+                     kind: Optional[Literal["visual", "audio"]] = None,
+                     dtype: Optional[Literal["float16", "float32"]] = None, **meta: Any) -> Path:
+    """A community feature file (``avadataset`` only, any float dtype, e.g. the published
+    ``visual_feature.h5`` / ``audio_feature.h5``) -> store file.
+
+    ``kind`` is checked against (or, when None, taken from) the shape. Rows holding a
+    non-finite value are stored invalid. Provenance: :data:`AVE_PUBLISHED` of the kind,
+    overridden by ``meta``."""
     h5_path = Path(h5_path)
     with h5py.File(h5_path, "r") as f:
         if DATASET not in f:
             raise KeyError(f"{h5_path}: no '{DATASET}' dataset (found: {', '.join(f.keys())})")
         src = f[DATASET]
-        want = 5 if kind == "visual" else 3
-        if src.ndim != want or src.shape[1] != NUM_SEGMENTS:
-            raise ValueError(f"{h5_path}: {kind} features must be (N, 10, {'h, w, C' if want == 5 else 'D'}), "
-                             f"got {src.shape}")
+        found = community_kind(src.shape)
+        if kind is not None and kind != found:
+            raise ValueError(f"{h5_path}: {kind} features must be (N, 10, "
+                             f"{'h, w, C' if kind == 'visual' else 'D'}), got {src.shape}")
         dtype = dtype or ("float16" if src.dtype == np.float16 else "float32")
-        defaults = {
-            "model": "vgg19" if kind == "visual" else "vggish",
-            "encoder": "keras/vgg19" if kind == "visual" else "vggish",
-            "weights": "published AVE features (Tian et al., ECCV 2018)",
-            "weights_sha256": "", "frames_per_segment": 16 if kind == "visual" else 0,
-            "sampling": "ave_reference" if kind == "visual" else "",
-            "image_size": 224 if kind == "visual" else 0,
-            "sample_rate": 0 if kind == "visual" else 16000,
-            "code_version": "", "created_by": f"pipeline.features.store.import_community({h5_path.name})",
-        }
+        defaults = {**AVE_PUBLISHED[found], "weights_sha256": "", "code_version": "",
+                    "source_file": h5_path.name, "source_dtype": str(src.dtype),
+                    "created_by": f"pipeline.features.store.import_community({h5_path.name})"}
         meta = {**defaults, **meta}
         with StoreWriter(out_path, src.shape[0], src.shape[2:], dtype, meta) as w:
-            step = 256
-            for start in range(0, src.shape[0], step):
-                block = src[start:start + step]
-                w.write(np.arange(start, start + len(block)), block, np.ones(len(block), bool))
+            for start in range(0, src.shape[0], STEP_ROWS):
+                block = np.asarray(src[start:start + STEP_ROWS], dtype=np.float32)
+                ok = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+                if dtype == "float16":  # values past float16's range would become inf
+                    ok &= (np.abs(block) <= np.finfo(np.float16).max).reshape(len(block), -1).all(axis=1)
+                w.write(np.arange(start, start + len(block)), block, ok)
     return Path(out_path)

@@ -99,6 +99,21 @@ class Head(nn.Module):
         """
         raise NotImplementedError(f"head {cls.name!r} has no converter for the authors' checkpoints")
 
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-segment class probabilities ``(B, T, C+1)`` (background last) of the model behind
+        ``predict``; the confidence of a prediction is the entry ``predict`` chose (``predict``
+        keeps the paper's decision rule, e.g. a 0.5 event threshold). Default: softmax of
+        ``out["logits"]``."""
+        return out["logits"].float().softmax(-1)
+
+
+def event_class_probabilities(event_logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+    """Heads that score "event here" per segment ``(B, T)`` and one class per video ``(B, C)``:
+    ``p(c) = sigmoid(e_t) softmax(class)_c``, ``p(background) = 1 - sigmoid(e_t)``; ``(B, T, C+1)``."""
+    event = torch.sigmoid(event_logits.float()).unsqueeze(-1)
+    cls = class_logits.float().softmax(-1).unsqueeze(1)
+    return torch.cat([event * cls, 1 - event], dim=-1)
+
 
 def register_head(name: str):
     def deco(cls: type[Head]) -> type[Head]:

@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from ._authors import AuthorsStateDict, check_overrides
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention, av_score,
                            fully_loss, localize, relevance_targets, trunk_keys, trunk_unused_keys)
-from ._registry import Head, build_head, register_head
+from ._registry import Head, build_head, event_class_probabilities, register_head
 
 
 def bece_loss(query: torch.Tensor, key: torch.Tensor, relevance: torch.Tensor,
@@ -257,3 +257,8 @@ class CACENet(Head):
                   att + "v_norm2.weight": (vd,), att + "v_norm2.bias": (vd,),
                   "a_fc.weight": (a_fc, self.audio_dim), "a_fc.bias": (a_fc,)}
         return renames, unused
+
+    @torch.no_grad()
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        relevance = out["relevance"] if bool(self.bece_trained) else out["relevance_plain"]
+        return event_class_probabilities(relevance, out["class_logits"])

@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from ._authors import AuthorsStateDict, check_overrides
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, av_score, class_topk_mean,
                            event_suppress, fully_loss, localize, trunk_keys, trunk_unused_keys)
-from ._registry import Head, build_head, register_head
+from ._registry import Head, build_head, event_class_probabilities, register_head
 
 VARIANTS = ("code", "paper")
 
@@ -238,3 +238,13 @@ class CMBS(Head):
         else:  # weak_main_model.classifier (its localize head is commented out)
             unused.update({"classifier.weight": (1, d), "classifier.bias": (1,)})
         return renames, unused
+
+
+    @torch.no_grad()
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.setting == "fully":
+            return event_class_probabilities(out["relevance"], out["class_logits"])
+        if self.hp["weak_predict"] == "segment":
+            return out["segment_logits"].float().softmax(-1)
+        t = out["segment_logits"].shape[1]
+        return out["video_raw"].float().softmax(-1).unsqueeze(1).expand(-1, t, -1)

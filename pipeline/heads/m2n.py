@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from ._avga import AudioGuidedVisualAttention
 from ._cmbs_blocks import localize, relevance_targets, video_event_class
-from ._registry import Head, register_head
+from ._registry import Head, event_class_probabilities, register_head
 
 
 class Modulation(nn.Module):
@@ -191,6 +191,9 @@ class M2N(Head):
     @torch.no_grad()
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         return localize(out["relevance"], out["class_logits"])  # p_r >= 0.5 -> class, else bg
+
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return event_class_probabilities(out["relevance"], out["class_logits"])
 
     # ------------------------------------------------------------------------ cross-modal (CML)
     @staticmethod

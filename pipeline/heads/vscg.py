@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
 from ._avga import bilstm
-from ._registry import build_head, register_head
+from ._registry import build_head, event_class_probabilities, register_head
 from .psp import (CLASSIFY_UNUSED, PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier,
                   avps_loss, encoder_layout, weak_target)
 
@@ -264,3 +264,8 @@ class VSCG(PSPEncoderHead):
                       "escm.a_fc.weight": (256, d_s), "escm.v_fc.weight": (256, d_s)}
         head = build_head(cls.name, setting=setting, **dims, **{**widths, **overrides})
         return sd.load_into(head, renames, unused)
+
+    def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.setting == "fully":
+            return event_class_probabilities(out["is_event"], out["event_logits"])
+        return super().probabilities(out)

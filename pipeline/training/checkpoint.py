@@ -1,7 +1,10 @@
 """Checkpoints: plain dicts of state_dicts plus what is needed to rebuild the head.
 
 ``best.pt`` (evaluation): ``format, head, setting, hparams, dims, recipe, params, epoch, step,
-val_accuracy, num_parameters, train_seconds, categories, model``.
+val_accuracy, num_parameters, train_seconds, categories, features, model``; ``features`` is the
+provenance of the two feature files trained on (``{"visual": attrs, "audio": attrs}``: encoder,
+``model_spec_json``, weights and sha256, frames per segment, sampling, image size, sample rate),
+what ``pipeline.localize`` rebuilds the extractors from.
 ``last.pt`` (resume): the same plus ``optimizer, scheduler, rng, best, history, fingerprint``.
 Loading uses ``weights_only=True`` and strict ``load_state_dict``; never ``torch.save(model)``.
 """
@@ -23,6 +26,16 @@ def save(obj: dict[str, Any], path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+PER_ROW_ATTRS = ("problems_json", "row_flags_json")  # per-row reports: not provenance
+
+
+def feature_provenance(visual_meta: dict[str, Any], audio_meta: dict[str, Any]) -> dict[str, Any]:
+    """The feature files' attributes that describe how they were made (plain types only)."""
+    plain = (str, int, float, bool, list, dict)
+    return {kind: {k: v for k, v in meta.items() if k not in PER_ROW_ATTRS and isinstance(v, plain)}
+            for kind, meta in (("visual", visual_meta), ("audio", audio_meta))}
 
 
 def load(path: str | Path) -> dict[str, Any]:

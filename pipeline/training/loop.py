@@ -381,6 +381,7 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
                   "params": params_snapshot or {}, "num_parameters": n_params,
                   "categories": list(data.categories), "train_seconds": seconds,
                   "feature_norm": norm, "cml_excluded": _cml_counts(data),
+                  "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta),
                   "step": (epoch + 1) * steps_per_epoch}
         if improved:
             ckpt_io.save({**common, "epoch": epoch, "val_accuracy": val_acc,

@@ -1,0 +1,117 @@
+"""Published / community feature files -> the feature store (stage ``import@<name>``).
+
+The published AVE features (``visual_feature.h5`` (4143,10,7,7,512), ``audio_feature.h5``
+(4143,10,128), and for the weak setting ``*_noisy.h5``), or any other file in the community
+``avadataset`` layout (e.g. ResNet-50 / Cnn14 features), are imported by store name
+(``published.files``: ``<name>: {file: <file in published.root>}``) into
+``<paths.features>/<name>.h5``, the file ``train.visual`` / ``train.audio`` name.
+
+Checks, each an error naming the file:
+
+* a regular file's rows are the rows of the prepared ``labels.h5`` (= ``Annotations.txt``
+  lines); when ``published.root`` also holds the published ``labels.h5``, it must equal the
+  prepared one (same rows, same order), so the features and our labels cannot be misaligned;
+* a ``<name>_noisy`` file holds the background-only extra training videos of the weak setting
+  (AVE: 178); when ``labels_noisy.h5`` is present, its rows must match and be background only.
+
+Contract with the training data layer: ``<paths.features>/<name>_noisy.h5`` beside
+``<name>.h5``, same store layout (``avadataset`` rows, ``valid``, provenance attrs), every row a
+background-only video; ``<visual>_noisy.h5`` and ``<audio>_noisy.h5`` have the same rows; their
+labels are the published ``labels_noisy.h5`` in ``data.root`` (= ``published.root`` by default),
+which ``prepare`` checks and copies.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.features.config import NOISY_SUFFIX, CommunityFile, PublishedConfig
+from pipeline.features.store import DATASET, community_kind, import_community
+
+LABELS = "labels.h5"  # published per-segment labels (4143, 10, 29), compared when present
+NOISY_LABELS = "labels_noisy.h5"  # published video labels of the noisy videos (178, 29)
+
+
+def _read(path: Path, dataset: str = DATASET) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        if dataset not in f:
+            raise KeyError(f"{path}: no '{dataset}' dataset (found: {', '.join(f.keys())})")
+        return np.asarray(f[dataset][()])
+
+
+def _shape(path: Path) -> tuple[int, ...]:
+    with h5py.File(path, "r") as f:
+        if DATASET not in f:
+            raise KeyError(f"{path}: no '{DATASET}' dataset (found: {', '.join(f.keys())})")
+        return tuple(f[DATASET].shape)
+
+
+def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
+    """Rows the file must have; raises when it or the published labels disagree with prepare."""
+    if name.endswith(NOISY_SUFFIX):
+        rows = _shape(src)[0]
+        if (root / NOISY_LABELS).is_file():
+            noisy, classes = _read(root / NOISY_LABELS), _read(prepared / LABELS).shape[-1]
+            if noisy.ndim != 2 or noisy.shape[1] != classes:
+                raise ValueError(f"{root / NOISY_LABELS}: shape {noisy.shape}, expected (rows, "
+                                 f"{classes}) video labels as {prepared / LABELS}")
+            if len(noisy) != rows:
+                raise ValueError(f"{src}: {rows} rows but {root / NOISY_LABELS} has {len(noisy)}")
+            if not (noisy[:, -1] == 1).all() or noisy[:, :-1].any():
+                raise ValueError(f"{root / NOISY_LABELS}: not background-only; the {NOISY_SUFFIX} "
+                                 "files must hold background-only videos")
+        return rows
+    labels = _read(prepared / LABELS)
+    if (root / LABELS).is_file():
+        published = _read(root / LABELS)
+        if published.shape != labels.shape or not np.array_equal(published.astype(np.float32),
+                                                                  labels.astype(np.float32)):
+            raise ValueError(f"{root / LABELS} {published.shape} differs from {prepared / LABELS} "
+                             f"{labels.shape}, prepared from Annotations.txt: the feature rows would "
+                             "not match the annotation lines (data.root must hold the same "
+                             "Annotations.txt as the features)")
+    return len(labels)
+
+
+def provenance(entry: CommunityFile, kind: str) -> dict[str, Any]:
+    """Provenance beyond the AVE preset: a non-AVE file without ``encoder`` says it is unknown."""
+    meta: dict[str, Any] = {"published_file": entry.file}
+    ave = entry.file.replace(NOISY_SUFFIX, "") in ("visual_feature.h5", "audio_feature.h5")
+    if entry.encoder or not ave:
+        enc = entry.encoder or "unknown"
+        meta.update(model=enc, encoder=enc, weights=entry.weights or "unknown",
+                    extractor=f"community file {entry.file}",
+                    model_spec={"encoder": enc, "weights": "published", "seed": 0,
+                                "preprocess": "weights", "postprocess": "none"})
+        if not ave:
+            meta.update(frames_per_segment=0, sampling="unknown", image_size=0, sample_rate=0)
+    elif entry.weights:
+        meta["weights"] = entry.weights
+    return meta
+
+
+def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
+                     features: str | Path) -> Path:
+    """Import ``cfg.files[name]`` into ``<features>/<name>.h5`` after the row checks."""
+    if name not in cfg.files:
+        raise KeyError(f"published.files has no {name!r}; it has: {', '.join(cfg.files) or 'none'}")
+    entry, root, prepared = cfg.files[name], Path(cfg.root), Path(prepared)
+    src = root / entry.file
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: missing; put the published file {entry.file} in "
+                                f"{root}/ (published.root), or remove published.files.{name}")
+    if not (prepared / LABELS).is_file():
+        raise FileNotFoundError(f"{prepared / LABELS}: missing; run prepare first "
+                                "(with data.source: features no video is read)")
+    rows = check_rows(name, src, root, prepared)
+    shape = _shape(src)
+    if shape[0] != rows:
+        raise ValueError(f"{src}: {shape[0]} rows but {prepared / LABELS} has {rows} "
+                         "(one row per Annotations.txt line)")
+    kind = community_kind(shape)
+    out = Path(features) / f"{name}.h5"
+    import_community(src, out, kind, cfg.dtype, **provenance(entry, kind))
+    return out
