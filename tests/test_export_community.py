@@ -136,6 +136,8 @@ def test_no_invalid_rows_gives_a_header_only_list(prepared, tmp_path):
 
 def test_weak_and_matching_files_copied_when_prepared_has_them(prepared, tmp_path):
     vis, aud, _, _ = _stores(tmp_path, _num_rows(prepared))
+    for name in ["mil_labels.h5", "labels_noisy.h5"] + [f"{s}_order_match.h5" for s in ("train", "val", "test")]:
+        (prepared / name).unlink(missing_ok=True)
     res = export_community(vis, aud, prepared, tmp_path / "bare")
     assert {"mil_labels.h5", "train_order_match.h5", "visual_feature_noisy.h5"} <= set(res.missing)
     readme = (tmp_path / "bare" / "README.txt").read_text()
@@ -247,3 +249,23 @@ def test_cli_reads_folders_from_params_or_flags(prepared, tmp_path, monkeypatch,
     with pytest.raises(SystemExit, match=r"resnet50\.h5: no such feature file"):
         main(["export-community", "--visual", "resnet50", "--audio", "aud", "--params", str(params),
               str(tmp_path / "out3")])
+
+
+def test_background_only_files_exported_when_the_pipeline_has_them(prepared, tmp_path):
+    """<visual>_noisy.h5 / <audio>_noisy.h5 beside the store files and labels_noisy.h5 in the
+    prepared folder become the weak scripts' *_noisy.h5 files, values equal."""
+    vis, aud, _, _ = _stores(tmp_path, _num_rows(prepared))
+    nv, na, v, a = _stores(tmp_path / "bg", 3, seed=1)
+    shutil.move(nv, tmp_path / "vis_noisy.h5")
+    shutil.move(na, tmp_path / "aud_noisy.h5")
+    bg = np.zeros((3, 4), np.float32)
+    bg[:, -1] = 1
+    with h5py.File(prepared / "labels_noisy.h5", "w") as f:
+        f["avadataset"] = bg
+    res = export_community(vis, aud, prepared, tmp_path / "out")
+    out = tmp_path / "out"
+    assert not set(res.missing) & {"visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5"}
+    np.testing.assert_array_equal(_read(out / "visual_feature_noisy.h5"), v.astype(np.float64))
+    np.testing.assert_array_equal(_read(out / "audio_feature_noisy.h5"), a.astype(np.float64))
+    np.testing.assert_array_equal(_read(out / "labels_noisy.h5"), bg)
+    assert "cannot be produced" not in (out / "README.txt").read_text()

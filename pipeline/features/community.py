@@ -107,7 +107,10 @@ def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | 
     written, missing = copy_prepared(prepared_dir, out, drop)
     res.files += written
     res.missing += missing
-    if empty_noisy:
+    noisy = noisy_sources(visual, audio, prepared_dir)
+    if noisy:
+        res.files += copy_noisy(noisy, out, dtype)
+    elif empty_noisy:
         res.files += write_empty_noisy(out, vshape, ashape, labels.shape[-1], dtype)
     else:
         res.missing += list(NOISY)
@@ -218,6 +221,24 @@ def copy_prepared(prepared: Path, out: Path, drop: np.ndarray) -> tuple[list[str
     else:
         missing.append(MIL_LABELS)
     return written, missing
+
+
+def noisy_sources(visual: Path, audio: Path, prepared: Path) -> tuple[Path, Path, Path] | None:
+    """The background-only training videos of the weak setting when this pipeline has them:
+    ``<visual>_noisy.h5`` and ``<audio>_noisy.h5`` beside the store files (extraction writes them
+    for the videos of ``backgroundSet.txt``) and ``labels_noisy.h5`` in the prepared folder."""
+    paths = (visual.with_name(f"{visual.stem}_noisy.h5"), audio.with_name(f"{audio.stem}_noisy.h5"),
+             prepared / NOISY[2])
+    return paths if all(p.is_file() for p in paths) else None
+
+
+def copy_noisy(sources: tuple[Path, Path, Path], out: Path, dtype: str) -> list[str]:
+    """The background-only files under the names the weak scripts open."""
+    copy_features(sources[0], out / NOISY[0], dtype)
+    copy_features(sources[1], out / NOISY[1], dtype)
+    with atomic_path(out / NOISY[2]) as tmp:
+        shutil.copyfile(sources[2], tmp)
+    return list(NOISY)
 
 
 def write_empty_noisy(out: Path, vshape: tuple, ashape: tuple, num_labels: int, dtype: str) -> list[str]:
