@@ -38,7 +38,8 @@ def cell(params, head: str, setting: str) -> None:
         # Every cell runs its paper's recipe; only the epochs follow report.epochs.
         changes = {**{k: None for k in TRAIN_KEYS}, "head": head, "setting": setting,
                    "epochs": rc.epochs}
-        train_from_params(params, out_dir=models, live_dir=out / "train", **changes)
+        train_from_params(params, out_dir=models, live_dir=out / "train",
+                          resume_dir=Path(paths.resume) / "matrix" / f"{head}-{setting}", **changes)
         res = evaluate(models / "best.pt", paths.prepared, paths.features, tc.visual, tc.audio,
                        out / "evaluate", split=ec.split, batch_size=ec.batch_size, timelines=0,
                        device=tc.device)

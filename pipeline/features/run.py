@@ -14,7 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import DEFAULT_PARAMS, load_params, to_dict
+from pipeline.config import DEFAULT_PARAMS, load_params, recorded, to_dict
+from pipeline.encoders.spec import ModelSpec
+from pipeline.finetune.run import weights_file
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -34,14 +36,33 @@ def git_revision() -> str:
         return "unknown"
 
 
-def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: bool = True,
-              overrides: Optional[dict] = None):
-    """Extract model ``name`` (a key of ``extract.models``) for the prepared manifest into
+FINETUNED_SUFFIX = "_ft"  # <paths.features>/<finetune.visual>_ft.h5: features of a tuned encoder
+
+
+def finetuned_model(params: dict, role: str) -> tuple[str, ModelSpec]:
+    """Name and spec of the CACE-tuned ``role`` (visual | audio) encoder, derived from the
+    ``finetune`` section alone: ``<finetune.<role>>_ft``, weights = the finetune stage's
+    ``<paths.finetune>/<encoder>.pth``."""
+    if role not in ("visual", "audio"):
+        raise ValueError(f"finetuned: {role!r} is not a role; allowed: 'visual', 'audio'")
+    encoder = getattr(params["finetune"], role)
+    return (encoder + FINETUNED_SUFFIX,
+            ModelSpec(encoder=encoder, weights=str(weights_file(params["paths"].finetune, encoder))))
+
+
+def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, progress: bool = True,
+              overrides: Optional[dict] = None, finetuned: Optional[str] = None):
+    """Extract model ``name`` (a key of ``extract.models``), or with ``finetuned`` (visual |
+    audio) the tuned encoder of the finetune stage, for the prepared manifest into
     ``<paths.features>/<name>.h5``; returns the :class:`~pipeline.features.engine.ExtractResult`."""
     params = load_params(params_path, overrides)
     cfg, paths = params["extract"], params["paths"]
-    if name not in cfg.models:
+    if finetuned is not None:
+        name, spec = finetuned_model(params, finetuned)
+    elif name not in cfg.models:
         raise KeyError(f"unknown model {name!r}; extract.models has: {', '.join(cfg.models)}")
+    else:
+        spec = cfg.models[name]
     rank, world, local_rank = dist_env()
     log = print if rank == 0 else (lambda msg: None)
 
@@ -57,9 +78,8 @@ def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: 
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=DIST_TIMEOUT_S))
-    spec = cfg.models[name]
     log(f"extract[{name}]: git {git_revision()}; spec {to_dict(spec)}; "
-        f"config { {k: v for k, v in to_dict(cfg).items() if k != 'models'} }")
+        f"config { {k: v for k, v in recorded('extract', cfg).items() if k != 'models'} }")
     rows = load_manifest(paths.prepared)
     try:
         return extract(name, spec, rows, Path(paths.features) / f"{name}.h5", cfg, device=device,
