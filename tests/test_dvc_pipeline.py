@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 TINY = {
     "synth": {"num_classes": 2, "train": 6, "val": 3, "test": 3, "width": 32, "height": 32,
               "two_label": 0},
-    "extract": {"image_size": 32, "frames_per_segment": 1, "shard_videos": 8},
-    "finetune": {"image_size": 32, "segments_per_clip": 1, "batch_size": 4, "epochs": 1},
+    "extract": {"frames_per_segment": 1, "shard_videos": 8},
+    "finetune": {"segments_per_clip": 1, "batch_size": 4, "epochs": 1},
     "train": {"epochs": 2},
     "evaluate": {"timelines": 1},
     "runtime": {"synth": {"workers": 1}, "data": {"workers": 1}, "extract": {"workers": 0},
