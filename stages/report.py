@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.evaluation import report
+from pipeline.runtime import atomic_write_text
 from pipeline.training.config import Setting
 
 
@@ -45,7 +46,7 @@ def cell(params, head: str, setting: str) -> None:
                        device=tc.device)
         note = f"{rc.epochs} epochs (demo profile)" if rc.epochs is not None else ""
         row = report.cell_row(head, setting, tc.visual, tc.audio, res, note)
-    (out / "row.json").write_text(json.dumps(row, indent=1) + "\n")
+    atomic_write_text(out / "row.json", json.dumps(row, indent=1) + "\n")
 
 
 def table(params) -> None:

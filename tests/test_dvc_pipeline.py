@@ -73,7 +73,7 @@ def tiny_repo(tmp_path_factory):
            "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
     env.pop("DVC_ROOT", None)
 
-    def sh(*cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def sh(*cmd: str, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
         proc = subprocess.run(list(cmd), cwd=root, env=env, capture_output=True, text=True,
                               timeout=timeout)
         if check and proc.returncode:
@@ -118,7 +118,7 @@ def test_queued_experiments_run_only_the_stages_their_params_reach(tiny_repo):
         _dvc(sh, "exp", "run", "--queue", "-n", name, *[a for s in sets for a in ("-S", s)])
     t0 = time.monotonic()
     _dvc(sh, "queue", "start", "-j", "2")
-    while time.monotonic() - t0 < 900:
+    while time.monotonic() - t0 < 3600:
         status = _dvc(sh, "queue", "status").stdout
         if not re.search(r"\b(Queued|Running)\b", status):
             break

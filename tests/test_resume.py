@@ -123,3 +123,28 @@ def test_kill_during_training_then_rerun_gives_the_uninterrupted_curves(tmp_path
     b = ckpt_io.load(tmp_path / "killed" / "models" / "best.pt")
     assert a["epoch"] == b["epoch"] and all(np.array_equal(v, b["model"][k])
                                             for k, v in a["model"].items())
+
+
+def test_finetune_resume_point_belongs_to_its_code_and_videos(tmp_path, monkeypatch):
+    from pipeline.finetune.config import FinetuneConfig
+    from pipeline.finetune.run import CODE_DIRS, resume_dir
+
+    code = tmp_path / "code"
+    for d in CODE_DIRS:
+        shutil.copytree(REPO / d, code / d)
+    monkeypatch.setattr(runtime, "REPO_ROOT", code)
+    rows = []
+    for i, split in enumerate(("train", "train", "val")):
+        video = tmp_path / f"v{i}.mp4"
+        video.write_bytes(b"x" * (i + 1))
+        rows.append({"video_id": f"v{i}", "path": str(video), "split": split, "status": "ok"})
+    cfg = FinetuneConfig()
+    first = resume_dir(tmp_path / "resume", cfg, rows)
+    first.mkdir(parents=True)
+    assert resume_dir(tmp_path / "resume", cfg, rows) == first and first.is_dir()
+    with open(code / "pipeline/encoders/base.py", "a") as f:  # shared encoder code edited
+        f.write("\n# edited\n")
+    second = resume_dir(tmp_path / "resume", cfg, rows)
+    assert second != first and not first.exists()  # a stale resume point is removed
+    (tmp_path / "v2.mp4").write_bytes(b"yyyy")  # a held-out video replaced
+    assert resume_dir(tmp_path / "resume", cfg, rows) != second
