@@ -97,16 +97,16 @@ def _dvc(sh, *args, **kw):
 
 def test_runtime_knobs_and_other_heads_leave_the_pipeline_up_to_date(tiny_repo):
     root, sh = tiny_repo
-    assert "up to date" in _dvc(sh, "status").stdout
+    assert "up to date" in _dvc(sh, "status", "dvc.yaml").stdout
     text = (root / "params.yaml").read_text()
     params = yaml.safe_load(text)
     (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, NO_RERUN), sort_keys=False))
     try:
-        status = _dvc(sh, "status").stdout
+        status = _dvc(sh, "status", "dvc.yaml").stdout
         assert "up to date" in status, status
         params["heads"]["psp"] = {"dropout": 0.3}  # the trained head's own overrides do count
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        status = _dvc(sh, "status").stdout
+        status = _dvc(sh, "status", "dvc.yaml").stdout
         assert "train:" in status and "extract" not in status and "finetune" not in status
     finally:
         (root / "params.yaml").write_text(text)
