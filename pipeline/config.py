@@ -38,6 +38,7 @@ class Paths:
     finetune: str = "data/finetune"  # tuned encoder weights
     models: str = "models"  # trained head checkpoints
     reports: str = "reports"  # evaluation and results tables
+    resume: str = "resume"  # resume points of interrupted runs (git-ignored; no stage output)
 
     def validate(self, key: str = "paths") -> None:
         for f in dataclasses.fields(self):
@@ -269,13 +270,70 @@ def register_check(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, 
     return fn
 
 
+
+# Knobs that cannot change any output byte (how many processes, how much buffering, whether a
+# missing pretrained file may be fetched, whether a matching resume point is continued). They are
+# written under ``runtime.<section>.<key>`` in params.yaml, which no stage lists as a param, so
+# changing one re-runs nothing; on load each is merged into its section (``cfg.workers``).
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
+    "synth": ("workers",),
+    "data": ("workers",),
+    "extract": ("workers", "queue_batches", "download"),
+    "finetune": ("workers", "download", "resume"),
+    "train": ("resume",),
+}
+
+
+def _apply_runtime(raw: dict) -> tuple[dict, dict[str, set[str]]]:
+    """Merge ``runtime.<section>.<key>`` into its section; a runtime knob written in the section
+    itself, or an unknown one, is an error naming the key. Returns the merged sections and the
+    keys that came from ``runtime``."""
+    runtime = raw.get("runtime") or {}
+    if not isinstance(runtime, dict):
+        raise ConfigError(f"runtime: expected a mapping, got {runtime!r}")
+    out = {k: v for k, v in raw.items() if k != "runtime"}
+    for section, keys in RUNTIME_KEYS.items():
+        inline = sorted(set(out.get(section) or {}) & set(keys))
+        if inline:
+            raise ConfigError(f"{section}.{inline[0]}: a runtime knob (it cannot change an "
+                              f"output); set it as runtime.{section}.{inline[0]}")
+    moved: dict[str, set[str]] = {}
+    for section, values in runtime.items():
+        if section not in RUNTIME_KEYS:
+            raise ConfigError(f"unknown key runtime.{section}; allowed: {', '.join(RUNTIME_KEYS)}")
+        values = values or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"runtime.{section}: expected a mapping, got {values!r}")
+        unknown = sorted(set(values) - set(RUNTIME_KEYS[section]))
+        if unknown:
+            raise ConfigError(f"unknown key runtime.{section}.{unknown[0]}; allowed: "
+                              f"{', '.join(RUNTIME_KEYS[section])}")
+        out[section] = {**(out.get(section) or {}), **values}
+        moved[section] = set(values)
+    return out, moved
+
+
+def _section(name: str, cls: type, data: Any, from_runtime: set[str]) -> Any:
+    """``from_dict`` of one section; errors about a runtime knob name it where it is written."""
+    try:
+        return from_dict(cls, data, name)
+    except ConfigError as e:
+        msg = str(e)
+        for key in from_runtime:
+            msg = msg.replace(f"{name}.{key}:", f"runtime.{name}.{key}:")
+        raise ConfigError(msg) from None
+
+
 def validate(raw: dict) -> dict[str, Any]:
-    """Every section built and checked, then every cross-section check (errors name the key)."""
+    """Runtime knobs merged into their sections, every section built and checked, then every
+    cross-section check (errors name the key)."""
+    raw, moved = _apply_runtime(raw)
     sections = _all_sections()
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r}; allowed: {', '.join(sections)}")
-    params = {name: from_dict(cls, raw.get(name), name) for name, cls in sections.items()}
+    params = {name: _section(name, cls, raw.get(name), moved.get(name, set()))
+              for name, cls in sections.items()}
     for check in _CHECKS:
         check(params)
     return params
@@ -286,6 +344,12 @@ def _merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def recorded(section: str, obj: Any) -> dict[str, Any]:
+    """``to_dict`` of a section without its runtime knobs: what outputs record of a config
+    (a knob that cannot change an output is not written into one either)."""
+    return {k: v for k, v in to_dict(obj).items() if k not in RUNTIME_KEYS.get(section, ())}
 
 
 def to_dict(obj: Any) -> Any:

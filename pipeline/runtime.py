@@ -94,6 +94,42 @@ def git_revision(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_digest(*dirs: str, root: str | Path | None = None) -> str:
+    """sha256 (hex) over the relative name and bytes of every ``*.py`` under ``dirs`` (relative
+    to ``root``, default the repository): the code identity that feature files and resume
+    fingerprints record."""
+    import hashlib
+    base = Path(root) if root else REPO_ROOT
+    h = hashlib.sha256()
+    for d in dirs:
+        for p in sorted((base / d).rglob("*.py")):
+            h.update(str(p.relative_to(base)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def file_identity(path: str | Path, full_hash_below: int = 256 << 20) -> str:
+    """What identifies an input file's content for a resume fingerprint: its size, mtime and a
+    sha256 of the whole file (below ``full_hash_below`` bytes) or of its first and last MiB
+    (HDF5 keeps its superblock and attributes there; any rewrite also changes the mtime)."""
+    import hashlib
+    path = Path(path)
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size < full_hash_below:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(1 << 20))
+            f.seek(st.st_size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
+
+
 # ------------------------------------------------------------------------------------------
 # Seeding
 # ------------------------------------------------------------------------------------------

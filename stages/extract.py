@@ -2,6 +2,7 @@
 
     python stages/extract.py vgg19                          # one process (CPU or one GPU)
     torchrun --nproc_per_node=8 stages/extract.py resnet50  # shards videos over 8 GPUs
+    python stages/extract.py --finetuned visual             # the CACE-tuned <finetune.visual>
 
 Reads ``extract`` (the keys listed for the stage in dvc.yaml) and ``paths``; writes
 ``<paths.features>/<model>.h5``. Resumes an interrupted run from its committed shards.
@@ -21,11 +22,15 @@ from pipeline.features.run import run_stage  # noqa: E402
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model", help="a key of extract.models in params.yaml (e.g. vgg19, vggish)")
+    p.add_argument("model", nargs="?", help="a key of extract.models in params.yaml (e.g. vgg19, vggish)")
+    p.add_argument("--finetuned", choices=("visual", "audio"),
+                   help="instead of a model: the finetune stage's tuned encoder -> <encoder>_ft.h5")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
-    run_stage(args.model, args.params, progress=not args.no_progress)
+    if (args.model is None) == (args.finetuned is None):
+        p.error("give a model name or --finetuned visual|audio (one of them)")
+    run_stage(args.model, args.params, progress=not args.no_progress, finetuned=args.finetuned)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
     torchrun --standalone --nproc_per_node=4 stages/finetune.py      # DDP over 4 GPUs (finetune.nproc)
 
 Reads ``finetune`` and ``paths``; writes the tuned encoders to ``<paths.finetune>/<encoder>.pth``
-(the native format of the weights resolver: ``weights: data/finetune/resnet50.pth`` in an
-``extract.models`` entry), ``<paths.finetune>/finetune.json``, per-epoch checkpoints in
-``<paths.finetune>/checkpoints/`` (a rerun resumes) and DVCLive metrics in
-``<paths.reports>/finetune/`` (``retrieval_top1_before`` / ``retrieval_top1_after``).
+(the native format of the weights resolver, read by stage ``extract_finetuned_*``),
+``<paths.finetune>/finetune.json`` and DVCLive metrics in ``<paths.reports>/finetune/``
+(``retrieval_top1_before`` / ``retrieval_top1_after``). Per-epoch resume points live in
+``<paths.resume>/finetune/<fingerprint>/`` (git-ignored; a rerun continues a matching one).
 """
 from __future__ import annotations
 

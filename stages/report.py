@@ -49,7 +49,9 @@ def cell(params, head: str, setting: str) -> None:
         # Every cell runs its paper's recipe; only the epochs follow report.epochs.
         changes = {**{k: None for k in TRAIN_KEYS}, "head": head, "setting": setting,
                    "epochs": rc.epochs}
-        train_from_params(params, out_dir=models, live_dir=out / "train", **changes)
+        resume = cell_dir(paths.resume, head, setting)  # <paths.resume>/matrix/<head>-<setting>
+        train_from_params(params, out_dir=models, live_dir=out / "train", resume_dir=resume,
+                          **changes)
         res = {protocol: evaluate(models / f"best_{protocol}.pt", paths.prepared,
                                   paths.features, tc.visual, tc.audio,
                                   out / f"evaluate_{protocol}", split=ec.split,

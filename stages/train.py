@@ -1,7 +1,8 @@
 """DVC stage `train`: train head ${train.head} in setting ${train.setting} on the prepared split.
 
-Reads params `paths`, `train`, `heads`; writes ${paths.models}/best.pt (best validation
-epoch) and ${paths.models}/last.pt (resume point), DVCLive logs in ${paths.reports}/train.
+Reads params `paths`, `train`, `heads.${train.head}`; writes ${paths.models}/best.pt (best
+validation epoch) and DVCLive logs in ${paths.reports}/train; keeps its resume point in
+${paths.resume}/train/last.pt (git-ignored, continued only when its fingerprint matches).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
     paths = params["paths"]
-    train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train")
+    train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train",
+                      resume_dir=Path(paths.resume) / "train")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def _params(tmp_path: Path, prepared: Path, features: Path) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["paths"].update(prepared=str(prepared), features=str(features))
     raw["extract"].update(device="cpu", frames_per_segment=1, image_size=64, batch_videos=2,
-                          shard_videos=2, workers=1, download=False)
+                          shard_videos=2)
+    raw["runtime"]["extract"].update(workers=1, download=False)
     raw["extract"]["models"] = {"vggish": {"encoder": "vggish", "weights": "random", "seed": 0}}
     path = tmp_path / f"params_{features.name}.yaml"
     path.write_text(yaml.safe_dump(raw))

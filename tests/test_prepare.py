@@ -109,8 +109,9 @@ def test_prepared_fixture_is_clean(prepared_dir):
 def test_stages_run_from_params(tmp_path, tiny_synth_config):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["synth"].update(root=str(tmp_path / "demo"), num_classes=2, train=2, val=1, test=1,
-                           width=32, height=32, two_label=0, workers=1)
-    params["data"].update(root=str(tmp_path / "demo"), workers=1)
+                           width=32, height=32, two_label=0)
+    params["data"].update(root=str(tmp_path / "demo"))
+    params["runtime"].update(synth={"workers": 1}, data={"workers": 1})
     params["paths"]["prepared"] = str(tmp_path / "prepared")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),

@@ -42,7 +42,7 @@ CacheKind = Literal["torch_hub", "panns", "hf"]
 HASH_PREFIX = re.compile(r"-([a-f0-9]{6,64})\.")  # torch.hub convention: name-<sha256 prefix>.ext
 
 
-DOWNLOAD_KEY = "extract.download"  # the params key that allows downloads (named in errors)
+DOWNLOAD_KEY = "runtime.extract.download"  # the params key that allows downloads (named in errors)
 
 
 class WeightsNotFoundError(FileNotFoundError):

@@ -43,6 +43,7 @@ from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.features.config import ExtractConfig
 from pipeline.features.store import StoreWriter
+from pipeline.runtime import source_digest
 
 NUM_SEGMENTS = 10
 CODE_DIRS = ("pipeline/encoders", "pipeline/features", "pipeline/media")  # hashed into code_version
@@ -79,13 +80,7 @@ def pick_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
 @functools.lru_cache(maxsize=1)
 def code_version(root: Optional[str] = None) -> str:
     """sha256 (12 hex) over the source of the encoders, the engine and the decoders."""
-    base = Path(root) if root else Path(__file__).resolve().parents[2]
-    h = hashlib.sha256()
-    for d in CODE_DIRS:
-        for p in sorted((base / d).rglob("*.py")):
-            h.update(str(p.relative_to(base)).encode())
-            h.update(p.read_bytes())
-    return "src-" + h.hexdigest()[:12]
+    return "src-" + source_digest(*CODE_DIRS, root=root)[:12]
 
 
 def _sha(obj: Any) -> str:

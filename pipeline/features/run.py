@@ -13,9 +13,11 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, to_dict
+from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, recorded, to_dict
 from pipeline.data.prepare import load_manifest
+from pipeline.encoders.spec import ModelSpec
 from pipeline.features.engine import DIST_TIMEOUT_S, extract
+from pipeline.finetune.run import weights_file
 from pipeline.runtime import dist_env, git_revision, init_distributed, select_device
 
 
@@ -31,23 +33,41 @@ def extract_background_only(name, spec, cfg, paths, device, rank, world, progres
             rank=rank, world_size=world, progress=progress, log=log)
 
 
-def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: bool = True,
-              overrides: Optional[dict] = None):
-    """Extract model ``name`` (a key of ``extract.models``) for the prepared manifest into
+FINETUNED_SUFFIX = "_ft"  # <paths.features>/<finetune.visual>_ft.h5: features of a tuned encoder
+
+
+def finetuned_model(params: dict, role: str) -> tuple[str, ModelSpec]:
+    """Name and spec of the CACE-tuned ``role`` (visual | audio) encoder, derived from the
+    ``finetune`` section alone: ``<finetune.<role>>_ft``, weights = the finetune stage's
+    ``<paths.finetune>/<encoder>.pth``."""
+    if role not in ("visual", "audio"):
+        raise ValueError(f"finetuned: {role!r} is not a role; allowed: 'visual', 'audio'")
+    encoder = getattr(params["finetune"], role)
+    return (encoder + FINETUNED_SUFFIX,
+            ModelSpec(encoder=encoder, weights=str(weights_file(params["paths"].finetune, encoder))))
+
+
+def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, progress: bool = True,
+              overrides: Optional[dict] = None, finetuned: Optional[str] = None):
+    """Extract model ``name`` (a key of ``extract.models``), or with ``finetuned`` (visual |
+    audio) the tuned encoder of the finetune stage, for the prepared manifest into
     ``<paths.features>/<name>.h5``; returns the :class:`~pipeline.features.engine.ExtractResult`."""
     params = load_params(params_path, overrides)
     cfg, paths = params["extract"], params["paths"]
-    if name not in cfg.models:
+    if finetuned is not None:
+        name, spec = finetuned_model(params, finetuned)
+    elif name not in cfg.models:
         raise ConfigError(f"{params_path}: extract.models has no model {name!r}; it has: "
                           f"{', '.join(cfg.models)}")
+    else:
+        spec = cfg.models[name]
     env = dist_env()
     log = print if env.main else (lambda msg: None)
     device = select_device(cfg.device, "extract.device", env.local_rank, log=log)
     # Ranks wait for each other at the merge barrier: the timeout covers a whole extraction.
     init_distributed(device.type, env, timeout_s=DIST_TIMEOUT_S)
-    spec = cfg.models[name]
     log(f"extract[{name}]: git {git_revision()}; spec {to_dict(spec)}; "
-        f"config { {k: v for k, v in to_dict(cfg).items() if k != 'models'} }")
+        f"config { {k: v for k, v in recorded('extract', cfg).items() if k != 'models'} }")
     rows = load_manifest(paths.prepared)
     try:
         result = extract(name, spec, rows, Path(paths.features) / f"{name}.h5", cfg,

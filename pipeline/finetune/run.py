@@ -2,13 +2,15 @@
 tuned weights out in the encoders' native format, metrics through DVCLive (rank 0)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
 from dvclive import Live
 
-from pipeline.config import to_dict
+from pipeline.config import recorded
 from pipeline.data.prepare import load_manifest
 from pipeline.encoders.base import lookup
 from pipeline.encoders.spec import ModelSpec
@@ -17,12 +19,14 @@ from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.data import load_clips, videos
 from pipeline.finetune.model import AVContrastive, freeze_unused, set_trainable
 from pipeline.finetune.train import Dist, fit
-from pipeline.runtime import (atomic_torch_save, atomic_write_json, dist_env, git_revision,
-                              init_distributed, seed_everything, select_device)
+from pipeline.runtime import (atomic_torch_save, atomic_write_json, dist_env, file_identity,
+                              git_revision, init_distributed, seed_everything, select_device,
+                              source_digest)
 
-DOWNLOAD_KEY = "finetune.download"  # named when a pretrained file is missing and downloads are off
+DOWNLOAD_KEY = "runtime.finetune.download"  # named when a pretrained file is missing and downloads are off
 
-CHECKPOINT_DIR = "checkpoints"  # under paths.finetune
+RESUME_DIR = "finetune"  # under paths.resume: <fingerprint>/last.pt (git-ignored, not an output)
+CODE_DIRS = ("pipeline/finetune", "pipeline/encoders", "pipeline/media")  # the stage's code deps
 SUMMARY_FILE = "finetune.json"  # under paths.finetune: what the weights are and how they were made
 
 
@@ -41,6 +45,28 @@ def save_encoders(core: AVContrastive, out_dir: str | Path) -> dict[str, Path]:
         atomic_torch_save(enc.export_state_dict(), path)
         out[role] = path
     return out
+
+
+def resume_dir(resume_root: str | Path, cfg: FinetuneConfig, rows: list[dict],
+               clean: bool = True) -> Path:
+    """``<paths.resume>/finetune/<fingerprint>``: the resume point of this run's code and inputs
+    (the stage's code folders; id, path, size and mtime of every video of the splits used;
+    weight files given by path); the checkpoint inside is used only when its config also
+    matches (:func:`pipeline.finetune.train.load_checkpoint`). ``clean`` (rank 0) removes the
+    resume points of other fingerprints: this code and data can never continue them."""
+    h = hashlib.sha256(source_digest(*CODE_DIRS).encode())
+    for vid, path in videos(rows, [*cfg.train_splits, cfg.eval_split]):
+        st = Path(path).stat()
+        h.update(f"{vid}:{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for w in (cfg.visual_weights, cfg.audio_weights):
+        if Path(w).is_file():
+            h.update(file_identity(w).encode())
+    base = Path(resume_root) / RESUME_DIR
+    mine = base / h.hexdigest()[:16]
+    for old in base.glob("*") if clean else ():
+        if old != mine and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return mine
 
 
 def build_model(cfg: FinetuneConfig, log: Callable[[str], None] = print,
@@ -90,7 +116,7 @@ def run(params: dict) -> dict:
     env = start(cfg.device)
     log = (lambda s: print(s, flush=True)) if env.main else (lambda s: None)
     log(f"finetune: git {git_revision()}, rank {env.rank}/{env.world} on {env.device}\n"
-        + json.dumps(to_dict(cfg), indent=1))
+        + json.dumps(recorded("finetune", cfg), indent=1))
     rows = load_manifest(paths.prepared)
     seed_everything(cfg.seed, deterministic=False)
     core, sample_rate = build_model(cfg, log, distributed=env.world > 1)
@@ -101,7 +127,8 @@ def run(params: dict) -> dict:
     out = Path(paths.finetune)
     live = Live(dir=str(Path(paths.reports) / "finetune"), dvcyaml=None, save_dvc_exp=False) \
         if env.main else None
-    hist = fit(core, train, held_out, cfg, env, out / CHECKPOINT_DIR, live, log)
+    hist = fit(core, train, held_out, cfg, env, resume_dir(paths.resume, cfg, rows, env.main),
+               live, log)
     summary = {}
     if env.main:
         summary = {**summarize(hist), "world_size": env.world, "videos_train": len(train),
@@ -128,7 +155,7 @@ def publish(core: AVContrastive, cfg: FinetuneConfig, out: Path, summary: dict, 
     written = save_encoders(core, out)
     log("finetune: wrote " + ", ".join(map(str, written.values())))
     atomic_write_json(out / SUMMARY_FILE,
-                      {"metrics": summary, "config": to_dict(cfg), "git": git_revision(),
+                      {"metrics": summary, "config": recorded("finetune", cfg), "git": git_revision(),
                        "weights": {role: str(p) for role, p in written.items()}}, indent=1)
     live.summary.update(summary)
     live.make_summary()

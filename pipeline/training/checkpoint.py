@@ -10,22 +10,20 @@ Loading uses ``weights_only=True`` and strict ``load_state_dict``; never ``torch
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.runtime import atomic_torch_save
+
 FORMAT = 1
 
 
 def save(obj: dict[str, Any], path: str | Path) -> None:
-    """Write atomically (an interrupted save never leaves a truncated checkpoint)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write atomically (an interrupted save never leaves a truncated checkpoint; the temporary
+    name is unique per process)."""
+    atomic_torch_save(obj, path)
 
 
 PER_ROW_ATTRS = ("problems_json", "row_flags_json")  # per-row reports: not provenance

@@ -14,17 +14,22 @@
   ``best.pt`` is the one ``select`` names.
 * Reproducible: one seed for init, shuffling (own generator) and dropout (global RNG); both RNG
   states are in ``last.pt`` so a resumed run equals an uninterrupted one.
-* Resume: ``last.pt`` is written every epoch and is resumed only when its fingerprint (head,
-  hyperparameters, recipe, seed, data files, code) equals this run's; otherwise training starts
-  fresh and says why.
+* Resume: ``last.pt`` (in ``resume_dir``: the stage keeps it in the git-ignored
+  ``<paths.resume>/train``, never a stage output) is written every epoch and is resumed only when
+  its fingerprint equals this run's: head, setting, hyperparameters, recipe, seed, feature
+  normalisation, device type, torch version, every source file under ``pipeline/heads`` and
+  ``pipeline/training`` (and the head's own file), and a content hash of the data in memory.
+  Otherwise training starts fresh and says why. The DVCLive curves are rebuilt from the history
+  in ``last.pt`` on every start, so a resumed run's curves equal an uninterrupted run's and a
+  file truncated by a killed run is never read.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
-import random
+import json
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +38,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from pipeline import runtime
 from pipeline.config import ConfigError
 from pipeline.evaluation.metrics import event_detection
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import check_milestones
 from pipeline.training.data import Dataset, SplitData, feature_stats
 from pipeline.training.selection import ScriptSelection
+
+CODE_DIRS = ("pipeline/heads", "pipeline/training")  # hashed into the resume fingerprint
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,34 +108,9 @@ def resolve_hparams(head: str, overrides: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"heads.{head}.{bad}: {e.args[0]}") from None
 
 
-def select_device(choice: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use auto or cpu")
-    if choice == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        print(f"device: {dev} (auto: {'CUDA present' if dev.type == 'cuda' else 'no CUDA'})")
-        return dev
-    print(f"device: {choice}")
-    return torch.device(choice)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return (rev or "unknown") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def select_device(choice: str, key: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error naming ``key``."""
+    return runtime.select_device(choice, key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,21 +214,37 @@ def make_scheduler(opt: torch.optim.Optimizer, recipe: dict[str, Any]):
 # --------------------------------------------------------------------------------------------
 # Fingerprint (what must match for a resume)
 # --------------------------------------------------------------------------------------------
-def _file_id(path: Path) -> str:
-    st = path.stat()
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+def data_digest(data: Dataset) -> str:
+    """sha256 of everything training reads from ``data``: every array and tensor of every split
+    (rows, features, labels, ...), the categories and the dimensions. A content hash, so a
+    feature file re-extracted with other values (or another row validity) never resumes."""
+    h = hashlib.sha256(json.dumps([data.categories, data.visual_dim, data.audio_dim]).encode())
+    for name in sorted(data.splits):
+        split = data.splits[name]
+        for f in dataclasses.fields(split):
+            value = getattr(split, f.name)
+            arrays = value.values() if isinstance(value, dict) else [value]
+            for arr in arrays:
+                if isinstance(arr, torch.Tensor):
+                    arr = arr.numpy()
+                if isinstance(arr, np.ndarray):
+                    h.update(f"{name}.{f.name}{arr.shape}{arr.dtype}".encode())
+                    h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    return h.hexdigest()
 
 
-def fingerprint(spec: RunSpec, hparams: dict, recipe: dict, data_files: list[Path]) -> str:
+def fingerprint(spec: RunSpec, hparams: dict, recipe: dict, data: Dataset,
+                device: torch.device) -> str:
+    """Identity of a run: equal fingerprints train the same model from the same inputs."""
     from pipeline.heads import get_head_class
-    h = hashlib.sha256()
-    h.update(repr((spec.head, spec.setting, sorted(hparams.items()), sorted(recipe.items()),
-                   spec.seed, spec.feature_norm)).encode())
-    for p in data_files:
-        h.update(_file_id(Path(p)).encode())
-    for src in (inspect.getsourcefile(get_head_class(spec.head)), __file__):
-        if src:
-            h.update(Path(src).read_bytes())
+    h = hashlib.sha256(json.dumps(
+        [spec.head, spec.setting, hparams, recipe, spec.seed, spec.feature_norm, device.type,
+         torch.__version__], sort_keys=True, default=str).encode())
+    h.update(runtime.source_digest(*CODE_DIRS).encode())
+    src = inspect.getsourcefile(get_head_class(spec.head))  # a head registered elsewhere too
+    if src:
+        h.update(Path(src).read_bytes())
+    h.update(data_digest(data).encode())
     return h.hexdigest()[:16]
 
 
@@ -263,175 +262,256 @@ class TrainResult:
     history: list[dict]
 
 
+@dataclass
+class _Run:
+    """What the steps of one training run share."""
+    spec: RunSpec
+    hparams: dict
+    recipe: dict
+    device: torch.device
+    head: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator  # shuffling
+    fingerprint: str
+    dims: dict
+    train_split: SplitData
+    val_split: SplitData
+    test_split: Optional[SplitData]  # for the released scripts' checks on test (best_test.pt)
+    script: ScriptSelection
+    norm: Optional[dict]  # train-split feature statistics (feature_norm: standardize)
+    common: dict  # what every checkpoint of the run carries
+    out_dir: Path
+    last_path: Path  # the resume point
+    start: int = 0
+    best: Optional[dict] = None
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+    resumed: Optional[int] = None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.recipe["epochs"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train_split) // int(self.recipe["batch_size"]))
+
+
 def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | Path | None = None,
-          params_snapshot: Optional[dict] = None, data_files: tuple[Path, ...] = (),
+          params_snapshot: Optional[dict] = None, resume_dir: str | Path | None = None,
           stop_after: Optional[int] = None) -> TrainResult:
-    """Train ``spec.head`` on ``data``; write ``<out_dir>/best.pt`` and ``<out_dir>/last.pt``.
+    """Train ``spec.head`` on ``data``; write ``<out_dir>/best.pt`` and the resume point
+    ``<resume_dir>/last.pt`` (``resume_dir`` defaults to ``out_dir``).
 
     ``stop_after`` ends the run after that many epochs of this call (tests: interruption).
     """
+    run = _setup(spec, data, Path(out_dir), Path(resume_dir or out_dir), params_snapshot or {})
+    if spec.resume:
+        _resume(run)
+    live = _open_live(live_dir, run.history)
+    for done, epoch in enumerate(range(run.start, run.epochs)):
+        if stop_after is not None and done >= stop_after:
+            break
+        _epoch(run, epoch, live)
+    return _finish(run, live)
+
+
+def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
+           params_snapshot: dict) -> _Run:
+    """Resolve the recipe, build head, optimiser and schedule (seeded), check the splits."""
     from pipeline.heads import build_head, count_parameters
 
-    out_dir = Path(out_dir)
     hparams = resolve_hparams(spec.head, spec.hparam_overrides)
     recipe = resolve_recipe(spec.head, spec.setting, spec.recipe_overrides)
+    train_split, val_split, test_split, norm = _splits(spec, data)
     device = select_device(spec.device)
-    seed_everything(spec.seed)
+    runtime.seed_everything(spec.seed)
     dims = {"visual_dim": data.visual_dim, "audio_dim": data.audio_dim,
             "num_classes": data.num_classes}
     head = build_head(spec.head, setting=spec.setting, **dims, **hparams).to(device)
-    n_params = count_parameters(head)
     opt = make_optimizer(head.parameters(), recipe)
-    sched = make_scheduler(opt, recipe)
-    gen = torch.Generator().manual_seed(spec.seed)
-    fp = fingerprint(spec, hparams, recipe, list(data_files))
+    n_params = count_parameters(head)
+    common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
+              "hparams": hparams, "dims": dims, "recipe": recipe, "params": params_snapshot,
+              "num_parameters": n_params, "categories": list(data.categories), "feature_norm": norm,
+              "cml_excluded": _cml_counts(data),
+              "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta)}
+    script = ScriptSelection(spec.head, spec.setting, int(recipe["epochs"]))
     print(f"head: {spec.head} ({spec.setting}), trainable parameters: {n_params:,}")
     print(f"hparams: {hparams}")
     print(f"recipe: {recipe}")
     print(f"lr schedule: {recipe['lr']:g}, x{recipe['lr_gamma']:g} at epochs "
           f"{lr_milestones(recipe) or 'none'}")
+    print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
+          f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
+    return _Run(spec, hparams, recipe, device, head, opt, make_scheduler(opt, recipe),
+                torch.Generator().manual_seed(spec.seed),
+                fingerprint(spec, hparams, recipe, data, device), dims, train_split, val_split,
+                test_split, script, norm, common, out_dir, resume_dir / "last.pt")
 
-    epochs = int(recipe["epochs"])
-    start, best, history, seconds, resumed = 0, None, [], 0.0, None
-    script = ScriptSelection(spec.head, spec.setting, epochs)
-    last_path = out_dir / "last.pt"
-    if spec.resume and last_path.is_file():
-        last = ckpt_io.load(last_path)
-        if last.get("fingerprint") != fp:
-            print(f"resume: {last_path} is from a different run (fingerprint "
-                  f"{last.get('fingerprint')} != {fp}); starting fresh")
-        else:
-            head.load_state_dict(last["model"], strict=True)
-            opt.load_state_dict(last["optimizer"])
-            sched.load_state_dict(last["scheduler"])
-            torch.set_rng_state(last["rng"]["torch"])
-            if device.type == "cuda" and "cuda" in last["rng"]:
-                torch.cuda.set_rng_state(last["rng"]["cuda"], device)
-            gen.set_state(last["rng"]["shuffle"])
-            start, best, history = last["epoch"] + 1, last["best"], list(last["history"])
-            seconds, resumed = float(last["train_seconds"]), last["epoch"]
-            script.load_state(last.get("script_selection"))
-            print(f"resume: {last_path} at epoch {last['epoch'] + 1}/{epochs}")
 
-    live = _open_live(live_dir, resume=resumed is not None)
-    train_split, val_split = data.splits["train"], data.splits["val"]
-    test_split = data.splits.get("test")
-    if len(train_split) == 0:
-        raise ValueError("train split is empty after excluding invalid rows")
+def _splits(spec: RunSpec, data: Dataset
+            ) -> tuple[SplitData, SplitData, Optional[SplitData], Optional[dict]]:
+    """Train, val and test splits (standardised with train statistics when asked); an empty
+    train or val split is an error saying how many rows were excluded and why."""
     if (spec.setting == "cml") != (data.setting == "cml"):
         raise ValueError(f"setting {spec.setting!r} needs the data read for it: "
                          f"load_dataset(..., setting={spec.setting!r}) (got {data.setting!r})")
+    train_split, val_split = data.splits["train"], data.splits["val"]
+    test_split = data.splits.get("test")
+    for split in (train_split, val_split):
+        if len(split) == 0:
+            raise ValueError(f"{split.split} split: no usable rows; {_exclusions(split)}")
     norm = None
     if spec.feature_norm == "standardize":
         norm = feature_stats(train_split)  # train statistics only; evaluation reuses them
         train_split, val_split = train_split.normalized(norm), val_split.normalized(norm)
         test_split = test_split.normalized(norm) if test_split is not None else None
         print("features: standardized per channel with train-split mean/std")
-    print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
-          f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
-    bs = int(recipe["batch_size"])
-    steps_per_epoch = -(-len(train_split) // bs)
-    done_this_call = 0
-    for epoch in range(start, epochs):
-        if stop_after is not None and done_this_call >= stop_after:
-            break
-        t0 = time.perf_counter()
-        head.train()
-        perm = torch.randperm(len(train_split), generator=gen)
-        sums, n_batches = {}, 0
-        for s in range(0, len(perm), bs):
-            batch = make_batch(train_split, perm[s:s + bs], spec.setting, device, epoch, epochs)
-            loss, parts = head.loss(head.forward_batch(batch), batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe["clip_grad"]:
-                torch.nn.utils.clip_grad_norm_(head.parameters(), recipe["clip_grad"])
-            opt.step()
-            n_batches += 1
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        val = validation_metrics(head, val_split, spec.setting, device, data.num_classes)
-        val["loss"] = validation_loss(head, val_split, spec.setting, device, epoch, epochs)
-        val_acc = val["accuracy"]
-        seconds += time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": lr, **{f"val_{k}": v for k, v in val.items()},
-               **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
-        history.append(row)
-        improved = best is None or val_acc > best["val_accuracy"]
-        if improved:
-            best = {"epoch": epoch, "val_accuracy": val_acc,
-                    "model": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
-        script_acc = _script_check(script, epoch, head, val_acc, test_split, spec.setting, device,
-                                   data.num_classes)
-        if script_acc is not None:
-            row[f"script_{script.schedule.split}_accuracy"] = script_acc
-        print(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  val loss "
-              f"{val['loss']:.4f}  val acc {val_acc:.4f}{'  *' if improved else ''}  "
-              f"({time.perf_counter() - t0:.1f}s)")
-        if live is not None:
-            for k, v in row.items():
-                if k.startswith(("train_", "val_")):
-                    live.log_metric(k.replace("_", "/", 1), v)
-            live.log_metric("lr", lr)
-            live.next_step()
-        common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
-                  "hparams": hparams, "dims": dims, "recipe": recipe,
-                  "params": params_snapshot or {}, "num_parameters": n_params,
-                  "categories": list(data.categories), "train_seconds": seconds,
-                  "feature_norm": norm, "cml_excluded": _cml_counts(data),
-                  "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta),
-                  "step": (epoch + 1) * steps_per_epoch}
-        if improved:
-            ckpt_io.save({**common, "epoch": epoch, "val_accuracy": val_acc,
-                          "model": best["model"]}, out_dir / "best_val.pt")
-        ckpt_io.save({**common, "epoch": epoch, "model": head.state_dict(),
-                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "rng": _rng_state(gen, device), "script_selection": script.state(),
-                      "best": best, "history": history, "fingerprint": fp}, last_path)
-        done_this_call += 1
+    return train_split, val_split, test_split, norm
 
+
+def _exclusions(split: SplitData) -> str:
+    """How the rows of ``split`` were lost, for the empty-split error."""
+    reasons = {"invalid features (valid = 0 in the visual or audio feature file)": len(split.excluded)}
+    for reason, rows in (getattr(split, "cml_excluded", None) or {}).items():
+        reasons[f"{reason} (cml)"] = len(rows)
+    total = sum(reasons.values())
+    if not total:
+        return f"the split's order file lists no rows (prepare wrote an empty {split.split} split)"
+    return f"{total} rows excluded: " + ", ".join(f"{n} for {why}" for why, n in reasons.items() if n)
+
+
+def _resume(run: _Run) -> None:
+    """Continue ``last.pt`` when its fingerprint is this run's (model, optimiser, schedule,
+    RNG states, best so far, history); otherwise say why training starts fresh."""
+    if not run.last_path.is_file():
+        return
+    last = ckpt_io.load(run.last_path)
+    if last.get("fingerprint") != run.fingerprint:
+        print(f"resume: {run.last_path} is from a different run (fingerprint "
+              f"{last.get('fingerprint')} != {run.fingerprint}); starting fresh")
+        return
+    run.head.load_state_dict(last["model"], strict=True)
+    run.opt.load_state_dict(last["optimizer"])
+    run.sched.load_state_dict(last["scheduler"])
+    torch.set_rng_state(last["rng"]["torch"])
+    if run.device.type == "cuda" and "cuda" in last["rng"]:
+        torch.cuda.set_rng_state(last["rng"]["cuda"], run.device)
+    run.gen.set_state(last["rng"]["shuffle"])
+    run.start, run.best, run.history = last["epoch"] + 1, last["best"], list(last["history"])
+    run.seconds, run.resumed = float(last["train_seconds"]), last["epoch"]
+    run.script.load_state(last.get("script_selection"))
+    print(f"resume: {run.last_path} at epoch {last['epoch'] + 1}/{run.epochs}")
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
+    """One pass over the shuffled train split; the mean of each loss term over batches."""
+    run.head.train()
+    bs = int(run.recipe["batch_size"])
+    perm = torch.randperm(len(run.train_split), generator=run.gen)
+    sums, n_batches = {}, 0
+    for s in range(0, len(perm), bs):
+        batch = make_batch(run.train_split, perm[s:s + bs], run.spec.setting, run.device, epoch,
+                           run.epochs)
+        loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.recipe["clip_grad"]:
+            torch.nn.utils.clip_grad_norm_(run.head.parameters(), run.recipe["clip_grad"])
+        run.opt.step()
+        n_batches += 1
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+
+def _epoch(run: _Run, epoch: int, live) -> None:
+    """Train, validate, keep the best, log, and write the checkpoints of one epoch."""
+    t0 = time.perf_counter()
+    train_means = _train_epoch(run, epoch)
+    lr = run.opt.param_groups[0]["lr"]
+    run.sched.step()
+    val = validation_metrics(run.head, run.val_split, run.spec.setting, run.device,
+                             run.dims["num_classes"])
+    val["loss"] = validation_loss(run.head, run.val_split, run.spec.setting, run.device, epoch,
+                                  run.epochs)
+    run.seconds += time.perf_counter() - t0
+    row = {"epoch": epoch, "lr": lr, **{f"val_{k}": v for k, v in val.items()},
+           **{f"train_{k}": v for k, v in train_means.items()}}
+    run.history.append(row)
+    improved = run.best is None or val["accuracy"] > run.best["val_accuracy"]
+    if improved:
+        run.best = {"epoch": epoch, "val_accuracy": val["accuracy"],
+                    "model": {k: v.detach().cpu().clone() for k, v in run.head.state_dict().items()}}
+    script_acc = _script_check(run, epoch, val["accuracy"])
+    if script_acc is not None:
+        row[f"script_{run.script.schedule.split}_accuracy"] = script_acc
+    print(f"epoch {epoch + 1}/{run.epochs}  loss {row['train_loss']:.4f}  val loss "
+          f"{val['loss']:.4f}  val acc {val['accuracy']:.4f}{'  *' if improved else ''}  "
+          f"({time.perf_counter() - t0:.1f}s)")
+    _log_row(live, row)
+    _save_epoch(run, epoch, improved)
+
+
+def _save_epoch(run: _Run, epoch: int, improved: bool) -> None:
+    """``best_val.pt`` when the epoch improved, and the resume point ``last.pt`` (both atomic)."""
+    common = {**run.common, "train_seconds": run.seconds,
+              "step": (epoch + 1) * run.steps_per_epoch}
+    if improved:
+        ckpt_io.save({**common, "epoch": epoch, "val_accuracy": run.best["val_accuracy"],
+                      "model": run.best["model"]}, run.out_dir / "best_val.pt")
+    ckpt_io.save({**common, "epoch": epoch, "model": run.head.state_dict(),
+                  "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+                  "rng": _rng_state(run.gen, run.device), "best": run.best,
+                  "script_selection": run.script.state(),
+                  "history": run.history, "fingerprint": run.fingerprint}, run.last_path)
+
+
+def _finish(run: _Run, live) -> TrainResult:
+    """``best_val.pt``, ``best_test.pt`` and ``best.pt`` (= ``best_<select>.pt``) with the
+    whole run's training time (also when a finished run is resumed after they were removed,
+    e.g. by DVC), the summary, the result."""
+    best = run.best
     if best is not None:
-        # best.pt carries the whole run's training time (and is rewritten from last.pt when a
-        # finished run is resumed after best.pt was removed, e.g. by DVC).
-        last = ckpt_io.load(last_path)
-        keep = {k: v for k, v in last.items()
-                if k not in ("optimizer", "scheduler", "rng", "best", "history", "fingerprint",
-                             "script_selection")}
-        val_acc_of = {r["epoch"]: r["val_accuracy"] for r in history}
-        for protocol, b in (("val", best), ("test", script.best or best)):
-            ckpt_io.save({**keep, "epoch": b["epoch"], "val_accuracy": val_acc_of[b["epoch"]],
-                          "step": (b["epoch"] + 1) * steps_per_epoch, "model": b["model"],
-                          "train_seconds": seconds, "selected_by": protocol,
-                          "selection": _selection_note(protocol, b, script)},
-                         out_dir / f"best_{protocol}.pt")
-        shutil.copyfile(out_dir / f"best_{spec.select}.pt", out_dir / "best.pt")
+        val_acc_of = {r["epoch"]: r["val_accuracy"] for r in run.history}
+        for protocol, b in (("val", best), ("test", run.script.best or best)):
+            ckpt_io.save({**run.common, "epoch": b["epoch"], "val_accuracy": val_acc_of[b["epoch"]],
+                          "step": (b["epoch"] + 1) * run.steps_per_epoch, "model": b["model"],
+                          "train_seconds": run.seconds, "selected_by": protocol,
+                          "selection": _selection_note(protocol, b, run.script)},
+                         run.out_dir / f"best_{protocol}.pt")
+        with runtime.atomic_path(run.out_dir / "best.pt") as tmp:
+            shutil.copyfile(run.out_dir / f"best_{run.spec.select}.pt", tmp)
+    n_params = run.common["num_parameters"]
     if live is not None:
         if best is not None:
             live.summary.update({"best/val_accuracy": best["val_accuracy"],
                                  "best/epoch": best["epoch"]})
-        live.summary.update({"num_parameters": n_params, "train_seconds": round(seconds, 3)})
+        live.summary.update({"num_parameters": n_params, "train_seconds": round(run.seconds, 3)})
         live.end()
     print(f"best: epoch {best['epoch'] + 1} val acc {best['val_accuracy']:.4f}; "
-          f"train time {seconds:.1f}s" if best else "no epoch trained")
-    return TrainResult(best["epoch"] if best else -1, best["val_accuracy"] if best else float("nan"),
-                       len(history), n_params, seconds, resumed, history)
+          f"train time {run.seconds:.1f}s" if best else "no epoch trained")
+    return TrainResult(best["epoch"] if best else -1,
+                       best["val_accuracy"] if best else float("nan"), len(run.history),
+                       n_params, run.seconds, run.resumed, run.history)
 
 
-def _script_check(script: ScriptSelection, epoch: int, head, val_acc: float,
-                  test_split: Optional[SplitData], setting: str, device: torch.device,
-                  num_classes: int) -> Optional[float]:
+def _script_check(run: _Run, epoch: int, val_acc: float) -> Optional[float]:
     """The released script's check at this epoch (if due): val reuses this epoch's val
     accuracy, test is scored here. Without a test split there is nothing to check."""
+    script, test_split = run.script, run.test_split
     if script.schedule.split == "test" and test_split is None:
         return None
+
     def accuracy_on(split: str) -> float:
         if split == "val":
             return val_acc
-        return validation_metrics(head, test_split, setting, device, num_classes)["accuracy"]
+        return validation_metrics(run.head, test_split, run.spec.setting, run.device,
+                                  run.dims["num_classes"])["accuracy"]
     return script.update(epoch, accuracy_on, lambda: {k: v.detach().cpu().clone()
-                                                      for k, v in head.state_dict().items()})
+                                                      for k, v in run.head.state_dict().items()})
 
 
 def _cml_counts(data: Dataset) -> dict[str, dict[str, int]]:
@@ -456,9 +536,25 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Te
     return state
 
 
-def _open_live(live_dir, resume: bool):
+def _open_live(live_dir, history: list[dict]):
+    """A fresh DVCLive folder holding the epochs of ``history`` (a resumed run's so far), so
+    the curves equal an uninterrupted run's whatever a killed run left there."""
     if live_dir is None:
         return None
     from dvclive import Live
-    return Live(str(live_dir), resume=resume and Path(live_dir).is_dir(), save_dvc_exp=False,
-                dvcyaml=False)
+    live = Live(str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=False)
+    for row in history:
+        _log_row(live, row)
+    return live
+
+
+def _log_row(live, row: dict) -> None:
+    """One DVCLive step per epoch: step = epoch, ``train/*``, ``val/*`` and ``lr``."""
+    if live is None:
+        return
+    live.step = row["epoch"]
+    for k, v in row.items():
+        if k.startswith(("train_", "val_")):
+            live.log_metric(k.replace("_", "/", 1), v)
+    live.log_metric("lr", row["lr"])
+    live.next_step()
