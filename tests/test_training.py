@@ -526,3 +526,21 @@ def test_released_schedules():
     assert checks("vscg", "fully")[:2] == [5, 10] and checks("vscg", "weak")[:2] == [51, 52]
     assert checks("cmbs", "weak", 3) == checks("cace", "fully", 3) == [0, 1, 2]
     assert checks("m2n", "cml", 3) == [0, 1, 2]  # no released code: every epoch
+
+
+def test_att_dim_follows_the_visual_maps_unless_set():
+    """AVEL / PSP / VSCG add the audio term per position: att_dim = H*W of the maps trained on
+    (49 for 7x7, the DEFAULTS); a value set in heads.<head> is kept; other heads are untouched."""
+    import pipeline.heads  # noqa: F401
+    from pipeline.heads import resolve_hparams
+    from pipeline.training.loop import fit_map_size
+
+    for name in ("avel", "psp", "vscg"):
+        hp = resolve_hparams(name)
+        assert fit_map_size(name, hp, {}, (7, 7))["att_dim"] == 49
+        assert fit_map_size(name, hp, {}, (2, 2))["att_dim"] == 4
+        assert fit_map_size(name, {**hp, "att_dim": 9}, {"att_dim": 9}, (2, 2))["att_dim"] == 9
+        broadcast = {**hp, "audio_term": "broadcast"}
+        assert fit_map_size(name, broadcast, {}, (2, 2)) == broadcast
+    cmbs = resolve_hparams("cmbs")
+    assert fit_map_size("cmbs", cmbs, {}, (2, 2)) == cmbs

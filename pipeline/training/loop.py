@@ -325,6 +325,7 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     hparams = resolve_hparams(spec.head, spec.hparam_overrides)
     recipe = resolve_recipe(spec.head, spec.setting, spec.recipe_overrides)
     train_split, val_split, test_split, norm = _splits(spec, data)
+    hparams = fit_map_size(spec.head, hparams, spec.hparam_overrides, tuple(train_split.visual.shape[2:4]))
     device = select_device(spec.device)
     runtime.seed_everything(spec.seed)
     dims = {"visual_dim": data.visual_dim, "audio_dim": data.audio_dim,
@@ -349,6 +350,21 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
                 torch.Generator().manual_seed(spec.seed),
                 fingerprint(spec, hparams, recipe, data, device), dims, train_split, val_split,
                 test_split, script, norm, common, out_dir, resume_dir / "last.pt")
+
+
+def fit_map_size(head: str, hparams: dict, overrides: dict, map_hw: tuple[int, int]) -> dict:
+    """AVEL, PSP and VSCG add the audio term per spatial position, as their authors' code does
+    (``audio_term: position``), which needs ``att_dim = H*W`` (49 for the papers' 7x7 maps, the
+    DEFAULTS). On maps of another size (e.g. the demo's 2x2) ``att_dim`` follows them, logged;
+    an ``att_dim`` set in ``heads.<head>`` is kept (and checked by the head)."""
+    if hparams.get("audio_term") != "position" or "att_dim" in overrides or len(map_hw) != 2:
+        return hparams
+    positions = int(map_hw[0]) * int(map_hw[1])
+    if hparams.get("att_dim") == positions:
+        return hparams
+    print(f"heads.{head}.att_dim: {positions} (= H*W of the {map_hw[0]}x{map_hw[1]} visual maps: "
+          f"the per-position audio term needs it; set heads.{head}.att_dim to override)")
+    return {**hparams, "att_dim": positions}
 
 
 def _splits(spec: RunSpec, data: Dataset
