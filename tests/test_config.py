@@ -45,7 +45,7 @@ def test_runtime_knobs_load_into_their_section_and_only_from_runtime(tmp_path):
     assert params["extract"].workers == 5 and params["extract"].download is False
     assert params["train"].resume is False and "runtime" not in params
     assert "workers" not in config.recorded("extract", params["extract"])
-    with pytest.raises(config.ConfigError, match=r"^extract\.workers: a runtime knob .*"
+    with pytest.raises(config.ConfigError, match=r"params\.yaml: extract\.workers: a runtime knob .*"
                                                  r"set it as runtime\.extract\.workers"):
         _load(tmp_path, {"extract": {"workers": 1}})
     with pytest.raises(config.ConfigError, match=r"unknown key runtime\.extract\.batch_videos; "

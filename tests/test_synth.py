@@ -164,7 +164,8 @@ def test_dataclass_defaults_are_the_demo_profile():
 
     from pipeline.data.synth import cli_parser
 
-    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["synth"]
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    demo = {**raw["synth"], **raw["runtime"]["synth"]}  # runtime knobs are read into their section
     defaults = dataclasses.asdict(SynthConfig())
     assert defaults == demo
     args = vars(cli_parser().parse_args([]))
