@@ -52,7 +52,8 @@ BAD_PARAMS = [
     ("report.epochs", 0, r"report\.epochs: must be >= 1, got 0"),
     ("evaluate.batch_size", 0, r"evaluate\.batch_size: must be >= 1, got 0"),
     ("evaluate.split", "train", r"evaluate\.split: 'train' is not allowed; allowed: 'test', 'val'"),
-    ("data.workers", 0, r"data\.workers: must be >= 1, got 0"),
+    ("runtime.data.workers", 0, r"runtime\.data\.workers: must be >= 1, got 0"),
+    ("data.workers", 2, r"data\.workers: a runtime knob \(it cannot change an output\); set it as runtime\.data\.workers"),
     ("data.min_duration", -1, r"data\.min_duration: must be >= 0 seconds, got -1\.0"),
     ("data.probe_timeout_s", 0, r"data\.probe_timeout_s: must be > 0, got 0\.0"),
     ("data.root", "", r"data\.root: empty; the AVE-format folder"),
@@ -60,7 +61,7 @@ BAD_PARAMS = [
     ("paths.models", " ", r"paths\.models: empty; a folder path is needed"),
     ("synth.width", 161, r"synth\.width/height: even and >= 16 \(H\.264 4:2:0\), got 161x120"),
     ("synth.num_classes", 29, r"synth\.num_classes: 1\.\.28 \(AVE categories\), got 29"),
-    ("synth.workers", 0, r"synth\.workers: must be >= 1, got 0"),
+    ("runtime.synth.workers", 0, r"runtime\.synth\.workers: must be >= 1, got 0"),
     ("synth.noise", 2, r"synth\.noise: must be in 0\.\.1, got 2\.0"),
     ("extract.frames_per_segment", 0, r"extract\.frames_per_segment: must be >= 1, got 0"),
     ("extract.image_size", 16, r"extract\.image_size: must be >= 32 or null, got 16"),
@@ -164,7 +165,7 @@ class _RunsCode:
 
 def _garbage(tmp_path):
     p = tmp_path / "garbage.pth"
-    p.write_bytes(os.urandom(2048))
+    p.write_bytes(b"not a checkpoint\n" * 128)  # fixed bytes: the same failure on every run
     return p
 
 
@@ -214,9 +215,9 @@ def test_download_error_names_the_key_that_applies(tmp_path, monkeypatch):
     from pipeline.finetune.run import DOWNLOAD_KEY
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(WeightsNotFoundError, match=r"downloads are disabled \(extract\.download: false\)"):
+    with pytest.raises(WeightsNotFoundError, match=r"downloads are disabled \(runtime\.extract\.download: false\)"):
         build_encoder(ModelSpec("resnet50", weights="pretrained"), allow_download=False)
-    with pytest.raises(WeightsNotFoundError, match=r"downloads are disabled \(finetune\.download: false\)"):
+    with pytest.raises(WeightsNotFoundError, match=r"downloads are disabled \(runtime\.finetune\.download: false\)"):
         lookup("resnet50")(ModelSpec("resnet50", weights="pretrained"), False,
                            download_key=DOWNLOAD_KEY)
 

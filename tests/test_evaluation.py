@@ -134,7 +134,8 @@ def test_report_stage_cells_and_table(tmp_path):
     prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "paths": {"prepared": str(prepared), "features": str(feats),
-                  "models": str(tmp_path / "models"), "reports": str(tmp_path / "reports")},
+                  "models": str(tmp_path / "models"), "reports": str(tmp_path / "reports"),
+                  "resume": str(tmp_path / "resume")},
         "train": {"visual": "vis", "audio": "aud", "device": "cpu", "lr": 123.0},
         "evaluate": {"timelines": 0},
         "report": {"heads": ["toy", "toy_fully"], "settings": ["fully", "weak", "cml"],

@@ -62,10 +62,12 @@ def test_names_from_data_stay_one_file_name():
                                           ("vscg", "weak"), ("majority", "fully"),
                                           ("audio_only", "weak")])
 def test_probabilities_agree_with_predict(head, setting):
-    from pipeline.heads import build_head
+    from pipeline.heads import build_head, get_head_class
 
     torch.manual_seed(0)
-    h = build_head(head, visual_dim=16, audio_dim=8, num_classes=3, setting=setting).eval()
+    per_position = get_head_class(head).DEFAULTS.get("audio_term") == "position"
+    h = build_head(head, visual_dim=16, audio_dim=8, num_classes=3, setting=setting,
+                   **({"att_dim": 4} if per_position else {})).eval()  # 2x2 maps
     with torch.no_grad():
         out = h(torch.randn(4, 10, 2, 2, 16), torch.randn(4, 10, 8))
         p, pred = h.probabilities(out), h.predict(out)

@@ -71,7 +71,8 @@ def route(tmp_path_factory):
     _annotations(root)
     params = {
         "paths": {k: str(base / v) for k, v in (("prepared", "data/prepared"), ("features", "data/features"),
-                                                ("models", "models"), ("reports", "reports"))},
+                                                ("models", "models"), ("reports", "reports"),
+                                                ("resume", "resume"))},
         "data": {"root": str(root), "source": "features"},
         "published": {"root": str(root), "dtype": "float32", "files": {
             "published_vgg19": {"file": "visual_feature.h5"},
@@ -79,7 +80,8 @@ def route(tmp_path_factory):
             "published_vgg19_noisy": {"file": "visual_feature_noisy.h5"},
             "published_vggish_noisy": {"file": "audio_feature_noisy.h5"}}},
         "train": {"visual": "published_vgg19", "audio": "published_vggish", "device": "cpu",
-                  "epochs": 1, "batch_size": 8, "resume": False},
+                  "epochs": 1, "batch_size": 8},
+        "runtime": {"train": {"resume": False}},
     }
     (base / "params.yaml").write_text(yaml.safe_dump(params))
     result = prepare(root, params["paths"]["prepared"], source="features")
