@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -45,18 +44,14 @@ def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS, *, progress: 
     rank, world, local_rank = dist_env()
     log = print if rank == 0 else (lambda msg: None)
 
-    import torch
     import torch.distributed as dist
 
     from pipeline.data.prepare import load_manifest
-    from pipeline.features.engine import DIST_TIMEOUT_S, extract, pick_device
+    from pipeline.features.engine import DIST_TIMEOUT_S, extract
+    from pipeline.runtime import init_distributed, select_device
 
-    device = pick_device(cfg.device, local_rank, log=log)
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    device = select_device(cfg.device, "extract.device", local_rank, log=log)
+    init_distributed(device.type, timeout_s=DIST_TIMEOUT_S)
     spec = cfg.models[name]
     log(f"extract[{name}]: git {git_revision()}; spec {to_dict(spec)}; "
         f"config { {k: v for k, v in to_dict(cfg).items() if k != 'models'} }")
