@@ -14,7 +14,7 @@ from pipeline.config import to_dict
 from pipeline.encoders.base import lookup
 from pipeline.encoders.spec import ModelSpec
 from pipeline.finetune.config import FinetuneConfig
-from pipeline.finetune.data import load_clips, videos
+from pipeline.finetune.data import stream_clips, videos
 from pipeline.finetune.model import AVContrastive, freeze_unused, set_trainable
 from pipeline.finetune.train import fit, init_distributed
 
@@ -95,10 +95,10 @@ def run(params: dict) -> dict:
     rows = load_manifest(paths.prepared)
     torch.manual_seed(cfg.seed)
     core, sample_rate = build_model(cfg, log, distributed=env.world > 1)
-    train = load_clips(videos(rows, cfg.train_splits), cfg, sample_rate, log)
-    held_out = load_clips(videos(rows, [cfg.eval_split]), cfg, sample_rate, log)
+    train = stream_clips(videos(rows, cfg.train_splits), cfg, sample_rate, log)
+    held_out = stream_clips(videos(rows, [cfg.eval_split]), cfg, sample_rate, log)
     log(f"finetune: {len(train)} training videos ({'+'.join(cfg.train_splits)}), {len(held_out)} "
-        f"held-out ({cfg.eval_split}); frames {tuple(train.frames.shape[1:])}, audio {tuple(train.audio.shape[1:])}")
+        f"held-out ({cfg.eval_split}), streamed from {cfg.workers} decode workers")
 
     out = Path(paths.finetune)
     live = None
@@ -115,7 +115,8 @@ def run(params: dict) -> dict:
                    "train_loss_first_epoch": hist["train_loss"][0],
                    "train_loss_last_epoch": hist["train_loss"][-1],
                    "seconds": round(hist["seconds"], 1), "peak_memory_mb": round(hist["peak_memory_mb"], 1),
-                   "world_size": env.world, "videos_train": len(train), "videos_held_out": len(held_out)}
+                   "world_size": env.world, "videos_train": len(train) - len(train.failed),
+                   "videos_held_out": len(held_out) - len(held_out.failed)}
         written = save_encoders(core, out)
         log("finetune: wrote " + ", ".join(map(str, written.values())))
         (out / SUMMARY_FILE).write_text(json.dumps(
