@@ -63,8 +63,8 @@ class Sizes:
     amp: str = "bf16"
 
 
-DRY = Sizes(videos=2, frames_per_segment=2, image_size=64, batch_videos=1, workers=1, ft_batch=4, ft_micro=2,
-            ft_steps=1, ft_segments=2, cmbs_rows=64, amp="none")
+DRY = Sizes(videos=1, frames_per_segment=1, image_size=64, batch_videos=1, workers=1, ft_batch=2, ft_micro=1,
+            ft_steps=1, ft_segments=1, cmbs_rows=8, amp="none")
 
 
 class GpuBusy:
