@@ -137,17 +137,3 @@ def stream_clips(items: list[tuple[str, str]], cfg, sample_rate: int,
         raise RuntimeError("finetune: no usable video in the requested splits")
     return ClipStream([v for v, _ in items], [p for _, p in items], clip_decoder(cfg, sample_rate),
                       cfg.workers, cfg.decode_timeout_s, log=log)
-
-
-def load_clips(items: list[tuple[str, str]], cfg, sample_rate: int,
-               log: Callable[[str], None] = print) -> ClipBank:
-    """Decode ``items`` ((video_id, path)) into memory (small sets; training streams instead)."""
-    stream = stream_clips(items, cfg, sample_rate, log)
-    frames, audio = [], []
-    for f, a in stream.batches([list(range(len(items)))], torch.device("cpu")):
-        frames.append(f)
-        audio.append(a)
-    ids = [v for i, (v, _) in enumerate(items) if i not in stream.failed]
-    if not ids:
-        raise RuntimeError("finetune: no clip could be decoded")
-    return ClipBank(ids, torch.cat(frames), torch.cat(audio))
