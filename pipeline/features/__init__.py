@@ -16,7 +16,6 @@ _EXPORTS = {
     "ExtractConfig": "pipeline.features.config",
     "extract": "pipeline.features.engine",
     "ExtractResult": "pipeline.features.engine",
-    "pick_device": "pipeline.features.engine",
     "plan": "pipeline.features.engine",
     "run_stage": "pipeline.features.run",
 }

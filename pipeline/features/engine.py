@@ -43,33 +43,15 @@ from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.features.config import ExtractConfig
 from pipeline.features.store import StoreWriter
-from pipeline.runtime import source_digest
+from pipeline.runtime import NUM_SEGMENTS, select_device, source_digest
 
-NUM_SEGMENTS = 10
 CODE_DIRS = ("pipeline/encoders", "pipeline/features", "pipeline/media")  # hashed into code_version
-DIST_TIMEOUT_S = 6 * 3600  # ranks wait this long for each other at the merge barrier
+DIST_TIMEOUT_S = 6 * 3600  # collective timeout of extraction: ranks wait this long for each other at the merge barrier
 
 
 # ------------------------------------------------------------------------------------------
-# Device, precision, provenance
+# Precision, provenance
 # ------------------------------------------------------------------------------------------
-def pick_device(requested: str, local_rank: int = 0, log: Callable[[str], None] = print) -> torch.device:
-    """``auto`` -> cuda when available (logged), else cpu (logged); ``cuda`` without CUDA raises."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("extract.device is 'cuda' but CUDA is not available "
-                               "(set extract.device: cpu or auto)")
-        return torch.device("cuda", local_rank)
-    if torch.cuda.is_available():
-        dev = torch.device("cuda", local_rank)
-        log(f"extract: device auto -> {dev} ({torch.cuda.get_device_name(dev)})")
-        return dev
-    log("extract: device auto -> cpu (CUDA not available)")
-    return torch.device("cpu")
-
-
 def pick_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """Autocast dtype: ``auto`` is bf16 on CUDA and off on CPU."""
     if amp == "auto":
@@ -319,6 +301,25 @@ class ExtractResult:
     seconds: float
 
 
+@dataclass
+class _Run:
+    """What one ``extract`` call carries through its steps."""
+
+    name: str
+    encoder: Encoder
+    cfg: ExtractConfig
+    device: torch.device
+    amp: Optional[torch.dtype]
+    work: WorkList
+    shards: list[list[str]]  # unique videos of each shard
+    shard_fp: list[str]  # fingerprint of each shard
+    partial: Path  # <out>.partial: committed shards
+    log: Callable[[str], None]
+    on_shard: Optional[Callable[[int], None]] = None
+    decode_pool: Any = None
+    progress: bool = True
+
+
 def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, cfg: ExtractConfig, *,
             num_rows: Optional[int] = None, encoder: Optional[Encoder] = None,
             device: Optional[torch.device] = None, rank: int = 0, world_size: int = 1,
@@ -334,60 +335,75 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
     """
     t0 = time.monotonic()
     out_path = Path(out_path)
-    device = device or pick_device(cfg.device, log=log)
-    amp = pick_amp(cfg.amp, device)
+    device = device or select_device(cfg.device, "extract.device", log=log)
+    encoder = _ready_encoder(encoder, spec, cfg, device)
+    run, meta = _plan_run(name, spec, encoder, cfg, device, plan(rows, num_rows), out_path, log)
+    run.on_shard, run.decode_pool, run.progress = on_shard, decode_pool, progress and rank == 0
+    _remove_stale(out_path, run.partial, rank, world_size)
+    mine = [k for k in range(len(run.shards)) if k % world_size == rank]
+    todo = [k for k in mine if _read_shard_fingerprint(_shard_path(run.partial, k)) != run.shard_fp[k]]
+    resumed = sum(len(run.shards[k]) for k in mine if k not in todo)
+    if resumed:
+        log(f"extract[{name}]: resuming, {len(mine) - len(todo)}/{len(mine)} shards "
+            f"({resumed} videos) already committed in {run.partial}")
+    log(f"extract[{name}]: {len(run.work.videos)} videos -> {run.work.num_rows} rows, {len(run.shards)} "
+        f"shards; device={device} amp={run.amp} batch={cfg.batch_videos} videos, workers={cfg.workers}"
+        + (f", rank {rank}/{world_size}" if world_size > 1 else ""))
+    computed = _run_shards(run, todo, initial=resumed, total=sum(len(run.shards[k]) for k in mine))
+    _barrier(world_size)
+    result_path, invalid = None, -1
+    if rank == 0:
+        result_path, invalid = _merge(out_path, run.partial, run.work, run.shards, run.shard_fp, encoder,
+                                      cfg, meta)
+        shutil.rmtree(run.partial, ignore_errors=True)
+        log(f"extract[{name}]: wrote {out_path} ({run.work.num_rows} rows, {invalid} invalid) "
+            f"in {time.monotonic() - t0:.1f} s")
+    _barrier(world_size)
+    return ExtractResult(result_path, len(run.work.videos), computed, resumed, invalid, time.monotonic() - t0)
+
+
+def _ready_encoder(encoder: Optional[Encoder], spec: ModelSpec, cfg: ExtractConfig,
+                   device: torch.device) -> Encoder:
+    """The given encoder or one built from ``spec``, in eval mode on ``device`` (channels_last)."""
     if encoder is None:
         encoder = build_encoder(spec, allow_download=cfg.download, image_size=cfg.image_size)
     encoder = encoder.eval().to(device)
-    visual = encoder.modality == "visual"
-    if visual:
+    if encoder.modality == "visual":
         encoder.channels_last = cfg.channels_last
         if cfg.channels_last:
             encoder = encoder.to(memory_format=torch.channels_last)
+    return encoder
 
-    work = plan(rows, num_rows)
+
+def _plan_run(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig, device: torch.device,
+              work: WorkList, out_path: Path, log: Callable[[str], None]) -> tuple[_Run, dict[str, Any]]:
+    """Shards of the work list and their fingerprints (everything that determines their content)."""
+    amp = pick_amp(cfg.amp, device)
     meta = _metadata(name, spec, encoder, cfg, amp, device)
     fingerprint = _sha({k: v for k, v in meta.items() if k != "created_by"} | {"batch_videos": cfg.batch_videos})
     shards = [work.videos[i:i + cfg.shard_videos] for i in range(0, len(work.videos), cfg.shard_videos)]
-    shard_fp = [_sha([fingerprint, s]) for s in shards]
     partial = out_path.with_name(out_path.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    if rank == 0:  # temporary files of a run killed while writing (never complete files)
-        stale = list(out_path.parent.glob(f".{out_path.name}.tmp-*"))
-        if world_size == 1:  # other ranks may be writing their shards right now
-            stale += partial.glob(".shard_*.tmp-*")
-        for path in stale:
-            path.unlink(missing_ok=True)
+    run = _Run(name, encoder, cfg, device, amp, work, shards, [_sha([fingerprint, s]) for s in shards],
+               partial, log)
+    return run, meta
 
-    mine = [k for k in range(len(shards)) if k % world_size == rank]
-    todo = [k for k in mine if _read_shard_fingerprint(_shard_path(partial, k)) != shard_fp[k]]
-    resumed = sum(len(shards[k]) for k in mine if k not in todo)
-    if resumed:
-        log(f"extract[{name}]: resuming, {len(mine) - len(todo)}/{len(mine)} shards "
-            f"({resumed} videos) already committed in {partial}")
-    log(f"extract[{name}]: {len(work.videos)} videos -> {work.num_rows} rows, {len(shards)} shards; "
-        f"device={device} amp={amp} batch={cfg.batch_videos} videos, workers={cfg.workers}"
-        + (f", rank {rank}/{world_size}" if world_size > 1 else ""))
 
-    computed = _run_shards(encoder, cfg, work, shards, todo, shard_fp, partial, device, amp,
-                           progress and rank == 0, resumed, sum(len(shards[k]) for k in mine), on_shard,
-                           name, decode_pool)
+def _remove_stale(out_path: Path, partial: Path, rank: int, world_size: int) -> None:
+    """Temporary files of a run killed while writing (never complete files); rank 0 only."""
+    if rank != 0:
+        return
+    stale = list(out_path.parent.glob(f".{out_path.name}.tmp-*"))
+    if world_size == 1:  # other ranks may be writing their shards right now
+        stale += partial.glob(".shard_*.tmp-*")
+    for path in stale:
+        path.unlink(missing_ok=True)
 
+
+def _barrier(world_size: int) -> None:
     if world_size > 1:
         import torch.distributed as dist
         dist.barrier()
-    result_path = None
-    if rank == 0:
-        result_path, invalid = _merge(out_path, partial, work, shards, shard_fp, encoder, cfg, meta)
-        shutil.rmtree(partial, ignore_errors=True)
-        log(f"extract[{name}]: wrote {out_path} ({work.num_rows} rows, {invalid} invalid) "
-            f"in {time.monotonic() - t0:.1f} s")
-    else:
-        invalid = -1
-    if world_size > 1:
-        import torch.distributed as dist
-        dist.barrier()
-    return ExtractResult(result_path, len(work.videos), computed, resumed, invalid, time.monotonic() - t0)
 
 
 def _metadata(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig,
@@ -414,62 +430,137 @@ def _metadata(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig,
     return meta
 
 
-def _run_shards(encoder: Encoder, cfg: ExtractConfig, work: WorkList, shards: list[list[str]],
-                todo: list[int], shard_fp: list[str], partial: Path, device: torch.device,
-                amp: Optional[torch.dtype], progress: bool, initial: int, total: int,
-                on_shard: Optional[Callable[[int], None]], name: str, decode_pool: Any = None) -> int:
+def _run_shards(run: _Run, todo: list[int], initial: int, total: int) -> int:
+    """Decode, encode and commit the shards ``todo``; returns the videos done."""
     from tqdm import tqdm
 
     if not todo:
         return 0
-    feat_shape = encoder.feature_shape()
-    store_dtype = np.dtype(cfg.dtype)
-    items = [v for k in todo for v in shards[k]]
-    stream = _decoded_stream(decoder_for(encoder, cfg), items, cfg.workers, cfg.decode_timeout_s,
-                             decode_pool)
-    batches = produce_batches(stream, [(k, shards[k]) for k in todo], cfg.batch_videos,
-                              pin=device.type == "cuda")
-    bar = tqdm(total=total, initial=initial, unit="video", desc=f"extract {name}", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
-    computed = 0
-    buf: dict[str, Any] = {}
-    autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+    cfg = run.cfg
+    items = [v for k in todo for v in run.shards[k]]
+    stream = _decoded_stream(decoder_for(run.encoder, cfg), items, cfg.workers, cfg.decode_timeout_s,
+                             run.decode_pool)
+    batches = produce_batches(stream, [(k, run.shards[k]) for k in todo], cfg.batch_videos,
+                              pin=run.device.type == "cuda")
+    bar = tqdm(total=total, initial=initial, unit="video", desc=f"extract {run.name}",
+               disable=not run.progress, dynamic_ncols=True, smoothing=0.1)
+    forward = Forward(run.encoder, run.device, run.amp, run.name, run.log)
+    computed, buf = 0, None
     try:
         for b in _threaded(batches, cfg.queue_batches):
-            if not buf:
-                n = len(shards[b.shard])
-                buf = {"data": np.zeros((n, NUM_SEGMENTS, *feat_shape), store_dtype),
-                       "ok": np.zeros(n, bool), "messages": {}, "flags": {},
-                       "timestamps": np.zeros((n, NUM_SEGMENTS, cfg.frames_per_segment), np.float32)
-                       if encoder.modality == "visual" else None}
-            buf["messages"].update(b.failures)
-            if b.data is not None:
-                with torch.inference_mode(), autocast:
-                    out = encoder.encode_segments(b.data.to(device, non_blocking=True))
-                out = out.float().cpu().numpy()
-                pos = np.asarray(b.positions)
-                buf["data"][pos] = out.astype(store_dtype)
-                buf["ok"][pos] = np.isfinite(buf["data"][pos]).reshape(len(pos), -1).all(axis=1)
-                for p, ok in zip(b.positions, buf["ok"][pos]):
-                    if not ok:
-                        buf["messages"][p] = f"non-finite features in {cfg.dtype}"
-                for p, ts, fl in zip(b.positions, b.extras, b.flags):
-                    if ts is not None and buf["timestamps"] is not None:
-                        buf["timestamps"][p] = ts
-                    if fl:
-                        buf["flags"][p] = ";".join(fl)
+            buf = buf or _ShardBuffer.empty(len(run.shards[b.shard]), run.encoder, cfg)
+            buf.add(b, forward(b.data) if b.data is not None else None, cfg.dtype)
             done = len(b.positions) + len(b.failures)
             computed += done
             bar.update(done)
             if b.last:
-                _write_shard(_shard_path(partial, b.shard), shard_fp[b.shard], shards[b.shard],
-                             buf["data"], buf["ok"], buf["messages"], buf["flags"], buf["timestamps"])
-                buf = {}
-                if on_shard is not None:
-                    on_shard(b.shard)
+                buf.commit(_shard_path(run.partial, b.shard), run.shard_fp[b.shard], run.shards[b.shard])
+                buf = None
+                if run.on_shard is not None:
+                    run.on_shard(b.shard)
     finally:
         bar.close()
     return computed
+
+
+@dataclass
+class _ShardBuffer:
+    """The features of one shard while its batches arrive."""
+
+    data: np.ndarray
+    ok: np.ndarray
+    timestamps: Optional[np.ndarray]
+    messages: dict[int, str] = field(default_factory=dict)
+    flags: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, encoder: Encoder, cfg: ExtractConfig) -> "_ShardBuffer":
+        ts = (np.zeros((n, NUM_SEGMENTS, cfg.frames_per_segment), np.float32)
+              if encoder.modality == "visual" else None)
+        return cls(np.zeros((n, NUM_SEGMENTS, *encoder.feature_shape()), np.dtype(cfg.dtype)),
+                   np.zeros(n, bool), ts)
+
+    def add(self, b: Batch, out: Optional[np.ndarray], dtype: str) -> None:
+        self.messages.update(b.failures)
+        if out is None:
+            return
+        pos = np.asarray(b.positions)
+        self.data[pos] = out.astype(self.data.dtype)
+        self.ok[pos] = np.isfinite(self.data[pos]).reshape(len(pos), -1).all(axis=1)
+        for p, ok, ts, fl in zip(b.positions, self.ok[pos], b.extras, b.flags):
+            if not ok:
+                self.messages[p] = f"non-finite features in {dtype}"
+            if ts is not None and self.timestamps is not None:
+                self.timestamps[p] = ts
+            if fl:
+                self.flags[p] = ";".join(fl)
+
+    def commit(self, path: Path, fingerprint: str, videos: list[str]) -> None:
+        _write_shard(path, fingerprint, videos, self.data, self.ok, self.messages, self.flags, self.timestamps)
+
+
+# ------------------------------------------------------------------------------------------
+# The forward pass and its chunk
+# ------------------------------------------------------------------------------------------
+MIN_CHUNK_FRAMES = 16  # smallest forward chunk tried on CPU
+_CHUNK_CACHE: dict[tuple, int] = {}  # (model, device, input shape, threads) -> parts a batch is cut into
+
+
+class Forward:
+    """``encoder.encode_segments`` on a batch, in chunks of whole segments.
+
+    On CUDA a chunk is the whole batch (larger is faster). On CPU the best chunk depends on the
+    model, the frame size and the load of the machine (a large batch leaves the caches; a small
+    one makes the intra-op threads wait for each other when other processes hold the cores, as
+    the decode workers do), so it is calibrated once per process on the first batch: the batch
+    cut into 1, 2, 4, ... equal parts of whole segments (down to ``MIN_CHUNK_FRAMES``), two timed
+    forwards of a part each, the fastest per frame kept and logged. Audio batches are never
+    chunked. A frame's features do not depend on the chunk it is computed in (eval mode; chunks
+    of at least 16 frames give bit-identical maps with oneDNN)."""
+
+    def __init__(self, encoder: Encoder, device: torch.device, amp: Optional[torch.dtype], name: str,
+                 log: Callable[[str], None] = print):
+        self.encoder, self.device, self.amp, self.name, self.log = encoder, device, amp, name, log
+        self.parts: Optional[int] = None  # equal parts a batch is cut into; None: not chosen yet
+
+    def __call__(self, data: torch.Tensor) -> np.ndarray:
+        x = data.to(self.device, non_blocking=True)
+        if self.encoder.modality != "visual" or self.device.type != "cpu":
+            return self._encode(x).float().cpu().numpy()
+        b, t = x.shape[:2]
+        segs = x.reshape(b * t, 1, *x.shape[2:])
+        if self.parts is None:
+            self.parts = self._choose(segs)
+        chunk = -(-b * t // self.parts)
+        out = torch.cat([self._encode(segs[i:i + chunk]) for i in range(0, b * t, chunk)])
+        return out.reshape(b, t, *out.shape[2:]).float().cpu().numpy()
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp,
+                                                    enabled=self.amp is not None):
+            return self.encoder.encode_segments(x)
+
+    def _choose(self, segs: torch.Tensor) -> int:
+        """Parts per batch: the fastest candidate on ``segs`` (cached per process and shape)."""
+        n, f = segs.shape[0], segs.shape[2]
+        key = (self.name, str(self.device), tuple(segs.shape[2:]), torch.get_num_threads())
+        if key not in _CHUNK_CACHE:
+            sizes = {}  # chunk (segments) -> parts
+            parts = 1
+            while parts == 1 or -(-n // parts) * f >= MIN_CHUNK_FRAMES and parts <= n:
+                sizes.setdefault(-(-n // parts), parts)
+                parts *= 2
+            rates: dict[int, float] = {}
+            for c in sorted(sizes):
+                for _ in range(2):  # the first includes the warm-up of this shape; best kept
+                    t0 = time.perf_counter()
+                    self._encode(segs[:c])
+                    rates[c] = max(rates.get(c, 0.0), c * f / (time.perf_counter() - t0))
+            best = max(rates, key=rates.get)
+            _CHUNK_CACHE[key] = sizes[best]
+            self.log(f"extract[{self.name}]: forward chunk {best * f} frames (calibrated on cpu, "
+                     f"frames/s: " + ", ".join(f"{c * f}: {r:.0f}" for c, r in rates.items()) + ")")
+        return _CHUNK_CACHE[key]
 
 
 def _merge(out_path: Path, partial: Path, work: WorkList, shards: list[list[str]], shard_fp: list[str],

@@ -1,23 +1,26 @@
-"""Clips for fine-tuning: manifest rows -> frames and 1-s audio segments decoded once into memory.
+"""Clips for fine-tuning: manifest rows -> frames and 1-s audio segments, streamed per batch.
 
 Decoding is pipeline.media's (the same calls, frame rule and resize the extraction engine
-uses), run in its DecodePool: a video that hangs or fails is reported and left out, never
-silently replaced. Clips are held in memory as uint8 frames + float32 audio (the AVE train
-split at 224 px, 10 frames and 10 s of 32 kHz audio per video: about 6 GB + 5 GB per rank).
+uses), run in its DecodePool. :class:`ClipStream` decodes the clips of each batch as the
+training loop asks for them (a background thread keeps ``prefetch`` batches ready), so a rank
+holds a few batches of clips whatever the number of videos (the AVE train split decoded into
+memory at 224 px would be about 11 GB per rank). A video that hangs or fails is reported and
+left out of that batch and of later epochs, never silently replaced. :class:`ClipBank` is the
+same interface over clips already in memory (tests, tiny sets).
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from pipeline.data.prepare import EXCLUDED
 from pipeline.media import DecodeFailure, DecodePool, decode_audio, decode_video
+from pipeline.runtime import NUM_SEGMENTS
 
-NUM_SEGMENTS = 10
 SKIPPED = EXCLUDED | {"no_audio"}  # manifest statuses left out (no_audio: no positive pair)
 
 
@@ -34,6 +37,11 @@ class ClipBank:
     def batch(self, idx: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         i = torch.as_tensor(idx, dtype=torch.long)
         return self.frames[i].to(device, non_blocking=True), self.audio[i].to(device, non_blocking=True)
+
+    def batches(self, index_batches: Iterable[list[int]], device: torch.device
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in index_batches:
+            yield self.batch(idx, device)
 
 
 def segment_choice(segments_per_clip: int) -> np.ndarray:
@@ -62,22 +70,70 @@ def decode_clip(path: str, frames_per_segment: int, rule: str, image_size: int, 
     return v.frames[seg], a.samples[seg]
 
 
-def load_clips(items: list[tuple[str, str]], cfg, sample_rate: int,
-               log: Callable[[str], None] = print) -> ClipBank:
-    """Decode ``items`` ((video_id, path)) with ``cfg``'s frame/segment settings."""
-    fn = functools.partial(decode_clip, frames_per_segment=cfg.frames_per_segment, rule=cfg.sampling,
-                           image_size=cfg.image_size, sample_rate=sample_rate,
-                           segments=tuple(segment_choice(cfg.segments_per_clip).tolist()))
-    paths = {p: vid for vid, p in items}
-    ids, frames, audio = [], [], []
-    with DecodePool(fn, max(cfg.workers, 1), cfg.decode_timeout_s) as pool:
-        for path, res in pool.imap([p for _, p in items]):
+def clip_decoder(cfg, sample_rate: int) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
+    """``path -> (frames, audio)`` with ``cfg``'s frame and segment settings (picklable)."""
+    return functools.partial(decode_clip, frames_per_segment=cfg.frames_per_segment, rule=cfg.sampling,
+                             image_size=cfg.image_size, sample_rate=sample_rate,
+                             segments=tuple(segment_choice(cfg.segments_per_clip).tolist()))
+
+
+@dataclass
+class ClipStream:
+    """Clips decoded on demand: ``batches(index lists)`` yields ``(frames, audio)`` per list,
+    decoded by ``workers`` processes while the previous batches train (at most ``prefetch``
+    batches wait). ``failed``: videos that failed to decode, left out from then on."""
+    video_ids: list[str]
+    paths: list[str]
+    decode: Callable[[str], tuple[np.ndarray, np.ndarray]]
+    workers: int = 2
+    timeout_s: float = 120.0
+    prefetch: int = 2
+    log: Callable[[str], None] = print
+    failed: set[int] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def batches(self, index_batches: Iterable[list[int]], device: torch.device
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from pipeline.features.engine import _threaded  # the engine's bounded producer thread
+
+        for frames, audio in _threaded(self._decoded(index_batches), self.prefetch):
+            yield frames.to(device, non_blocking=True), audio.to(device, non_blocking=True)
+
+    def _decoded(self, index_batches: Iterable[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = [[i for i in idx if i not in self.failed] for idx in index_batches]
+        order = iter([(i, self.paths[i]) for idx in batches for i in idx])
+        with DecodePool(self.decode, max(self.workers, 1), self.timeout_s) as pool:
+            results = self._imap(pool, order)
+            for idx in batches:
+                clips = [c for c in (next(results) for _ in idx) if c is not None]
+                if clips:
+                    yield (torch.from_numpy(np.stack([c[0] for c in clips])),
+                           torch.from_numpy(np.stack([c[1] for c in clips])))
+
+    def _imap(self, pool: DecodePool, order: Iterator[tuple[int, str]]) -> Iterator:
+        """Decoded clips in order; a failure is logged, remembered and yields None."""
+        pending = []
+
+        def paths():
+            for i, path in order:
+                pending.append(i)
+                yield path
+        for path, res in pool.imap(paths()):
+            i = pending.pop(0)
             if isinstance(res, DecodeFailure):
-                log(f"finetune: left out {paths[path]}: {res.kind}: {res.message}")
-                continue
-            ids.append(paths[path])
-            frames.append(torch.from_numpy(res[0]))
-            audio.append(torch.from_numpy(res[1]))
-    if not ids:
-        raise RuntimeError("finetune: no clip could be decoded")
-    return ClipBank(ids, torch.stack(frames), torch.stack(audio))
+                self.failed.add(i)
+                self.log(f"finetune: left out {self.video_ids[i]}: {res.kind}: {res.message}")
+                yield None
+            else:
+                yield res
+
+
+def stream_clips(items: list[tuple[str, str]], cfg, sample_rate: int,
+                 log: Callable[[str], None] = print) -> ClipStream:
+    """A :class:`ClipStream` over ``items`` ((video_id, path)) with ``cfg``'s settings."""
+    if not items:
+        raise RuntimeError("finetune: no usable video in the requested splits")
+    return ClipStream([v for v, _ in items], [p for _, p in items], clip_decoder(cfg, sample_rate),
+                      cfg.workers, cfg.decode_timeout_s, log=log)

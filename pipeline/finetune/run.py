@@ -16,7 +16,7 @@ from pipeline.encoders.base import lookup
 from pipeline.encoders.spec import ModelSpec
 from pipeline.encoders.weights import seeded
 from pipeline.finetune.config import FinetuneConfig
-from pipeline.finetune.data import load_clips, videos
+from pipeline.finetune.data import stream_clips, videos
 from pipeline.finetune.model import AVContrastive, freeze_unused, set_trainable
 from pipeline.finetune.train import Dist, fit
 from pipeline.runtime import (atomic_torch_save, atomic_write_json, dist_env, file_identity,
@@ -120,10 +120,10 @@ def run(params: dict) -> dict:
     rows = load_manifest(paths.prepared)
     seed_everything(cfg.seed, deterministic=False)
     core, sample_rate = build_model(cfg, log, distributed=env.world > 1)
-    train = load_clips(videos(rows, cfg.train_splits), cfg, sample_rate, log)
-    held_out = load_clips(videos(rows, [cfg.eval_split]), cfg, sample_rate, log)
+    train = stream_clips(videos(rows, cfg.train_splits), cfg, sample_rate, log)
+    held_out = stream_clips(videos(rows, [cfg.eval_split]), cfg, sample_rate, log)
     log(f"finetune: {len(train)} training videos ({'+'.join(cfg.train_splits)}), {len(held_out)} "
-        f"held-out ({cfg.eval_split}); frames {tuple(train.frames.shape[1:])}, audio {tuple(train.audio.shape[1:])}")
+        f"held-out ({cfg.eval_split}), streamed from {cfg.workers} decode workers")
     out = Path(paths.finetune)
     live = Live(dir=str(Path(paths.reports) / "finetune"), dvcyaml=None, save_dvc_exp=False) \
         if env.main else None
@@ -131,8 +131,9 @@ def run(params: dict) -> dict:
                live, log)
     summary = {}
     if env.main:
-        summary = {**summarize(hist), "world_size": env.world, "videos_train": len(train),
-                   "videos_held_out": len(held_out)}
+        summary = {**summarize(hist), "world_size": env.world,
+                   "videos_train": len(train) - len(train.failed),
+                   "videos_held_out": len(held_out) - len(held_out.failed)}
         publish(core, cfg, out, summary, live, log)
     env.barrier()
     return summary

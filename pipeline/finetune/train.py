@@ -7,7 +7,6 @@ InfoNCE loss is the loss of the whole global batch (negatives = every other vide
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -20,8 +19,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.config import to_dict
+from pipeline.runtime import atomic_torch_save, dist_env, select_device
+from pipeline.runtime import init_distributed as runtime_init_distributed
 from pipeline.finetune.config import FinetuneConfig
-from pipeline.finetune.data import ClipBank
+from pipeline.finetune.data import ClipBank, ClipStream
 from pipeline.finetune.loss import gather_global, grouped_infonce, retrieval_top1, symmetric_infonce
 from pipeline.finetune.model import AVContrastive, bn_stats_frozen, set_bn_mode
 
@@ -48,25 +49,14 @@ class Dist:
             dist.barrier()
 
 
-def init_distributed(device: str) -> Dist:
-    """Rank/world from torchrun's environment (one process if absent); NCCL on CUDA, gloo on
-    CPU. ``auto``: cuda when available (the stage prints the device); ``cuda`` without a GPU is
-    an error, never a silent move to CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("finetune.device is 'cuda' but no GPU is visible; set finetune.device: cpu")
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, dev)
+def init_distributed(device: str, log: Optional[Callable[[str], None]] = None) -> Dist:
+    """Rank/world from torchrun's environment (one process if absent), the device chosen by
+    :func:`pipeline.runtime.select_device` (``cuda`` without a GPU is an error, never a silent
+    move to CPU), the process group joined with the runtime's timeout (NCCL on CUDA, gloo on CPU)."""
+    env = dist_env()
+    dev = select_device(device, "finetune.device", env.local_rank, log=log)
+    runtime_init_distributed(dev.type, env)
+    return Dist(env.rank, env.world, dev)
 
 
 class GlobalBatchSampler:
@@ -180,14 +170,14 @@ def train_step(encoders: nn.Module, core: AVContrastive, frames: torch.Tensor, a
 # Evaluation
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def embed_all(core: AVContrastive, bank: ClipBank, batch: int, cfg: FinetuneConfig,
+def embed_all(core: AVContrastive, bank: ClipBank | ClipStream, batch: int, cfg: FinetuneConfig,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings of every clip of ``bank`` in eval mode (head BatchNorm: running statistics)."""
     was = core.training
     core.eval()
     pvs, pas = [], []
-    for lo in range(0, len(bank), batch):
-        frames, audio = bank.batch(list(range(lo, min(lo + batch, len(bank)))), device)
+    order = [list(range(lo, min(lo + batch, len(bank)))) for lo in range(0, len(bank), batch)]
+    for frames, audio in bank.batches(order, device):
         with autocast(cfg, device):
             pv, pa = core.encoders(frames, audio)
         pvs.append(pv.float())
@@ -197,7 +187,7 @@ def embed_all(core: AVContrastive, bank: ClipBank, batch: int, cfg: FinetuneConf
     return v.cpu(), a.cpu()
 
 
-def evaluate(core: AVContrastive, bank: ClipBank, cfg: FinetuneConfig, device: torch.device) -> dict:
+def evaluate(core: AVContrastive, bank: ClipBank | ClipStream, cfg: FinetuneConfig, device: torch.device) -> dict:
     """Held-out retrieval top-1 (audio -> visual) and InfoNCE, groups of ``eval_batch`` videos."""
     v, a = embed_all(core, bank, cfg.micro_batch or cfg.batch_size, cfg, device)
     return {"retrieval_top1": retrieval_top1(a, v, cfg.eval_batch),
@@ -234,12 +224,9 @@ def set_lr(opt: torch.optim.Optimizer, cfg: FinetuneConfig, epoch: int) -> None:
 def save_checkpoint(path: Path, core: AVContrastive, opt, scaler, epoch: int, cfg: FinetuneConfig,
                     history: dict) -> None:
     """Dict of state_dicts + resolved config + completed epochs + history; atomic replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch, "config": to_dict(cfg), "history": history}, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save({"model": core.state_dict(), "optimizer": opt.state_dict(),
+                       "scaler": scaler.state_dict() if scaler is not None else None,
+                       "epoch": epoch, "config": to_dict(cfg), "history": history}, path)
 
 
 def load_checkpoint(path: Path, cfg: FinetuneConfig, log: Callable[[str], None]) -> Optional[dict]:
@@ -270,22 +257,60 @@ def log_epoch(live, epoch: int, train_loss: float, ev: Optional[dict]) -> None:
     live.next_step()
 
 
-def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneConfig, env: Dist,
-        checkpoint_dir: Path, live=None, log: Callable[[str], None] = print,
+@dataclass
+class _Fit:
+    """What the steps of :func:`fit` share."""
+
+    core: AVContrastive
+    encoders: nn.Module  # core.encoders, DDP-wrapped when distributed
+    opt: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    cfg: FinetuneConfig
+    env: Dist
+    ckpt_path: Path
+    history: dict
+    live: object = None
+    log: Callable[[str], None] = print
+    t0: float = 0.0
+
+
+def fit(core: AVContrastive, train: ClipBank | ClipStream, held_out: ClipBank | ClipStream,
+        cfg: FinetuneConfig, env: Dist, checkpoint_dir: Path, live=None, log: Callable[[str], None] = print,
         stop_after: Optional[int] = None) -> dict:
     """Train ``core`` for ``cfg.epochs`` epochs (resuming from ``checkpoint_dir`` if it applies).
 
-    ``live``: a dvclive ``Live`` on rank 0 (None elsewhere / in tests). ``stop_after``: return
-    after this many epochs of this call (tests of resumption). Returns the history dict:
-    ``train_loss`` per epoch, ``eval`` per epoch, ``before`` (eval of the starting weights).
+    ``train``/``held_out``: clips streamed from the decode workers (:class:`ClipStream`) or in
+    memory (:class:`ClipBank`). ``live``: a dvclive ``Live`` on rank 0 (None elsewhere / in
+    tests). ``stop_after``: return after this many epochs of this call (tests of resumption).
+    Returns the history dict: ``train_loss`` per epoch, ``eval`` per epoch, ``before`` (eval of
+    the starting weights).
     """
+    run, start = _start(core, cfg, env, Path(checkpoint_dir) / CHECKPOINT, live, log)
+    if run.history["before"] is None:
+        run.history["before"] = evaluate(core, held_out, cfg, env.device) if env.main else None
+        if env.main:
+            log(f"finetune: before  val loss {run.history['before']['loss']:.4f}  "
+                f"retrieval_top1 {run.history['before']['retrieval_top1']:.4f}")
+        env.barrier()  # evaluation runs on rank 0 only
+    sampler = GlobalBatchSampler(len(train), cfg.batch_size, env.rank, env.world, cfg.seed)
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    for epoch in range(start, last):
+        loss = _train_epoch(run, train, sampler, epoch)
+        _end_epoch(run, held_out, epoch, loss)
+    run.history["seconds"] = time.time() - run.t0
+    run.history["peak_memory_mb"] = peak_memory_mb(env.device)
+    return run.history
+
+
+def _start(core: AVContrastive, cfg: FinetuneConfig, env: Dist, ckpt_path: Path, live,
+           log: Callable[[str], None]) -> tuple[_Fit, int]:
+    """Optimiser, scaler, the checkpoint to resume from (if it applies), DDP; returns the start epoch."""
     t0 = time.time()
     core.to(env.device)
     opt = build_optimizer(core, cfg)
     scaler = torch.amp.GradScaler(env.device.type) if cfg.amp == "fp16" else None
     history = {"train_loss": [], "eval": [], "before": None}
     start = 0
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path, cfg, log)
     if ckpt is not None:
         core.load_state_dict(ckpt["model"], strict=True)
@@ -298,52 +323,51 @@ def fit(core: AVContrastive, train: ClipBank, held_out: ClipBank, cfg: FinetuneC
         core.visual.to(memory_format=torch.channels_last)
     encoders = DDP(core.encoders, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.world > 1 else core.encoders
-
     for epoch in range(start):  # a fresh Live holds the epochs of a resumed run too
         log_epoch(live, epoch, history["train_loss"][epoch], history["eval"][epoch])
-    if history["before"] is None:
-        history["before"] = evaluate(core, held_out, cfg, env.device) if env.main else None
-        if env.main:
-            log(f"finetune: before  val loss {history['before']['loss']:.4f}  "
-                f"retrieval_top1 {history['before']['retrieval_top1']:.4f}")
-        env.barrier()  # evaluation runs on rank 0 only
-    sampler = GlobalBatchSampler(len(train), cfg.batch_size, env.rank, env.world, cfg.seed)
-    done = 0
-    for epoch in range(start, cfg.epochs):
-        if stop_after is not None and done >= stop_after:
-            break
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + env.rank)  # dropout etc.: resumable
-        sampler.set_epoch(epoch)
-        set_lr(opt, cfg, epoch)
-        core.train()
-        set_bn_mode(core.encoders, cfg.bn)
-        core.head_visual.reset_stats()
-        core.head_audio.reset_stats()
-        losses = []
-        for idx in sampler:
-            frames, audio = train.batch(idx, env.device)
-            opt.zero_grad(set_to_none=True)
-            losses.append(train_step(encoders, core, frames, audio, cfg, scaler))
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_([p for p in core.parameters() if p.requires_grad], cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-        history["train_loss"].append(sum(losses) / len(losses))  # the global loss: same on every rank
-        ev = evaluate(core, held_out, cfg, env.device) if env.main else None
-        history["eval"].append(ev)
-        if env.main:
-            log(f"finetune: epoch {epoch + 1}/{cfg.epochs}  train loss {history['train_loss'][-1]:.4f}  "
+    return _Fit(core, encoders, opt, scaler, cfg, env, ckpt_path, history, live, log, t0), start
+
+
+def _train_epoch(run: _Fit, train: ClipBank | ClipStream, sampler: GlobalBatchSampler, epoch: int) -> float:
+    """One pass over ``sampler``'s global batches; returns the mean (global) loss."""
+    cfg, core = run.cfg, run.core
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + run.env.rank)  # dropout etc.: resumable
+    sampler.set_epoch(epoch)
+    set_lr(run.opt, cfg, epoch)
+    core.train()
+    set_bn_mode(core.encoders, cfg.bn)
+    core.head_visual.reset_stats()
+    core.head_audio.reset_stats()
+    losses = []
+    for frames, audio in train.batches(sampler, run.env.device):
+        run.opt.zero_grad(set_to_none=True)
+        losses.append(train_step(run.encoders, core, frames, audio, cfg, run.scaler))
+        _optimizer_step(run)
+    return sum(losses) / len(losses)  # the global loss: same on every rank
+
+
+def _optimizer_step(run: _Fit) -> None:
+    if run.scaler is not None:
+        run.scaler.unscale_(run.opt)
+    if run.cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for p in run.core.parameters() if p.requires_grad], run.cfg.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(run.opt)
+        run.scaler.update()
+    else:
+        run.opt.step()
+
+
+def _end_epoch(run: _Fit, held_out: ClipBank | ClipStream, epoch: int, train_loss: float) -> None:
+    """Held-out evaluation, log line, DVCLive step and checkpoint (rank 0), then a barrier."""
+    env, history = run.env, run.history
+    history["train_loss"].append(train_loss)
+    ev = evaluate(run.core, held_out, run.cfg, env.device) if env.main else None
+    history["eval"].append(ev)
+    if env.main:
+        run.log(f"finetune: epoch {epoch + 1}/{run.cfg.epochs}  train loss {train_loss:.4f}  "
                 f"val loss {ev['loss']:.4f}  retrieval_top1 {ev['retrieval_top1']:.4f}  "
-                f"({time.time() - t0:.0f}s)")
-            log_epoch(live, epoch, history["train_loss"][-1], ev)
-            save_checkpoint(ckpt_path, core, opt, scaler, epoch + 1, cfg, history)
-        env.barrier()
-        done += 1
-    history["seconds"] = time.time() - t0
-    history["peak_memory_mb"] = peak_memory_mb(env.device)
-    return history
+                f"({time.time() - run.t0:.0f}s)")
+        log_epoch(run.live, epoch, train_loss, ev)
+        save_checkpoint(run.ckpt_path, run.core, run.opt, run.scaler, epoch + 1, run.cfg, history)
+    env.barrier()
