@@ -155,7 +155,9 @@ def _params(tmp_path: Path, prepared: Path, features: Path) -> Path:
     return path
 
 
-def test_torchrun_two_processes_gloo_equals_one_process(prepared_dir, tmp_path):
+def test_torchrun_two_processes_gloo_equals_one_process(prepared_dir, tmp_path, torch_single_thread):
+    """Both runs use one torch thread per process (torchrun sets OMP_NUM_THREADS=1): the same
+    kernels, so the merged file equals the single-process one byte for byte."""
     from pipeline.features.run import run_stage
 
     one = run_stage("vggish", _params(tmp_path, prepared_dir, tmp_path / "one"), progress=False)
