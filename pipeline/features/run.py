@@ -11,12 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import h5py
+import numpy as np
 import torch.distributed as dist
 
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, recorded, to_dict
 from pipeline.data.prepare import load_manifest
 from pipeline.encoders.spec import ModelSpec
 from pipeline.features.engine import DIST_TIMEOUT_S, extract
+from pipeline.features.store import DATASET, read_meta, write_features
 from pipeline.finetune.run import weights_file
 from pipeline.runtime import dist_env, git_revision, init_distributed, select_device
 
@@ -24,13 +27,20 @@ from pipeline.runtime import dist_env, git_revision, init_distributed, select_de
 def extract_background_only(name, spec, cfg, paths, device, rank, world, progress, log) -> None:
     """The background-only training videos of the weak setting (``background_manifest.csv``,
     written by prepare when the root lists them) into ``<paths.features>/<name>_noisy.h5``,
-    the layout of the reference code's ``*_feature_noisy.h5``; nothing without that manifest."""
-    if not (Path(paths.prepared) / "background_manifest.csv").is_file():
-        log(f"extract[{name}]: no background-only videos in {paths.prepared}")
+    the layout of the reference code's ``*_feature_noisy.h5``. Without such videos the file is
+    written with zero rows, so that it is always a stage output (a clean checkout restores it
+    from the cache) and training reads the same thing in every copy of the repository."""
+    out = Path(paths.features) / f"{name}_noisy.h5"
+    if (Path(paths.prepared) / "background_manifest.csv").is_file():
+        rows = load_manifest(paths.prepared, "background_manifest.csv")
+        extract(name, spec, rows, out, cfg, device=device, rank=rank, world_size=world,
+                progress=progress, log=log)
         return
-    rows = load_manifest(paths.prepared, "background_manifest.csv")
-    extract(name, spec, rows, Path(paths.features) / f"{name}_noisy.h5", cfg, device=device,
-            rank=rank, world_size=world, progress=progress, log=log)
+    log(f"extract[{name}]: no background-only videos in {paths.prepared}; {out} has zero rows")
+    if rank == 0:
+        with h5py.File(Path(paths.features) / f"{name}.h5", "r") as f:  # shape and provenance only
+            empty, meta = np.zeros((0, *f[DATASET].shape[1:]), f[DATASET].dtype), read_meta(f)
+        write_features(out, empty, None, {**meta, "background_only": "none"}, dtype=str(empty.dtype))
 
 
 FINETUNED_SUFFIX = "_ft"  # <paths.features>/<finetune.visual>_ft.h5: features of a tuned encoder

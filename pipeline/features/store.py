@@ -89,8 +89,8 @@ class StoreWriter:
         self.tmp = self._commit.__enter__()
         self.f = h5py.File(self.tmp, "w")
         shape = (num_rows, NUM_SEGMENTS, *feature_shape)
-        self.data = self.f.create_dataset(DATASET, shape=shape, dtype=dtype, chunks=(1, *shape[1:]),
-                                          fillvalue=0)
+        self.data = self.f.create_dataset(DATASET, shape=shape, dtype=dtype, fillvalue=0,
+                                          chunks=(1, *shape[1:]) if num_rows else None)
         self.extras = {name: self.f.create_dataset(name, shape=(num_rows, *s), dtype=dt, fillvalue=0)
                        for name, (s, dt) in (extras or {}).items()}
         self.valid_mask = np.zeros(num_rows, dtype=bool)
