@@ -12,6 +12,8 @@ Sequence tensors are batch-first ``(B, T, D)`` throughout.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -368,3 +370,18 @@ def trunk_unused_keys(trunk: CMBSTrunk) -> dict[str, tuple[int, ...]]:
                 unused[f"{theirs}_decoder.decoder_layer.{self_attn}"] = tuple(p.shape)
                 unused[f"{theirs}_decoder.decoder.layers.0.{self_attn}"] = tuple(p.shape)
     return unused
+
+
+def authors_trunk_sizes(sd, hidden_key: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Widths and feature dimensions of the CMBS trunk read from an authors' state dict (the
+    layout CMBS and CACE-Net share): ``(hyperparameters, {visual_dim, audio_dim})``;
+    ``hidden_key`` names the CMGA bottleneck width in the head's ``DEFAULTS``."""
+    widths = {"visual_fc_dim": sd.dim("v_fc.weight", 0),
+              hidden_key: sd.dim("spatial_channel_att.affine_bottleneck.weight", 0),
+              "d_model": sd.dim("video_gated.0.weight", 1),
+              "enc_ff": sd.dim("video_encoder.encoder.layers.0.linear1.weight", 0),
+              "dec_ff": sd.dim("video_decoder.decoder.layers.0.linear1.weight", 0),
+              "variant": "code"}
+    dims = {"visual_dim": sd.dim("v_fc.weight", 1),
+            "audio_dim": sd.dim("spatial_channel_att.affine_audio_1.weight", 1)}
+    return widths, dims

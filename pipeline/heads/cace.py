@@ -49,8 +49,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict, check_overrides
-from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention, av_score,
-                           fully_loss, localize, relevance_targets, trunk_keys, trunk_unused_keys)
+from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention, authors_trunk_sizes,
+                           av_score, fully_loss, localize, relevance_targets, trunk_keys,
+                           trunk_unused_keys)
 from ._registry import Head, build_head, event_class_probabilities, register_head
 
 
@@ -224,16 +225,9 @@ class CACENet(Head):
             raise ValueError(f"{what}: the authors' weak model does not run (it reads an unset "
                              f"attribute) and the paper defines no weak setting")
         sd = AuthorsStateDict(state_dict, what)
-        widths = {"visual_fc_dim": sd.dim("v_fc.weight", 0),
-                  "guide_hidden": sd.dim("spatial_channel_att.affine_bottleneck.weight", 0),
-                  "d_model": sd.dim("video_gated.0.weight", 1),
-                  "enc_ff": sd.dim("video_encoder.encoder.layers.0.linear1.weight", 0),
-                  "dec_ff": sd.dim("video_decoder.decoder.layers.0.linear1.weight", 0),
-                  "variant": "code"}
+        widths, dims = authors_trunk_sizes(sd, "guide_hidden")
         check_overrides(what, cls.DEFAULTS, overrides, widths)
-        dims = {"visual_dim": sd.dim("v_fc.weight", 1),
-                "audio_dim": sd.dim("spatial_channel_att.affine_audio_1.weight", 1),
-                "num_classes": sd.dim("localize_module.event_classifier.weight", 0)}
+        dims["num_classes"] = sd.dim("localize_module.event_classifier.weight", 0)
         head = build_head(cls.name, setting=setting, **dims, **{**overrides, **widths})
         sd.load_into(head, *head._authors_layout(sd.dim("a_fc.weight", 0)), ours_only=["bece_trained"])
         head.bece_trained.fill_(True)

@@ -50,8 +50,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict, check_overrides
-from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, av_score, class_topk_mean,
-                           event_suppress, fully_loss, localize, trunk_keys, trunk_unused_keys)
+from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, authors_trunk_sizes, av_score,
+                           class_topk_mean, event_suppress, fully_loss, localize, trunk_keys,
+                           trunk_unused_keys)
 from ._registry import Head, build_head, event_class_probabilities, register_head
 
 VARIANTS = ("code", "paper")
@@ -211,16 +212,9 @@ class CMBS(Head):
         sd = AuthorsStateDict(state_dict, what)
         cas = ("localize_module.event_classifier.weight" if setting == "fully"
                else "CAS_model.classifier.0.weight")
-        widths = {"visual_fc_dim": sd.dim("v_fc.weight", 0),
-                  "cmga_hidden": sd.dim("spatial_channel_att.affine_bottleneck.weight", 0),
-                  "d_model": sd.dim("video_gated.0.weight", 1),
-                  "enc_ff": sd.dim("video_encoder.encoder.layers.0.linear1.weight", 0),
-                  "dec_ff": sd.dim("video_decoder.decoder.layers.0.linear1.weight", 0),
-                  "variant": "code"}
+        widths, dims = authors_trunk_sizes(sd, "cmga_hidden")
         check_overrides(what, cls.DEFAULTS, overrides, widths)
-        dims = {"visual_dim": sd.dim("v_fc.weight", 1),
-                "audio_dim": sd.dim("spatial_channel_att.affine_audio_1.weight", 1),
-                "num_classes": sd.dim(cas, 0) - (1 if setting == "weak" else 0)}
+        dims["num_classes"] = sd.dim(cas, 0) - (1 if setting == "weak" else 0)
         head = build_head(cls.name, setting=setting, **dims, **{**overrides, **widths})
         return sd.load_into(head, *head._authors_layout())
 
