@@ -279,7 +279,7 @@ RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
     "synth": ("workers",),
     "data": ("workers",),
     "extract": ("workers", "queue_batches", "download"),
-    "finetune": ("workers", "download", "resume"),
+    "finetune": ("workers", "download", "resume", "clip_cache_mb"),
     "train": ("resume",),
 }
 

@@ -199,3 +199,25 @@ def test_tuned_weights_load_through_the_resolver(tmp_path):
     tuned = lookup(spec.encoder)(ModelSpec(spec.encoder, weights=str(written["visual"])), False, image_size=64)
     assert tuned.weights.source == "path"
     torch.testing.assert_close(tuned.state_dict(), core.visual.state_dict())
+
+
+def test_clip_stream_cache_serves_later_epochs_without_decoding(ave_root, tmp_path):
+    """Decoded clips are kept up to ``clip_cache_mb``: a later pass needs no file (paths are
+    broken on purpose) and gives the same clips; with no cache every pass decodes again."""
+    from pipeline.finetune.data import stream_clips
+
+    vids = sorted((ave_root / "AVE").glob("*.mp4"))[:3]
+    items = [(p.stem, str(p)) for p in vids]
+    for cache_mb, served in ((64, True), (0, False)):
+        c = cfg(image_size=32, frames_per_segment=1, segments_per_clip=2, workers=1,
+                clip_cache_mb=cache_mb)
+        stream = stream_clips(items, c, 16000, log=lambda s: None)
+        first = list(stream.batches([[0, 1], [2]], torch.device("cpu")))
+        stream.paths = [str(tmp_path / "gone.mp4")] * len(vids)
+        second = list(stream.batches([[0, 1], [2]], torch.device("cpu")))
+        if served:
+            assert not stream.failed
+            for (f1, a1), (f2, a2) in zip(first, second):
+                assert torch.equal(f1, f2) and torch.equal(a1, a2)
+        else:
+            assert stream.failed == {0, 1, 2} and second == []

@@ -28,7 +28,7 @@ vids = sorted((root / "AVE").glob("*.mp4"))
 cfg = FinetuneConfig(visual="resnet50", audio="vggish", visual_weights="random", audio_weights="random",
                      visual_trainable=[], audio_trainable=[], image_size=64, frames_per_segment=1,
                      segments_per_clip=10, batch_size=16, epochs=1, optimizer="adamw", workers=2,
-                     resume=False, device="cpu")
+                     resume=False, device="cpu", clip_cache_mb=0)  # every clip streamed
 core, rate = build_model(cfg, log=lambda s: None)
 train = stream_clips([(p.stem, str(p)) for p in vids[8:8 + n]], cfg, rate, log=print)
 held = stream_clips([(p.stem, str(p)) for p in vids[:8]], cfg, rate, log=print)

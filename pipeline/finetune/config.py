@@ -58,6 +58,8 @@ class FinetuneConfig:
     nproc: int = 1  # processes per node (dvc.yaml launches torchrun with this many)
     workers: int = 2  # decode worker processes (pipeline.media.DecodePool)
     decode_timeout_s: float = 120.0  # per-video decode timeout
+    clip_cache_mb: int = 1024  # decoded clips kept in memory (per rank) up to this size, so later
+    #   epochs decode only the rest; 0 = decode every clip every epoch. Memory stays bounded.
     eval_batch: int = 0  # retrieval candidates per group of eval_split; 0 = the whole split
     seed: int = 0
     resume: bool = True  # continue from the last epoch checkpoint when its config matches
@@ -75,8 +77,8 @@ class FinetuneConfig:
             raise ConfigError(f"{key}.temperature: must be > 0, got {self.temperature}")
         if self.batch_size % self.nproc:
             raise ConfigError(f"{key}.batch_size: {self.batch_size} is not divisible by nproc={self.nproc}")
-        if self.micro_batch < 0 or self.eval_batch < 0 or self.workers < 0:
-            raise ConfigError(f"{key}: micro_batch, eval_batch and workers must be >= 0")
+        if self.micro_batch < 0 or self.eval_batch < 0 or self.workers < 0 or self.clip_cache_mb < 0:
+            raise ConfigError(f"{key}: micro_batch, eval_batch, workers and clip_cache_mb must be >= 0")
         for name in ("visual_trainable", "audio_trainable"):
             prefixes = getattr(self, name)
             if "all" in prefixes and len(prefixes) > 1:

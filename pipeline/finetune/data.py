@@ -89,7 +89,10 @@ class ClipStream:
     timeout_s: float = 120.0
     prefetch: int = 2
     log: Callable[[str], None] = print
+    cache_bytes: int = 0  # decoded clips kept in memory up to this size (later epochs skip them)
     failed: set[int] = field(default_factory=set)
+    _cache: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _cached_bytes: int = 0
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -103,14 +106,24 @@ class ClipStream:
 
     def _decoded(self, index_batches: Iterable[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = [[i for i in idx if i not in self.failed] for idx in index_batches]
-        order = iter([(i, self.paths[i]) for idx in batches for i in idx])
+        order = iter([(i, self.paths[i]) for idx in batches for i in idx if i not in self._cache])
         with DecodePool(self.decode, max(self.workers, 1), self.timeout_s) as pool:
             results = self._imap(pool, order)
             for idx in batches:
-                clips = [c for c in (next(results) for _ in idx) if c is not None]
+                clips = [c for c in (self._clip(i, results) for i in idx) if c is not None]
                 if clips:
                     yield (torch.from_numpy(np.stack([c[0] for c in clips])),
                            torch.from_numpy(np.stack([c[1] for c in clips])))
+
+    def _clip(self, i: int, results: Iterator) -> tuple[np.ndarray, np.ndarray] | None:
+        """Clip ``i`` from the cache, else the next decoded result (kept while the cache has room)."""
+        if i in self._cache:
+            return self._cache[i]
+        clip = next(results)
+        if clip is not None and self._cached_bytes + clip[0].nbytes + clip[1].nbytes <= self.cache_bytes:
+            self._cache[i] = clip
+            self._cached_bytes += clip[0].nbytes + clip[1].nbytes
+        return clip
 
     def _imap(self, pool: DecodePool, order: Iterator[tuple[int, str]]) -> Iterator:
         """Decoded clips in order; a failure is logged, remembered and yields None."""
@@ -136,4 +149,5 @@ def stream_clips(items: list[tuple[str, str]], cfg, sample_rate: int,
     if not items:
         raise RuntimeError("finetune: no usable video in the requested splits")
     return ClipStream([v for v, _ in items], [p for _, p in items], clip_decoder(cfg, sample_rate),
-                      cfg.workers, cfg.decode_timeout_s, log=log)
+                      cfg.workers, cfg.decode_timeout_s, log=log,
+                      cache_bytes=cfg.clip_cache_mb << 20)
