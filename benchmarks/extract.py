@@ -42,8 +42,8 @@ import torch  # noqa: E402
 
 from pipeline.encoders import ModelSpec, build_encoder  # noqa: E402
 from pipeline.features.config import ExtractConfig  # noqa: E402
-from pipeline.features.engine import (_decoded_stream, _threaded, decoder_for, extract,  # noqa: E402
-                                      produce_batches)
+from pipeline.features.engine import _decoded_stream, decoder_for, extract, produce_batches  # noqa: E402
+from pipeline.media.pool import threaded_prefetch  # noqa: E402
 from pipeline.runtime import select_device  # noqa: E402
 
 SEGMENTS = 10
@@ -201,7 +201,7 @@ def run_engine_data_path(videos, enc, cfg, device, pool) -> dict:
         t0 = time.perf_counter()
         stream = _decoded_stream(decoder_for(enc, cfg), videos, cfg.workers, cfg.decode_timeout_s, pool)
         shards = [(0, list(videos))]
-        for b in _threaded(produce_batches(stream, shards, cfg.batch_videos, pin=device.type == "cuda"),
+        for b in threaded_prefetch(produce_batches(stream, shards, cfg.batch_videos, pin=device.type == "cuda"),
                            cfg.queue_batches):
             if b.data is not None:
                 x = b.data.to(device, non_blocking=True)

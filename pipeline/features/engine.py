@@ -25,9 +25,7 @@ import functools
 import hashlib
 import json
 import os
-import queue
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.features.config import ExtractConfig
 from pipeline.features.store import StoreWriter
+from pipeline.media.pool import threaded_prefetch
 from pipeline.runtime import NUM_SEGMENTS, select_device, source_digest
 
 CODE_DIRS = ("pipeline/encoders", "pipeline/features", "pipeline/media")  # hashed into code_version
@@ -210,51 +209,6 @@ def produce_batches(stream: Iterator[tuple[str, Any]], shards: list[tuple[int, l
                             [getattr(r, "timestamps", None) for _, r in pending],
                             [tuple(r.flags) for _, r in pending], failures, end)
                 pending, failures = [], {}
-
-
-def _threaded(gen: Iterator[Batch], maxsize: int) -> Iterator[Batch]:
-    """Run ``gen`` in a daemon thread behind a bounded queue (re-raises its exceptions)."""
-    q: queue.Queue = queue.Queue(maxsize=maxsize)
-    done = object()
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            q.put(e)
-            return
-        finally:
-            if stop.is_set():
-                gen.close()
-        q.put(done)
-
-    t = threading.Thread(target=run, name="extract-batches", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock the producer and let it close the decode pool
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        t.join()
 
 
 # ------------------------------------------------------------------------------------------
@@ -447,7 +401,7 @@ def _run_shards(run: _Run, todo: list[int], initial: int, total: int) -> int:
     forward = Forward(run.encoder, run.device, run.amp, run.name, run.log)
     computed, buf = 0, None
     try:
-        for b in _threaded(batches, cfg.queue_batches):
+        for b in threaded_prefetch(batches, cfg.queue_batches):
             buf = buf or _ShardBuffer.empty(len(run.shards[b.shard]), run.encoder, cfg)
             buf.add(b, forward(b.data) if b.data is not None else None, cfg.dtype)
             done = len(b.positions) + len(b.failures)

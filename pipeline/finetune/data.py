@@ -19,6 +19,7 @@ import torch
 
 from pipeline.data.prepare import EXCLUDED
 from pipeline.media import DecodeFailure, DecodePool, decode_audio, decode_video
+from pipeline.media.pool import threaded_prefetch
 from pipeline.runtime import NUM_SEGMENTS
 
 SKIPPED = EXCLUDED | {"no_audio"}  # manifest statuses left out (no_audio: no positive pair)
@@ -99,9 +100,7 @@ class ClipStream:
 
     def batches(self, index_batches: Iterable[list[int]], device: torch.device
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from pipeline.features.engine import _threaded  # the engine's bounded producer thread
-
-        for frames, audio in _threaded(self._decoded(index_batches), self.prefetch):
+        for frames, audio in threaded_prefetch(self._decoded(index_batches), self.prefetch):
             yield frames.to(device, non_blocking=True), audio.to(device, non_blocking=True)
 
     def _decoded(self, index_batches: Iterable[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -251,3 +253,49 @@ def probe_many(paths: Iterable[str | os.PathLike], workers: int = 2,
 def probe(path: str | os.PathLike, timeout_s: float = 30.0) -> VideoInfo:
     """Probe one file in a worker process with a timeout (see :func:`probe_many`)."""
     return next(probe_many([path], workers=1, timeout_s=timeout_s))
+
+
+def threaded_prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
+    """Run ``gen`` in a daemon thread behind a bounded queue of ``maxsize`` items, so producing
+    (decoding) overlaps consuming (compute); re-raises the producer's exceptions."""
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(e)
+            return
+        finally:
+            if stop.is_set():
+                gen.close()
+        q.put(done)
+
+    t = threading.Thread(target=run, name="prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock the producer and let it close the decode pool
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        t.join()
