@@ -175,3 +175,55 @@ def test_torchrun_two_processes_gloo_equals_one_process(prepared_dir, tmp_path, 
             assert f["avadataset"].shape[:2] == (1, 10) and f["valid"][()].tolist() == [True]
     two = tmp_path / "two" / "vggish.h5"
     assert _md5(two) == _md5(one.path)
+
+
+def test_forward_chunk_is_calibrated_and_does_not_change_features():
+    """On CPU the forward chunk is chosen among whole-segment candidates (logged, cached per
+    shape); any chunk gives the features of one forward over the whole batch."""
+    import torch
+
+    from pipeline.features import engine
+
+    enc = build_encoder(ModelSpec("resnet50", weights="random"), image_size=64).eval()
+    frames = torch.randint(0, 256, (2, 10, 4, 64, 64, 3), dtype=torch.uint8)  # 20 segments of 4 frames
+    logs: list[str] = []
+    engine._CHUNK_CACHE.clear()
+    fwd = engine.Forward(enc, torch.device("cpu"), None, "resnet50", log=logs.append)
+    out = fwd(frames)
+    assert out.shape == (2, 10, *enc.feature_shape())
+    cands = {min(20, max(1, round(f / 4))) for f in engine.CHUNK_FRAMES}  # 4, 8, 16, 20 segments
+    assert fwd.chunk in cands and len(logs) == 1 and "forward chunk" in logs[0]
+    assert all(f"{c * 4}:" in logs[0] for c in cands)
+    again = engine.Forward(enc, torch.device("cpu"), None, "resnet50", log=logs.append)
+    again(frames[:1])
+    assert again.chunk == fwd.chunk and len(logs) == 1  # cached for this shape: no second calibration
+    with torch.inference_mode():
+        whole = enc.encode_segments(frames.reshape(20, 1, *frames.shape[2:])).reshape(out.shape).numpy()
+    for c in (1, 3, 7, 20):  # uneven last chunks included
+        fwd.chunk = c
+        np.testing.assert_allclose(fwd(frames), whole, rtol=1e-4, atol=1e-5)
+
+
+def test_decode_overlap_rule_and_identical_output(prepared_dir, tmp_path, monkeypatch):
+    """Decoding overlaps compute on CUDA and when the CPU has a core per worker beside the
+    model's threads; the model waiting for each batch or not, the file is byte-identical."""
+    import torch
+
+    from pipeline.features import engine
+
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(engine.torch, "get_num_threads", lambda: 2)
+    assert engine.overlap_decode(torch.device("cpu"), 2)  # 2 threads + 2 workers on 4 cores
+    assert not engine.overlap_decode(torch.device("cpu"), 3)
+    assert engine.overlap_decode(torch.device("cuda"), 8)
+    monkeypatch.undo()
+
+    rows = _rows(prepared_dir)
+    enc = build_encoder(ModelSpec("resnet50", weights="random"), image_size=64)
+    files, logs = {}, []
+    for overlap in (True, False):
+        monkeypatch.setattr(engine, "overlap_decode", lambda device, workers, v=overlap: v)
+        files[overlap] = extract("resnet50", enc.spec, rows, tmp_path / f"o{overlap}.h5", CFG, encoder=enc,
+                                 progress=False, log=logs.append).path
+    assert _md5(files[True]) == _md5(files[False])
+    assert any("decode overlaps compute" in s for s in logs) and any("decode between batches" in s for s in logs)

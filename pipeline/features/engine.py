@@ -4,7 +4,9 @@ Data path: decoding runs in :class:`pipeline.media.DecodePool` worker processes 
 resized inside the decoder); a producer thread stacks decoded videos into batches across
 videos (pinned memory on CUDA) and hands them over a bounded queue; the main thread moves a
 batch to the device and runs ``encoder.encode_segments`` under ``torch.inference_mode`` and
-autocast, channels_last. There is no per-frame Python loop.
+autocast, channels_last. There is no per-frame Python loop. On a CPU without a free core for
+the decode workers, decoding does not overlap compute (see :func:`overlap_decode`) and the
+forward chunk is calibrated (:class:`Forward`).
 
 Resumability: the unique videos to extract (a video with two annotation lines is decoded
 once and written to both rows) are cut into shards of ``shard_videos``; each finished shard
@@ -144,13 +146,15 @@ def decoder_for(encoder: Encoder, cfg: ExtractConfig) -> Callable[[str], Any]:
 
 
 def _decoded_stream(fn: Callable[[str], Any], items: list[str], workers: int,
-                    timeout_s: float, pool: Any = None) -> Iterator[tuple[str, Any]]:
+                    timeout_s: float, pool: Any = None,
+                    max_pending: Optional[int] = None) -> Iterator[tuple[str, Any]]:
     """(path, Decoded | DecodeFailure) in input order; workers=0 decodes in this thread;
-    ``pool``: an already running :class:`DecodePool` over ``fn`` (left open)."""
+    ``pool``: an already running :class:`DecodePool` over ``fn`` (left open); ``max_pending``:
+    videos decoded ahead of the one consumed (default: the pool's, twice its workers)."""
     from pipeline.media import DecodeFailure, DecodePool
 
     if pool is not None:
-        yield from pool.imap(items)
+        yield from pool.imap(items, max_pending)
         return
     if workers == 0:
         for item in items:
@@ -161,7 +165,7 @@ def _decoded_stream(fn: Callable[[str], Any], items: list[str], workers: int,
             except Exception as e:  # same contract as the pool: the item fails, with its reason
                 yield item, DecodeFailure(item, "error", f"{type(e).__name__}: {e}")
         return
-    with DecodePool(fn, workers=workers, timeout_s=timeout_s) as pool:
+    with DecodePool(fn, workers=workers, timeout_s=timeout_s, max_pending=max_pending) as pool:
         yield from pool.imap(items)
 
 
@@ -301,7 +305,8 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
         log(f"extract[{name}]: resuming, {len(mine) - len(todo)}/{len(mine)} shards "
             f"({resumed} videos) already committed in {run.partial}")
     log(f"extract[{name}]: {len(run.work.videos)} videos -> {run.work.num_rows} rows, {len(run.shards)} "
-        f"shards; device={device} amp={run.amp} batch={cfg.batch_videos} videos, workers={cfg.workers}"
+        f"shards; device={device} amp={run.amp} batch={cfg.batch_videos} videos, workers={cfg.workers}, "
+        f"decode {'overlaps compute' if overlap_decode(device, cfg.workers) else 'between batches (no free core)'}"
         + (f", rank {rank}/{world_size}" if world_size > 1 else ""))
     computed = _run_shards(run, todo, initial=resumed, total=sum(len(run.shards[k]) for k in mine))
     _barrier(world_size)
@@ -392,16 +397,19 @@ def _run_shards(run: _Run, todo: list[int], initial: int, total: int) -> int:
         return 0
     cfg = run.cfg
     items = [v for k in todo for v in run.shards[k]]
+    overlap = overlap_decode(run.device, cfg.workers)
     stream = _decoded_stream(decoder_for(run.encoder, cfg), items, cfg.workers, cfg.decode_timeout_s,
-                             run.decode_pool)
+                             run.decode_pool, None if overlap else max(cfg.batch_videos, cfg.workers))
     batches = produce_batches(stream, [(k, run.shards[k]) for k in todo], cfg.batch_videos,
                               pin=run.device.type == "cuda")
+    if overlap:
+        batches = threaded_prefetch(batches, cfg.queue_batches)
     bar = tqdm(total=total, initial=initial, unit="video", desc=f"extract {run.name}",
                disable=not run.progress, dynamic_ncols=True, smoothing=0.1)
     forward = Forward(run.encoder, run.device, run.amp, run.name, run.log)
     computed, buf = 0, None
     try:
-        for b in threaded_prefetch(batches, cfg.queue_batches):
+        for b in batches:
             buf = buf or _ShardBuffer.empty(len(run.shards[b.shard]), run.encoder, cfg)
             buf.add(b, forward(b.data) if b.data is not None else None, cfg.dtype)
             done = len(b.positions) + len(b.failures)
@@ -453,29 +461,48 @@ class _ShardBuffer:
         _write_shard(path, fingerprint, videos, self.data, self.ok, self.messages, self.flags, self.timestamps)
 
 
+def overlap_decode(device: torch.device, workers: int) -> bool:
+    """Whether decoding runs ahead of the model while it computes (a producer thread and a
+    bounded queue of ``queue_batches`` batches) or the model waits for each batch.
+
+    On CUDA, and on a CPU with a core free for every decode worker beside the model's intra-op
+    threads, decoding overlaps compute. Otherwise the workers would take cores from the
+    backbone's threads, which then wait for each other at every operator: on the 2-core
+    reference machine that made ResNet-50 at 64 px about 8% slower than decoding each batch
+    (both workers in parallel, about 25 ms a video) while the model waits
+    (``benchmarks/extract.py``)."""
+    if device.type != "cpu":
+        return True
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return torch.get_num_threads() + max(workers, 1) <= cores
+
+
 # ------------------------------------------------------------------------------------------
 # The forward pass and its chunk
 # ------------------------------------------------------------------------------------------
-MIN_CHUNK_FRAMES = 16  # smallest forward chunk tried on CPU
-_CHUNK_CACHE: dict[tuple, int] = {}  # (model, device, input shape, threads) -> parts a batch is cut into
+CHUNK_FRAMES = (16, 32, 64, 128, 256)  # forward chunks (frames, rounded to whole segments) tried on CPU
+_CHUNK_CACHE: dict[tuple, int] = {}  # (model, device, segment shape, threads) -> segments per forward
 
 
 class Forward:
     """``encoder.encode_segments`` on a batch, in chunks of whole segments.
 
     On CUDA a chunk is the whole batch (larger is faster). On CPU the best chunk depends on the
-    model, the frame size and the load of the machine (a large batch leaves the caches; a small
-    one makes the intra-op threads wait for each other when other processes hold the cores, as
-    the decode workers do), so it is calibrated once per process on the first batch: the batch
-    cut into 1, 2, 4, ... equal parts of whole segments (down to ``MIN_CHUNK_FRAMES``), two timed
-    forwards of a part each, the fastest per frame kept and logged. Audio batches are never
-    chunked. A frame's features do not depend on the chunk it is computed in (eval mode; chunks
-    of at least 16 frames give bit-identical maps with oneDNN)."""
+    model, the frame size and the machine (a large batch leaves the caches, a small one leaves
+    the intra-op threads waiting for each other), so it is calibrated once per process on the
+    first batch: chunks of about ``CHUNK_FRAMES`` frames (whole segments, at most the batch), two
+    interleaved rounds of one timed forward each, the fastest per frame kept and logged. On
+    this project's 2-core reference machine the best chunk was 64 frames for ResNet-50 and 16 to
+    32 for VGG-19 at 64 px (``benchmarks/extract.py`` prints the sweep). Audio batches are never
+    chunked. A frame's features do not depend on the chunk it is computed in (eval mode)."""
 
     def __init__(self, encoder: Encoder, device: torch.device, amp: Optional[torch.dtype], name: str,
                  log: Callable[[str], None] = print):
         self.encoder, self.device, self.amp, self.name, self.log = encoder, device, amp, name, log
-        self.parts: Optional[int] = None  # equal parts a batch is cut into; None: not chosen yet
+        self.chunk: Optional[int] = None  # segments per forward; None: not chosen yet
 
     def __call__(self, data: torch.Tensor) -> np.ndarray:
         x = data.to(self.device, non_blocking=True)
@@ -483,10 +510,10 @@ class Forward:
             return self._encode(x).float().cpu().numpy()
         b, t = x.shape[:2]
         segs = x.reshape(b * t, 1, *x.shape[2:])
-        if self.parts is None:
-            self.parts = self._choose(segs)
-        chunk = -(-b * t // self.parts)
-        out = torch.cat([self._encode(segs[i:i + chunk]) for i in range(0, b * t, chunk)])
+        if self.chunk is None:
+            self.chunk = self._choose(segs)
+        c = self.chunk
+        out = torch.cat([self._encode(segs[i:i + c]) for i in range(0, b * t, c)])
         return out.reshape(b, t, *out.shape[2:]).float().cpu().numpy()
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -495,23 +522,18 @@ class Forward:
             return self.encoder.encode_segments(x)
 
     def _choose(self, segs: torch.Tensor) -> int:
-        """Parts per batch: the fastest candidate on ``segs`` (cached per process and shape)."""
+        """Segments per forward: the fastest candidate on ``segs`` (cached per process and shape)."""
         n, f = segs.shape[0], segs.shape[2]
         key = (self.name, str(self.device), tuple(segs.shape[2:]), torch.get_num_threads())
         if key not in _CHUNK_CACHE:
-            sizes = {}  # chunk (segments) -> parts
-            parts = 1
-            while parts == 1 or -(-n // parts) * f >= MIN_CHUNK_FRAMES and parts <= n:
-                sizes.setdefault(-(-n // parts), parts)
-                parts *= 2
+            cands = sorted({min(n, max(1, round(frames / f))) for frames in CHUNK_FRAMES})
             rates: dict[int, float] = {}
-            for c in sorted(sizes):
-                for _ in range(2):  # the first includes the warm-up of this shape; best kept
+            for _ in range(2):  # the first round includes each shape's warm-up; best kept
+                for c in cands:
                     t0 = time.perf_counter()
                     self._encode(segs[:c])
                     rates[c] = max(rates.get(c, 0.0), c * f / (time.perf_counter() - t0))
-            best = max(rates, key=rates.get)
-            _CHUNK_CACHE[key] = sizes[best]
+            _CHUNK_CACHE[key] = best = max(rates, key=rates.get)
             self.log(f"extract[{self.name}]: forward chunk {best * f} frames (calibrated on cpu, "
                      f"frames/s: " + ", ".join(f"{c * f}: {r:.0f}" for c, r in rates.items()) + ")")
         return _CHUNK_CACHE[key]

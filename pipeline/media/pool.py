@@ -134,8 +134,10 @@ class DecodePool:
     def map(self, items: Iterable[Any]) -> list[tuple[Any, Any]]:
         return list(self.imap(items))
 
-    def imap(self, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-        """Yield ``(item, fn(item) or DecodeFailure)`` in input order."""
+    def imap(self, items: Iterable[Any], max_pending: Optional[int] = None) -> Iterator[tuple[Any, Any]]:
+        """Yield ``(item, fn(item) or DecodeFailure)`` in input order; ``max_pending`` overrides
+        the pool's look-ahead for this call."""
+        max_pending = int(max_pending or self.max_pending)
         source = iter(items)
         todo: deque[int] = deque()
         items_by_seq: dict[int, Any] = {}
@@ -144,7 +146,7 @@ class DecodePool:
         exhausted = False
         try:
             while True:
-                while not exhausted and next_in - next_out < self.max_pending:
+                while not exhausted and next_in - next_out < max_pending:
                     try:
                         items_by_seq[next_in] = next(source)
                     except StopIteration:
