@@ -34,7 +34,7 @@ class ExtractConfig:
     batch_videos: int = 4  # videos per model batch (x 10 segments x frames_per_segment frames)
     workers: int = 2  # decode worker processes (per rank)
     decode_timeout_s: float = 120.0  # a video taking longer to decode is marked invalid
-    queue_batches: int = 4  # decoded batches buffered ahead of the model (bounded queue)
+    queue_batches: int = 4  # decoded batches buffered ahead of the model when decoding overlaps compute
     shard_videos: int = 64  # videos per atomically committed shard (resume granularity)
     download: bool = True  # fetch missing pretrained files from their public location
     models: dict[str, ModelSpec] = field(default_factory=_default_models)
