@@ -16,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
 
 from pipeline.cli import stage_main  # noqa: E402
-from pipeline.features.run import run_stage  # noqa: E402
 
 
 @stage_main
@@ -30,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if (args.model is None) == (args.finetuned is None):
         p.error("give a model name or --finetuned visual|audio (one of them)")
+    from pipeline.features.run import run_stage  # here: decode workers re-import this script, not torch
     run_stage(args.model, args.params, progress=not args.no_progress, finetuned=args.finetuned)
 
 

@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `
 
 from pipeline.cli import stage_main  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
-from pipeline.finetune.run import run  # noqa: E402
 
 
 @stage_main
@@ -27,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = p.parse_args(argv)
+    from pipeline.finetune.run import run  # here: decode workers re-import this script, not torch
     run(load_params(args.params))
 
 

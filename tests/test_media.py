@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -247,3 +248,53 @@ def test_pool_abandoned_iterator_and_probe_many(media_dir):
     infos = list(probe_many([media_dir / n for n in names], workers=2, timeout_s=30))
     assert [i.status for i in infos] == ["ok", "corrupt", "missing", "no_audio"]
     assert infos[0].num_frames == 250 and infos[0].fps == pytest.approx(25.0)
+
+
+_HELD: list[bytes] = []
+
+
+def leak(item):
+    """Module-level pool fn that keeps 8 MB per call, as decord 0.6.0's AudioReader does."""
+    _HELD.append(b"\x01" * (8 << 20))
+    return item, os.getpid()
+
+
+def test_pool_replaces_a_worker_whose_memory_grows():
+    items = [str(i) for i in range(12)]
+    with DecodePool(leak, workers=1, timeout_s=30, max_growth_mb=20) as pool:
+        out = pool.map(items)
+        assert [i for i, _ in out] == items and [r[0] for _, r in out] == items  # nothing lost
+        assert pool.recycled == 3 and pool.killed == 0
+        per_worker = Counter(r[1] for _, r in out)  # its first item + 3 x 8 MB > 20 MB: replaced
+        assert sorted(per_worker.values()) == [4, 4, 4]
+    with DecodePool(leak, workers=1, timeout_s=30, max_growth_mb=0) as pool:  # 0: never replaced
+        out = pool.map(items[:4])
+        assert pool.recycled == 0 and len({r[1] for _, r in out}) == 1
+
+
+def test_audio_decode_memory_is_bounded_in_the_pool(media_dir):
+    """decord's AudioReader leaks each decoded track; the pool's workers stay bounded."""
+    import functools
+
+    fn = functools.partial(decode_audio, sample_rate=48000)  # 10 s: about 1.9 MB leaked a call
+    with DecodePool(fn, workers=1, timeout_s=60, max_growth_mb=8) as pool:
+        out = pool.map([media_dir / "ok.mp4"] * 12)
+        assert all(not isinstance(r, DecodeFailure) for _, r in out)
+        assert pool.recycled >= 1
+
+
+@pytest.mark.parametrize("stage", ["extract", "finetune", "prepare"])
+def test_decode_workers_do_not_import_torch_through_the_stage_script(stage):
+    """Every forkserver/spawn worker first runs the parent's main script as __mp_main__: the
+    stages that start decode workers import the library inside main()."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (f"import runpy, sys; runpy.run_path({str(root / 'stages' / f'{stage}.py')!r}, "
+            "run_name='__mp_main__'); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
