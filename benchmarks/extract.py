@@ -215,17 +215,22 @@ def run_engine_data_path(videos, enc, cfg, device, pool) -> dict:
     return {"wall": wall, "mb": mem.mb}
 
 
-def run_floor(n_frames: int, enc, cfg, device, batches=FLOOR_BATCHES) -> dict:
-    """The backbone alone on in-memory frames: a sweep over ``batches`` (``FLOOR_FRAMES`` frames
-    each, twice, best kept) picks the fastest batch, which then runs ``n_frames`` frames, as many
-    as the engine computes, so that both are timed over the same work (one batch size: no sweep)."""
-    size = enc.prep.size
+def _floor_input(n: int, enc, cfg, device) -> torch.Tensor:
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.randn(n, 3, *enc.prep.size, device=device).contiguous(memory_format=fmt)
+
+
+def _floor_amp(device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def sweep_floor(n_frames: int, enc, cfg, device, batches=FLOOR_BATCHES) -> dict[int, float]:
+    """The backbone's frames/s on in-memory frames per batch size (``FLOOR_FRAMES`` frames each,
+    twice, best kept; batches capped at ``n_frames``)."""
     per_batch = {}
-    with PeakRSS(children=False) as mem, torch.inference_mode(), amp:  # no decode workers in the floor
-        for b in sorted({min(b, n_frames) for b in batches}) if len(batches) > 1 else []:
-            x = torch.randn(b, 3, *size, device=device).contiguous(memory_format=fmt)
+    with torch.inference_mode(), _floor_amp(device):
+        for b in sorted({min(b, n_frames) for b in batches}):
+            x = _floor_input(b, enc, cfg, device)
             calls = max(1, -(-FLOOR_FRAMES // b))
             for _ in range(2):
                 t0 = time.perf_counter()
@@ -233,14 +238,20 @@ def run_floor(n_frames: int, enc, cfg, device, batches=FLOOR_BATCHES) -> dict:
                     enc(x)
                 _sync(device)
                 per_batch[b] = max(per_batch.get(b, 0.0), calls * b / (time.perf_counter() - t0))
-        best = max(per_batch, key=per_batch.get) if per_batch else min(batches[0], n_frames)
-        x = torch.randn(n_frames, 3, *size, device=device).contiguous(memory_format=fmt)
+    return per_batch
+
+
+def run_floor(n_frames: int, batch: int, enc, cfg, device) -> dict:
+    """The backbone alone on ``n_frames`` in-memory frames, as many as the engine computes, in
+    forwards of ``batch`` (the sweep's best), so that both are timed over the same work."""
+    with PeakRSS(children=False) as mem, torch.inference_mode(), _floor_amp(device):  # no decode workers
+        x = _floor_input(n_frames, enc, cfg, device)
         t0 = time.perf_counter()
-        for i in range(0, n_frames, best):
-            enc(x[i:i + best])
+        for i in range(0, n_frames, batch):
+            enc(x[i:i + batch])
         _sync(device)
         wall = time.perf_counter() - t0
-    return {"wall": wall, "mb": mem.mb, "batch": best, "fps": per_batch}
+    return {"wall": wall, "mb": mem.mb}
 
 
 def _sync(device) -> None:
@@ -272,23 +283,24 @@ def bench_model(name: str, videos: list[str], args, cfg, device, tmp: Path, data
             data_paths.update(base=base["data"], startup=startup, engine=min(
                 (run_engine_data_path(videos, enc, cfg, device, pool) for _ in range(args.reps)),
                 key=lambda r: r["wall"]))
+        sweep = sweep_floor(frames, enc, cfg, device)
+        best = max(sweep, key=sweep.get)
         for _ in range(args.reps):  # interleaved, best of reps: a shared machine is noisy
             engs.append(run_engine(videos, enc, cfg, device, tmp / f"{name}.h5", pool))
-            # the sweep runs once; later reps time the floor at the batch it found
-            floors.append(run_floor(frames, enc, cfg, device, FLOOR_BATCHES if not floors else (floors[0]["batch"],)))
+            floors.append(run_floor(frames, best, enc, cfg, device))
     finally:
         pool.close()
     eng = min(engs, key=lambda r: r["wall"])
-    floor = dict(min(floors, key=lambda r: r["wall"]), fps=floors[0]["fps"], batch=floors[0]["batch"])
+    floor = min(floors, key=lambda r: r["wall"])
     base_frames = args.baseline_videos * SEGMENTS * args.frames_per_segment
     res = {"o": eng["wall"] / floor["wall"], "r": (frames / eng["wall"]) / (base_frames / base["wall"])}
     print(f"{name}:")
     for label, r, n in (("baseline", base, base_frames), ("engine", eng, frames), ("floor", floor, frames)):
         print(f"  {label:9s} {r['wall']:7.1f} s for {n:5d} frames  {n / r['wall']:8.1f} frames/s  "
               f"peak RSS {r['mb']:7.0f} MB")
-    sweep = ", ".join(f"{b}: {v:.0f}" for b, v in sorted(floor["fps"].items()))
+    sweep_txt = ", ".join(f"{b}: {v:.0f}" for b, v in sorted(sweep.items()))
     reps = ", ".join(f"{e['wall']:.1f}/{f['wall']:.1f} s" for e, f in zip(engs, floors))
-    print(f"  floor sweep (batch: frames/s) {sweep}; best batch {floor['batch']}\n"
+    print(f"  floor sweep (batch: frames/s) {sweep_txt}; best batch {best}\n"
           f"  baseline split: data path {base['data']:.1f} s, model {base['model']:.1f} s; engine calibration "
           f"{calib:.1f} s once; engine wall / best compute floor = {res['o']:.3f}x (engine/floor reps: {reps}); "
           f"engine vs baseline frames/s = {res['r']:.2f}x", flush=True)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from extract import make_videos, manifest_rows, run_floor, start_pool  # noqa: E402  (benchmarks/extract.py)
+from extract import make_videos, manifest_rows, run_floor, start_pool, sweep_floor  # noqa: E402  (benchmarks/extract.py)
 from pipeline.encoders import ModelSpec, build_encoder  # noqa: E402
 from pipeline.features.config import ExtractConfig  # noqa: E402
 from pipeline.features.engine import decoder_for, extract  # noqa: E402
@@ -152,7 +152,9 @@ def _floor_seconds(enc, cfg: ExtractConfig, device: torch.device, n_videos: int)
     enc = enc.eval().to(device)
     if enc.modality == "visual":
         enc = enc.to(memory_format=torch.channels_last)
-        return run_floor(n_videos * NUM_SEGMENTS * cfg.frames_per_segment, enc, cfg, device)["wall"]
+        frames = n_videos * NUM_SEGMENTS * cfg.frames_per_segment
+        sweep = sweep_floor(frames, enc, cfg, device)
+        return run_floor(frames, max(sweep, key=sweep.get), enc, cfg, device)["wall"]
     x = 0.1 * torch.randn(cfg.batch_videos, NUM_SEGMENTS, enc.sample_rate, device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
     with torch.inference_mode(), amp:

@@ -37,6 +37,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .decode import DecodeFailure, VideoInfo, read_info
 
+try:
+    import resource
+except ImportError:  # not a Unix: workers are never replaced for their memory
+    resource = None
+
 START_TIMEOUT_S = 120.0  # a worker that is not ready by then means a broken setup: raise
 MAX_START_FAILURES = 3  # consecutive workers dying before ready -> raise (e.g. fn not importable)
 MAX_GROWTH_MB = 256.0  # a worker whose peak RSS grew more than this since its first item is replaced
@@ -44,9 +49,7 @@ MAX_GROWTH_MB = 256.0  # a worker whose peak RSS grew more than this since its f
 
 def _peak_rss_bytes() -> int:
     """This process's peak resident memory (0 where the platform does not say)."""
-    try:
-        import resource
-    except ImportError:  # not a Unix
+    if resource is None:
         return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
