@@ -297,3 +297,10 @@ def test_random_init_is_seeded_deterministic_and_recorded():
     frames = _frames(f=1)
     with torch.inference_mode():
         assert torch.equal(a.encode_segments(frames), b.encode_segments(frames))
+
+
+def test_visual_encoder_builds_at_a_size_giving_1x1_maps():
+    """ResNet-50 at 32 px ends on a 1x1 map: probing the map size must not hit batch norm's
+    training-mode check (it used to fail at build time)."""
+    enc = build_encoder(ModelSpec("resnet50", weights="random"), image_size=32)
+    assert enc.map_hw == (1, 1)

@@ -122,12 +122,14 @@ class VisualEncoder(Encoder):
 
 
 def net_output_hw(net: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """Map size for an input size (one tiny forward on the meta device)."""
+    """Map size for an input size (one tiny forward on the meta device, in eval mode: a batch of
+    one at a 1x1 map is fine there, and no batch-norm statistics move)."""
     try:
-        meta_net = copy.deepcopy(net).to("meta")
-        out = meta_net(torch.empty(1, 3, *size, device="meta"))
+        out = copy.deepcopy(net).to("meta").eval()(torch.empty(1, 3, *size, device="meta"))
     except Exception:  # some ops have no meta kernel: fall back to a real forward
-        out = net(torch.zeros(1, 3, *size))
+        training = net.training
+        out = net.eval()(torch.zeros(1, 3, *size))
+        net.train(training)
     return int(out.shape[-2]), int(out.shape[-1])
 
 
