@@ -115,13 +115,6 @@ class DataConfig:
 # --------------------------------------------------------------------------------------------
 # Loader
 # --------------------------------------------------------------------------------------------
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked against type ``tp`` (errors name ``key``): unions, literals, nested
     dataclasses, dicts, lists and scalars."""
@@ -212,7 +205,7 @@ _SECTIONS: dict[str, type] = {}
 
 
 def register_section(name: str):
-    """Register the dataclass of a top-level params.yaml section (used by the library rooms)."""
+    """Register the dataclass of a top-level params.yaml section (each package's ``config`` module)."""
     def deco(cls):
         if name in _SECTIONS and _SECTIONS[name] is not cls:
             raise ValueError(f"params section {name!r} registered twice")
@@ -227,7 +220,7 @@ register_section("data")(DataConfig)
 
 
 def _all_sections() -> dict[str, type]:
-    # Importing the rooms' config modules registers their sections (they import this module).
+    # Importing each package's config module registers its sections (they import this module).
     for mod in ("pipeline.features.config", "pipeline.training.config", "pipeline.finetune.config"):
         try:
             importlib.import_module(mod)
@@ -314,9 +307,11 @@ def _apply_runtime(raw: dict) -> tuple[dict, dict[str, set[str]]]:
 
 
 def _section(name: str, cls: type, data: Any, from_runtime: set[str]) -> Any:
-    """``from_dict`` of one section; errors about a runtime knob name it where it is written."""
+    """``from_dict`` of one section (or the section's own ``from_params`` where its keys are
+    not fixed, e.g. ``heads``); errors about a runtime knob name it where it is written."""
     try:
-        return from_dict(cls, data, name)
+        build = getattr(cls, "from_params", None)
+        return build(data, name) if build else from_dict(cls, data, name)
     except ConfigError as e:
         msg = str(e)
         for key in from_runtime:

@@ -1,7 +1,7 @@
 """What every stage needs, written once: device choice and its log line, distributed init (with
 a timeout), the git revision, atomic writes, seeding, and the clip geometry of AVE.
 
-Every room imports these instead of keeping its own copy.
+Every package imports these instead of keeping its own copy.
 """
 from __future__ import annotations
 

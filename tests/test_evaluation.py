@@ -196,7 +196,7 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
                    device="cpu", batch_size=3, timelines=3)
     test = data.splits["test"]
-    n_full = len(test.cml_excluded["full_length"])
+    n_full = len(test.task_excluded["full_length"])
     assert n_full > 0 and res["cml_excluded"] == {"full_length": n_full, "no_event": 0}
     assert res["videos"] == len(test) == 8 - n_full
     head = ck.load_head(tmp_path / "m" / "best.pt")[0]
@@ -210,7 +210,7 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     assert "event" not in metrics and "per_class" not in metrics
     assert metrics["cml_excluded"] == {"full_length": n_full, "no_event": 0}
     by_split = res["cml_excluded_by_split"]  # train and val from the training run
-    assert by_split["train"]["full_length"] == len(data.splits["train"].cml_excluded["full_length"])
+    assert by_split["train"]["full_length"] == len(data.splits["train"].task_excluded["full_length"])
     assert set(by_split) == {"train", "val", "test"} and by_split["test"]["full_length"] == n_full
     # Confusion of window segments (A2V rows, then V2A) against the event segments.
     events = int((test.targets != 3).sum())

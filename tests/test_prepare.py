@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.data.ave import load_annotations
-from pipeline.data.prepare import MANIFEST_COLUMNS, load_manifest, prepare, usable_mask
+from pipeline.data.prepare import EXCLUDED, MANIFEST_COLUMNS, load_manifest, prepare
 from pipeline.media import decode_audio
 from pipeline.media.write import write_mp4
 
@@ -72,7 +72,7 @@ def test_prepare_survives_broken_videos(broken, tmp_path):
     assert len(others) == 7  # six good videos, one of them on two lines
     assert others and all(r["status"] == "ok" and r["flags"] == () for r in others)
     assert all(r["duration"] == pytest.approx(10.0, abs=0.05) and r["has_audio"] for r in others)
-    assert usable_mask(rows).sum() == len(others) + 2  # + silent + short
+    assert sum(r["status"] not in EXCLUDED for r in rows) == len(others) + 2  # + silent + short
     assert result.counts() == {"ok": 7, "short": 1, "no_audio": 1, "corrupt": 2, "missing": 1,
                                "unusable": 2}
     report = (out / "report.md").read_text()

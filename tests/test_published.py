@@ -163,9 +163,8 @@ def test_other_community_file_by_name(route, tmp_path):
 
 
 def _cases():
-    from pipeline.heads import get_head_class
-    from pipeline.training.config import HEAD_NAMES
-    return [(h, s) for h in HEAD_NAMES for s in ("fully", "weak") if s in get_head_class(h).settings]
+    from pipeline.heads import get_head_class, list_heads
+    return [(h, s) for h in list_heads() for s in ("fully", "weak") if s in get_head_class(h).settings]
 
 
 @pytest.mark.parametrize("head,setting", _cases())

@@ -17,7 +17,7 @@ from pipeline import runtime
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
 from pipeline.training.loop import RunSpec, train
-from test_training import write_set  # also registers the toy head
+from test_training import interrupted, write_set  # also registers the toy head
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 3})
@@ -34,8 +34,8 @@ def test_an_edit_to_a_shared_head_module_is_not_resumed(toydata, tmp_path, monke
     for d in ("pipeline/heads", "pipeline/training"):
         shutil.copytree(REPO / d, code / d)
     monkeypatch.setattr(runtime, "REPO_ROOT", code)
-    train(SPEC, toydata, tmp_path / "a", stop_after=1)
-    assert train(SPEC, toydata, tmp_path / "a", stop_after=1).resumed_from == 0  # same code: resumed
+    interrupted(SPEC, toydata, tmp_path / "a", 1)
+    assert interrupted(SPEC, toydata, tmp_path / "a", 1).resumed_from == 0  # same code: resumed
     with open(code / "pipeline/heads/_avga.py", "a") as f:  # a module several heads share
         f.write("\n# edited\n")
     res = train(SPEC, toydata, tmp_path / "a")
@@ -43,7 +43,7 @@ def test_an_edit_to_a_shared_head_module_is_not_resumed(toydata, tmp_path, monke
 
 
 def test_other_data_is_not_resumed(toydata, tmp_path):
-    train(SPEC, toydata, tmp_path, stop_after=1)
+    interrupted(SPEC, toydata, tmp_path, 1)
     prepared, feats = write_set(tmp_path / "other", seed=1)  # same shapes, other values
     other = load_dataset(prepared, feats, "vis", "aud", verbose=False)
     assert train(SPEC, other, tmp_path).resumed_from is None

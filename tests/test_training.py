@@ -12,20 +12,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import ConfigError, validate
-from pipeline.heads import Head, _registry, register_head
+from pipeline.heads import Head, Schedule, _registry, register_head
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import RunSpec, train
+from pipeline.training.loop import RunSpec, Training, train
 
 C, T = 3, 10  # event classes, segments
 RECIPE = {"optimizer": "adam", "lr": 0.05, "weight_decay": 0.0, "batch_size": 16, "epochs": 6,
           "lr_step": 3, "lr_milestones": [], "lr_gamma": 0.5, "clip_grad": 1.0}
 
 
+def interrupted(spec, data, out, epochs: int):
+    """A run stopped after ``epochs`` epochs of this call, as a kill between epochs leaves it."""
+    run = Training(spec, data, out)
+    for _ in zip(range(epochs), run.epochs()):
+        pass
+    return run
+
+
 class _ToyHead(Head):
     """Linear classifier of the audio vector per segment (+ dropout, to exercise the RNG)."""
     DEFAULTS = {"dropout": 0.1}
     TRAIN_DEFAULTS = {"fully": dict(RECIPE), "weak": dict(RECIPE)}
+    SELECTION = {"fully": Schedule(), "weak": Schedule()}  # every epoch on test
     seen_keys: list = []
 
     def __init__(self, visual_dim, audio_dim, num_classes, setting="fully", dropout=0.1):
@@ -140,6 +149,7 @@ def test_learns_known_answer_and_writes_rebuildable_checkpoints(toyset, tmp_path
 @pytest.mark.parametrize("setting", ["fully", "weak"])
 def test_validation_loss_is_the_heads_loss_on_val_in_eval_mode(toyset, tmp_path, setting):
     from pipeline.training.loop import validation_loss
+    from pipeline.training.tasks import get_task
     data = toyset[0]
     res = train(RunSpec("toy", setting, device="cpu", recipe_overrides={"epochs": 2}), data,
                 tmp_path)
@@ -153,7 +163,7 @@ def test_validation_loss_is_the_heads_loss_on_val_in_eval_mode(toyset, tmp_path,
         expect = F.binary_cross_entropy(logits.softmax(-1).mean(1).clamp(1e-6, 1 - 1e-6), val.weak)
     assert res.history[-1]["val_loss"] == pytest.approx(expect.item(), rel=1e-5)
     # Batched: videos weight the batch means (every toy video has T segments).
-    small = validation_loss(head, val, setting, torch.device("cpu"), 1, 2, batch_size=5)
+    small = validation_loss(head, val, get_task(setting), torch.device("cpu"), 1, 2, batch_size=5)
     assert small == pytest.approx(expect.item(), rel=1e-5) and not head.training
 
 
@@ -174,7 +184,7 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(toyset, tmp_path)
     for k, v in _state(tmp_path / "a" / "last.pt").items():
         assert torch.equal(v, _state(tmp_path / "b" / "last.pt")[k])
     # Interrupted after 2 epochs, then resumed: same weights and history as run a.
-    train(spec, data, tmp_path / "c", stop_after=2)
+    interrupted(spec, data, tmp_path / "c", 2)
     assert ckpt_io.load(tmp_path / "c" / "last.pt")["epoch"] == 1
     c = train(spec, data, tmp_path / "c")
     assert c.resumed_from == 1
@@ -345,7 +355,7 @@ def test_lr_follows_milestones_exactly_and_params_override_them(toyset, tmp_path
     res = train(spec, data, tmp_path / "a")
     assert [r["lr"] for r in res.history] == [0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125]
     # Interrupted inside the schedule and resumed: the scheduler state continues exactly.
-    train(spec, data, tmp_path / "b", stop_after=3)
+    interrupted(spec, data, tmp_path / "b", 3)
     resumed = train(spec, data, tmp_path / "b")
     assert resumed.resumed_from == 2 and resumed.history == res.history
     # train.lr_milestones replaces the head's milestones.
@@ -380,7 +390,11 @@ def test_lr_step_is_periodic_and_excludes_milestones(toyset, tmp_path):
 def test_every_head_recipe_resolves_to_one_schedule():
     import pipeline.heads  # noqa: F401
     from pipeline.heads import get_head_class, list_heads
-    from pipeline.training.loop import lr_milestones, resolve_recipe
+    from pipeline.heads import resolve
+    from pipeline.training.loop import lr_milestones
+
+    def resolve_recipe(name, setting, overrides):
+        return resolve(name, setting, recipe=overrides).recipe
     for name in list_heads():
         for setting in get_head_class(name).settings:
             recipe = resolve_recipe(name, setting, {})
@@ -435,11 +449,11 @@ def test_cml_reads_the_cml_split_and_excludes_full_length_events(tmp_path):
     test = data.splits["test"]
     assert data.setting == "cml"
     assert test.rows.tolist() == [r for r in cml_test if r not in full]
-    assert test.cml_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
-    assert len(test.cml_excluded["no_event"]) == 0 and len(test.cml_excluded["full_length"]) > 0
+    assert test.task_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
+    assert len(test.task_excluded["no_event"]) == 0 and len(test.task_excluded["full_length"]) > 0
     torch.testing.assert_close(test.labels, torch.from_numpy(labels[test.rows]))
     standard = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    assert standard.splits["test"].cml_excluded == {}
+    assert standard.splits["test"].task_excluded == {}
     assert standard.splits["test"].rows.tolist() != test.rows.tolist()
 
 
@@ -487,10 +501,10 @@ def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp
     """best_val.pt: the best val epoch; best_test.pt: the best test accuracy at the released
     script's checks (here: every 2nd epoch from epoch 2, ties to the later); best.pt: the one
     train.select names."""
-    from pipeline.training import selection
+    from pipeline.heads import Schedule
 
-    monkeypatch.setitem(selection.SCHEDULES, ("toy", "fully"),
-                        selection.Schedule("test", every=2, skip_first=True, later_wins_ties=True))
+    monkeypatch.setitem(_ToyHead.SELECTION, "fully",
+                        Schedule("test", every=2, skip_first=True, later_wins_ties=True))
     data = toyset[0]
     res = {}
     for select in ("val", "test"):
@@ -531,9 +545,12 @@ def test_released_schedules():
 def test_att_dim_follows_the_visual_maps_unless_set():
     """AVEL / PSP / VSCG add the audio term per position: att_dim = H*W of the maps trained on
     (49 for 7x7, the DEFAULTS); a value set in heads.<head> is kept; other heads are untouched."""
-    import pipeline.heads  # noqa: F401
-    from pipeline.heads import resolve_hparams
-    from pipeline.training.loop import fit_map_size
+    from pipeline.heads import resolve, resolve_hparams
+
+    def fit_map_size(name, hp, overrides, map_hw):  # att_dim as the one resolution sets it
+        defaults = resolve_hparams(name)
+        fixed = {k: v for k, v in hp.items() if v != defaults.get(k)}
+        return resolve(name, overrides={**fixed, **overrides}, map_hw=map_hw).hparams
 
     for name in ("avel", "psp", "vscg"):
         hp = resolve_hparams(name)

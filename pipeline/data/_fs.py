@@ -1,4 +1,4 @@
-"""Small filesystem helpers of the data room."""
+"""Small filesystem helpers of the data package."""
 from __future__ import annotations
 
 import os

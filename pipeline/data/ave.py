@@ -45,18 +45,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline import layout
 from pipeline.data.ids import UnsafePathError, inside, video_id_problem
+from pipeline.layout import (ANNOTATIONS_FILE, BACKGROUND_FILE, CML_DIR, ORDER_FILE,
+                             ORDER_MATCH_FILE, SPLITS, VIDEO_DIR)
 from pipeline.runtime import NUM_SEGMENTS
-SPLITS = ("train", "val", "test")
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
-ANNOTATIONS_FILE = "Annotations.txt"
-VIDEO_DIR = "AVE"  # videos live in <root>/AVE/<VideoID>.mp4
 HEADER_PREFIX = "Category&VideoID"
-BACKGROUND_FILE = "backgroundSet.txt"  # <root>/backgroundSet.txt: background-only video ids
-BACKGROUND_LABELS = "labels_noisy.h5"  # their labels (B, C+1), background alone (reference name)
-CML_DIR = "cml"  # <root>/cml/{train,val,test}Set.txt: the cross-modality localization split
-ORDER_FILE = "{split}_order.h5"  # community split orders (dataset "order")
-ORDER_MATCH_FILE = "{split}_order_match.h5"  # community cml split orders (dataset "order")
 
 
 class AnnotationWarning(UserWarning):
@@ -306,30 +301,31 @@ def background_video_ids(root: str | Path, problems: list[str] | None = None) ->
 
 def export_labels(root: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write the community label/order files from the annotation files alone."""
-    ann = load_annotations(root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return write_label_files(load_annotations(root), out_dir)
+
+
+def write_label_files(ann: "AVEAnnotations", out_dir: Path) -> dict[str, Path]:
+    """``labels.h5``, ``mil_labels.h5`` and the split order files (``_order_match.h5`` too when
+    the root has the cml split) of ``ann`` into ``out_dir``: the one writer of these files
+    (``prepare`` and ``export-labels``). Returns ``{name: path}``."""
     written = {}
-    path = out_dir / "labels.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("avadataset", data=ann.labels())
-    written["labels"] = path
-    path = out_dir / "mil_labels.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("avadataset", data=ann.video_labels())
-    written["mil_labels"] = path
+    for key, name, data in (("labels", layout.LABELS_FILE, ann.labels()),
+                            ("mil_labels", layout.VIDEO_LABELS_FILE, ann.video_labels())):
+        written[key] = out_dir / name
+        with h5py.File(written[key], "w") as f:
+            f.create_dataset("avadataset", data=data)
     for split in SPLITS:
-        written[split] = write_order(out_dir / ORDER_FILE.format(split=split), ann.order(split))
+        written[split] = write_order(layout.order_file(out_dir, split), ann.order(split))
         if ann.cml_splits:
-            written[f"{split}_match"] = write_order(out_dir / ORDER_MATCH_FILE.format(split=split),
+            written[f"{split}_match"] = write_order(layout.order_file(out_dir, split, match=True),
                                                     ann.cml_order(split))
     return written
 
 
 def write_order(path: Path, order: np.ndarray) -> Path:
     """A community order file: dataset ``order``, int64 line indices."""
-    import h5py
-
     with h5py.File(path, "w") as f:
         f.create_dataset("order", data=np.asarray(order, dtype=np.int64))
     return path

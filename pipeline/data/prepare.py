@@ -63,11 +63,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data._fs import replace_dir
-from pipeline.data.ave import (BACKGROUND_LABELS, ORDER_FILE, ORDER_MATCH_FILE, SPLITS,
-                               AVEAnnotations, background_video_ids, load_annotations, write_order)
+from pipeline import layout
+from pipeline.data.ave import (AVEAnnotations, background_video_ids, load_annotations,
+                               write_label_files)
 from pipeline.data.ids import UnsafePathError
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                             VideoInfo, audio_flags, probe_many)
+from pipeline.layout import SPLITS
 from pipeline.runtime import NUM_SEGMENTS
 
 MANIFEST_COLUMNS = ("index", "video_id", "category", "split", "start", "end", "path", "status",
@@ -224,18 +226,11 @@ def contained_videos(ann: AVEAnnotations, ids: list[str]) -> tuple[dict[str, Pat
 
 def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path,
                    min_duration: float) -> None:
-    write_manifest(out / "manifest.csv", result.rows)
-    with h5py.File(out / "labels.h5", "w") as f:
-        f.create_dataset("avadataset", data=ann.labels())
-    with h5py.File(out / "mil_labels.h5", "w") as f:
-        f.create_dataset("avadataset", data=ann.video_labels())
-    for split in SPLITS:
-        write_order(out / ORDER_FILE.format(split=split), ann.order(split))
-        if ann.cml_splits:
-            write_order(out / ORDER_MATCH_FILE.format(split=split), ann.cml_order(split))
+    write_manifest(out / layout.MANIFEST_FILE, result.rows)
+    write_label_files(ann, out)
     _write_background(out, ann, result, root)
-    (out / "categories.json").write_text(json.dumps(result.categories, indent=1) + "\n")
-    (out / "report.md").write_text(render_report(result, ann, root, min_duration))
+    (out / layout.CATEGORIES_FILE).write_text(json.dumps(result.categories, indent=1) + "\n")
+    (out / layout.REPORT_FILE).write_text(render_report(result, ann, root, min_duration))
 
 
 def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path) -> None:
@@ -243,12 +238,12 @@ def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, roo
     root's published ``labels_noisy.h5`` (checked: background alone, C+1 columns)."""
     import h5py
 
-    published = root / BACKGROUND_LABELS
+    published = root / layout.BACKGROUND_LABELS_FILE
     if result.background_rows:
-        write_manifest(out / "background_manifest.csv", result.background_rows)
+        write_manifest(out / layout.BACKGROUND_MANIFEST_FILE, result.background_rows)
         labels = np.zeros((len(result.background_rows), ann.num_classes + 1), np.float32)
         labels[:, ann.background] = 1.0
-        with h5py.File(out / BACKGROUND_LABELS, "w") as f:
+        with h5py.File(out / layout.BACKGROUND_LABELS_FILE, "w") as f:
             f.create_dataset("avadataset", data=labels)
     elif published.is_file():
         with h5py.File(published, "r") as f:
@@ -257,7 +252,7 @@ def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, roo
                 not (labels[:, ann.background] == 1).all() or labels[:, :ann.background].any():
             raise ValueError(f"{published}: expected (B, {ann.num_classes + 1}) rows of "
                              f"background alone, got shape {labels.shape}")
-        shutil.copyfile(published, out / BACKGROUND_LABELS)
+        shutil.copyfile(published, out / layout.BACKGROUND_LABELS_FILE)
 
 
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -331,7 +326,7 @@ _FLAG_ACTIONS = {FLAG_PADDED_AUDIO: "audio padded with silence", FLAG_VFR: "samp
 
 
 def load_manifest(prepared_dir: str | os.PathLike,
-                  name: str = "manifest.csv") -> list[dict[str, Any]]:
+                  name: str = layout.MANIFEST_FILE) -> list[dict[str, Any]]:
     """Rows of ``manifest.csv`` (or ``name``, e.g. ``background_manifest.csv``) with typed values
     (``flags`` a tuple, ``has_audio`` a bool)."""
     rows = []
@@ -344,8 +339,3 @@ def load_manifest(prepared_dir: str | os.PathLike,
             row["flags"] = tuple(x for x in row["flags"].split(";") if x)
             rows.append(row)
     return rows
-
-
-def usable_mask(rows: list[dict[str, Any]]) -> np.ndarray:
-    """Boolean ``(N,)``: rows whose video can be decoded (status not in :data:`EXCLUDED`)."""
-    return np.array([r["status"] not in EXCLUDED for r in rows], dtype=bool)

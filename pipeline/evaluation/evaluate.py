@@ -5,13 +5,12 @@ confusion matrix, every video's timeline), ``metrics.json`` (accuracy, event pre
 per-class accuracy, parameter count, training time), ``plots/sklearn/confusion_matrix.json``
 (DVC confusion template), and ``plots/images/{confusion.png, timeline_*.png}``.
 
-A ``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's protocol instead
-(``pipeline.heads.m2n.cml_evaluate``): ``accuracy`` is the mean of ``cross_modal/a2v`` and
-``cross_modal/v2a`` (exact window match, M2N Table 1 "Average"); class and event metrics are not
-defined there, and the confusion matrix and timelines compare the predicted windows of both
-directions with the event segments (labels ``event`` / ``background``). It is evaluated on the
-cml split (``<split>_order_match.h5``) without the events spanning all segments and those
-without an event segment; ``cml_excluded/full_length`` and ``cml_excluded/no_event`` count them.
+The checkpoint's setting names the task that scores it (:mod:`pipeline.training.tasks`): a
+``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's protocol: ``accuracy``
+is the mean of ``cross_modal/a2v`` and ``cross_modal/v2a`` (exact window match, M2N Table 1
+"Average"); the confusion matrix and timelines compare the predicted windows of both directions
+with the event segments (labels ``event`` / ``background``); ``cml_excluded/full_length`` and
+``cml_excluded/no_event`` count the test rows it leaves out.
 """
 from __future__ import annotations
 
@@ -20,24 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from dvclive import Live
 
 from pipeline.data.ids import safe_filename
 from pipeline.data.prepare import load_manifest
-from pipeline.evaluation import metrics as M
+from pipeline import layout
 from pipeline.evaluation import plots
-from pipeline.heads.m2n import DIRECTIONS, cml_evaluate
-from pipeline.runtime import atomic_write_json, select_device
 from pipeline.evaluation.html import write_evaluation_page
+from pipeline.runtime import atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import predict
+from pipeline.training.tasks import get_task
 
 
 def _video_ids(prepared: Path, rows: np.ndarray) -> list[str]:
     """Video id of each row (``row<index>`` without a manifest); data, not yet a file name."""
-    if not (prepared / "manifest.csv").is_file():
+    if not (prepared / layout.MANIFEST_FILE).is_file():
         return [f"row{r}" for r in rows]
     by_index = {int(m["index"]): str(m["video_id"]) for m in load_manifest(prepared)}
     return [by_index.get(int(r), f"row{r}") for r in rows]
@@ -67,49 +64,20 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     s = data.splits[split]
     if ckpt.get("feature_norm"):
         s = s.normalized(ckpt["feature_norm"])  # the training run's train-split statistics
-    vids = _video_ids(Path(prepared), s.rows)
-    if ckpt["setting"] == "cml":
-        res, pred, true, vids = _cross_modal(head, s, dev, batch_size, vids)
-    else:
-        pred = predict(head, s, dev, batch_size).numpy()
-        true = s.targets.numpy()
-        res = M.summarize(pred, true, data.categories)
+    task = get_task(ckpt["setting"])
+    res, pred, true, vids = task.evaluate(head, s, dev, batch_size, data.categories,
+                                          _video_ids(Path(prepared), s.rows))
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
                train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
                val_accuracy=float(ckpt["val_accuracy"]),
                selected_by=ckpt.get("selected_by", "val"))
-    if ckpt["setting"] == "cml":
-        res["cml_excluded"] = {k: len(v) for k, v in s.cml_excluded.items()}
-        res["cml_excluded_by_split"] = {**ckpt.get("cml_excluded", {}),
-                                        split: res["cml_excluded"]}  # train/val: training run
-    if "cross_modal" in res:
-        print(f"{split} (cml split): cross-modal localization A2V "
-              f"{res['cross_modal']['a2v']:.4f}, V2A {res['cross_modal']['v2a']:.4f}, average "
-              f"{res['accuracy']:.4f} ({len(s)} videos; excluded: {len(s.excluded)} invalid "
-              f"features, {res['cml_excluded']['full_length']} full-length events, "
-              f"{res['cml_excluded']['no_event']} without an event)")
-    else:
-        print(f"{split}: accuracy {res['accuracy']:.4f} on {res['segments']} segments ({len(s)} "
-              f"videos, {len(s.excluded)} excluded); event F1 {res['event']['f1']:.4f}")
+    res.update(task.extra_metrics(s, ckpt))
+    print(task.describe(res, split, s))
     if out_dir is not None:
         _log(res, pred, true, vids, Path(out_dir), timelines)
         write_evaluation_page(Path(out_dir) / "index.html", res, pred, true, vids)
     return res
-
-
-def _cross_modal(head, split, device: torch.device, batch_size: int, vids: list[str]
-                 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
-    """M2N's CML metrics of a ``cml`` head, and its predicted windows as event (0) /
-    background (1) segments against the truth: rows A2V then V2A (for the plots)."""
-    acc, windows = cml_evaluate(head, split.visual, split.audio, split.labels, device, batch_size)
-    events = split.targets.numpy() != split.labels.shape[-1] - 1
-    pred = np.concatenate([np.where(windows[d].numpy(), 0, 1) for d in DIRECTIONS])
-    true = np.tile(np.where(events, 0, 1), (len(DIRECTIONS), 1))
-    res = {"accuracy": acc["average"], "cross_modal": {d: acc[d] for d in DIRECTIONS},
-           "labels": ["event", "background"], "segments": int(true.size),
-           "confusion": M.confusion_matrix(pred, true, 2).tolist()}
-    return res, pred, true, [f"{d}_{v}" for d in DIRECTIONS for v in vids]
 
 
 def _log(res: dict, pred: np.ndarray, true: np.ndarray, vids: list[str], out_dir: Path,

@@ -21,38 +21,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.heads import get_head_class, reported
 from pipeline.runtime import atomic_write_json, atomic_write_text
 
 ROW_KEYS = ("head", "setting", "visual", "audio", "accuracy", "params", "train_seconds",
             "paper_accuracy")
-EXTRA_KEYS = ("paper_params", "paper_source", "note")
-
-# Reported test accuracy (%) on AVE with VGG-19 visual + VGG-like (VGGish) audio features.
-PAPER_ACCURACY: dict[tuple[str, str], tuple[float, str]] = {
-    ("avel", "fully"): (72.7, "VSCG Table I / CACE-Net Table 5 (AVEL, audio-guided attention)"),
-    ("avel", "weak"): (66.7, "PSP Table 4 / CMBS Table 2 / VSCG Table I"),
-    ("psp", "fully"): (77.8, "PSP Table 4"),
-    ("psp", "weak"): (73.5, "PSP Table 4"),
-    ("cmbs", "fully"): (79.3, "CMBS Table 1"),
-    ("cmbs", "weak"): (74.2, "CMBS Table 2"),
-    ("cace", "fully"): (80.8, "CACE-Net Table 5 (VGG-like, VGG-19)"),
-    ("m2n", "fully"): (79.5, "M2N Table 2"),
-    ("m2n", "cml"): (52.4, "M2N Table 1 (cross-modality localization, average of A2V and V2A)"),
-    ("vscg", "fully"): (79.7, "VSCG Table I"),
-    ("vscg", "weak"): (74.8, "VSCG Table I"),
-    ("audio_only", "fully"): (59.5, "AVEL 'A' (VGG-like), as cited in M2N Table 2 / CACE-Net Table 5"),
-    ("visual_only", "fully"): (55.3, "AVEL 'V' (VGG-19), as cited in M2N Table 2 / CACE-Net Table 5"),
-}
-# Cross-modality localization accuracy (%) per direction, M2N Table 1.
-PAPER_CROSS_MODAL: dict[str, dict[str, float]] = {"m2n": {"a2v": 51.2, "v2a": 53.6}}
-# Trainable parameters (millions) reported in VSCG Table II (fully supervised).
-PAPER_PARAMS_M: dict[str, float] = {"psp": 1.7, "cmbs": 14.4, "vscg": 2.6}
 
 NOT_DEFINED = "not defined by the paper"
 
 
 def paper_accuracy(head: str, setting: str) -> tuple[Optional[float], Optional[str]]:
-    return PAPER_ACCURACY.get((head, setting), (None, None))
+    """The paper's reported test accuracy (%) and where it is printed (``Head.REPORTED``)."""
+    rep = reported(head, setting)
+    return (rep.accuracy, rep.source) if rep else (None, None)
 
 
 def _pct(x: Optional[float]) -> Optional[float]:
@@ -66,7 +47,7 @@ def cell_row(head: str, setting: str, visual: str, audio: str,
     """One table row from ``evaluate`` outputs of the val-selected (``result``) and the
     test-selected (``result_test_selected``) checkpoints (``None`` = not run, with ``note``)."""
     acc, src = paper_accuracy(head, setting)
-    pm = PAPER_PARAMS_M.get(head) if setting == "fully" else None
+    pm = get_head_class(head).REPORTED_PARAMS_M if setting == "fully" else None
     ts = result_test_selected
     row = {"head": head, "setting": setting, "visual": visual, "audio": audio,
            "accuracy": _pct(result["accuracy"]) if result else None,
@@ -81,7 +62,8 @@ def cell_row(head: str, setting: str, visual: str, audio: str,
                               if result else None)
         row["cross_modal_test_selected"] = ({k: _pct(v) for k, v in ts["cross_modal"].items()}
                                             if ts else None)
-        row["paper_cross_modal"] = PAPER_CROSS_MODAL.get(head)
+        rep = reported(head, setting)
+        row["paper_cross_modal"] = dict(rep.per_direction) if rep and rep.per_direction else None
         row["videos"] = int(result["videos"]) if result else None
         row["cml_excluded"] = dict(result["cml_excluded"]) if result else None
         row["cml_excluded_by_split"] = (dict(result.get("cml_excluded_by_split", {}))

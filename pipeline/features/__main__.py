@@ -1,4 +1,4 @@
-"""Command line of the feature room.
+"""Command line of the features package.
 
 ``python -m pipeline.features export-community --visual vgg19 --audio vggish OUT_DIR`` writes
 ``<paths.features>/vgg19.h5`` + ``vggish.h5`` and the prepared label/order files in the layout

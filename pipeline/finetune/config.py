@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import ConfigError, register_check, register_section
-from pipeline.data.ave import SPLITS
+from pipeline.layout import SPLITS
 from pipeline.encoders.base import check_encoder
 from pipeline.encoders.spec import check_weights
 

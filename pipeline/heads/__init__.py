@@ -1,10 +1,21 @@
-"""Localization heads, one module a paper; importing this package fills the registry."""
-from ._registry import (SETTINGS, Head, build_head, count_parameters, from_authors_state_dict,
-                        get_head_class, list_heads, register_head, resolve_hparams, train_defaults)
+"""Localization heads, one module a paper.
 
-# One import a paper (each registers its head by name).
-from . import avel, psp, cmbs, cace, m2n, vscg, baselines  # noqa: E402,F401  isort: skip
+Importing this package fills the registry: every public module in this folder is imported
+(each registers its head with ``@register_head``), then the entry points of the group
+``ave_pipeline.heads`` of other installed packages are loaded. A new head is one new file.
+"""
+from ._registry import (ENTRY_POINT_GROUP, SETTINGS, Head, HeadSpec, Reported, Schedule,
+                        SpecError, build_head, count_parameters, default_seed, discover,
+                        from_authors_state_dict, get_head_class, instantiate, list_heads,
+                        register_head, reported, resolve, resolve_hparams, schedule,
+                        train_defaults)
 
-__all__ = ["SETTINGS", "Head", "build_head", "count_parameters", "from_authors_state_dict",
-           "get_head_class", "list_heads",
-           "register_head", "resolve_hparams", "train_defaults"]
+DEFAULT_HEAD = "psp"  # train.head when params.yaml names none
+
+discover(__name__, __path__, ENTRY_POINT_GROUP)
+
+__all__ = ["DEFAULT_HEAD", "ENTRY_POINT_GROUP", "SETTINGS", "Head", "HeadSpec", "Reported",
+           "Schedule", "SpecError", "build_head", "count_parameters", "default_seed",
+           "from_authors_state_dict", "get_head_class", "instantiate", "list_heads",
+           "register_head", "reported", "resolve", "resolve_hparams", "schedule",
+           "train_defaults"]

@@ -29,7 +29,11 @@ Settings (``SETTINGS``; a head lists those its paper defines in ``settings``):
 from __future__ import annotations
 
 import copy
-from typing import Any
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -38,7 +42,39 @@ SETTINGS = ("fully", "weak", "cml")  # = pipeline.training.config.Setting
 TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step",
               "lr_milestones", "lr_gamma", "clip_grad")
 
+ENTRY_POINT_GROUP = "ave_pipeline.heads"  # heads of other installed packages register here
+
 _HEADS: dict[str, type["Head"]] = {}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a head's released training script checks its model, on which split, and how it
+    breaks ties (the ``test`` protocol of :mod:`pipeline.training.selection`). Epochs are
+    0-based, as in the scripts' loops."""
+    split: str = "test"  # split the script selects on: test | val
+    every: int = 1  # check when epoch % every == 0
+    skip_first: bool = False  # no check at epoch 0 (`epoch != 0`)
+    after: int = -1  # checks only when epoch > after
+    later_wins_ties: bool = False  # `>=` (True) or `>` (False)
+    source: str = "no released code: every epoch on test"
+
+    def checks(self, epoch: int) -> bool:
+        return (epoch % self.every == 0 and not (self.skip_first and epoch == 0)
+                and epoch > self.after)
+
+
+NO_RELEASED_CODE = Schedule()  # heads without released code: every epoch on test
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A number a paper reports for a head in one setting: test accuracy (%) on AVE with VGG-19
+    visual and VGG-like (VGGish) audio features, where it is printed, and for ``cml`` the
+    accuracy of each direction (``{"a2v": .., "v2a": ..}``)."""
+    accuracy: float
+    source: str
+    per_direction: dict[str, float] = field(default_factory=dict)
 
 
 class Head(nn.Module):
@@ -58,13 +94,17 @@ class Head(nn.Module):
     name: str = ""
     settings: tuple[str, ...] = ("fully", "weak")  # of SETTINGS, those the paper defines
     DEFAULTS: dict[str, Any] = {}
+    SETTING_DEFAULTS: dict[str, dict[str, Any]] = {}  # setting -> values of DEFAULTS left None
     TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
+    # What a head knows about itself besides its model (everything else derives from these):
+    SELECTION: dict[str, Schedule] = {}  # setting -> the released script's checks (best_test.pt)
+    SEEDS: dict[str, int] = {}  # setting -> the seed of the authors' script (absent: 0)
+    REPORTED: dict[str, Reported] = {}  # setting -> the paper's reported test accuracy
+    REPORTED_PARAMS_M: Optional[float] = None  # trainable parameters (millions) its paper reports
+    REPORTED_PARAMS_SOURCE: str = ""  # where that count is printed
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully"):
         super().__init__()
-        if setting not in self.settings:
-            raise ValueError(f"head {self.name!r} has no {setting!r} setting; "
-                             f"it supports: {', '.join(self.settings)}")
         self.visual_dim, self.audio_dim = visual_dim, audio_dim
         self.num_classes, self.setting = num_classes, setting
 
@@ -123,14 +163,49 @@ def register_head(name: str):
         unknown = set(k for s in cls.TRAIN_DEFAULTS.values() for k in s) - set(TRAIN_KEYS)
         if unknown:
             raise ValueError(f"head {name!r}: unknown TRAIN_DEFAULTS keys {sorted(unknown)}")
+        for attr in ("TRAIN_DEFAULTS", "SELECTION"):  # every setting declares its recipe and checks
+            missing = [s for s in cls.settings if s not in getattr(cls, attr)]
+            if missing:
+                raise ValueError(f"head {name!r}: {attr} has no entry for setting(s) {missing}")
+        bad = sorted(set(cls.settings) - set(SETTINGS))
+        if bad:
+            raise ValueError(f"head {name!r}: unknown setting(s) {bad}; known: {', '.join(SETTINGS)}")
         cls.name = name
         _HEADS[name] = cls
         return cls
     return deco
 
 
+def discover(package_name: str, package_path, group: str) -> None:
+    """Import every public module of a package (``pipeline/heads/<paper>.py`` registers itself
+    on import) and load the entry points of ``group`` (heads or encoders of other installed
+    packages): a new module is found without editing any ``__init__.py``."""
+    for info in pkgutil.iter_modules(package_path):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package_name}.{info.name}")
+    for ep in entry_points(group=group):
+        ep.load()
+
+
 def list_heads() -> list[str]:
-    return sorted(_HEADS)
+    """Registered head names, in registration order (modules of ``pipeline/heads`` in name
+    order, then entry points)."""
+    return list(_HEADS)
+
+
+def schedule(name: str, setting: str) -> Schedule:
+    """The released script's schedule of checks of head ``name`` in ``setting``."""
+    return get_head_class(name).SELECTION[setting]
+
+
+def default_seed(name: str, setting: str) -> int:
+    """The seed of the authors' script for head ``name`` in ``setting`` (0 where none is known)."""
+    return int(get_head_class(name).SEEDS.get(setting, 0))
+
+
+def reported(name: str, setting: str) -> Optional[Reported]:
+    """The paper's reported number of head ``name`` in ``setting`` (``None``: not reported)."""
+    return get_head_class(name).REPORTED.get(setting)
 
 
 def get_head_class(name: str) -> type[Head]:
@@ -140,32 +215,112 @@ def get_head_class(name: str) -> type[Head]:
         raise KeyError(f"unknown head {name!r}; registered heads: {', '.join(list_heads())}") from None
 
 
-def resolve_hparams(name: str, **overrides: Any) -> dict[str, Any]:
-    """``DEFAULTS`` of head ``name`` with ``overrides`` merged in; unknown keys raise."""
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head resolved once: every hyperparameter (``DEFAULTS``, then the setting's
+    ``SETTING_DEFAULTS`` for ``None`` values, then the overrides, then the map size) and the
+    training recipe (``TRAIN_DEFAULTS[setting]`` with the recipe overrides). Config validation,
+    the training loop, checkpoints and the converters all consume this; nothing merges again."""
+    head: str
+    setting: str
+    hparams: dict[str, Any]
+    recipe: dict[str, Any]
+    notes: tuple[str, ...] = ()  # what resolution chose on its own (printed by the loop)
+
+
+def resolve(name: str, setting: str = "fully", overrides: Optional[dict[str, Any]] = None,
+            recipe: Optional[dict[str, Any]] = None,
+            map_hw: Optional[tuple[int, int]] = None) -> HeadSpec:
+    """The one resolution of a head. Errors: ``KeyError`` (unknown head, listing the
+    registered ones), :class:`SpecError` (its ``key`` names the offending setting,
+    hyperparameter or recipe entry; the message says what is allowed)."""
     cls = get_head_class(name)
+    if setting not in cls.settings:
+        raise SpecError("setting", f"head {name!r} has no {setting!r} setting; it supports: "
+                                   f"{', '.join(cls.settings)}")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(overrides) - set(cls.DEFAULTS))
     if unknown:
-        raise KeyError(f"head {name!r} has no hyperparameter {unknown[0]!r}; valid: "
-                       f"{', '.join(sorted(cls.DEFAULTS))}")
-    return {**cls.DEFAULTS, **overrides}
+        raise SpecError(f"hparams.{unknown[0]}",
+                        f"head {name!r} has no hyperparameter {unknown[0]!r}; valid: "
+                        f"{', '.join(sorted(cls.DEFAULTS))}")
+    per_setting = cls.SETTING_DEFAULTS.get(setting, {})
+    hparams = {k: per_setting.get(k, v) if v is None else v for k, v in cls.DEFAULTS.items()}
+    hparams.update(overrides)
+    notes = []
+    positions = map_hw and len(map_hw) == 2 and int(map_hw[0]) * int(map_hw[1])
+    if (positions and hparams.get("audio_term") == "position" and "att_dim" not in overrides
+            and hparams.get("att_dim") != positions):
+        # The per-position audio term (AVEL, PSP, VSCG code) needs att_dim = H*W (49 = 7x7).
+        hparams["att_dim"] = positions
+        notes.append(f"att_dim: {positions} (= H*W of the {map_hw[0]}x{map_hw[1]} visual maps: "
+                     f"the per-position audio term needs it; set heads.{name}.att_dim to override)")
+    return HeadSpec(name, setting, hparams, _resolve_recipe(cls, setting, recipe or {}),
+                    tuple(notes))
+
+
+class SpecError(ValueError):
+    """A head cannot be resolved as asked; ``key`` is the part at fault (``setting``,
+    ``hparams.<name>``, ``recipe.<name>``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _resolve_recipe(cls: type[Head], setting: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``TRAIN_DEFAULTS[setting]`` with the non-null ``overrides``; the schedule is one of
+    ``lr_step`` / ``lr_milestones`` (strictly increasing epochs >= 1)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(overrides) - set(TRAIN_KEYS))
+    if unknown:
+        raise SpecError(f"recipe.{unknown[0]}", f"not a recipe key; valid: {', '.join(TRAIN_KEYS)}")
+    recipe = {**copy.deepcopy(cls.TRAIN_DEFAULTS[setting]), **overrides}
+    origin = {k: "train" if k in overrides else f"{cls.name} TRAIN_DEFAULTS[{setting!r}]"
+              for k in TRAIN_KEYS}
+    missing = [k for k in TRAIN_KEYS if k not in recipe]
+    if missing:
+        raise SpecError(f"recipe.{missing[0]}", f"head {cls.name!r} TRAIN_DEFAULTS[{setting!r}] "
+                                                f"lacks {missing}; set train.{missing[0]} in params.yaml")
+    recipe["lr_milestones"] = list(recipe["lr_milestones"])
+    ms = recipe["lr_milestones"]
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms):
+        raise SpecError("recipe.lr_milestones", f"must be epochs >= 1, got {ms!r} "
+                                                f"({origin['lr_milestones']})")
+    if any(b <= a for a, b in zip(ms, ms[1:])):
+        raise SpecError("recipe.lr_milestones", f"must be strictly increasing, got {ms!r} "
+                                                f"({origin['lr_milestones']})")
+    if recipe["lr_step"] and ms:
+        raise SpecError("recipe.lr_step / train.lr_milestones", f"the recipe sets both lr_step={recipe['lr_step']} "
+                        f"({origin['lr_step']}) and lr_milestones={ms} ({origin['lr_milestones']}); "
+                        "a schedule is one of them: set train.lr_step: 0 or train.lr_milestones: []")
+    return recipe
+
+
+def instantiate(spec: HeadSpec, *, visual_dim: int, audio_dim: int, num_classes: int) -> Head:
+    """The head of a resolved ``spec`` with these input and class sizes."""
+    head = get_head_class(spec.head)(visual_dim, audio_dim, num_classes, spec.setting,
+                                     **spec.hparams)
+    head.hparams = dict(spec.hparams)  # what a checkpoint stores to rebuild it
+    return head
+
+
+def resolve_hparams(name: str, setting: str = "fully", **overrides: Any) -> dict[str, Any]:
+    """Every hyperparameter of head ``name`` in ``setting`` with ``overrides`` (see :func:`resolve`)."""
+    return resolve(name, setting, overrides).hparams
 
 
 def train_defaults(name: str, setting: str) -> dict[str, Any]:
-    cls = get_head_class(name)
-    if setting not in cls.settings:
-        raise ValueError(f"head {name!r} has no {setting!r} setting; it supports: "
-                         f"{', '.join(cls.settings)}")
-    return copy.deepcopy(cls.TRAIN_DEFAULTS[setting])  # callers may not alter the class's lists
+    """The paper's recipe of head ``name`` in ``setting`` (a copy)."""
+    return resolve(name, setting).recipe
 
 
 def build_head(name: str, *, visual_dim: int, audio_dim: int, num_classes: int,
                setting: str = "fully", **overrides: Any) -> Head:
-    """Build head ``name`` with its paper defaults, ``overrides`` merged over ``DEFAULTS``."""
-    cls = get_head_class(name)
-    hparams = resolve_hparams(name, **overrides)
-    head = cls(visual_dim, audio_dim, num_classes, setting, **hparams)
-    head.hparams = hparams  # what a checkpoint stores to rebuild it
-    return head
+    """Build head ``name`` with its paper defaults and ``overrides`` (:func:`resolve`, then
+    :func:`instantiate`)."""
+    return instantiate(resolve(name, setting, overrides), visual_dim=visual_dim,
+                       audio_dim=audio_dim, num_classes=num_classes)
 
 
 def from_authors_state_dict(name: str, state_dict: dict[str, torch.Tensor], setting: str = "fully",

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
 from ._avga import AudioGuidedVisualAttention, bilstm
-from ._registry import Head, build_head, register_head
+from ._registry import Head, Reported, Schedule, build_head, register_head
 
 
 @register_head("avel")
@@ -48,6 +48,13 @@ class AVEL(Head):
         "lstm_hidden": 128,  # per-direction Bi-LSTM units (code hidden_dim=128; fused 4*128)
         "fc_hidden": 64,  # width of the first fusion FC (code L1: 4*hidden -> 64)
     }
+    # The released scripts check val every 5 epochs (from 0); the weak script never updates
+    # best_val_acc, so it keeps the last check: we follow the evident intent, the best one.
+    SELECTION = {s: Schedule("val", every=5, source="YapengTian/AVE-ECCV18 (supervised_main.py, weak_supervised_main.py): val, epoch % 5 == 0")
+                 for s in ("fully", "weak")}
+    SEEDS = {"fully": 3344, "weak": 3344}  # both scripts: torch.manual_seed(3344)
+    REPORTED = {"fully": Reported(72.7, "VSCG Table I / CACE-Net Table 5 (AVEL, audio-guided attention)"),
+                "weak": Reported(66.7, "PSP Table 4 / CMBS Table 2 / VSCG Table I")}
     TRAIN_DEFAULTS = {
         # supervised_main.py: Adam 1e-3, batch 64, 300 epochs, StepLR(step_size=15000 iterations,
         # gamma=0.1) stepped per batch: a periodic decay every 15000 / (3339 // 64 = 52) = 288.5

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._registry import Head, register_head
+from ._registry import NO_RELEASED_CODE, Head, Reported, register_head
 
 # Baselines have no paper recipe of their own; AVEL's released code (Adam, lr 1e-3) is used.
 _RECIPE = {"optimizer": "adam",  # AVEL code: optim.Adam
@@ -37,6 +37,7 @@ class _SegmentClassifier(Head):
     """Shared loss/predict: per-segment logits ``(B, T, C+1)`` in ``out['logits']``."""
 
     TRAIN_DEFAULTS = {"fully": dict(_RECIPE), "weak": dict(_RECIPE)}
+    SELECTION = {"fully": NO_RELEASED_CODE, "weak": NO_RELEASED_CODE}  # no released code
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]):
         logits = out["logits"]
@@ -96,9 +97,11 @@ class _UnimodalLSTM(_SegmentClassifier):
 class AudioOnlyHead(_UnimodalLSTM):
     """AVEL Table 1 "A": audio features only."""
     modality = "audio"
+    REPORTED = {"fully": Reported(59.5, "AVEL 'A' (VGG-like), as cited in M2N Table 2 / CACE-Net Table 5")}
 
 
 @register_head("visual_only")
 class VisualOnlyHead(_UnimodalLSTM):
     """AVEL Table 1 "V": visual features only."""
     modality = "visual"
+    REPORTED = {"fully": Reported(55.3, "AVEL 'V' (VGG-19), as cited in M2N Table 2 / CACE-Net Table 5")}

@@ -52,7 +52,7 @@ from ._authors import AuthorsStateDict, check_overrides
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention, authors_trunk_sizes,
                            av_score, fully_loss, localize, relevance_targets, trunk_keys,
                            trunk_unused_keys)
-from ._registry import Head, build_head, event_class_probabilities, register_head
+from ._registry import Head, Reported, Schedule, build_head, event_class_probabilities, register_head
 
 
 def bece_loss(query: torch.Tensor, key: torch.Tensor, relevance: torch.Tensor,
@@ -140,6 +140,10 @@ class CACENet(Head):
         "bece_weight": 1.0,  # weight of L_contrast in Eq. 12 (paper 1; code contras_coeff 1.0)
         "bece_start": 0.125,  # BECE on from epoch >= this fraction of the epochs (code n_epoch/8)
     }
+    SELECTION = {"fully": Schedule("test", source="Brain-Cog-Lab/CACE-Net (supv_main.py, eval_freq 1): "
+                                                 "test, every epoch")}
+    SEEDS = {"fully": 3917}  # supv_main.py: seed 3917
+    REPORTED = {"fully": Reported(80.8, "CACE-Net Table 5 (VGG-like, VGG-19)")}
     TRAIN_DEFAULTS = {
         # Sec. 4: Adam, lr 7e-4 halved at epochs 10, 20 and 30 (authors' MultiStepLR), then
         # constant; 200 epochs, batch 64, gradient clipping (0.5 in run_supp.sh). weight_decay

@@ -53,7 +53,7 @@ from ._authors import AuthorsStateDict, check_overrides
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, authors_trunk_sizes, av_score,
                            class_topk_mean, event_suppress, fully_loss, localize, trunk_keys,
                            trunk_unused_keys)
-from ._registry import Head, build_head, event_class_probabilities, register_head
+from ._registry import Head, Reported, Schedule, build_head, event_class_probabilities, register_head
 
 VARIANTS = ("code", "paper")
 
@@ -102,6 +102,10 @@ class CMBS(Head):
             "use_rnn": False,  # authors' weak_main_model has no LSTM
         },
     }
+    SELECTION = {s: Schedule("test", source="marmot-xy/CMBS (supv_main.py, weakly_main.py, eval_freq 1): test, every epoch") for s in ("fully", "weak")}
+    SEEDS = {"fully": 43, "weak": 666}  # supv_main.py: 43; weakly_main.py: 666
+    REPORTED = {"fully": Reported(79.3, "CMBS Table 1"), "weak": Reported(74.2, "CMBS Table 2")}
+    REPORTED_PARAMS_M, REPORTED_PARAMS_SOURCE = 14.4, "VSCG Table II"
     TRAIN_DEFAULTS = {
         # Sec. 4.1: Adam, lr 7e-4, batch 64, lr halved at epochs 10, 20 and 30 (MultiStepLR in the
         # authors' code), then constant. 200 epochs and clip 0.5 from supv_train.sh /
@@ -118,7 +122,6 @@ class CMBS(Head):
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
                  **hp: Any):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
-        hp = {k: (self.SETTING_DEFAULTS[setting][k] if v is None else v) for k, v in hp.items()}
         if hp["variant"] not in VARIANTS:
             raise ValueError(f"cmbs: variant must be one of {VARIANTS}, got {hp['variant']!r}")
         if hp["weak_predict"] not in ("video", "segment"):

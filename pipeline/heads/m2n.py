@@ -26,13 +26,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.evaluation.metrics import confusion_matrix
+from pipeline.layout import ORDER_MATCH_FILE
+from pipeline.training.tasks import Task, register_task
+
 from ._avga import AudioGuidedVisualAttention
 from ._cmbs_blocks import localize, relevance_targets, video_event_class
-from ._registry import Head, event_class_probabilities, register_head
+from ._registry import NO_RELEASED_CODE, Head, Reported, event_class_probabilities, register_head
 
 
 class Modulation(nn.Module):
@@ -117,6 +122,10 @@ class M2N(Head):
         "conv_kernel": 3,  # MSPM Conv2d kernel over the proposal map (not stated)
         "dropout": 0.1,  # attention dropout (not stated)
     }
+    SELECTION = {"fully": NO_RELEASED_CODE, "cml": NO_RELEASED_CODE}  # no released code
+    REPORTED = {"fully": Reported(79.5, "M2N Table 2"),
+                "cml": Reported(52.4, "M2N Table 1 (cross-modality localization, average of A2V "
+                                      "and V2A)", per_direction={"a2v": 51.2, "v2a": 53.6})}
     TRAIN_DEFAULTS = {
         # Sec. 4.2: Adam, lr 5e-4, batch 32, one recipe for both tasks (SEL and CML). Epochs,
         # schedule, weight decay and clipping are not stated: 200 epochs as the sibling heads,
@@ -244,6 +253,59 @@ class M2N(Head):
 
 
 # ----------------------------------------------------------------------- CML protocol / metric
+def cml_exclusions(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks over rows of one-hot ``labels`` (n, T, C+1): ``full_length`` (every segment
+    an event: one window, trivially right) and ``no_event`` (no query)."""
+    events = (labels[..., -1] == 0).sum(1)
+    return {"full_length": events == labels.shape[1], "no_event": events == 0}
+
+
+@register_task
+class CrossModalLocalization(Task):
+    """M2N's cross-modality localization (Sec. 3.5, Table 1) on the cml split
+    (``<split>_order_match.h5``): the event segments of one modality are the query, the head
+    scores the other modality's segments. Events spanning all segments (one possible window,
+    trivially right) and samples without an event segment (no query) are left out, as the AVE
+    reference evaluation does, and counted. The selection metric is the mean of the A2V and V2A
+    window accuracies; evaluation adds each direction, and its confusion matrix and timelines
+    compare the predicted windows of both directions with the event segments."""
+
+    name = "cml"
+    order_file = ORDER_MATCH_FILE
+    order_hint = " (the cml split: the data root needs cml/{train,val,test}Set.txt; re-run prepare)"
+
+    def select_rows(self, split, labels, rows):
+        masks = cml_exclusions(labels)
+        keep = rows[~np.logical_or.reduce(list(masks.values()))]
+        return keep, {k: rows[m] for k, m in masks.items()}
+
+    def metrics(self, head, data, device, num_classes):
+        acc = cml_evaluate(head, data.visual, data.audio, data.labels, device)[0]
+        return {"accuracy": acc["average"], "a2v": acc["a2v"], "v2a": acc["v2a"]}
+
+    def evaluate(self, head, data, device, batch_size, categories, video_ids):
+        acc, windows = cml_evaluate(head, data.visual, data.audio, data.labels, device, batch_size)
+        events = data.targets.numpy() != data.labels.shape[-1] - 1
+        pred = np.concatenate([np.where(windows[d].numpy(), 0, 1) for d in DIRECTIONS])
+        true = np.tile(np.where(events, 0, 1), (len(DIRECTIONS), 1))
+        res = {"accuracy": acc["average"], "cross_modal": {d: acc[d] for d in DIRECTIONS},
+               "labels": ["event", "background"], "segments": int(true.size),
+               "confusion": confusion_matrix(pred, true, 2).tolist()}
+        return res, pred, true, [f"{d}_{v}" for d in DIRECTIONS for v in video_ids]
+
+    def extra_metrics(self, data, trained):
+        counts = {k: len(v) for k, v in data.task_excluded.items()}
+        return {"cml_excluded": counts,  # train/val: from the training run
+                "cml_excluded_by_split": {**trained.get("cml_excluded", {}), data.split: counts}}
+
+    def describe(self, res, split, data):
+        return (f"{split} (cml split): cross-modal localization A2V "
+                f"{res['cross_modal']['a2v']:.4f}, V2A {res['cross_modal']['v2a']:.4f}, average "
+                f"{res['accuracy']:.4f} ({len(data)} videos; excluded: {len(data.excluded)} invalid "
+                f"features, {res['cml_excluded']['full_length']} full-length events, "
+                f"{res['cml_excluded']['no_event']} without an event)")
+
+
 def best_window(scores: torch.Tensor, length: int) -> int:
     """Start of the ``length``-long window with the maximum contiguous sum of ``scores`` (T,)."""
     return int(scores.unfold(0, length, 1).sum(-1).argmax())

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
 from ._avga import AudioGuidedVisualAttention, bilstm, segment_targets
-from ._registry import Head, build_head, register_head
+from ._registry import Head, Reported, Schedule, build_head, register_head
 
 _EPS = 1e-8  # the authors' code adds 1e-8 to every l1-normalisation denominator
 
@@ -222,6 +222,12 @@ class PSP(PSPEncoderHead):
         "dropout": 0.1,  # dropout in the PSP linear layers (Sec. 5.1 "dropout"; rate from code)
         "fc_hidden": 64,  # first classifier FC (Sec. 4.4 "two FC layers"; W_4 in Eq. 5; code 64)
     }
+    SELECTION = {s: Schedule("test", every=5, skip_first=True, later_wins_ties=True,
+                          source="jasongief/PSP_CVPR_2021 ({fully,weakly}_supervised_main.py, check_epoch 5): test, epoch % 5 == 0, epoch > 0")
+                 for s in ("fully", "weak")}
+    SEEDS = {"fully": 123, "weak": 123}  # both scripts: seed 123
+    REPORTED = {"fully": Reported(77.8, "PSP Table 4"), "weak": Reported(73.5, "PSP Table 4")}
+    REPORTED_PARAMS_M, REPORTED_PARAMS_SOURCE = 1.7, "VSCG Table II"
     TRAIN_DEFAULTS = {
         # fully_supervised_main.py: Adam 1e-3, batch 128, 300 epochs, lr *= 0.8 every 60 epochs
         # but only before epoch 170, i.e. at epochs 60 and 120 only (not periodic: milestones).

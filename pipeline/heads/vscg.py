@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
 from ._avga import bilstm
-from ._registry import build_head, event_class_probabilities, register_head
+from ._registry import Reported, Schedule, build_head, event_class_probabilities, register_head
 from .psp import (CLASSIFY_UNUSED, PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier,
                   avps_loss, encoder_layout, weak_target)
 
@@ -134,6 +134,16 @@ class VSCG(PSPEncoderHead):
         "avps_weight": 1.0,  # weight of L_avps in Eq. 18 (Table V: L_c + L_t + L_avps)
         "smooth_lambda": 2.0,  # lambda of Eq. 19 (Sec. IV-A: 2)
     }
+    SELECTION = {
+        "fully": Schedule("test", every=5, skip_first=True, later_wins_ties=True,
+                          source="Bravo5542/VSCG (fully_supervised_main.py): test, "
+                                 "epoch % 5 == 0, epoch > 0"),
+        "weak": Schedule("test", after=50, later_wins_ties=True,
+                         source="Bravo5542/VSCG (weakly_supervised_main.py): test, every epoch > 50"),
+    }
+    SEEDS = {"fully": 123, "weak": 123}  # both scripts: seed 123
+    REPORTED = {"fully": Reported(79.7, "VSCG Table I"), "weak": Reported(74.8, "VSCG Table I")}
+    REPORTED_PARAMS_M, REPORTED_PARAMS_SOURCE = 2.6, "VSCG Table II"
     TRAIN_DEFAULTS = {
         # Sec. IV-A: Adam, batch 128; fully_supervised_main.py: lr 1e-3, 300 epochs, lr *= 0.8 at
         # epochs 60, 120 and 240.

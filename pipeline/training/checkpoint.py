@@ -49,9 +49,7 @@ def load(path: str | Path) -> dict[str, Any]:
 def build_from(ckpt: dict[str, Any], device: str | torch.device = "cpu"):
     """Rebuild the head of a checkpoint (registry + stored hyperparameters), strict load."""
     from pipeline.heads import build_head
-    d = ckpt["dims"]
-    head = build_head(ckpt["head"], visual_dim=d["visual_dim"], audio_dim=d["audio_dim"],
-                      num_classes=d["num_classes"], setting=ckpt["setting"], **ckpt["hparams"])
+    head = build_head(ckpt["head"], setting=ckpt["setting"], **ckpt["dims"], **ckpt["hparams"])
     head.load_state_dict(ckpt["model"], strict=True)
     return head.to(device)
 

@@ -1,4 +1,4 @@
-"""params.yaml sections of the training room: ``train``, ``heads``, ``evaluate``, ``report``.
+"""params.yaml sections of the training package: ``train``, ``heads``, ``evaluate``, ``report``.
 
 Training-recipe keys left ``null`` take the head's paper default (``TRAIN_DEFAULTS`` in
 ``pipeline/heads/<paper>.py``); head hyperparameters are overridden per head under
@@ -6,17 +6,15 @@ Training-recipe keys left ``null`` take the head's paper default (``TRAIN_DEFAUL
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from pipeline import heads as registry
-from pipeline.heads._registry import TRAIN_KEYS
+from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
 from pipeline.config import ConfigError, register_check, register_section
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import check_encoder
 
-# Heads whose hyperparameters can be overridden under ``heads:`` (the paper heads and baselines).
-HEAD_NAMES = ("avel", "psp", "cmbs", "cace", "m2n", "vscg", "majority", "audio_only", "visual_only")
 # Supervision settings (the registry's SETTINGS): fully = segment labels | weak = video labels
 # only | cml = M2N's cross-modality localization (A2V / V2A; heads whose paper defines it).
 Setting = Literal["fully", "weak", "cml"]
@@ -26,7 +24,7 @@ Setting = Literal["fully", "weak", "cml"]
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run of one head (stages/train.py)."""
-    head: str = "psp"  # registered head name (pipeline.heads.list_heads())
+    head: str = registry.DEFAULT_HEAD  # registered head name (pipeline.heads.list_heads())
     setting: Setting = "fully"  # fully | weak | cml (see Setting); a head lists the ones it has
     visual: str = "vgg19"  # visual feature file ${paths.features}/<visual>.h5
     audio: str = "vggish"  # audio feature file ${paths.features}/<audio>.h5
@@ -72,8 +70,6 @@ class TrainConfig:
                 raise ConfigError(f"{key}.{name}: must be >= 1, got {v!r}")
         if self.lr_step is not None and self.lr_step < 0:
             raise ConfigError(f"{key}.lr_step: must be >= 0, got {self.lr_step!r}")
-        if self.lr_milestones is not None:
-            check_milestones(self.lr_milestones, f"{key}.lr_milestones")
 
     def recipe_overrides(self) -> dict[str, Any]:
         """The training-recipe keys set in params (non-null)."""
@@ -93,39 +89,37 @@ def check_file_name(name: str, key: str) -> None:
                           "no path)")
 
 
-def check_milestones(milestones: list[int], key: str) -> None:
-    """Milestones are strictly increasing epochs >= 1 (a decay at epoch 0 would just be a lower lr)."""
-    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones):
-        raise ConfigError(f"{key}: must be epochs >= 1, got {milestones!r}")
-    if any(b <= a for a, b in zip(milestones, milestones[1:])):
-        raise ConfigError(f"{key}: must be strictly increasing, got {milestones!r}")
-
-
 @register_section("heads")
 @dataclass(frozen=True)
 class HeadsConfig:
     """Per-head hyperparameter overrides merged over the head's ``DEFAULTS`` (e.g. psp:
-    {tau_fully: 0.1}); unknown keys are errors naming ``heads.<head>.<key>`` when the head is
-    built. From the CLI: ``dvc exp run -S '+heads.psp.tau_fully=0.1'`` (``+`` adds a key that
-    params.yaml does not list yet; without it for keys already listed)."""
-    avel: dict[str, Any] = field(default_factory=dict)
-    psp: dict[str, Any] = field(default_factory=dict)
-    cmbs: dict[str, Any] = field(default_factory=dict)
-    cace: dict[str, Any] = field(default_factory=dict)
-    m2n: dict[str, Any] = field(default_factory=dict)
-    vscg: dict[str, Any] = field(default_factory=dict)
-    majority: dict[str, Any] = field(default_factory=dict)
-    audio_only: dict[str, Any] = field(default_factory=dict)
-    visual_only: dict[str, Any] = field(default_factory=dict)
+    {tau_fully: 0.1}), one mapping per registered head; unknown heads and keys are errors
+    naming ``heads.<head>.<key>``. From the CLI: ``dvc exp run -S '+heads.psp.tau_fully=0.1'``
+    (``+`` adds a key that params.yaml does not list yet; without it for keys already listed)."""
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def validate(self, key: str) -> None:
-        for f in fields(self):
-            if f.name in registry.list_heads():
-                check_hparams(f.name, getattr(self, f.name), f"{key}.{f.name}")
+    @classmethod
+    def from_params(cls, data: Any, key: str) -> "HeadsConfig":
+        """The ``heads:`` mapping, checked against the registry."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{key}: expected a mapping of head names, got {data!r}")
+        out = {}
+        for head, values in data.items():
+            if str(head) not in registry.list_heads():
+                raise ConfigError(f"unknown key {key}.{head}; allowed keys of {key}: "
+                                  f"{', '.join(registry.list_heads())}")
+            values = values or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{key}.{head}: expected a mapping, got {values!r}")
+            check_hparams(str(head), values, f"{key}.{head}")
+            out[str(head)] = dict(values)
+        return cls(out)
 
     def of(self, head: str) -> dict[str, Any]:
         """Overrides of ``head`` (``null`` values = the paper default, i.e. no override)."""
-        return {k: v for k, v in (getattr(self, head, None) or {}).items() if v is not None}
+        return {k: v for k, v in self.overrides.get(head, {}).items() if v is not None}
 
 
 @register_section("evaluate")
@@ -147,7 +141,7 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     """Results table over heads x settings (matrix/dvc.yaml; one DVC matrix cell each)."""
-    heads: list[str] = field(default_factory=lambda: list(HEAD_NAMES))  # rows of the table
+    heads: list[str] = field(default_factory=registry.list_heads)  # rows of the table
     settings: list[Setting] = field(default_factory=lambda: ["fully", "weak", "cml"])
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
 
@@ -201,10 +195,24 @@ def _check_feature_kinds(params: dict[str, Any]) -> None:
                                                 ".encoder)", role)
 
 
+def resolve_train(head: str, setting: str, overrides: dict[str, Any], recipe: dict[str, Any],
+                  map_hw: Optional[tuple[int, int]] = None) -> HeadSpec:
+    """The one resolution of a training run's head (:func:`pipeline.heads.resolve`) from params:
+    ``heads.<head>`` overrides and the non-null ``train.*`` recipe keys; errors name the key."""
+    try:
+        return registry.resolve(head, setting, overrides, recipe, map_hw)
+    except KeyError as e:
+        raise ConfigError(f"train.head: {e.args[0]}") from None
+    except SpecError as e:
+        part, _, name = e.key.partition(".")
+        key = {"setting": "train.setting", "hparams": f"heads.{head}.{name}",
+               "recipe": f"train.{name}"}[part]
+        raise ConfigError(f"{key}: {e}") from None
+
+
 @register_check
 def _check_recipe(params: dict[str, Any]) -> None:
-    """The resolved training recipe of ``train.head`` (paper defaults + ``train.*``) and its
-    hyperparameters are valid before any data is read."""
-    from pipeline.training.loop import resolve_recipe  # loop imports this module
+    """The head of ``train.head`` resolves (setting, hyperparameters, recipe) before any data
+    is read."""
     tc = params["train"]
-    resolve_recipe(tc.head, tc.setting, tc.recipe_overrides())
+    resolve_train(tc.head, tc.setting, params["heads"].of(tc.head), tc.recipe_overrides())

@@ -1,11 +1,10 @@
 """Split tensors for training and evaluation, read once into memory.
 
-Rows of a split are the prepared ``<split>_order.h5`` indices (the ``cml`` setting: the
-cross-modality localization split, ``<split>_order_match.h5``); rows whose visual or audio
-feature is invalid (``valid`` False in either feature file) are excluded, counted and printed.
-In ``cml``, events spanning all segments (a query with a single possible window, trivially
-right) and samples without an event segment (no query) are excluded too, as the AVE reference
-evaluation does, and counted (``SplitData.cml_excluded``).
+Rows of a split are the prepared order file of the setting's task (``<split>_order.h5``; the
+``cml`` setting: the cross-modality localization split, ``<split>_order_match.h5``); rows whose
+visual or audio feature is invalid (``valid`` False in either feature file) are excluded,
+counted and printed. The task may leave out more rows, by reason (``cml``: events spanning all
+segments and samples without an event segment), counted in ``SplitData.task_excluded``.
 
 Video-level labels (the weak setting's targets) are the prepared ``mil_labels.h5`` rows: the
 event class alone, as published. In ``weak``, background-only training samples (the reference
@@ -25,16 +24,10 @@ import h5py
 import numpy as np
 import torch
 
-from pipeline.data.ave import BACKGROUND_LABELS, ORDER_FILE, ORDER_MATCH_FILE
+from pipeline import layout
 from pipeline.features.store import load_features
-
-SPLITS = ("train", "val", "test")
-VIDEO_LABELS = "mil_labels.h5"  # prepared video-level labels (avadataset, (N, C+1))
-
-
-def feature_path(features_dir: str | Path, name: str) -> Path:
-    """``${paths.features}/<name>.h5`` (the train stage's deps use the same pattern)."""
-    return Path(features_dir) / f"{name}.h5"
+from pipeline.layout import SPLITS, feature_file
+from pipeline.training.tasks import get_task
 
 
 @dataclass
@@ -48,10 +41,11 @@ class SplitData:
     audio: torch.Tensor
     labels: torch.Tensor  # one-hot float32 (n, T, C+1)
     video_labels: torch.Tensor  # video-level float32 (n, C+1): mil_labels.h5 rows
-    # cml: split rows left out, by reason ("full_length": event over all T segments,
-    # "no_event": no event segment); empty in fully / weak
-    cml_excluded: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # split rows the setting's task left out, by reason (cml: "full_length", event over all T
+    # segments; "no_event", no event segment); empty in fully / weak
+    task_excluded: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     background_only: int = 0  # trailing rows that are background-only samples (row id -1)
+    setting: str = "fully"  # the task the rows were selected for
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -120,21 +114,19 @@ class Dataset:
 
 
 def read_order(prepared: str | Path, split: str, setting: str = "fully") -> np.ndarray:
-    """Line indices of ``split``: ``<split>_order.h5``, or ``<split>_order_match.h5`` (the cml
-    split) in the ``cml`` setting."""
-    name = ORDER_MATCH_FILE if setting == "cml" else ORDER_FILE
-    path = Path(prepared) / name.format(split=split)
+    """Line indices of ``split`` from the order file of the setting's task (``<split>_order.h5``;
+    cml: ``<split>_order_match.h5``)."""
+    task = get_task(setting)
+    path = Path(prepared) / task.order_file.format(split=split)
     if not path.is_file():
-        hint = (" (the cml split: the data root needs cml/{train,val,test}Set.txt; re-run prepare)"
-                if setting == "cml" else "; run prepare")
-        raise FileNotFoundError(f"{path}: split order file missing{hint}")
+        raise FileNotFoundError(f"{path}: split order file missing{task.order_hint}")
     with h5py.File(path, "r") as f:
         return np.asarray(f["order"][()], dtype=np.int64).reshape(-1)
 
 
 def read_video_labels(prepared: str | Path, num_lines: int) -> np.ndarray:
     """``mil_labels.h5`` (N, C+1) float32; its row count must be the label rows'."""
-    path = Path(prepared) / VIDEO_LABELS
+    path = Path(prepared) / layout.VIDEO_LABELS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: video-level labels missing; run prepare")
     with h5py.File(path, "r") as f:
@@ -144,15 +136,8 @@ def read_video_labels(prepared: str | Path, num_lines: int) -> np.ndarray:
     return out
 
 
-def cml_exclusions(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean masks over rows of one-hot ``labels`` (n, T, C+1): ``full_length`` (every segment
-    an event: one window, trivially right) and ``no_event`` (no query)."""
-    events = (labels[..., -1] == 0).sum(1)
-    return {"full_length": events == labels.shape[1], "no_event": events == 0}
-
-
 def read_categories(prepared: str | Path, num_classes: int) -> list[str]:
-    path = Path(prepared) / "categories.json"
+    path = Path(prepared) / layout.CATEGORIES_FILE
     if path.is_file():
         cats = json.loads(path.read_text())
         if len(cats) != num_classes:
@@ -169,15 +154,16 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
                  setting: str = "fully", background_only: bool = False) -> Dataset:
     """Read labels, orders and both feature files once; return the splits as tensors.
 
-    ``setting`` picks the split files and exclusions (see the module doc); with
-    ``background_only`` (weak only), the background-only samples are appended to train when
-    their files are present (:func:`background_only`)."""
+    ``setting`` picks the task, which picks the split files and exclusions (see the module doc);
+    with ``background_only`` (tasks that use them: weak), the background-only samples are
+    appended to train when their files are present (:func:`read_background_only`)."""
     prepared = Path(prepared)
+    task = get_task(setting)
     log = print if verbose else (lambda *a: None)
-    with h5py.File(prepared / "labels.h5", "r") as f:
+    with h5py.File(prepared / layout.LABELS_FILE, "r") as f:
         labels = np.asarray(f["avadataset"][()], dtype=np.float32)
     video_labels = read_video_labels(prepared, len(labels))
-    vpath, apath = feature_path(features, visual), feature_path(features, audio)
+    vpath, apath = feature_file(features, visual), feature_file(features, audio)
     for p, key in ((vpath, "train.visual"), (apath, "train.audio")):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: feature file missing ({key}={p.stem!r}); run the "
@@ -200,20 +186,16 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
         log(f"data: {split}: {len(keep)} rows, {len(dropped)} excluded (invalid features)"
             + (f": rows {dropped[:10].tolist()}{' ...' if len(dropped) > 10 else ''}"
                if len(dropped) else ""))
-        excluded = {}
-        if setting == "cml":
-            masks = cml_exclusions(labels[keep])
-            excluded = {k: keep[m] for k, m in masks.items()}
-            keep = keep[~np.logical_or.reduce(list(masks.values()))]
-            log(f"data: {split} (cml split): {len(keep)} rows kept, "
-                f"{len(excluded['full_length'])} full-length events and "
-                f"{len(excluded['no_event'])} without an event excluded")
+        keep, excluded = task.select_rows(split, labels[keep], keep)
+        if excluded:
+            log(f"data: {split} ({setting}): {len(keep)} rows kept; excluded: "
+                + ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in excluded.items()))
         out[split] = SplitData(split, keep, dropped,
                                torch.from_numpy(np.ascontiguousarray(vis.data[keep])),
                                torch.from_numpy(np.ascontiguousarray(aud.data[keep])),
                                torch.from_numpy(labels[keep]),
-                               torch.from_numpy(video_labels[keep]), excluded)
-    if background_only and setting == "weak" and "train" in out:
+                               torch.from_numpy(video_labels[keep]), excluded, setting=setting)
+    if background_only and task.uses_background_only and "train" in out:
         extra = read_background_only(prepared, features, visual, audio, labels.shape[1], log)
         if extra is not None:
             out["train"] = append_rows(out["train"], *extra)
@@ -229,9 +211,9 @@ def background_only_paths(prepared: str | Path, features: str | Path, visual: st
     ``avadataset``; (B,T,H,W,C), (B,T,D), (B,C+1) with the background bit alone):
     ``<features>/<visual>_noisy.h5``, ``<features>/<audio>_noisy.h5``,
     ``<prepared>/labels_noisy.h5``."""
-    return {"visual": feature_path(features, f"{visual}_noisy"),
-            "audio": feature_path(features, f"{audio}_noisy"),
-            "labels": Path(prepared) / BACKGROUND_LABELS}
+    return {"visual": feature_file(features, layout.background_only_name(visual)),
+            "audio": feature_file(features, layout.background_only_name(audio)),
+            "labels": Path(prepared) / layout.BACKGROUND_LABELS_FILE}
 
 
 def read_background_only(prepared, features, visual: str, audio: str, num_segments: int,

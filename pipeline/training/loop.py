@@ -2,13 +2,11 @@
 
 * Recipe: the head's ``TRAIN_DEFAULTS[setting]`` (the paper's optimizer, lr, schedule, batch
   size, epochs, clipping) with the non-null ``train.*`` params merged over it.
-* Supervision: ``fully`` passes ``labels`` (B,T,C+1) and ``weak`` to ``Head.forward_batch`` and
-  ``Head.loss``; ``weak`` passes only ``weak`` (B,C+1): segment labels never reach a weak loss;
-  ``cml`` (M2N's cross-modality localization) passes ``labels``, whose event segments are the
-  query and the target (M2N Sec. 3.5).
-* Validation each epoch: the head's loss on the val split (eval mode, the training batches'
-  keys) and ``val_accuracy``, the selection metric: segment accuracy in ``fully`` / ``weak``,
-  the mean of A2V and V2A window accuracy in ``cml`` (M2N Table 1 "Average"). The best epoch by
+* Supervision: the setting's task (:mod:`pipeline.training.tasks`) builds each batch for
+  ``Head.forward_batch`` and ``Head.loss`` (``weak``: no segment labels reach the loss).
+* Validation each epoch: the head's loss on the val split (eval mode, the task's batches) and
+  ``val_accuracy``, the task's selection metric (segment accuracy; ``cml``: the mean of A2V and
+  V2A window accuracy, M2N Table 1 "Average"). The best epoch by
   ``val_accuracy`` is ``best_val.pt``; the epoch the head's released script would report (its
   schedule of checks, mostly on test: :mod:`pipeline.training.selection`) is ``best_test.pt``;
   ``best.pt`` is the one ``select`` names.
@@ -33,18 +31,20 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
-from pipeline import runtime
+from pipeline import layout, runtime
 from pipeline.config import ConfigError
-from pipeline.evaluation.metrics import event_detection
+from pipeline.heads import count_parameters, get_head_class, instantiate
+from pipeline.heads._registry import HeadSpec
 from pipeline.training import checkpoint as ckpt_io
-from pipeline.training.config import check_milestones
+from pipeline.training.config import resolve_train
 from pipeline.training.data import Dataset, SplitData, feature_stats
 from pipeline.training.selection import ScriptSelection
+from pipeline.training.tasks import Task, accuracy, get_task, predict  # noqa: F401  (re-exported)
 
 CODE_DIRS = ("pipeline/heads", "pipeline/training")  # hashed into the resume fingerprint
 
@@ -66,48 +66,6 @@ class RunSpec:
     select: str = "val"  # best.pt: val (best val epoch) | test (the released script's protocol)
 
 
-def resolve_recipe(head: str, setting: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Paper recipe of ``head`` in ``setting`` with ``overrides`` merged in (errors name keys)."""
-    from pipeline.heads import _registry, get_head_class, train_defaults
-    try:
-        get_head_class(head)
-    except KeyError as e:
-        raise ConfigError(f"train.head: {e.args[0]}") from None
-    try:
-        recipe = train_defaults(head, setting)
-    except ValueError as e:
-        raise ConfigError(f"train.setting: {e}") from None
-    missing = [k for k in _registry.TRAIN_KEYS if k not in recipe and k not in overrides]
-    if missing:
-        raise ConfigError(f"head {head!r} TRAIN_DEFAULTS[{setting!r}] lacks {missing}; "
-                          f"set train.{missing[0]} in params.yaml")
-    recipe = {**recipe, **overrides}
-    recipe["lr_milestones"] = list(recipe["lr_milestones"])
-    check_milestones(recipe["lr_milestones"], "train.lr_milestones" if "lr_milestones" in overrides
-                     else f"head {head!r} TRAIN_DEFAULTS[{setting!r}]['lr_milestones']")
-    if recipe["lr_step"] and recipe["lr_milestones"]:
-        src = {k: "train" if k in overrides else f"{head} TRAIN_DEFAULTS[{setting!r}]"
-               for k in ("lr_step", "lr_milestones")}
-        raise ConfigError(f"train.lr_step / train.lr_milestones: the recipe sets both lr_step="
-                          f"{recipe['lr_step']} ({src['lr_step']}) and lr_milestones="
-                          f"{recipe['lr_milestones']} ({src['lr_milestones']}); a schedule is one "
-                          f"of them: set train.lr_step: 0 or train.lr_milestones: []")
-    return recipe
-
-
-def resolve_hparams(head: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.heads import get_head_class, resolve_hparams as _resolve
-    try:
-        get_head_class(head)
-    except KeyError as e:
-        raise ConfigError(f"train.head: {e.args[0]}") from None
-    try:
-        return _resolve(head, **overrides)
-    except KeyError as e:
-        bad = next((k for k in sorted(overrides) if k not in get_head_class(head).DEFAULTS), "?")
-        raise ConfigError(f"heads.{head}.{bad}: {e.args[0]}") from None
-
-
 def select_device(choice: str, key: str = "train.device") -> torch.device:
     """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error naming ``key``."""
     return runtime.select_device(choice, key)
@@ -116,69 +74,20 @@ def select_device(choice: str, key: str = "train.device") -> torch.device:
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
-def make_batch(data: SplitData, idx: torch.Tensor, setting: str, device: torch.device,
-               epoch: int, epochs: int) -> dict[str, Any]:
-    """A training batch; in the weak setting it carries no segment labels."""
-    labels = data.labels[idx]
-    batch = {"visual": data.visual[idx].to(device).float(),
-             "audio": data.audio[idx].to(device).float(),
-             "weak": data.weak[idx].to(device),  # mil_labels.h5: the event class alone
-             "epoch": epoch, "epochs": epochs}
-    if setting != "weak":
-        batch["labels"] = labels.to(device)
-    return batch
-
-
 @torch.no_grad()
-def validation_loss(head, data: SplitData, setting: str, device: torch.device, epoch: int,
+def validation_loss(head, data: SplitData, task: Task, device: torch.device, epoch: int,
                     epochs: int, batch_size: int = 64) -> float:
-    """The head's training loss on ``data`` (eval mode, the setting's batch keys), averaged
-    over videos; NaN for an empty split."""
+    """The head's training loss on ``data`` (eval mode, the task's batch), averaged over
+    videos; NaN for an empty split."""
     was_training = head.training
     head.eval()
     total = 0.0
     for s in range(0, len(data), batch_size):
         idx = torch.arange(s, min(s + batch_size, len(data)))
-        batch = make_batch(data, idx, setting, device, epoch, epochs)
+        batch = task.batch(data, idx, device, epoch, epochs)
         total += float(head.loss(head.forward_batch(batch), batch)[0]) * len(idx)
     head.train(was_training)
     return total / len(data) if len(data) else float("nan")
-
-
-def validation_metrics(head, data: SplitData, setting: str, device: torch.device,
-                       num_classes: int) -> dict[str, float]:
-    """``accuracy`` (the selection metric) and its companions: ``event_f1`` (fully / weak:
-    per-segment predictions), ``a2v`` / ``v2a`` (cml: M2N's window accuracy; ``accuracy`` is
-    their mean)."""
-    if setting == "cml":
-        from pipeline.heads.m2n import cml_evaluate
-        acc = cml_evaluate(head, data.visual, data.audio, data.labels, device)[0]
-        return {"accuracy": acc["average"], "a2v": acc["a2v"], "v2a": acc["v2a"]}
-    pred = predict(head, data, device)
-    return {"accuracy": accuracy(pred, data.targets),
-            "event_f1": event_detection(pred.numpy(), data.targets.numpy(),
-                                        background=num_classes)["f1"]}
-
-
-@torch.no_grad()
-def predict(head: torch.nn.Module, data: SplitData, device: torch.device,
-            batch_size: int = 64) -> torch.Tensor:
-    """Per-segment predictions (n, T) long on CPU, background = C."""
-    was_training = head.training
-    head.eval()
-    preds = []
-    for s in range(0, len(data), batch_size):
-        v = data.visual[s:s + batch_size].to(device).float()
-        a = data.audio[s:s + batch_size].to(device).float()
-        preds.append(head.predict(head(v, a)).long().cpu())
-    head.train(was_training)
-    if not preds:
-        return torch.zeros((0, data.labels.shape[1]), dtype=torch.long)
-    return torch.cat(preds)
-
-
-def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
-    return float((pred == target).float().mean()) if target.numel() else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,13 +142,11 @@ def data_digest(data: Dataset) -> str:
     return h.hexdigest()
 
 
-def fingerprint(spec: RunSpec, hparams: dict, recipe: dict, data: Dataset,
-                device: torch.device) -> str:
+def fingerprint(spec: RunSpec, resolved: HeadSpec, data: Dataset, device: torch.device) -> str:
     """Identity of a run: equal fingerprints train the same model from the same inputs."""
-    from pipeline.heads import get_head_class
     h = hashlib.sha256(json.dumps(
-        [spec.head, spec.setting, hparams, recipe, spec.seed, spec.feature_norm, device.type,
-         torch.__version__], sort_keys=True, default=str).encode())
+        [spec.head, spec.setting, resolved.hparams, resolved.recipe, spec.seed, spec.feature_norm,
+         device.type, torch.__version__], sort_keys=True, default=str).encode())
     h.update(runtime.source_digest(*CODE_DIRS).encode())
     src = inspect.getsourcefile(get_head_class(spec.head))  # a head registered elsewhere too
     if src:
@@ -263,11 +170,11 @@ class TrainResult:
 
 
 @dataclass
-class _Run:
+class _TrainState:
     """What the steps of one training run share."""
     spec: RunSpec
-    hparams: dict
-    recipe: dict
+    resolved: HeadSpec  # the head resolved once: hyperparameters and recipe
+    task: Task
     device: torch.device
     head: torch.nn.Module
     opt: torch.optim.Optimizer
@@ -290,6 +197,10 @@ class _Run:
     resumed: Optional[int] = None
 
     @property
+    def recipe(self) -> dict:
+        return self.resolved.recipe
+
+    @property
     def epochs(self) -> int:
         return int(self.recipe["epochs"])
 
@@ -298,45 +209,69 @@ class _Run:
         return -(-len(self.train_split) // int(self.recipe["batch_size"]))
 
 
-def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | Path | None = None,
-          params_snapshot: Optional[dict] = None, resume_dir: str | Path | None = None,
-          stop_after: Optional[int] = None) -> TrainResult:
-    """Train ``spec.head`` on ``data``; write ``<out_dir>/best.pt`` and the resume point
-    ``<resume_dir>/last.pt`` (``resume_dir`` defaults to ``out_dir``).
+class Training:
+    """One training run, epoch by epoch: ``epochs()`` trains and yields each epoch's history
+    row once its checkpoints are written; ``finish()`` writes ``best_val.pt``, ``best_test.pt``
+    and ``best.pt`` and returns the result. A run stopped between epochs (a kill, or a caller
+    that stops iterating) leaves only its resume point, from which the next run continues."""
 
-    ``stop_after`` ends the run after that many epochs of this call (tests: interruption).
-    """
-    run = _setup(spec, data, Path(out_dir), Path(resume_dir or out_dir), params_snapshot or {})
-    if spec.resume:
-        _resume(run)
-    live = _open_live(live_dir, run.history)
-    for done, epoch in enumerate(range(run.start, run.epochs)):
-        if stop_after is not None and done >= stop_after:
-            break
-        _epoch(run, epoch, live)
-    return _finish(run, live)
+    def __init__(self, spec: RunSpec, data: Dataset, out_dir: str | Path, *,
+                 live_dir: str | Path | None = None, params_snapshot: Optional[dict] = None,
+                 resume_dir: str | Path | None = None):
+        self.state = _setup(spec, data, Path(out_dir), Path(resume_dir or out_dir),
+                            params_snapshot or {})
+        if spec.resume:
+            _resume(self.state)
+        self.live = _open_live(live_dir, self.state.history)
+
+    @property
+    def resumed_from(self) -> Optional[int]:
+        """The epoch of the resume point continued (``None``: started fresh)."""
+        return self.state.resumed
+
+    def epochs(self) -> Iterator[dict]:
+        for epoch in range(self.state.start, self.state.epochs):
+            _epoch(self.state, epoch, self.live)
+            yield self.state.history[-1]
+
+    def finish(self) -> TrainResult:
+        return _finish(self.state, self.live)
+
+
+def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | Path | None = None,
+          params_snapshot: Optional[dict] = None, resume_dir: str | Path | None = None
+          ) -> TrainResult:
+    """Train ``spec.head`` on ``data``; write ``<out_dir>/best.pt`` (and ``best_val.pt``,
+    ``best_test.pt``) and the resume point ``<resume_dir>/last.pt`` (``resume_dir`` defaults
+    to ``out_dir``)."""
+    run = Training(spec, data, out_dir, live_dir=live_dir, params_snapshot=params_snapshot,
+                   resume_dir=resume_dir)
+    for _ in run.epochs():
+        pass
+    return run.finish()
 
 
 def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
-           params_snapshot: dict) -> _Run:
-    """Resolve the recipe, build head, optimiser and schedule (seeded), check the splits."""
-    from pipeline.heads import build_head, count_parameters
-
-    hparams = resolve_hparams(spec.head, spec.hparam_overrides)
-    recipe = resolve_recipe(spec.head, spec.setting, spec.recipe_overrides)
+           params_snapshot: dict) -> _TrainState:
+    """Resolve the head once, build it, the optimiser and schedule (seeded), check the splits."""
+    resolved = resolve_train(spec.head, spec.setting, spec.hparam_overrides, spec.recipe_overrides,
+                             tuple(data.splits["train"].visual.shape[2:4]))
+    task = get_task(spec.setting)
     train_split, val_split, test_split, norm = _splits(spec, data)
-    hparams = fit_map_size(spec.head, hparams, spec.hparam_overrides, tuple(train_split.visual.shape[2:4]))
+    for note in resolved.notes:
+        print(f"heads.{spec.head}.{note}")
+    hparams, recipe = resolved.hparams, resolved.recipe
     device = select_device(spec.device)
     runtime.seed_everything(spec.seed)
     dims = {"visual_dim": data.visual_dim, "audio_dim": data.audio_dim,
             "num_classes": data.num_classes}
-    head = build_head(spec.head, setting=spec.setting, **dims, **hparams).to(device)
+    head = instantiate(resolved, **dims).to(device)
     opt = make_optimizer(head.parameters(), recipe)
     n_params = count_parameters(head)
     common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
               "hparams": hparams, "dims": dims, "recipe": recipe, "params": params_snapshot,
               "num_parameters": n_params, "categories": list(data.categories), "feature_norm": norm,
-              "cml_excluded": _cml_counts(data),
+              "cml_excluded": _task_exclusions(data),
               "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta)}
     script = ScriptSelection(spec.head, spec.setting, int(recipe["epochs"]))
     print(f"head: {spec.head} ({spec.setting}), trainable parameters: {n_params:,}")
@@ -346,32 +281,17 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
           f"{lr_milestones(recipe) or 'none'}")
     print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
           f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
-    return _Run(spec, hparams, recipe, device, head, opt, make_scheduler(opt, recipe),
-                torch.Generator().manual_seed(spec.seed),
-                fingerprint(spec, hparams, recipe, data, device), dims, train_split, val_split,
-                test_split, script, norm, common, out_dir, resume_dir / "last.pt")
-
-
-def fit_map_size(head: str, hparams: dict, overrides: dict, map_hw: tuple[int, int]) -> dict:
-    """AVEL, PSP and VSCG add the audio term per spatial position, as their authors' code does
-    (``audio_term: position``), which needs ``att_dim = H*W`` (49 for the papers' 7x7 maps, the
-    DEFAULTS). On maps of another size (e.g. the demo's 2x2) ``att_dim`` follows them, logged;
-    an ``att_dim`` set in ``heads.<head>`` is kept (and checked by the head)."""
-    if hparams.get("audio_term") != "position" or "att_dim" in overrides or len(map_hw) != 2:
-        return hparams
-    positions = int(map_hw[0]) * int(map_hw[1])
-    if hparams.get("att_dim") == positions:
-        return hparams
-    print(f"heads.{head}.att_dim: {positions} (= H*W of the {map_hw[0]}x{map_hw[1]} visual maps: "
-          f"the per-position audio term needs it; set heads.{head}.att_dim to override)")
-    return {**hparams, "att_dim": positions}
+    return _TrainState(spec, resolved, task, device, head, opt, make_scheduler(opt, recipe),
+                       torch.Generator().manual_seed(spec.seed),
+                       fingerprint(spec, resolved, data, device), dims, train_split, val_split,
+                       test_split, script, norm, common, out_dir, resume_dir / layout.LAST)
 
 
 def _splits(spec: RunSpec, data: Dataset
             ) -> tuple[SplitData, SplitData, Optional[SplitData], Optional[dict]]:
     """Train, val and test splits (standardised with train statistics when asked); an empty
     train or val split is an error saying how many rows were excluded and why."""
-    if (spec.setting == "cml") != (data.setting == "cml"):
+    if get_task(spec.setting).order_file != get_task(data.setting).order_file:
         raise ValueError(f"setting {spec.setting!r} needs the data read for it: "
                          f"load_dataset(..., setting={spec.setting!r}) (got {data.setting!r})")
     train_split, val_split = data.splits["train"], data.splits["val"]
@@ -391,15 +311,15 @@ def _splits(spec: RunSpec, data: Dataset
 def _exclusions(split: SplitData) -> str:
     """How the rows of ``split`` were lost, for the empty-split error."""
     reasons = {"invalid features (valid = 0 in the visual or audio feature file)": len(split.excluded)}
-    for reason, rows in (getattr(split, "cml_excluded", None) or {}).items():
-        reasons[f"{reason} (cml)"] = len(rows)
+    for reason, rows in split.task_excluded.items():
+        reasons[f"{reason} ({split.setting})"] = len(rows)
     total = sum(reasons.values())
     if not total:
         return f"the split's order file lists no rows (prepare wrote an empty {split.split} split)"
     return f"{total} rows excluded: " + ", ".join(f"{n} for {why}" for why, n in reasons.items() if n)
 
 
-def _resume(run: _Run) -> None:
+def _resume(run: _TrainState) -> None:
     """Continue ``last.pt`` when its fingerprint is this run's (model, optimiser, schedule,
     RNG states, best so far, history); otherwise say why training starts fresh."""
     if not run.last_path.is_file():
@@ -422,15 +342,14 @@ def _resume(run: _Run) -> None:
     print(f"resume: {run.last_path} at epoch {last['epoch'] + 1}/{run.epochs}")
 
 
-def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
+def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
     """One pass over the shuffled train split; the mean of each loss term over batches."""
     run.head.train()
     bs = int(run.recipe["batch_size"])
     perm = torch.randperm(len(run.train_split), generator=run.gen)
     sums, n_batches = {}, 0
     for s in range(0, len(perm), bs):
-        batch = make_batch(run.train_split, perm[s:s + bs], run.spec.setting, run.device, epoch,
-                           run.epochs)
+        batch = run.task.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
         loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -443,16 +362,14 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
 
-def _epoch(run: _Run, epoch: int, live) -> None:
+def _epoch(run: _TrainState, epoch: int, live) -> None:
     """Train, validate, keep the best, log, and write the checkpoints of one epoch."""
     t0 = time.perf_counter()
     train_means = _train_epoch(run, epoch)
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step()
-    val = validation_metrics(run.head, run.val_split, run.spec.setting, run.device,
-                             run.dims["num_classes"])
-    val["loss"] = validation_loss(run.head, run.val_split, run.spec.setting, run.device, epoch,
-                                  run.epochs)
+    val = run.task.metrics(run.head, run.val_split, run.device, run.dims["num_classes"])
+    val["loss"] = validation_loss(run.head, run.val_split, run.task, run.device, epoch, run.epochs)
     run.seconds += time.perf_counter() - t0
     row = {"epoch": epoch, "lr": lr, **{f"val_{k}": v for k, v in val.items()},
            **{f"train_{k}": v for k, v in train_means.items()}}
@@ -471,13 +388,13 @@ def _epoch(run: _Run, epoch: int, live) -> None:
     _save_epoch(run, epoch, improved)
 
 
-def _save_epoch(run: _Run, epoch: int, improved: bool) -> None:
+def _save_epoch(run: _TrainState, epoch: int, improved: bool) -> None:
     """``best_val.pt`` when the epoch improved, and the resume point ``last.pt`` (both atomic)."""
     common = {**run.common, "train_seconds": run.seconds,
               "step": (epoch + 1) * run.steps_per_epoch}
     if improved:
         ckpt_io.save({**common, "epoch": epoch, "val_accuracy": run.best["val_accuracy"],
-                      "model": run.best["model"]}, run.out_dir / "best_val.pt")
+                      "model": run.best["model"]}, layout.best_checkpoint(run.out_dir, "val"))
     ckpt_io.save({**common, "epoch": epoch, "model": run.head.state_dict(),
                   "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
                   "rng": _rng_state(run.gen, run.device), "best": run.best,
@@ -485,7 +402,7 @@ def _save_epoch(run: _Run, epoch: int, improved: bool) -> None:
                   "history": run.history, "fingerprint": run.fingerprint}, run.last_path)
 
 
-def _finish(run: _Run, live) -> TrainResult:
+def _finish(run: _TrainState, live) -> TrainResult:
     """``best_val.pt``, ``best_test.pt`` and ``best.pt`` (= ``best_<select>.pt``) with the
     whole run's training time (also when a finished run is resumed after they were removed,
     e.g. by DVC), the summary, the result."""
@@ -497,9 +414,9 @@ def _finish(run: _Run, live) -> TrainResult:
                           "step": (b["epoch"] + 1) * run.steps_per_epoch, "model": b["model"],
                           "train_seconds": run.seconds, "selected_by": protocol,
                           "selection": _selection_note(protocol, b, run.script)},
-                         run.out_dir / f"best_{protocol}.pt")
-        with runtime.atomic_path(run.out_dir / "best.pt") as tmp:
-            shutil.copyfile(run.out_dir / f"best_{run.spec.select}.pt", tmp)
+                         layout.best_checkpoint(run.out_dir, protocol))
+        with runtime.atomic_path(layout.best_checkpoint(run.out_dir)) as tmp:
+            shutil.copyfile(layout.best_checkpoint(run.out_dir, run.spec.select), tmp)
     n_params = run.common["num_parameters"]
     if live is not None:
         if best is not None:
@@ -514,7 +431,7 @@ def _finish(run: _Run, live) -> TrainResult:
                        n_params, run.seconds, run.resumed, run.history)
 
 
-def _script_check(run: _Run, epoch: int, val_acc: float) -> Optional[float]:
+def _script_check(run: _TrainState, epoch: int, val_acc: float) -> Optional[float]:
     """The released script's check at this epoch (if due): val reuses this epoch's val
     accuracy, test is scored here. Without a test split there is nothing to check."""
     script, test_split = run.script, run.test_split
@@ -524,16 +441,16 @@ def _script_check(run: _Run, epoch: int, val_acc: float) -> Optional[float]:
     def accuracy_on(split: str) -> float:
         if split == "val":
             return val_acc
-        return validation_metrics(run.head, test_split, run.spec.setting, run.device,
-                                  run.dims["num_classes"])["accuracy"]
+        return run.task.metrics(run.head, test_split, run.device, run.dims["num_classes"])["accuracy"]
     return script.update(epoch, accuracy_on, lambda: {k: v.detach().cpu().clone()
                                                       for k, v in run.head.state_dict().items()})
 
 
-def _cml_counts(data: Dataset) -> dict[str, dict[str, int]]:
-    """cml: per split, the rows left out (full-length events, no event); {} otherwise."""
-    return {split: {k: len(v) for k, v in s.cml_excluded.items()}
-            for split, s in data.splits.items() if s.cml_excluded}
+def _task_exclusions(data: Dataset) -> dict[str, dict[str, int]]:
+    """Per split, the rows the task left out, by reason (cml: full-length events, no event);
+    {} when it leaves none out. Stored in checkpoints as ``cml_excluded``."""
+    return {split: {k: len(v) for k, v in s.task_excluded.items()}
+            for split, s in data.splits.items() if s.task_excluded}
 
 
 def _selection_note(protocol: str, best: dict, script: ScriptSelection) -> dict[str, Any]:

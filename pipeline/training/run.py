@@ -15,8 +15,11 @@ from pipeline.training.loop import RunSpec, TrainResult, train
 def spec_from_params(params: dict[str, Any], **changes: Any) -> RunSpec:
     """RunSpec of ``params['train']`` / ``params['heads']``; ``changes`` replace train keys
     (``head``, ``setting``, ``epochs`` ...) as the report matrix does per cell."""
-    tc = dataclasses.replace(params["train"], **changes) if changes else params["train"]
-    return RunSpec(head=tc.head, setting=tc.setting, hparam_overrides=params["heads"].of(tc.head),
+    return _spec(dataclasses.replace(params["train"], **changes), params["heads"])
+
+
+def _spec(tc, heads) -> RunSpec:
+    return RunSpec(head=tc.head, setting=tc.setting, hparam_overrides=heads.of(tc.head),
                    recipe_overrides=tc.recipe_overrides(), seed=tc.seed, device=tc.device,
                    resume=tc.resume, feature_norm=tc.feature_norm, select=tc.select)
 
@@ -28,11 +31,11 @@ def train_from_params(params: dict[str, Any], out_dir: str | Path, live_dir: str
     ``resume_dir``: where the resume point lives (the stage: ``<paths.resume>/train``; default
     ``out_dir``). The params snapshot in the checkpoints holds what training reads (``paths``,
     ``train`` without its runtime knobs, ``heads.<head>``), so no other key changes its bytes."""
-    tc = dataclasses.replace(params["train"], **changes) if changes else params["train"]
-    spec = spec_from_params(params, **changes)
+    tc = dataclasses.replace(params["train"], **changes)
+    spec = _spec(tc, params["heads"])
     paths = params["paths"]
     snapshot = {"paths": recorded("paths", paths), "train": recorded("train", tc),
-                "heads": {tc.head: params["heads"].of(tc.head)}}
+                "heads": {tc.head: spec.hparam_overrides}}
     print(f"git revision: {git_revision()}")
     print("configuration:\n" + json.dumps({k: snapshot[k] for k in ("paths", "train")}, indent=2)
           + f"\nheads.{tc.head}: {snapshot['heads'].get(tc.head, {})}")

@@ -1,0 +1,74 @@
+"""The on-disk layout: every folder and file name the pipeline reads or writes, in one place.
+
+Folders come from ``params.yaml`` ``paths:``; the names inside them are here. Names that the
+published AVE files use (``labels.h5``, ``{split}_order.h5``, ``*_noisy.h5`` ...) are kept as
+published, so community tools read our files and we read theirs.
+
+One word for the extra training videos that hold no event: *background-only* (AVE's
+reference code calls their files ``*_noisy.h5``; that suffix is the file name, nothing more).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+# ---- the AVE data root (raw/<name>/) -------------------------------------------------------
+ANNOTATIONS_FILE = "Annotations.txt"
+VIDEO_DIR = "AVE"  # videos live in <root>/AVE/<VideoID>.mp4
+SPLIT_FILE = "{split}Set.txt"  # <root>/{train,val,test}Set.txt
+CML_DIR = "cml"  # <root>/cml/{train,val,test}Set.txt: the cross-modality localization split
+BACKGROUND_FILE = "backgroundSet.txt"  # <root>/backgroundSet.txt: background-only video ids
+SPLITS = ("train", "val", "test")
+
+# ---- prepared labels and orders (<paths.prepared>/) ----------------------------------------
+MANIFEST_FILE = "manifest.csv"  # one row per annotation line (pipeline.data.prepare)
+REPORT_FILE = "report.md"  # every problem found, file:line
+CATEGORIES_FILE = "categories.json"  # class names in label-index order
+LABELS_FILE = "labels.h5"  # avadataset (N, 10, C+1) one-hot, background last
+VIDEO_LABELS_FILE = "mil_labels.h5"  # avadataset (N, C+1): the event class alone (published)
+ORDER_FILE = "{split}_order.h5"  # dataset "order": a split's row indices
+ORDER_MATCH_FILE = "{split}_order_match.h5"  # the cml split's row indices
+BACKGROUND_MANIFEST_FILE = "background_manifest.csv"  # the background-only videos probed
+BACKGROUND_LABELS_FILE = "labels_noisy.h5"  # their video labels (B, C+1), background alone
+
+# ---- features (<paths.features>/) ----------------------------------------------------------
+BACKGROUND_SUFFIX = "_noisy"  # <name>_noisy.h5: the background-only videos of <name>.h5
+TUNED_SUFFIX = "_ft"  # <encoder>_ft.h5: features of the CACE-tuned encoder
+PARTIAL_SUFFIX = ".partial"  # <name>.h5.partial/: committed shards of an unfinished extraction
+
+# ---- checkpoints (<paths.models>/, <paths.resume>/) ----------------------------------------
+BEST = "best.pt"  # = best_val.pt or best_test.pt, as train.select names
+BEST_BY = "best_{protocol}.pt"  # best_val.pt (ours), best_test.pt (the released script's checks)
+LAST = "last.pt"  # a resume point (never a stage output)
+TRAIN_RESUME_DIR = "train"  # <paths.resume>/train/last.pt
+FINETUNE_RESUME_DIR = "finetune"  # <paths.resume>/finetune/<fingerprint>/last.pt
+FINETUNE_SUMMARY = "finetune.json"  # <paths.finetune>/finetune.json
+
+
+def feature_file(features: str | Path, name: str) -> Path:
+    """``<paths.features>/<name>.h5`` (dvc.yaml writes the same pattern)."""
+    return Path(features) / f"{name}.h5"
+
+
+def background_only_name(name: str) -> str:
+    """The store name of ``name``'s background-only videos (``<name>_noisy``)."""
+    return f"{name}{BACKGROUND_SUFFIX}"
+
+
+def tuned_name(encoder: str) -> str:
+    """The store name of features from the CACE-tuned ``encoder`` (``<encoder>_ft``)."""
+    return f"{encoder}{TUNED_SUFFIX}"
+
+
+def order_file(prepared: str | Path, split: str, match: bool = False) -> Path:
+    """``<paths.prepared>/<split>_order.h5`` (``_order_match.h5``: the cml split)."""
+    return Path(prepared) / (ORDER_MATCH_FILE if match else ORDER_FILE).format(split=split)
+
+
+def best_checkpoint(models: str | Path, protocol: str | None = None) -> Path:
+    """``best.pt``, or ``best_<protocol>.pt`` for ``protocol`` in ``val | test``."""
+    return Path(models) / (BEST_BY.format(protocol=protocol) if protocol else BEST)
+
+
+def tuned_weights(finetune: str | Path, encoder: str) -> Path:
+    """``<paths.finetune>/<encoder>.pth``: the tuned encoder in its own checkpoint format."""
+    return Path(finetune) / f"{encoder}.pth"
