@@ -30,6 +30,10 @@ ORDER_MATCH_FILE = "{split}_order_match.h5"  # the cml split's row indices
 BACKGROUND_MANIFEST_FILE = "background_manifest.csv"  # the background-only videos probed
 BACKGROUND_LABELS_FILE = "labels_noisy.h5"  # their video labels (B, C+1), background alone
 
+# ---- the published feature files (the authors' data/ folder) -------------------------------
+PUBLISHED_VISUAL_FILE = "visual_feature.h5"  # Keras VGG-19 pool5 maps (4143, 10, 7, 7, 512)
+PUBLISHED_AUDIO_FILE = "audio_feature.h5"  # VGGish embeddings (4143, 10, 128)
+
 # ---- features (<paths.features>/) ----------------------------------------------------------
 BACKGROUND_SUFFIX = "_noisy"  # <name>_noisy.h5: the background-only videos of <name>.h5
 TUNED_SUFFIX = "_ft"  # <encoder>_ft.h5: features of the CACE-tuned encoder
@@ -38,6 +42,7 @@ PARTIAL_SUFFIX = ".partial"  # <name>.h5.partial/: committed shards of an unfini
 # ---- checkpoints (<paths.models>/, <paths.resume>/) ----------------------------------------
 BEST = "best.pt"  # = best_val.pt or best_test.pt, as train.select names
 BEST_BY = "best_{protocol}.pt"  # best_val.pt (ours), best_test.pt (the released script's checks)
+BEST_VAL, BEST_TEST = BEST_BY.format(protocol="val"), BEST_BY.format(protocol="test")
 LAST = "last.pt"  # a resume point (never a stage output)
 TRAIN_RESUME_DIR = "train"  # <paths.resume>/train/last.pt
 FINETUNE_RESUME_DIR = "finetune"  # <paths.resume>/finetune/<fingerprint>/last.pt

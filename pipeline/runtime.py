@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator, Optional
 
 NUM_SEGMENTS = 10  # AVE clips are ten 1-second segments
 SEGMENT_SECONDS = 1.0
-CLIP_SECONDS = NUM_SEGMENTS * SEGMENT_SECONDS
 
 DIST_TIMEOUT_S = 1800  # collective timeout of torch.distributed (a dead rank fails the run, never hangs it)
 
@@ -143,6 +142,39 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ------------------------------------------------------------------------------------------
+# State dicts
+# ------------------------------------------------------------------------------------------
+DATA_PARALLEL = "module."  # nn.DataParallel / DistributedDataParallel prefix every key with it
+
+
+def without_data_parallel(state_dict: dict) -> dict:
+    """``state_dict`` without the ``module.`` that ``nn.DataParallel`` puts before every key
+    (the one prefix rule of every checkpoint reader: stripped only when every key has it)."""
+    if state_dict and all(str(k).startswith(DATA_PARALLEL) for k in state_dict):
+        return {k[len(DATA_PARALLEL):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+# ------------------------------------------------------------------------------------------
+# Plugins (heads, encoders)
+# ------------------------------------------------------------------------------------------
+def discover_plugins(package_name: str, package_path, group: str) -> None:
+    """Import every public module of a package (a module registers what it defines on import,
+    e.g. ``pipeline/heads/<paper>.py``) and load the entry points of ``group`` (heads or
+    encoders of other installed packages): a new module is found without editing any
+    ``__init__.py``."""
+    import importlib
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    for info in pkgutil.iter_modules(package_path):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package_name}.{info.name}")
+    for ep in entry_points(group=group):
+        ep.load()
 
 
 # ------------------------------------------------------------------------------------------

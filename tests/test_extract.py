@@ -129,13 +129,20 @@ def test_kill_and_resume_gives_identical_file(prepared_dir, tmp_path):
     cfg = dataclasses.replace(CFG, workers=0)  # decode in the producer thread: no pool start-up x3
     full = extract("resnet50", spec, rows, tmp_path / "full.h5", cfg, encoder=enc, progress=False)
 
-    def die_after_first(k):
-        if k == 1:
+    from pipeline.features import engine
+
+    commit, committed = engine._ShardBuffer.commit, []
+
+    def die_after_second_shard(buf, *args):  # a kill right after shard 1 is committed
+        commit(buf, *args)
+        committed.append(1)
+        if len(committed) == 2:
             raise Killed
 
     out = tmp_path / "resumed.h5"
-    with pytest.raises(Killed):
-        extract("resnet50", spec, rows, out, cfg, encoder=enc, progress=False, on_shard=die_after_first)
+    with pytest.raises(Killed), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine._ShardBuffer, "commit", die_after_second_shard)
+        extract("resnet50", spec, rows, out, cfg, encoder=enc, progress=False)
     assert not out.exists() and len(list((tmp_path / "resumed.h5.partial").glob("shard_*.h5"))) == 2
     res = extract("resnet50", spec, rows, out, cfg, encoder=enc, progress=False)
     assert res.resumed == 2 * cfg.shard_videos and res.computed == full.videos - res.resumed

@@ -142,7 +142,14 @@ def test_resume_continues_the_same_run(tmp_path):
     full = standin()
     h_full = fit(full, bank(), bank(8, seed=2), c, CPU1, tmp_path / "full", log=lambda s: None)
     part = standin()
-    fit(part, bank(), bank(8, seed=2), c, CPU1, tmp_path / "part", log=lambda s: None, stop_after=1)
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(msg):  # killed during epoch 2: epoch 1's checkpoint is the last written
+        if msg.startswith("finetune: epoch 2/"):
+            raise Killed
+    with pytest.raises(Killed):
+        fit(part, bank(), bank(8, seed=2), c, CPU1, tmp_path / "part", log=kill_in_epoch_2)
     resumed = standin(seed=99)  # different init: everything must come from the checkpoint
     h_res = fit(resumed, bank(), bank(8, seed=2), c, CPU1, tmp_path / "part", log=lambda s: None)
     assert h_res["train_loss"] == pytest.approx(h_full["train_loss"], rel=1e-6)

@@ -41,9 +41,16 @@ def span_labels(spans, num_classes) -> torch.Tensor:
     return labels
 
 
+def video_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Video-level labels as ``mil_labels.h5`` holds them: the event class alone (the
+    background bit only for a video without any event segment)."""
+    event = labels[..., :-1].amax(dim=1)
+    return torch.cat([event, (event.sum(-1, keepdim=True) == 0).to(labels.dtype)], -1)
+
+
 def make_batch(labels, visual=None, audio=None, epoch=0, epochs=1) -> dict[str, Any]:
     """The loop's batch dict (``labels``, ``weak``, ``epoch``, ``epochs``), plus the inputs if given."""
-    batch = {"labels": labels, "weak": labels.max(dim=1).values, "epoch": epoch, "epochs": epochs}
+    batch = {"labels": labels, "weak": video_labels(labels), "epoch": epoch, "epochs": epochs}
     if visual is not None:
         batch.update(visual=visual, audio=audio)
     return batch

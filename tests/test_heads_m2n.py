@@ -188,7 +188,7 @@ def _real_cml_test_events() -> torch.Tensor:
     from pathlib import Path
 
     from pipeline.data.ave import load_annotations
-    from pipeline.training.data import cml_exclusions
+    from pipeline.heads.m2n import cml_exclusions
 
     with pytest.warns(UserWarning):  # the real file's line 27 (empty interval)
         ann = load_annotations(Path(__file__).resolve().parents[1] / "raw" / "ave")

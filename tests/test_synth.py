@@ -80,8 +80,8 @@ def _band_snr(x: np.ndarray, sr: int, freq: float) -> float:
 
 
 def test_labels_agree_with_content(ave_root):
-    """Each event's object (its class colour) is visible exactly in its event / visual_only
-    segments, its tone audible exactly in its event / audio_only segments, and its event
+    """Each event's object (its class colour) is visible exactly in its event / silent_object
+    segments, its tone audible exactly in its event / offscreen_sound segments, and its event
     segments are the labelled ones."""
     meta = load_synth_meta(ave_root)
     classes = meta["classes"]
@@ -107,9 +107,9 @@ def test_labels_agree_with_content(ave_root):
             for t, kind in enumerate(ev["segments"]):
                 kinds_seen.add(kind)
                 share_px = np.mean(saturated[t] & (nearest[t] == ev["category"]))
-                assert (share_px > 0.03) == (kind in ("event", "visual_only")), (v, t, share_px)
+                assert (share_px > 0.03) == (kind in ("event", "silent_object")), (v, t, share_px)
                 snr = _band_snr(audio[t], 16000, freq)
-                assert (snr > 20) == (kind in ("event", "audio_only")), (v, t, snr)
+                assert (snr > 20) == (kind in ("event", "offscreen_sound")), (v, t, snr)
                 assert snr > 20 or snr < 3
     assert kinds_seen >= {"event", "empty"}
 
@@ -122,8 +122,8 @@ def test_draw_distribution():
     assert abs(full - cfg.full_fraction) < 0.06
     partial = [e for e in events if (e.start, e.end) != (0, 10)]
     assert {s.end - s.start for s in partial} == set(range(1, 10))
-    assert {k for e in partial for k in e.segments} == {"event", "empty", "visual_only",
-                                                         "audio_only"}
+    assert {k for e in partial for k in e.segments} == {"event", "empty", "silent_object",
+                                                         "offscreen_sound"}
     assert np.bincount([s.category for s in specs]).tolist() == [100] * 6
 
 
@@ -133,10 +133,10 @@ def test_single_modality_share(share):
                                    single_modality=share))
     kinds = [k for s in specs if s.split != "background"
              for k in s.events[0].segments if k != "event"]
-    counts = {k: kinds.count(k) / len(kinds) for k in ("empty", "visual_only", "audio_only")}
+    counts = {k: kinds.count(k) / len(kinds) for k in ("empty", "silent_object", "offscreen_sound")}
     assert abs(counts["empty"] - (1 - share)) < 0.03
-    assert abs(counts["visual_only"] - share / 2) < 0.03
-    assert abs(counts["audio_only"] - share / 2) < 0.03
+    assert abs(counts["silent_object"] - share / 2) < 0.03
+    assert abs(counts["offscreen_sound"] - share / 2) < 0.03
 
 
 def test_signatures_are_distinct():

@@ -12,8 +12,8 @@ Content (chosen so that random-initialised CNN features, averaged over frames, s
   static pixel noise, and an audio signature, an amplitude-modulated tone at a distinct pitch
   (log-spaced 250..6000 Hz, in clearly different mel bands, below 8 kHz);
 * event segments show the object *and* play the sound; background segments hold neither
-  (``empty``), the object only (``visual_only``: a silent object) or the sound only
-  (``audio_only``: an off-screen sound), so localisation needs both modalities; a share
+  (``empty``), the object only (``silent_object``) or the sound only
+  (``offscreen_sound``), so localisation needs both modalities; a share
   ``single_modality`` of the background segments is one of the last two (half each);
 * about ``full_fraction`` of the events span all ten segments (AVE: ~2/3), the others have
   uniformly drawn length (1..9 s) and position;
@@ -69,7 +69,7 @@ AVE_CATEGORIES = (
     "Horse", "Toilet flush", "Rodents, rats, mice", "Accordion", "Mandolin",
 )
 HEADER = "Category&VideoID&Quality&StartTime&EndTime"
-SEGMENT_KINDS = ("event", "empty", "visual_only", "audio_only")
+SEGMENT_KINDS = ("event", "empty", "silent_object", "offscreen_sound")
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
 ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # YouTube id alphabet
 F_LOW, F_HIGH = 250.0, 6000.0  # tone pitch range (Hz), log-spaced over the classes
@@ -157,7 +157,7 @@ def _draw_event(rng: np.random.Generator, category: int, full_fraction: float,
         length = int(rng.integers(1, NUM_SEGMENTS))
         start = int(rng.integers(0, NUM_SEGMENTS - length + 1))
         end = start + length
-    kinds = ["empty", "visual_only", "audio_only"]
+    kinds = ["empty", "silent_object", "offscreen_sound"]
     probs = [1.0 - single_modality, single_modality / 2, single_modality / 2]
     segs = tuple("event" if start <= s < end else kinds[rng.choice(len(kinds), p=probs)]
                  for s in range(NUM_SEGMENTS))
@@ -221,7 +221,7 @@ def rgb_to_yuv(rgb) -> np.ndarray:
 
 def render_frames(spec: VideoSpec, sigs: list[ClassSignature], cfg: SynthConfig) -> np.ndarray:
     """Video as planar yuv420p ``uint8 (N, H*3/2, W)``, N = 10 s x fps (the encoder's own
-    format: no colour conversion). Each event's object is visible in its event / visual_only
+    format: no colour conversion). Each event's object is visible in its event / silent_object
     segments (two events: two smaller objects, left and right)."""
     rng = np.random.default_rng([spec.seed, 1])
     h, w, n = cfg.height, cfg.width, int(round(NUM_SEGMENTS * cfg.fps))
@@ -258,7 +258,7 @@ def _draw_object(frames: np.ndarray, ev: EventSpec, sig: ClassSignature, cfg: Sy
     # slow elliptical motion around the centre, random phase / direction per video
     phase, turns = rng.uniform(0, 2 * np.pi), rng.choice([-1, 1]) * rng.uniform(0.3, 0.8)
     ax, ay = max(0, int(w / (2 * k) - size / 2) - 2), max(0, (h - size) // 2 - 2)
-    visible = np.array([kind in ("event", "visual_only") for kind in ev.segments])
+    visible = np.array([kind in ("event", "silent_object") for kind in ev.segments])
     for i in range(n):
         t = i / cfg.fps
         if not visible[min(int(t + 1e-9), NUM_SEGMENTS - 1)]:
@@ -278,7 +278,7 @@ def _draw_object(frames: np.ndarray, ev: EventSpec, sig: ClassSignature, cfg: Sy
 
 
 def render_audio(spec: VideoSpec, sigs: list[ClassSignature], cfg: SynthConfig) -> np.ndarray:
-    """Mono ``float32 (10 * sample_rate,)``: each event's class tone in its event / audio_only
+    """Mono ``float32 (10 * sample_rate,)``: each event's class tone in its event / offscreen_sound
     segments, over white noise."""
     rng = np.random.default_rng([spec.seed, 2])
     sr = cfg.sample_rate
@@ -291,7 +291,7 @@ def render_audio(spec: VideoSpec, sigs: list[ClassSignature], cfg: SynthConfig) 
         amp = TONE_AMP * rng.uniform(0.75, 1.0) / len(spec.events)
         tone = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
         tone *= 0.65 + 0.35 * np.sin(2 * np.pi * sig.am_hz * t)
-        audible = [k in ("event", "audio_only") for k in ev.segments]
+        audible = [k in ("event", "offscreen_sound") for k in ev.segments]
         out += amp * tone * _gate(audible, sr, ramp)
     return out.astype(np.float32)
 

@@ -2,34 +2,25 @@
 
 ``build_encoder(spec)`` turns an ``extract.models.<name>`` entry (:class:`ModelSpec`) into an
 :class:`Encoder`; the registry maps ``spec.encoder`` (vgg19, resnet50, vggish, cnn14,
-``timm/<name>``) to a factory. Attributes are imported lazily so that ``pipeline.config`` can
-read :class:`ModelSpec` without importing torch.
+``timm/<name>``) to a factory. Importing this package fills the registry: every public module
+in this folder is imported (each registers its encoders with ``@register_encoder``), then the
+entry points of the group ``ave_pipeline.encoders`` of other installed packages are loaded.
 """
-from __future__ import annotations
+from pipeline.runtime import discover_plugins
 
-import importlib
+from .audio import AudioEncoder
+from .base import (Encoder, build_encoder, check_encoder, encoder_modality, encoder_names,
+                   register_encoder)
+from .spec import ModelSpec
+from .visual import ImagePreprocess, VisualEncoder
+from .weights import (ResolvedWeights, WeightsLoadError, WeightsNotFoundError, WeightsSpec,
+                      load_checkpoint, resolve)
 
-_EXPORTS = {
-    "ModelSpec": "pipeline.encoders.spec",
-    "Encoder": "pipeline.encoders.base",
-    "build_encoder": "pipeline.encoders.base",
-    "encoder_names": "pipeline.encoders.base",
-    "encoder_modality": "pipeline.encoders.base",
-    "register_encoder": "pipeline.encoders.base",
-    "VisualEncoder": "pipeline.encoders.visual",
-    "ImagePreprocess": "pipeline.encoders.visual",
-    "AudioEncoder": "pipeline.encoders.audio",
-    "WeightsSpec": "pipeline.encoders.weights",
-    "ResolvedWeights": "pipeline.encoders.weights",
-    "WeightsNotFoundError": "pipeline.encoders.weights",
-    "WeightsLoadError": "pipeline.encoders.weights",
-    "resolve": "pipeline.encoders.weights",
-    "load_checkpoint": "pipeline.encoders.weights",
-}
-__all__ = sorted(_EXPORTS)
+ENTRY_POINT_GROUP = "ave_pipeline.encoders"  # encoders of other installed packages register here
 
+discover_plugins(__name__, __path__, ENTRY_POINT_GROUP)
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'pipeline.encoders' has no attribute {name!r}")
+__all__ = ["AudioEncoder", "ENTRY_POINT_GROUP", "Encoder", "ImagePreprocess", "ModelSpec",
+           "ResolvedWeights", "VisualEncoder", "WeightsLoadError", "WeightsNotFoundError",
+           "WeightsSpec", "build_encoder", "check_encoder", "encoder_modality", "encoder_names",
+           "load_checkpoint", "register_encoder", "resolve"]

@@ -87,18 +87,12 @@ def register_encoder(name: str, modality: str) -> Callable[[Factory], Factory]:
 
 
 def encoder_names() -> list[str]:
-    _import_all()
+    """Registered encoder names (importing ``pipeline.encoders`` registers them all)."""
     return sorted(_ENCODERS)
-
-
-def _import_all() -> None:
-    # The encoder modules import this one (for Encoder and register_encoder): a cycle.
-    from pipeline.encoders import cnn14, vggish, visual  # noqa: F401  (fill the registry)
 
 
 def _registered(name: str) -> str:
     """The registry entry serving ``name`` (itself, or its family such as ``timm/``)."""
-    _import_all()
     if name in _ENCODERS:
         return name
     family = name.split(PREFIX, 1)[0] + PREFIX if PREFIX in name else None

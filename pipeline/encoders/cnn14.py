@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pipeline.encoders.audio import AudioEncoder
 from pipeline.encoders.base import register_encoder
 from pipeline.encoders.spec import ModelSpec
+from pipeline.runtime import without_data_parallel
 from pipeline.encoders.weights import DOWNLOAD_KEY, ResolvedWeights, WeightsSpec, materialize
 
 SAMPLE_RATE = 32000
@@ -57,7 +58,7 @@ def remap_cnn14(state: dict) -> dict:
     ``module.``-prefixed from DataParallel) -> ``Cnn14`` keys."""
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return without_data_parallel(state)
 
 
 class Cnn14Encoder(AudioEncoder):

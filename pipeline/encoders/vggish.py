@@ -28,6 +28,7 @@ from torch import nn
 from pipeline.encoders.audio import AudioEncoder
 from pipeline.encoders.base import register_encoder
 from pipeline.encoders.spec import ModelSpec
+from pipeline.runtime import without_data_parallel
 from pipeline.encoders.weights import (DOWNLOAD_KEY, ResolvedWeights, WeightsSpec, load_checkpoint,
                                       materialize, resolve)
 
@@ -114,7 +115,7 @@ class VGGishNet(nn.Module):
 def remap_vggish(state: dict) -> dict:
     """torch-hub VGGish checkpoint -> :class:`VGGishNet` keys: ``module.`` prefixes stripped,
     a torchvggish ``VGGish`` model's ``pproc.*`` PCA entries dropped (PCA is its own file)."""
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = without_data_parallel(state)
     return {k: v for k, v in state.items() if not k.startswith("pproc.")}
 
 

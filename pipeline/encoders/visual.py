@@ -27,6 +27,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from pipeline.encoders.base import Encoder, register_encoder
 from pipeline.encoders.spec import ModelSpec
+from pipeline.runtime import without_data_parallel
 from pipeline.encoders.weights import (
     DOWNLOAD_KEY, HASH_PREFIX, ResolvedWeights, WeightsSpec, load_checkpoint, load_strict, materialize, resolve, seeded,
 )
@@ -183,7 +184,7 @@ def torchvision_body(arch: str) -> tuple[nn.Module, set[str]]:
 def remap_torchvision(state: dict, drop: set[str]) -> dict:
     """torchvision checkpoint (full classifier model, optionally ``module.``-prefixed from
     DataParallel) -> feature-extractor keys: the listed head keys are dropped, nothing else."""
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = without_data_parallel(state)
     return {"body." + k: v for k, v in state.items() if k not in drop}
 
 

@@ -48,11 +48,13 @@ import h5py
 import numpy as np
 
 from pipeline.features.store import DATASET, NUM_SEGMENTS, VALID, read_meta, write_meta
+from pipeline import layout
 from pipeline.layout import SPLITS
 from pipeline.runtime import atomic_path, atomic_write_text
 
 ORDER = "order"  # dataset name of the order files
-VISUAL, AUDIO, VISUAL_VEC = "visual_feature.h5", "audio_feature.h5", "visual_feature_vec.h5"
+VISUAL, AUDIO = layout.PUBLISHED_VISUAL_FILE, layout.PUBLISHED_AUDIO_FILE
+VISUAL_VEC = "visual_feature_vec.h5"
 LABELS, RIGHT_LABELS, PROB_LABELS, CLOSS_LABELS = ("labels.h5", "right_labels.h5", "prob_label.h5",
                                                    "labels_closs.h5")
 MIL_LABELS = "mil_labels.h5"

@@ -44,7 +44,7 @@ from pipeline.encoders.spec import ModelSpec
 from pipeline.features.config import ExtractConfig
 from pipeline.features.store import StoreWriter
 from pipeline.media.pool import threaded_prefetch
-from pipeline.runtime import NUM_SEGMENTS, select_device, source_digest
+from pipeline.runtime import NUM_SEGMENTS, atomic_path, select_device, source_digest
 
 CODE_DIRS = ("pipeline/encoders", "pipeline/features", "pipeline/media")  # hashed into code_version
 DIST_TIMEOUT_S = 6 * 3600  # collective timeout of extraction: ranks wait this long for each other at the merge barrier
@@ -233,8 +233,7 @@ def _read_shard_fingerprint(path: Path) -> Optional[str]:
 def _write_shard(path: Path, fingerprint: str, videos: list[str], data: np.ndarray,
                  ok: np.ndarray, messages: dict[int, str], flags: dict[int, str],
                  timestamps: Optional[np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("data", data=data)
         f.create_dataset("ok", data=ok)
         if timestamps is not None:
@@ -243,7 +242,6 @@ def _write_shard(path: Path, fingerprint: str, videos: list[str], data: np.ndarr
         f.attrs["videos_json"] = json.dumps(videos)
         f.attrs["messages_json"] = json.dumps({str(k): v for k, v in messages.items()})
         f.attrs["flags_json"] = json.dumps({str(k): v for k, v in flags.items()})
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -260,7 +258,7 @@ class ExtractResult:
 
 
 @dataclass
-class _Run:
+class _Extraction:
     """What one ``extract`` call carries through its steps."""
 
     name: str
@@ -273,7 +271,6 @@ class _Run:
     shard_fp: list[str]  # fingerprint of each shard
     partial: Path  # <out>.partial: committed shards
     log: Callable[[str], None]
-    on_shard: Optional[Callable[[int], None]] = None
     decode_pool: Any = None
     progress: bool = True
 
@@ -281,13 +278,11 @@ class _Run:
 def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, cfg: ExtractConfig, *,
             num_rows: Optional[int] = None, encoder: Optional[Encoder] = None,
             device: Optional[torch.device] = None, rank: int = 0, world_size: int = 1,
-            progress: bool = True, on_shard: Optional[Callable[[int], None]] = None,
-            decode_pool: Any = None, log: Callable[[str], None] = print) -> ExtractResult:
+            progress: bool = True, decode_pool: Any = None, log: Callable[[str], None] = print) -> ExtractResult:
     """Extract ``name`` (model ``spec``) for manifest ``rows`` into ``out_path``.
 
     ``encoder``: a ready encoder (e.g. fine-tuned in memory) instead of building one from
-    ``spec``. ``on_shard(k)`` is called after shard ``k`` is committed (tests use it to
-    simulate a kill). ``decode_pool``: a running :class:`pipeline.media.DecodePool` over
+    ``spec``. ``decode_pool``: a running :class:`pipeline.media.DecodePool` over
     ``decoder_for(encoder, cfg)`` to reuse (e.g. across models with the same frame size);
     by default one is started and closed here. Returns an :class:`ExtractResult`.
     """
@@ -296,7 +291,7 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
     device = device or select_device(cfg.device, "extract.device", log=log)
     encoder = _ready_encoder(encoder, spec, cfg, device)
     run, meta = _plan_run(name, spec, encoder, cfg, device, plan(rows, num_rows), out_path, log)
-    run.on_shard, run.decode_pool, run.progress = on_shard, decode_pool, progress and rank == 0
+    run.decode_pool, run.progress = decode_pool, progress and rank == 0
     _remove_stale(out_path, run.partial, rank, world_size)
     mine = [k for k in range(len(run.shards)) if k % world_size == rank]
     todo = [k for k in mine if _read_shard_fingerprint(_shard_path(run.partial, k)) != run.shard_fp[k]]
@@ -335,7 +330,7 @@ def _ready_encoder(encoder: Optional[Encoder], spec: ModelSpec, cfg: ExtractConf
 
 
 def _plan_run(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig, device: torch.device,
-              work: WorkList, out_path: Path, log: Callable[[str], None]) -> tuple[_Run, dict[str, Any]]:
+              work: WorkList, out_path: Path, log: Callable[[str], None]) -> tuple[_Extraction, dict[str, Any]]:
     """Shards of the work list and their fingerprints (everything that determines their content)."""
     amp = pick_amp(cfg.amp, device)
     meta = _metadata(name, spec, encoder, cfg, amp, device)
@@ -343,7 +338,7 @@ def _plan_run(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig, 
     shards = [work.videos[i:i + cfg.shard_videos] for i in range(0, len(work.videos), cfg.shard_videos)]
     partial = out_path.with_name(out_path.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    run = _Run(name, encoder, cfg, device, amp, work, shards, [_sha([fingerprint, s]) for s in shards],
+    run = _Extraction(name, encoder, cfg, device, amp, work, shards, [_sha([fingerprint, s]) for s in shards],
                partial, log)
     return run, meta
 
@@ -389,7 +384,7 @@ def _metadata(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig,
     return meta
 
 
-def _run_shards(run: _Run, todo: list[int], initial: int, total: int) -> int:
+def _run_shards(run: _Extraction, todo: list[int], initial: int, total: int) -> int:
     """Decode, encode and commit the shards ``todo``; returns the videos done."""
     from tqdm import tqdm
 
@@ -418,8 +413,6 @@ def _run_shards(run: _Run, todo: list[int], initial: int, total: int) -> int:
             if b.last:
                 buf.commit(_shard_path(run.partial, b.shard), run.shard_fp[b.shard], run.shards[b.shard])
                 buf = None
-                if run.on_shard is not None:
-                    run.on_shard(b.shard)
     finally:
         bar.close()
     return computed

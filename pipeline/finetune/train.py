@@ -275,14 +275,13 @@ class _Fit:
 
 
 def fit(core: AVContrastive, train: ClipBank | ClipStream, held_out: ClipBank | ClipStream,
-        cfg: FinetuneConfig, env: Dist, checkpoint_dir: Path, live=None, log: Callable[[str], None] = print,
-        stop_after: Optional[int] = None) -> dict:
+        cfg: FinetuneConfig, env: Dist, checkpoint_dir: Path, live=None, log: Callable[[str], None] = print
+        ) -> dict:
     """Train ``core`` for ``cfg.epochs`` epochs (resuming from ``checkpoint_dir`` if it applies).
 
     ``train``/``held_out``: clips streamed from the decode workers (:class:`ClipStream`) or in
     memory (:class:`ClipBank`). ``live``: a dvclive ``Live`` on rank 0 (None elsewhere / in
-    tests). ``stop_after``: return after this many epochs of this call (tests of resumption).
-    Returns the history dict: ``train_loss`` per epoch, ``eval`` per epoch, ``before`` (eval of
+    tests). Returns the history dict: ``train_loss`` per epoch, ``eval`` per epoch, ``before`` (eval of
     the starting weights).
     """
     run, start = _start(core, cfg, env, Path(checkpoint_dir) / CHECKPOINT, live, log)
@@ -293,8 +292,7 @@ def fit(core: AVContrastive, train: ClipBank | ClipStream, held_out: ClipBank | 
                 f"retrieval_top1 {run.history['before']['retrieval_top1']:.4f}")
         env.barrier()  # evaluation runs on rank 0 only
     sampler = GlobalBatchSampler(len(train), cfg.batch_size, env.rank, env.world, cfg.seed)
-    last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-    for epoch in range(start, last):
+    for epoch in range(start, cfg.epochs):
         loss = _train_epoch(run, train, sampler, epoch)
         _end_epoch(run, held_out, epoch, loss)
     run.history["seconds"] = time.time() - run.t0

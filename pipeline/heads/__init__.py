@@ -4,17 +4,19 @@ Importing this package fills the registry: every public module in this folder is
 (each registers its head with ``@register_head``), then the entry points of the group
 ``ave_pipeline.heads`` of other installed packages are loaded. A new head is one new file.
 """
-from ._registry import (ENTRY_POINT_GROUP, SETTINGS, Head, HeadSpec, Reported, Schedule,
-                        SpecError, build_head, count_parameters, default_seed, discover,
+from ._registry import (ENTRY_POINT_GROUP, NO_RELEASED_CODE, SETTINGS, Head, HeadSpec, Reported, Schedule,
+                        SpecError, build_head, count_parameters, default_seed,
                         from_authors_state_dict, get_head_class, instantiate, list_heads,
                         register_head, reported, resolve, resolve_hparams, schedule,
                         train_defaults)
 
+from pipeline.runtime import discover_plugins  # noqa: E402
+
 DEFAULT_HEAD = "psp"  # train.head when params.yaml names none
 
-discover(__name__, __path__, ENTRY_POINT_GROUP)
+discover_plugins(__name__, __path__, ENTRY_POINT_GROUP)
 
-__all__ = ["DEFAULT_HEAD", "ENTRY_POINT_GROUP", "SETTINGS", "Head", "HeadSpec", "Reported",
+__all__ = ["DEFAULT_HEAD", "ENTRY_POINT_GROUP", "NO_RELEASED_CODE", "SETTINGS", "Head", "HeadSpec", "Reported",
            "Schedule", "SpecError", "build_head", "count_parameters", "default_seed",
            "from_authors_state_dict", "get_head_class", "instantiate", "list_heads",
            "register_head", "reported", "resolve", "resolve_hparams", "schedule",

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-DATA_PARALLEL = "module."  # nn.DataParallel(model).state_dict() prefixes every key with it
+from pipeline.runtime import without_data_parallel
 
 
 class LayoutError(ValueError):
@@ -103,13 +103,6 @@ class AuthorsStateDict:
         self.finish()
         head.load_state_dict(converted, strict=True)
         return head
-
-
-def without_data_parallel(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state_dict`` without the ``module.`` that ``nn.DataParallel`` puts before every key."""
-    if state_dict and all(k.startswith(DATA_PARALLEL) for k in state_dict):
-        return {k[len(DATA_PARALLEL):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
 
 
 def check_overrides(what: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any],

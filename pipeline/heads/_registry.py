@@ -29,10 +29,7 @@ Settings (``SETTINGS``; a head lists those its paper defines in ``settings``):
 from __future__ import annotations
 
 import copy
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Optional
 
 import torch
@@ -85,9 +82,11 @@ class Head(nn.Module):
     batch into a scalar; ``predict`` gives per-segment labels ``(B, T)`` in ``0..C`` where
     ``C = num_classes`` is background. ``fully`` and ``weak`` are evaluated per segment.
 
-    ``batch`` keys: ``visual``, ``audio``, ``labels`` ``(B, T, C+1)`` one-hot (fully and cml
-    targets; absent in the weak setting), ``weak`` ``(B, C+1)`` video-level labels (max over
-    segments of ``labels``), ``epoch`` and ``epochs`` (ints, for schedules inside a loss).
+    ``batch`` keys (built by the setting's task, :mod:`pipeline.training.tasks`): ``visual``,
+    ``audio``, ``labels`` ``(B, T, C+1)`` one-hot (fully and cml targets; absent in the weak
+    setting), ``weak`` ``(B, C+1)`` video-level labels as ``mil_labels.h5`` holds them (the event
+    class alone; the background bit only for background-only videos), ``epoch`` and ``epochs``
+    (ints, for schedules inside a loss).
     The training loop calls ``forward_batch(batch)`` and ``loss(out, batch)``.
     """
 
@@ -174,17 +173,6 @@ def register_head(name: str):
         _HEADS[name] = cls
         return cls
     return deco
-
-
-def discover(package_name: str, package_path, group: str) -> None:
-    """Import every public module of a package (``pipeline/heads/<paper>.py`` registers itself
-    on import) and load the entry points of ``group`` (heads or encoders of other installed
-    packages): a new module is found without editing any ``__init__.py``."""
-    for info in pkgutil.iter_modules(package_path):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{package_name}.{info.name}")
-    for ep in entry_points(group=group):
-        ep.load()
 
 
 def list_heads() -> list[str]:
