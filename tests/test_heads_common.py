@@ -50,7 +50,8 @@ def video_labels(labels: torch.Tensor) -> torch.Tensor:
 
 def make_batch(labels, visual=None, audio=None, epoch=0, epochs=1) -> dict[str, Any]:
     """The loop's batch dict (``labels``, ``weak``, ``epoch``, ``epochs``), plus the inputs if given."""
-    batch = {"labels": labels, "weak": video_labels(labels), "epoch": epoch, "epochs": epochs}
+    batch = {"labels": labels, "weak": video_labels(labels), "shares": labels.float().mean(dim=1),
+             "epoch": epoch, "epochs": epochs}
     if visual is not None:
         batch.update(visual=visual, audio=audio)
     return batch

@@ -1,6 +1,7 @@
 """PSP head (Zhou et al. CVPR 2021): Eqs. 2 and 8-10, the authors' checkpoints, defaults (shared
 checks in test_heads_common.py)."""
 import pytest
+import numpy as np
 import torch
 from test_heads_common import make_batch, random_inputs, span_labels
 
@@ -67,6 +68,33 @@ def test_weak_target_is_normalised_video_label():
     weak = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     expected = torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])
     torch.testing.assert_close(weak_target(weak), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["psp", "vscg"])
+def test_weak_target_is_the_segment_shares_of_the_authors_code(name):
+    """Two hand-made videos: class 0 on segments 0-3 then background; class 1 on all ten. The
+    weak batch's ``shares`` (the code's prob_label) are [0.4, 0, bg 0.6] and [0, 1, bg 0]; the
+    default weak loss is the BCE against them; ``weak_target: video`` keeps the old target."""
+    from pipeline.training.data import SplitData
+    from pipeline.training.tasks import get_task
+
+    labels = span_labels([(0, 0, 4), (1, 0, 10)], 2)
+    visual, audio = random_inputs(2, 2, 2, 16, 8)
+    split = SplitData("train", np.arange(2), np.zeros(0, np.int64), visual, audio, labels,
+                      make_batch(labels)["weak"])
+    batch = get_task("weak").batch(split, torch.arange(2), torch.device("cpu"), 0, 1)
+    assert "labels" not in batch
+    torch.testing.assert_close(batch["shares"], torch.tensor([[0.4, 0.0, 0.6], [0.0, 1.0, 0.0]]))
+    torch.testing.assert_close(batch["weak"], torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    for target, expected in (("shares", batch["shares"]), ("video", weak_target(batch["weak"]))):
+        head = build_head(name, visual_dim=16, audio_dim=8, num_classes=2, setting="weak",
+                          att_dim=4, weak_target=target).eval()
+        out = head.forward_batch(batch)
+        prob = out["video_prob"]
+        bce = torch.nn.functional.binary_cross_entropy
+        expect = (bce(prob, expected) if name == "psp"  # Eq. 11; VSCG: Eqs. 19-21
+                  else head.smooth_lambda * bce(prob, expected) + bce(prob.softmax(-1), expected))
+        torch.testing.assert_close(head.loss(out, batch)[0], expect)
 
 
 def test_defaults_and_train_defaults():

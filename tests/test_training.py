@@ -452,6 +452,13 @@ def test_cml_reads_the_cml_split_and_excludes_full_length_events(tmp_path):
     assert test.task_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
     assert len(test.task_excluded["no_event"]) == 0 and len(test.task_excluded["full_length"]) > 0
     torch.testing.assert_close(test.labels, torch.from_numpy(labels[test.rows]))
+    # training keeps the full-length events (AVE-ECCV18 cmm_train.py trains on every row with
+    # an event): cml training rows = every cml training row with an event
+    with h5py.File(prepared / "train_order_match.h5") as f:
+        cml_train = f["order"][()]
+    with_event = [r for r in cml_train if (labels[r, :, -1] == 0).any()]
+    assert data.splits["train"].rows.tolist() == with_event and set(with_event) & full
+    assert len(data.splits["train"].task_excluded["full_length"]) == 0
     standard = load_dataset(prepared, feats, "vis", "aud", verbose=False)
     assert standard.splits["test"].task_excluded == {}
     assert standard.splits["test"].rows.tolist() != test.rows.tolist()
@@ -561,3 +568,54 @@ def test_att_dim_follows_the_visual_maps_unless_set():
         assert fit_map_size(name, broadcast, {}, (2, 2)) == broadcast
     cmbs = resolve_hparams("cmbs")
     assert fit_map_size("cmbs", cmbs, {}, (2, 2)) == cmbs
+
+
+def test_each_head_defaults_to_its_authors_seed_and_the_run_records_it(toyset, tmp_path,
+                                                                       monkeypatch):
+    from pipeline.heads import resolve
+    authors = {("avel", "fully"): 3344, ("avel", "weak"): 3344, ("psp", "fully"): 123,
+               ("psp", "weak"): 123, ("vscg", "fully"): 123, ("vscg", "weak"): 123,
+               ("cmbs", "fully"): 43, ("cmbs", "weak"): 666, ("cace", "fully"): 3917,
+               ("m2n", "fully"): 0, ("majority", "fully"): 0}  # no released code: 0
+    for (head, setting), seed in authors.items():
+        assert resolve(head, setting).seed == seed, (head, setting)
+        assert resolve(head, setting, seed=5).seed == 5
+    monkeypatch.setattr(_ToyHead, "SEEDS", {"fully": 11})
+    data = toyset[0]
+    default = train(RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), data,
+                    tmp_path / "default")
+    given = train(RunSpec("toy", "fully", device="cpu", seed=11, recipe_overrides={"epochs": 1}),
+                  data, tmp_path / "given")
+    assert ckpt_io.load(tmp_path / "default" / "best.pt")["seed"] == 11
+    assert default.history == given.history
+
+
+def test_avel_walks_the_train_split_in_order_without_the_last_partial_batch(toyset, tmp_path):
+    """AVEL's scripts: no shuffling, whole batches only (``shuffle: false, drop_last: true``);
+    every other head: shuffled batches, the last partial one kept."""
+    from pipeline.heads import resolve
+    assert {k: resolve("avel", s).recipe[k] for s in ("fully", "weak")
+            for k in ("shuffle", "drop_last")} == {"shuffle": False, "drop_last": True}
+    assert resolve("psp").recipe["shuffle"] and not resolve("psp").recipe["drop_last"]
+    data = toyset[0]
+    train_audio = data.splits["train"].audio.float()
+    seen = []
+
+    class Recording(_ToyHead):
+        def loss(self, out, batch):
+            if self.training:
+                seen.append(batch["audio"].clone())
+            return super().loss(out, batch)
+    if "toy_recording" not in _registry._HEADS:
+        register_head("toy_recording")(Recording)
+    else:
+        _registry._HEADS["toy_recording"].loss = Recording.loss
+    n, bs = len(train_audio), 7
+    train(RunSpec("toy_recording", "fully", device="cpu", recipe_overrides={
+        "epochs": 1, "batch_size": bs, "shuffle": False, "drop_last": True}), data, tmp_path / "a")
+    assert [len(b) for b in seen] == [bs] * (n // bs)
+    torch.testing.assert_close(torch.cat(seen), train_audio[:n // bs * bs])
+    seen.clear()
+    train(RunSpec("toy_recording", "fully", device="cpu", recipe_overrides={
+        "epochs": 1, "batch_size": bs}), data, tmp_path / "b")
+    assert sum(len(b) for b in seen) == n and not torch.equal(torch.cat(seen), train_audio)

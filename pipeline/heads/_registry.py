@@ -37,7 +37,10 @@ from torch import nn
 
 SETTINGS = ("fully", "weak", "cml")  # = pipeline.training.config.Setting
 TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step",
-              "lr_milestones", "lr_gamma", "clip_grad")
+              "lr_milestones", "lr_gamma", "clip_grad", "shuffle", "drop_last")
+# Recipe keys most released scripts share (a head's TRAIN_DEFAULTS may set them otherwise):
+# batches drawn from a shuffled train split, the last partial batch kept.
+RECIPE_DEFAULTS = {"shuffle": True, "drop_last": False}
 
 ENTRY_POINT_GROUP = "ave_pipeline.heads"  # heads of other installed packages register here
 
@@ -213,12 +216,13 @@ class HeadSpec:
     setting: str
     hparams: dict[str, Any]
     recipe: dict[str, Any]
+    seed: int = 0  # the run's seed (init, shuffling, dropout): given, or the authors' (SEEDS)
     notes: tuple[str, ...] = ()  # what resolution chose on its own (printed by the loop)
 
 
 def resolve(name: str, setting: str = "fully", overrides: Optional[dict[str, Any]] = None,
-            recipe: Optional[dict[str, Any]] = None,
-            map_hw: Optional[tuple[int, int]] = None) -> HeadSpec:
+            recipe: Optional[dict[str, Any]] = None, map_hw: Optional[tuple[int, int]] = None,
+            seed: Optional[int] = None) -> HeadSpec:
     """The one resolution of a head. Errors: ``KeyError`` (unknown head, listing the
     registered ones), :class:`SpecError` (its ``key`` names the offending setting,
     hyperparameter or recipe entry; the message says what is allowed)."""
@@ -244,7 +248,7 @@ def resolve(name: str, setting: str = "fully", overrides: Optional[dict[str, Any
         notes.append(f"att_dim: {positions} (= H*W of the {map_hw[0]}x{map_hw[1]} visual maps: "
                      f"the per-position audio term needs it; set heads.{name}.att_dim to override)")
     return HeadSpec(name, setting, hparams, _resolve_recipe(cls, setting, recipe or {}),
-                    tuple(notes))
+                    default_seed(name, setting) if seed is None else int(seed), tuple(notes))
 
 
 class SpecError(ValueError):
@@ -263,7 +267,7 @@ def _resolve_recipe(cls: type[Head], setting: str, overrides: dict[str, Any]) ->
     unknown = sorted(set(overrides) - set(TRAIN_KEYS))
     if unknown:
         raise SpecError(f"recipe.{unknown[0]}", f"not a recipe key; valid: {', '.join(TRAIN_KEYS)}")
-    recipe = {**copy.deepcopy(cls.TRAIN_DEFAULTS[setting]), **overrides}
+    recipe = {**RECIPE_DEFAULTS, **copy.deepcopy(cls.TRAIN_DEFAULTS[setting]), **overrides}
     origin = {k: "train" if k in overrides else f"{cls.name} TRAIN_DEFAULTS[{setting!r}]"
               for k in TRAIN_KEYS}
     missing = [k for k in TRAIN_KEYS if k not in recipe]

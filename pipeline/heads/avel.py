@@ -55,6 +55,10 @@ class AVEL(Head):
     SEEDS = {"fully": 3344, "weak": 3344}  # both scripts: torch.manual_seed(3344)
     REPORTED = {"fully": Reported(72.7, "VSCG Table I / CACE-Net Table 5 (AVEL, audio-guided attention)"),
                 "weak": Reported(66.7, "PSP Table 4 / CMBS Table 2 / VSCG Table I")}
+    # Both scripts walk the train split in its stored order, whole batches only
+    # (``for i in range(nb_batch)`` with ``nb_batch = len // batch_size``): no shuffling, the last
+    # partial batch dropped.
+    _LOADER = {"shuffle": False, "drop_last": True}
     TRAIN_DEFAULTS = {
         # supervised_main.py: Adam 1e-3, batch 64, 300 epochs, StepLR(step_size=15000 iterations,
         # gamma=0.1) stepped per batch: a periodic decay every 15000 / (3339 // 64 = 52) = 288.5
@@ -62,13 +66,13 @@ class AVEL(Head):
         # epochs it decays once, at 288.
         "fully": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64,
                   "epochs": 300, "lr_step": 288, "lr_milestones": [], "lr_gamma": 0.1,
-                  "clip_grad": 0.0},
+                  "clip_grad": 0.0, **_LOADER},
         # weak_supervised_main.py: Adam 1e-3, batch 64, 250 epochs, the same 15000-iteration
         # StepLR: with the 178 extra background videos, 15000 / (3517 // 64 = 54) = 277.8 -> every
         # 278 epochs, never reached in 250 (constant lr unless epochs is raised).
         "weak": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64,
                  "epochs": 250, "lr_step": 278, "lr_milestones": [], "lr_gamma": 0.1,
-                 "clip_grad": 0.0},
+                 "clip_grad": 0.0, **_LOADER},
     }
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,

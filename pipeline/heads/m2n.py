@@ -264,11 +264,13 @@ def cml_exclusions(labels: np.ndarray) -> dict[str, np.ndarray]:
 class CrossModalLocalization(Task):
     """M2N's cross-modality localization (Sec. 3.5, Table 1) on the cml split
     (``<split>_order_match.h5``): the event segments of one modality are the query, the head
-    scores the other modality's segments. Events spanning all segments (one possible window,
-    trivially right) and samples without an event segment (no query) are left out, as the AVE
-    reference evaluation does, and counted. The selection metric is the mean of the A2V and V2A
-    window accuracies; evaluation adds each direction, and its confusion matrix and timelines
-    compare the predicted windows of both directions with the event segments."""
+    scores the other modality's segments. Samples without an event segment (no query) are left
+    out everywhere. Events spanning all segments (one possible window, trivially right) are
+    left out where the AVE reference evaluation skips them, at evaluation (val, test), and kept
+    in training, as AVE-ECCV18's ``cmm_train.py`` trains on every row; both are counted. The
+    selection metric is the mean of the A2V and V2A window accuracies; evaluation adds each
+    direction, and its confusion matrix and timelines compare the predicted windows of both
+    directions with the event segments."""
 
     name = "cml"
     order_file = ORDER_MATCH_FILE
@@ -276,6 +278,8 @@ class CrossModalLocalization(Task):
 
     def select_rows(self, split, labels, rows):
         masks = cml_exclusions(labels)
+        if split == "train":  # the reference trains on every row with a query
+            masks["full_length"] = np.zeros(len(rows), dtype=bool)
         keep = rows[~np.logical_or.reduce(list(masks.values()))]
         return keep, {k: rows[m] for k, m in masks.items()}
 

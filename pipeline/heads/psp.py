@@ -30,7 +30,7 @@ Eq. 2 2nd l1-norm     | fully yes, weak no            | both ("again")       | c
 Eq. 4 W_3 in weak     | absent                        | present              | code         | project_weak: true
 Eq. 5 weighting       | sigmoid(relu(f^h W_6))        | sigmoid(f^h W_6)     | code         | weight_relu: false
 AVPS target (Eq. 8-9) | buffer never reset (broken)   | event indicator, l1  | paper        | -
-weak target (Eq. 11)  | prob_label.h5 (segment share) | Y^weak               | video label  | -
+weak target (Eq. 11)  | prob_label (segment shares)   | Y^weak = mean Y^fully| code         | weak_target: video
 threshold tau         | 0.099 fully, 0.095 weak       | 0.095 (Table 3)      | code         | tau_fully, tau_weak
 """
 from __future__ import annotations
@@ -156,14 +156,26 @@ class WeightedMILClassifier(nn.Module):
 
 
 def weak_target(weak: torch.Tensor) -> torch.Tensor:
-    """Video-level BCE target: the weak label l1-normalised.
-
-    The authors train on ``prob_label.h5``, the per-class proportion of segments (Sec. 3,
-    ``Y^weak`` = temporal mean of ``Y^fully``), which needs segment labels; the loop passes only
-    the binary video label in the weak setting, so its l1-normalisation stands in for it (equal
-    when the video has a single class, e.g. an event over all segments).
-    """
+    """The ``weak_target: video`` option of the weak BCE target: the video label
+    l1-normalised (equal to the segment shares when the video has a single class, e.g. an
+    event over all segments)."""
     return l1_normalize(weak.float())
+
+
+WEAK_TARGETS = ("shares", "video")
+
+
+def weak_bce_target(batch: dict[str, Any], kind: str) -> torch.Tensor:
+    """The video-level BCE target of PSP's (and VSCG's) weak setting (Eq. 11).
+
+    ``shares`` (default, both authors' ``weakly_supervised_main.py`` with ``prob_label``, and
+    PSP's ``Y^weak``, the temporal mean of the segment labels): each class's share of the ten
+    segments, background included, the weak task's ``shares`` batch entry. ``video``: the video
+    label l1-normalised (:func:`weak_target`), which departs from both on the videos that have
+    background segments (1,107 of AVE's 3,339 training videos)."""
+    if kind not in WEAK_TARGETS:
+        raise ValueError(f"weak_target must be one of {WEAK_TARGETS}, got {kind!r}")
+    return batch["shares"].float() if kind == "shares" else weak_target(batch["weak"])
 
 
 class PSPEncoderHead(Head):
@@ -215,6 +227,7 @@ class PSP(PSPEncoderHead):
         "psp_hidden": 256,  # d_h of W_1 in Eq. 1 (code hidden_dim=256)
         "tau_fully": 0.099,  # Eq. 2 threshold, fully (code --threshold 0.099; Table 3 lists 0.095)
         "tau_weak": 0.095,  # Eq. 2 threshold, weak (Table 3 best; code --threshold 0.095)
+        "weak_target": "shares",  # weak BCE target: shares (code's prob_label; Y^weak) | video
         "renormalize_weak": False,  # weak: Eq. 2's second l1-norm (code: false; paper: true)
         "project_weak": False,  # weak: Eq. 4's W_3 + ReLU + dropout (code: false; paper: true)
         "weight_relu": True,  # weak: Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
@@ -244,9 +257,11 @@ class PSP(PSPEncoderHead):
                  att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int, embed_dim: int,
                  lstm_hidden: int, psp_hidden: int, tau_fully: float, tau_weak: float,
                  renormalize_weak: bool, project_weak: bool, weight_relu: bool, avps_weight: float,
-                 dropout: float, fc_hidden: int):
+                 dropout: float, fc_hidden: int, weak_target: str):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
-        self.avps_weight = avps_weight
+        self.avps_weight, self.weak_target = avps_weight, weak_target
+        if weak_target not in WEAK_TARGETS:
+            raise ValueError(f"{self.name}: weak_target must be one of {WEAK_TARGETS}, got {weak_target!r}")
         d_l = 2 * lstm_hidden
         self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, audio_term=audio_term,
                             embed_hidden=embed_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden)
@@ -280,7 +295,7 @@ class PSP(PSPEncoderHead):
             avps = avps_loss(out["v_psp"], out["a_psp"], labels, self.num_classes)  # Eq. 9
             loss = ce + self.avps_weight * avps  # Eq. 10
             return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "avps": float(avps.detach())}
-        loss = F.binary_cross_entropy(out["video_prob"], weak_target(batch["weak"]))  # Eq. 11 (w-bce)
+        loss = F.binary_cross_entropy(out["video_prob"], weak_bce_target(batch, self.weak_target))  # Eq. 11
         return loss, {"loss": float(loss.detach())}
 
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -35,6 +35,7 @@ fully ISCE dropout   | 0.1                           | r_i = 0.2            | co
 weak ISCE            | linear cross h0, no Eq. 12    | E^av h0, Eq. 12      | code         | isce_weak: paper
 weak PSP 2nd l1-norm | absent                        | PSP's Eq. 2          | code         | renormalize_weak: true
 weak weighting       | sigmoid(relu(.))              | PSP's Eq. 5          | code         | weight_relu: false
+weak target          | prob_label (segment shares)   | video label          | code         | weak_target: video
 AVPS target (Eq. 16) | buffer never reset (broken)   | y_tl                 | paper        | -
 L_c, no-event video  | class 0                       | undefined            | left out     | -
 """
@@ -50,7 +51,7 @@ from ._authors import AuthorsStateDict
 from ._avga import bilstm
 from ._registry import Reported, Schedule, build_head, event_class_probabilities, register_head
 from .psp import (CLASSIFY_UNUSED, PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier,
-                  avps_loss, encoder_layout, weak_target)
+                  WEAK_TARGETS, avps_loss, encoder_layout, weak_bce_target)
 
 
 class CERE(nn.Module):
@@ -125,6 +126,7 @@ class VSCG(PSPEncoderHead):
         "r_i_weak": 0.5,  # dropout after ISCE, weak (Sec. IV-A: 0.5; code 0.5)
         "isce_weak": "code",  # weak ISCE: code (cross-modal linear GRU init, no Eq. 12) | paper (Eqs. 9, 12)
         "renormalize_weak": False,  # weak: PSP's second l1-norm of Eq. 2 (code: false; paper: true)
+        "weak_target": "shares",  # weak BCE target: shares (code's prob_label) | video (label, l1)
         "weight_relu": True,  # weak: PSP Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
         "cere_dim": 128,  # d_e: CERE output channels, GRU hidden, d_i = 2 d_e (Sec. III-D; code)
         "cere_kernel": 5,  # CERE kernel size T/2 (Eq. 3)
@@ -162,8 +164,11 @@ class VSCG(PSPEncoderHead):
                  psp_dropout_weak: float, r_s: float, r_i_fully: float, r_i_weak: float, isce_weak: str,
                  renormalize_weak: bool, weight_relu: bool, cere_dim: int, cere_kernel: int,
                  fuse_dim: int, fc_hidden: int, event_threshold: float, avps_weight: float,
-                 smooth_lambda: float):
+                 smooth_lambda: float, weak_target: str):
         super().__init__(visual_dim, audio_dim, num_classes, setting)
+        self.weak_target = weak_target
+        if weak_target not in WEAK_TARGETS:
+            raise ValueError(f"{self.name}: weak_target must be one of {WEAK_TARGETS}, got {weak_target!r}")
         if isce_weak not in ("code", "paper"):
             raise ValueError(f"vscg: isce_weak must be 'code' or 'paper', got {isce_weak!r}")
         self.event_threshold, self.avps_weight, self.smooth_lambda = event_threshold, avps_weight, smooth_lambda
@@ -232,7 +237,7 @@ class VSCG(PSPEncoderHead):
             return negative_pair_filter_loss(out["is_event"], out["event_logits"], out["v_final"],
                                              out["a_final"], batch["labels"].float(), self.num_classes,
                                              self.avps_weight)
-        return smooth_loss(out["video_prob"], weak_target(batch["weak"]), self.smooth_lambda)
+        return smooth_loss(out["video_prob"], weak_bce_target(batch, self.weak_target), self.smooth_lambda)
 
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.setting == "fully":

@@ -28,7 +28,7 @@ class TrainConfig:
     setting: Setting = "fully"  # fully | weak | cml (see Setting); a head lists the ones it has
     visual: str = "vgg19"  # visual feature file ${paths.features}/<visual>.h5
     audio: str = "vggish"  # audio feature file ${paths.features}/<audio>.h5
-    seed: int = 0  # seeds init, shuffling and dropout
+    seed: Optional[int] = None  # seeds init, shuffling and dropout; null = the authors' seed of the head
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when present, else cpu
     resume: bool = True  # continue from <models>/last.pt when it was written by this same run
     # none: raw features, as the papers | standardize: per-channel z-score with train-split
@@ -51,6 +51,8 @@ class TrainConfig:
     lr_milestones: Optional[list[int]] = None  # epochs (0-based) where lr *= lr_gamma ([] = none)
     lr_gamma: Optional[float] = None  # decay factor at each milestone / step
     clip_grad: Optional[float] = None  # max global grad norm (0 = no clipping)
+    shuffle: Optional[bool] = None  # draw batches from a shuffled train split (AVEL's scripts: no)
+    drop_last: Optional[bool] = None  # drop the last partial batch (AVEL's scripts: yes)
 
     def validate(self, key: str) -> None:
         check_head(self.head, f"{key}.head")
@@ -196,11 +198,12 @@ def _check_feature_kinds(params: dict[str, Any]) -> None:
 
 
 def resolve_train(head: str, setting: str, overrides: dict[str, Any], recipe: dict[str, Any],
-                  map_hw: Optional[tuple[int, int]] = None) -> HeadSpec:
+                  map_hw: Optional[tuple[int, int]] = None, seed: Optional[int] = None) -> HeadSpec:
     """The one resolution of a training run's head (:func:`pipeline.heads.resolve`) from params:
-    ``heads.<head>`` overrides and the non-null ``train.*`` recipe keys; errors name the key."""
+    ``heads.<head>`` overrides, the non-null ``train.*`` recipe keys and ``train.seed`` (null:
+    the authors' seed); errors name the key."""
     try:
-        return registry.resolve(head, setting, overrides, recipe, map_hw)
+        return registry.resolve(head, setting, overrides, recipe, map_hw, seed)
     except KeyError as e:
         raise ConfigError(f"train.head: {e.args[0]}") from None
     except SpecError as e:

@@ -59,7 +59,7 @@ class RunSpec:
     setting: str
     hparam_overrides: dict[str, Any] = field(default_factory=dict)  # heads.<head>
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # non-null train.* keys
-    seed: int = 0
+    seed: Optional[int] = None  # None: the head's authors' seed (Head.SEEDS)
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = True
     feature_norm: str = "none"  # none | standardize (train-split statistics, kept in checkpoints)
@@ -145,7 +145,7 @@ def data_digest(data: Dataset) -> str:
 def fingerprint(spec: RunSpec, resolved: HeadSpec, data: Dataset, device: torch.device) -> str:
     """Identity of a run: equal fingerprints train the same model from the same inputs."""
     h = hashlib.sha256(json.dumps(
-        [spec.head, spec.setting, resolved.hparams, resolved.recipe, spec.seed, spec.feature_norm,
+        [spec.head, spec.setting, resolved.hparams, resolved.recipe, resolved.seed, spec.feature_norm,
          device.type, torch.__version__], sort_keys=True, default=str).encode())
     h.update(runtime.source_digest(*CODE_DIRS).encode())
     src = inspect.getsourcefile(get_head_class(spec.head))  # a head registered elsewhere too
@@ -206,7 +206,8 @@ class _TrainState:
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-len(self.train_split) // int(self.recipe["batch_size"]))
+        n, bs = len(self.train_split), int(self.recipe["batch_size"])
+        return n // bs if self.recipe["drop_last"] else -(-n // bs)
 
 
 class Training:
@@ -255,21 +256,22 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
            params_snapshot: dict) -> _TrainState:
     """Resolve the head once, build it, the optimiser and schedule (seeded), check the splits."""
     resolved = resolve_train(spec.head, spec.setting, spec.hparam_overrides, spec.recipe_overrides,
-                             tuple(data.splits["train"].visual.shape[2:4]))
+                             tuple(data.splits["train"].visual.shape[2:4]), spec.seed)
     task = get_task(spec.setting)
     train_split, val_split, test_split, norm = _splits(spec, data)
     for note in resolved.notes:
         print(f"heads.{spec.head}.{note}")
     hparams, recipe = resolved.hparams, resolved.recipe
     device = select_device(spec.device)
-    runtime.seed_everything(spec.seed)
+    runtime.seed_everything(resolved.seed)
     dims = {"visual_dim": data.visual_dim, "audio_dim": data.audio_dim,
             "num_classes": data.num_classes}
     head = instantiate(resolved, **dims).to(device)
     opt = make_optimizer(head.parameters(), recipe)
     n_params = count_parameters(head)
     common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
-              "hparams": hparams, "dims": dims, "recipe": recipe, "params": params_snapshot,
+              "hparams": hparams, "dims": dims, "recipe": recipe, "seed": resolved.seed,
+              "params": params_snapshot,
               "num_parameters": n_params, "categories": list(data.categories), "feature_norm": norm,
               "cml_excluded": _task_exclusions(data),
               "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta)}
@@ -277,12 +279,13 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     print(f"head: {spec.head} ({spec.setting}), trainable parameters: {n_params:,}")
     print(f"hparams: {hparams}")
     print(f"recipe: {recipe}")
+    print(f"seed: {resolved.seed}" + (" (the authors' seed; train.seed: null)" if spec.seed is None else ""))
     print(f"lr schedule: {recipe['lr']:g}, x{recipe['lr_gamma']:g} at epochs "
           f"{lr_milestones(recipe) or 'none'}")
     print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
           f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
     return _TrainState(spec, resolved, task, device, head, opt, make_scheduler(opt, recipe),
-                       torch.Generator().manual_seed(spec.seed),
+                       torch.Generator().manual_seed(resolved.seed),
                        fingerprint(spec, resolved, data, device), dims, train_split, val_split,
                        test_split, script, norm, common, out_dir, resume_dir / layout.LAST)
 
@@ -343,12 +346,14 @@ def _resume(run: _TrainState) -> None:
 
 
 def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
-    """One pass over the shuffled train split; the mean of each loss term over batches."""
+    """One pass over the train split (shuffled, and the last partial batch kept, unless the
+    recipe says otherwise); the mean of each loss term over batches."""
     run.head.train()
     bs = int(run.recipe["batch_size"])
-    perm = torch.randperm(len(run.train_split), generator=run.gen)
+    n = len(run.train_split)
+    perm = torch.randperm(n, generator=run.gen) if run.recipe["shuffle"] else torch.arange(n)
     sums, n_batches = {}, 0
-    for s in range(0, len(perm), bs):
+    for s in range(0, run.steps_per_epoch * bs, bs):
         batch = run.task.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
         loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
         run.opt.zero_grad(set_to_none=True)

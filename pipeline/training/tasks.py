@@ -114,14 +114,17 @@ class Fully(Task):
 
 @register_task
 class Weak(Task):
-    """Video labels only: the batch carries no segment labels, so none can reach a weak loss;
-    background-only training samples are appended when present."""
+    """Video labels only: the batch carries no per-segment labels, so no weak loss can use
+    them; background-only training samples are appended when present. Besides ``weak`` (the
+    event class alone, ``mil_labels.h5``) it carries ``shares`` (B, C+1): each class's share of
+    the ten segments, background included, the ``prob_label`` that PSP's and VSCG's weak scripts
+    train on (PSP's ``Y^weak``, the temporal mean of the segment labels)."""
     name = "weak"
     uses_background_only = True
 
     def batch(self, data, idx, device, epoch, epochs):
         batch = super().batch(data, idx, device, epoch, epochs)
-        del batch["labels"]
+        batch["shares"] = batch.pop("labels").float().mean(dim=1)
         return batch
 
 
