@@ -35,7 +35,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-SETTINGS = ("fully", "weak", "cml")  # = pipeline.training.config.Setting
+from pipeline.training.tasks import SETTINGS  # each setting is a task object
 TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step",
               "lr_milestones", "lr_gamma", "clip_grad", "shuffle", "drop_last")
 # Recipe keys most released scripts share (a head's TRAIN_DEFAULTS may set them otherwise):

@@ -17,7 +17,7 @@ from pipeline.encoders.base import check_encoder
 
 # Supervision settings (the registry's SETTINGS): fully = segment labels | weak = video labels
 # only | cml = M2N's cross-modality localization (A2V / V2A; heads whose paper defines it).
-Setting = Literal["fully", "weak", "cml"]
+Setting = Literal[registry.SETTINGS]
 
 
 @register_section("train")
@@ -144,7 +144,7 @@ class EvaluateConfig:
 class ReportConfig:
     """Results table over heads x settings (matrix/dvc.yaml; one DVC matrix cell each)."""
     heads: list[str] = field(default_factory=registry.list_heads)  # rows of the table
-    settings: list[Setting] = field(default_factory=lambda: ["fully", "weak", "cml"])
+    settings: list[Setting] = field(default_factory=lambda: list(registry.SETTINGS))
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
 
     def validate(self, key: str) -> None:

@@ -17,11 +17,15 @@ import torch
 from pipeline import layout
 from pipeline.evaluation import metrics as M
 
+SETTINGS = ("fully", "weak", "cml")  # the settings a head may declare; each is a task below
 _TASKS: dict[str, "Task"] = {}
 
 
 def register_task(cls: type["Task"]) -> type["Task"]:
-    """Register a task class under ``cls.name`` (one instance; a name is registered once)."""
+    """Register a task class under ``cls.name`` (one instance; a name is registered once and is
+    one of the registry's ``SETTINGS``, which config validation accepts)."""
+    if cls.name not in SETTINGS:
+        raise ValueError(f"task {cls.name!r} is not one of the settings {SETTINGS}")
     if cls.name in _TASKS:
         raise ValueError(f"task {cls.name!r} is registered twice")
     _TASKS[cls.name] = cls()
