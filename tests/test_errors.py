@@ -197,11 +197,12 @@ def _bad_safetensors(tmp_path):
 ])
 def test_weights_file_that_fails_to_load_names_file_and_reason(make, reason, tmp_path,
                                                                monkeypatch):
-    from pipeline.encoders import ModelSpec, WeightsLoadError, build_encoder
+    from pipeline.config import InputError
+    from pipeline.encoders import ModelSpec, build_encoder
 
     monkeypatch.chdir(tmp_path)
     path = make(tmp_path)
-    with pytest.raises(WeightsLoadError) as e:
+    with pytest.raises(InputError) as e:
         build_encoder(ModelSpec("vggish", weights=str(path)), allow_download=False)
     line = one_line(e.value)
     assert re.fullmatch(rf"{re.escape(str(path))}: {reason}", line), line
