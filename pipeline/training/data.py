@@ -21,12 +21,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
+from pipeline.config import InputError
 from pipeline.data.ave import BACKGROUND_LABELS, ORDER_FILE, ORDER_MATCH_FILE
 from pipeline.features.store import load_features
+from pipeline.files import read_h5
 
 SPLITS = ("train", "val", "test")
 VIDEO_LABELS = "mil_labels.h5"  # prepared video-level labels (avadataset, (N, C+1))
@@ -128,8 +129,7 @@ def read_order(prepared: str | Path, split: str, setting: str = "fully") -> np.n
         hint = (" (the cml split: the data root needs cml/{train,val,test}Set.txt; re-run prepare)"
                 if setting == "cml" else "; run prepare")
         raise FileNotFoundError(f"{path}: split order file missing{hint}")
-    with h5py.File(path, "r") as f:
-        return np.asarray(f["order"][()], dtype=np.int64).reshape(-1)
+    return np.asarray(read_h5(path, "order"), dtype=np.int64).reshape(-1)
 
 
 def read_video_labels(prepared: str | Path, num_lines: int) -> np.ndarray:
@@ -137,10 +137,9 @@ def read_video_labels(prepared: str | Path, num_lines: int) -> np.ndarray:
     path = Path(prepared) / VIDEO_LABELS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: video-level labels missing; run prepare")
-    with h5py.File(path, "r") as f:
-        out = np.asarray(f["avadataset"][()], dtype=np.float32)
+    out = np.asarray(read_h5(path, "avadataset", (None, None)), dtype=np.float32)
     if len(out) != num_lines:
-        raise ValueError(f"{path}: {len(out)} rows but labels.h5 has {num_lines}")
+        raise InputError(f"{path}: {len(out)} rows but labels.h5 has {num_lines}")
     return out
 
 
@@ -156,7 +155,7 @@ def read_categories(prepared: str | Path, num_classes: int) -> list[str]:
     if path.is_file():
         cats = json.loads(path.read_text())
         if len(cats) != num_classes:
-            raise ValueError(f"{path}: {len(cats)} categories but labels.h5 has {num_classes} "
+            raise InputError(f"{path}: {len(cats)} categories but labels.h5 has {num_classes} "
                              "event classes")
         return list(cats)
     names = [f"class{i}" for i in range(num_classes)]
@@ -174,8 +173,8 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
     their files are present (:func:`background_only`)."""
     prepared = Path(prepared)
     log = print if verbose else (lambda *a: None)
-    with h5py.File(prepared / "labels.h5", "r") as f:
-        labels = np.asarray(f["avadataset"][()], dtype=np.float32)
+    labels = np.asarray(read_h5(prepared / "labels.h5", "avadataset", (None, None, None)),
+                        dtype=np.float32)
     video_labels = read_video_labels(prepared, len(labels))
     vpath, apath = feature_path(features, visual), feature_path(features, audio)
     for p, key in ((vpath, "train.visual"), (apath, "train.audio")):
@@ -186,10 +185,10 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
     n = len(labels)
     for fs, p in ((vis, vpath), (aud, apath)):
         if len(fs.data) != n:
-            raise ValueError(f"{p}: {len(fs.data)} rows but labels.h5 has {n} (rows must be "
+            raise InputError(f"{p}: {len(fs.data)} rows but labels.h5 has {n} (rows must be "
                              "Annotations.txt line indices)")
     if vis.data.ndim != 5 or aud.data.ndim != 3:
-        raise ValueError(f"expected visual (N,T,H,W,C) and audio (N,T,D); got {vis.data.shape} "
+        raise InputError(f"expected visual (N,T,H,W,C) and audio (N,T,D); got {vis.data.shape} "
                          f"({vpath}) and {aud.data.shape} ({apath})")
     valid = np.asarray(vis.valid, bool) & np.asarray(aud.valid, bool)
     out = {}
@@ -244,15 +243,14 @@ def read_background_only(prepared, features, visual: str, audio: str, num_segmen
         log(f"data: background-only samples: not used (absent: {', '.join(missing)}); weak "
             "training on the train split alone")
         return None
-    with h5py.File(paths["labels"], "r") as f:
-        video = np.asarray(f["avadataset"][()], dtype=np.float32)
+    video = np.asarray(read_h5(paths["labels"], "avadataset", (None, None)), dtype=np.float32)
     vis, aud = load_features(paths["visual"]), load_features(paths["audio"])
     if not (len(vis.data) == len(aud.data) == len(video)):
-        raise ValueError(f"background-only files disagree in rows: {paths['visual']} "
+        raise InputError(f"background-only files disagree in rows: {paths['visual']} "
                          f"{len(vis.data)}, {paths['audio']} {len(aud.data)}, {paths['labels']} "
                          f"{len(video)}")
     if not (video[:, -1] == 1).all() or video[:, :-1].any():
-        raise ValueError(f"{paths['labels']}: every row must be background alone")
+        raise InputError(f"{paths['labels']}: every row must be background alone")
     valid = np.asarray(vis.valid, bool) & np.asarray(aud.valid, bool)
     labels = np.zeros((int(valid.sum()), num_segments, video.shape[1]), np.float32)
     labels[..., -1] = 1.0
