@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from pipeline import runtime
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, InputError
 from pipeline.evaluation.metrics import event_detection
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import check_milestones
@@ -378,7 +378,7 @@ def _splits(spec: RunSpec, data: Dataset
     test_split = data.splits.get("test")
     for split in (train_split, val_split):
         if len(split) == 0:
-            raise ValueError(f"{split.split} split: no usable rows; {_exclusions(split)}")
+            raise InputError(f"{split.split} split: no usable rows; {_exclusions(split)}")
     norm = None
     if spec.feature_norm == "standardize":
         norm = feature_stats(train_split)  # train statistics only; evaluation reuses them
@@ -428,12 +428,13 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     bs = int(run.recipe["batch_size"])
     perm = torch.randperm(len(run.train_split), generator=run.gen)
     sums, n_batches = {}, 0
-    for s in range(0, len(perm), bs):
+    for b, s in enumerate(range(0, len(perm), bs)):
         batch = make_batch(run.train_split, perm[s:s + bs], run.spec.setting, run.device, epoch,
                            run.epochs)
         loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
+        ckpt_io.check_step(loss, run.head, epoch, b, batch, run.opt.param_groups[0]["lr"])
         if run.recipe["clip_grad"]:
             torch.nn.utils.clip_grad_norm_(run.head.parameters(), run.recipe["clip_grad"])
         run.opt.step()
