@@ -62,10 +62,21 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     except PermissionError as e:
         raise InputError(f"{path}: not readable: {e.strerror}") from None
     except Exception as e:  # torch, pickle, zip and safetensors each raise their own types
-        raise InputError(f"{path}: not a readable {what}: {load_reason(e)}") from None
+        reason = load_reason(e)
+        if "refused" not in reason and _is_damaged_zip(path):
+            reason = f"truncated or damaged (a torch zip file without its end; {type(e).__name__})"
+        raise InputError(f"{path}: not a readable {what}: {reason}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
+
+
+def _is_damaged_zip(path: Path) -> bool:
+    """A file that starts as a zip archive (torch's format) but does not read as one."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def load_reason(err: BaseException) -> str:
