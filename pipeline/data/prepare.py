@@ -62,10 +62,12 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.config import InputError
 from pipeline.data._fs import replace_dir
 from pipeline.data.ave import (BACKGROUND_LABELS, ORDER_FILE, ORDER_MATCH_FILE, SPLITS,
                                AVEAnnotations, background_video_ids, load_annotations, write_order)
 from pipeline.data.ids import UnsafePathError
+from pipeline.files import read_h5
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                             VideoInfo, audio_flags, probe_many)
 from pipeline.runtime import NUM_SEGMENTS
@@ -251,11 +253,10 @@ def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, roo
         with h5py.File(out / BACKGROUND_LABELS, "w") as f:
             f.create_dataset("avadataset", data=labels)
     elif published.is_file():
-        with h5py.File(published, "r") as f:
-            labels = np.asarray(f["avadataset"][()], dtype=np.float32)
+        labels = np.asarray(read_h5(published, "avadataset"), dtype=np.float32)
         if labels.ndim != 2 or labels.shape[1] != ann.num_classes + 1 or \
                 not (labels[:, ann.background] == 1).all() or labels[:, :ann.background].any():
-            raise ValueError(f"{published}: expected (B, {ann.num_classes + 1}) rows of "
+            raise InputError(f"{published}: expected (B, {ann.num_classes + 1}) rows of "
                              f"background alone, got shape {labels.shape}")
         shutil.copyfile(published, out / BACKGROUND_LABELS)
 
