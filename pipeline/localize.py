@@ -1,6 +1,10 @@
 """Localize audio-visual events in your own videos with a trained head.
 
-    python -m pipeline.localize VIDEO [VIDEO ...] --model models/best.pt --out DIR
+    python -m pipeline.localize [--model models/best.pt] --out DIR [--] VIDEO [VIDEO ...]
+
+The videos are checked (each exists and is readable) before the model is loaded; a name that
+begins with ``-`` (e.g. ``-l3a3qenCJv.mp4``, a YouTube id) is a video when such a file exists,
+and anything after ``--`` is a video.
 
 The videos are decoded and encoded exactly as the features the head was trained on: the
 checkpoint records the feature files' provenance (``features``: encoder, weights and their
@@ -9,8 +13,11 @@ are rebuilt from it with the one weights resolver; weights that are not availabl
 published AVE features' Keras VGG-19) are an error naming what is missing and the option that
 supplies it. The checkpoint's feature standardisation is applied as in evaluation.
 
-Segments and windows. A video of ``d`` seconds has ``n = max(1, ceil(d - 0.1))`` 1-s segments
-(0.1 s: the tolerance under which ``prepare`` calls a clip short). Heads see 10 segments:
+Segments and windows. ``prepare``'s duration rule applies: a video shorter than
+``data.min_duration`` (the value the checkpoint's training run used; prepare's default when the
+checkpoint does not record it), or with no whole segment, is reported as too short and not
+localized. A video of ``d`` seconds has ``n = ceil(d - 0.1)`` 1-s segments (0.1 s: the tolerance
+under which ``prepare`` calls a clip short). Heads see 10 segments:
 
 * ``n <= 10``: one window, padded as ``prepare`` / extraction pad (the last frame repeated,
   silence after the audio); only the ``n`` real segments are reported.
@@ -23,9 +30,16 @@ A video is decoded whole, in a worker process with a timeout, at the encoder's f
 A video without an audio track is encoded with silence, as extraction does, and its output
 says ``"audio": false``. Per video, ``<out>/<name>.json`` (per segment: class, its
 probability, event or background; events merged into intervals of consecutive segments with
-the same class, start and end in seconds) and ``<out>/<name>.png`` (the timeline), where
-``<name>`` is the file name made safe; ``<out>/index.html`` shows each video with its
-timeline. One summary line per video is printed. No DVC needed; CPU or GPU (``--device``).
+the same class, start and end in seconds; the model: path, sha256, head, setting, encoders and
+weights; the head's prediction rule where it is not a per-segment argmax, e.g. CMBS weak
+``weak_predict: video``) and ``<out>/<name>.png`` (the timeline), where ``<name>`` is the file
+name made safe; ``<out>/index.html`` shows each video with its timeline. One summary line per
+video is printed, with the decoding flags (``padded_short``, ``vfr``, ``padded_audio``, no
+audio track). No DVC needed; CPU or GPU (``--device``).
+
+Exit status: 0, or 1 when a video could not be localized (too short, undecodable); 2 with one
+line ``error: <file or option>: ...`` when an input is unusable (a missing or unreadable video,
+a checkpoint that is not a training checkpoint, missing encoder weights).
 """
 from __future__ import annotations
 
@@ -41,10 +55,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from pipeline.cli import stage_main
+from pipeline.config import ConfigError, DataConfig, InputError
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
-from pipeline.encoders.weights import WeightsNotFoundError
+from pipeline.encoders.weights import WeightsNotFoundError, file_sha256
 from pipeline.runtime import NUM_SEGMENTS, atomic_path, atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 
@@ -72,7 +88,7 @@ def _encoder(kind: str, meta: dict[str, Any], override: Optional[str], allow_dow
              model: Path) -> tuple[Encoder, Optional[str]]:
     spec = meta.get("model_spec_json")
     if not isinstance(spec, dict) or not spec.get("encoder"):
-        raise ValueError(f"{model}: the {kind} feature provenance names no encoder "
+        raise InputError(f"{model}: the {kind} feature provenance names no encoder "
                          f"(model_spec); these features cannot be recomputed from a video")
     weights = override or spec.get("weights", "")
     if weights == "published":
@@ -91,7 +107,7 @@ def _encoder(kind: str, meta: dict[str, Any], override: Optional[str], allow_dow
         note = (f"{kind}: weights {override} given on the command line (features were made "
                 f"with {meta.get('weights')})")
     elif recorded and recorded != got:
-        raise ValueError(f"{model}: the {kind} encoder's weights ({enc.weights.describe()}, sha256 "
+        raise InputError(f"{model}: the {kind} encoder's weights ({enc.weights.describe()}, sha256 "
                          f"{got[:12]}) are not those the features were made with (sha256 "
                          f"{recorded[:12]}, {meta.get('weights')})")
     return enc, note
@@ -104,7 +120,7 @@ def extractors_from_checkpoint(ckpt: dict[str, Any], model: Path, device: torch.
     """Rebuild the encoders recorded in ``ckpt['features']`` on ``device``."""
     prov = ckpt.get("features")
     if not prov:
-        raise ValueError(f"{model}: the checkpoint records no feature provenance ('features'); "
+        raise InputError(f"{model}: the checkpoint records no feature provenance ('features'); "
                          "retrain it with this version of the pipeline")
     v_enc, v_note = _encoder("visual", prov["visual"], visual_weights, allow_download, model)
     a_enc, a_note = _encoder("audio", prov["audio"], audio_weights, allow_download, model)
@@ -120,8 +136,26 @@ def extractors_from_checkpoint(ckpt: dict[str, Any], model: Path, device: torch.
 # Segments, windows, decoding
 # ------------------------------------------------------------------------------------------
 def num_segments(duration: float) -> int:
-    """1-s segments of a video of ``duration`` seconds (see the module doc)."""
-    return max(1, math.ceil(duration - SHORT_TOLERANCE_S))
+    """1-s segments of a video of ``duration`` seconds, ``ceil(d - 0.1)`` (see the module doc);
+    0 for a video without a whole segment (too short to localize)."""
+    return max(0, math.ceil(duration - SHORT_TOLERANCE_S))
+
+
+def too_short(duration: float, min_duration: float) -> Optional[str]:
+    """Why a video is too short to localize (``prepare``'s rule), or None."""
+    if duration < min_duration:
+        return f"{duration:.2f} s < data.min_duration {min_duration:g} s"
+    if num_segments(duration) == 0:
+        return f"{duration:.2f} s: no 1-s segment (at least {SHORT_TOLERANCE_S:g} s are needed)"
+    return None
+
+
+def min_duration_of(ckpt: dict[str, Any]) -> tuple[float, str]:
+    """``data.min_duration`` of the checkpoint's training run, and where it came from."""
+    value = ((ckpt.get("params") or {}).get("data") or {}).get("min_duration")
+    if value is None:
+        return DataConfig.min_duration, "prepare's default; the checkpoint does not record it"
+    return float(value), "the checkpoint's data.min_duration"
 
 
 def window_starts(n: int, window: int = NUM_SEGMENTS) -> list[int]:
@@ -134,14 +168,18 @@ def window_starts(n: int, window: int = NUM_SEGMENTS) -> list[int]:
 
 
 def decode_clip(path: str, frames_per_segment: int, sampling: str, size: tuple[int, int],
-                sample_rate: int) -> dict[str, Any]:
+                sample_rate: int, min_duration: float = 0.0) -> dict[str, Any]:
     """Probe and decode a whole video (run inside a :class:`DecodePool` worker): frames
-    ``(m, F, H, W, 3)`` and audio ``(m, sample_rate)`` for ``m = max(n, 10)`` segments."""
+    ``(m, F, H, W, 3)`` and audio ``(m, sample_rate)`` for ``m = max(n, 10)`` segments. A video
+    too short for ``prepare`` is a ``too_short`` failure, not decoded."""
     from pipeline.media import DecodeFailure, decode_audio, decode_video, read_info
 
     info = read_info(path)
     if info.status in ("missing", "corrupt", "no_video", "unusable"):
         raise DecodeFailure(path, info.status, info.message)
+    short = too_short(info.duration, min_duration)
+    if short:
+        raise DecodeFailure(path, "too_short", short)
     n = num_segments(info.duration)
     m = max(n, NUM_SEGMENTS)
     video = decode_video(path, frames_per_segment, sampling, size, num_segments=m)
@@ -194,6 +232,47 @@ def intervals(classes: np.ndarray, background: int, categories: list[str]) -> li
 # ------------------------------------------------------------------------------------------
 # Outputs
 # ------------------------------------------------------------------------------------------
+# How a head turns its outputs into segment classes, where that is not a per-segment argmax of
+# its scores: (head, setting, hparam condition) -> rule, stated in every result of such a head.
+PREDICTION_RULES: list[tuple[str, str, dict[str, Any], str]] = [
+    ("cmbs", "weak", {"weak_predict": "video"}, "weak_predict: video: every segment gets the "
+     "video's class (the video-level prediction); segments are not told apart"),
+    ("cmbs", "fully", {}, "relevance: a segment is an event when its event relevance is >= 0.5, "
+     "and then gets the video's event class"),
+    ("cace", "fully", {}, "relevance: a segment is an event when its event relevance is >= 0.5, "
+     "and then gets the video's event class"),
+    ("m2n", "fully", {}, "relevance: a segment is an event when its event relevance is >= 0.5, "
+     "and then gets the video's event class"),
+    ("vscg", "fully", {}, "is_event: a segment is an event when sigmoid(is_event) > "
+     "event_threshold, and then gets the video's event class"),
+]
+
+
+def prediction_rule(ckpt: dict[str, Any]) -> Optional[str]:
+    """The head's prediction rule when it is not a per-segment argmax (see PREDICTION_RULES)."""
+    hp = ckpt.get("hparams") or {}
+    for head, setting, when, rule in PREDICTION_RULES:
+        if (ckpt["head"], ckpt["setting"]) == (head, setting) and all(
+                hp.get(k, v) == v for k, v in when.items()):
+            return rule
+    return None
+
+
+def model_record(model: Path, ckpt: dict[str, Any], ext: Extractors) -> dict[str, Any]:
+    """What a result was computed with: the checkpoint (path, sha256, head, setting, epoch) and
+    the encoders and weights that made its features."""
+    def encoder(kind: str, enc: Encoder) -> dict[str, Any]:
+        meta = (ckpt.get("features") or {}).get(kind) or {}
+        return {"encoder": meta.get("encoder") or (meta.get("model_spec_json") or {}).get("encoder"),
+                "weights": enc.weights.describe(), "weights_sha256": enc.weights_sha256(),
+                "features_weights": meta.get("weights"),
+                "features_weights_sha256": meta.get("weights_sha256")}
+    return {"path": str(model), "sha256": file_sha256(model), "head": ckpt["head"],
+            "setting": ckpt["setting"], "hparams": dict(ckpt.get("hparams") or {}),
+            "epoch": ckpt.get("epoch"), "prediction_rule": prediction_rule(ckpt),
+            "encoders": {"visual": encoder("visual", ext.visual), "audio": encoder("audio", ext.audio)}}
+
+
 def video_result(path: Path, clip: dict[str, Any], classes: np.ndarray, probs: np.ndarray,
                  categories: list[str], ckpt: dict[str, Any]) -> dict[str, Any]:
     bg = len(categories)
@@ -211,9 +290,15 @@ def video_result(path: Path, clip: dict[str, Any], classes: np.ndarray, probs: n
 
 
 def summary_line(r: dict[str, Any]) -> str:
+    """``<video>: <d> s, <n> segments[, no audio track (silence used)][, flags: ...]: <events>``,
+    and the prediction rule's name when it is not a per-segment argmax."""
     ev = ", ".join(f"{e['class']} {e['start']:g}-{e['end']:g}s" for e in r["events"]) or "no event"
-    return (f"{r['video']}: {r['duration']:.1f} s, {r['num_segments']} segments"
-            f"{'' if r['audio'] else ', no audio track (silence used)'}: {ev}")
+    flags = [f for f in r.get("flags", []) if f != "no_audio"]
+    notes = "" if r["audio"] else ", no audio track (silence used)"
+    notes += f", flags: {' '.join(flags)}" if flags else ""
+    rule = r.get("prediction_rule")
+    return (f"{r['video']}: {r['duration']:.2f} s, {r['num_segments']} segments{notes}: {ev}"
+            + (f" (rule {rule.split(':')[0]})" if rule else ""))
 
 
 def write_outputs(out_dir: Path, name: str, result: dict[str, Any], categories: list[str]) -> None:
@@ -244,36 +329,76 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
     from pipeline.media import DecodeFailure, DecodePool
 
     model, out_dir = Path(model), Path(out_dir)
-    dev = select_device(device, "--device", log=log)
+    videos = check_videos(videos)  # before anything is loaded
+    try:
+        dev = select_device(device, "--device", log=log)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(str(e)) from None
     head, ckpt = ckpt_io.load_head(model, dev)
     if ckpt["setting"] == "cml":
-        raise ValueError(f"{model}: a cml checkpoint matches a query across modalities; "
+        raise InputError(f"{model}: a cml checkpoint matches a query across modalities; "
                          "localize needs a head trained in the fully or weak setting")
     ext = extractors_from_checkpoint(ckpt, model, dev, visual_weights=visual_weights,
                                      audio_weights=audio_weights, allow_download=allow_download)
     for note in ext.notes:
         log(f"localize: {note}")
+    min_duration, source = min_duration_of(ckpt)
+    log(f"localize: videos shorter than {min_duration:g} s are not localized ({source})")
+    record = model_record(model, ckpt, ext)
+    if record["prediction_rule"]:
+        log(f"localize: {ckpt['head']} ({ckpt['setting']}) predicts by "
+            f"{record['prediction_rule']}")
     categories = list(ckpt["categories"])
     out_dir.mkdir(parents=True, exist_ok=True)
     decode = functools.partial(decode_clip, frames_per_segment=ext.frames_per_segment,
-                               sampling=ext.sampling, size=ext.image_size, sample_rate=ext.sample_rate)
+                               sampling=ext.sampling, size=ext.image_size,
+                               sample_rate=ext.sample_rate, min_duration=min_duration)
     results, used = [], set()
     with DecodePool(decode, workers=1, timeout_s=timeout_s) as pool:
-        for path, clip in pool.imap(str(Path(v)) for v in videos):
+        for path, clip in pool.imap(str(v) for v in videos):
             path = Path(path)
             name = _unique(safe_filename(path.stem), used)
-            if isinstance(clip, DecodeFailure):
-                r = {"video": path.name, "name": name, "error": f"{clip.kind}: {clip.message}"}
+            if isinstance(clip, DecodeFailure) and clip.kind == "too_short":
+                r = {"video": path.name, "name": name, "status": "too_short",
+                     "error": f"too short: {clip.message}"}
+                log(f"{path.name}: too short ({clip.message}; prepare excludes such videos): "
+                    "not localized")
+            elif isinstance(clip, DecodeFailure):
+                r = {"video": path.name, "name": name, "status": clip.status,
+                     "error": f"{clip.kind}: {clip.message}"}
                 log(f"{path.name}: FAILED ({r['error']})")
             else:
                 classes, probs = predict_windows(head, ext, clip, ckpt.get("feature_norm"), dev)
-                r = {**video_result(path, clip, classes, probs, categories, ckpt), "name": name}
+                r = {**video_result(path, clip, classes, probs, categories, ckpt), "name": name,
+                     "prediction_rule": record["prediction_rule"], "model": record}
                 write_outputs(out_dir, name, r, categories)
                 log(summary_line(r))
             r["src"] = os.path.relpath(path.resolve(), out_dir.resolve())
             results.append(r)
     write_localize_page(out_dir / "index.html", results, categories, str(model))
     return results
+
+
+def check_videos(videos: list[str | Path]) -> list[Path]:
+    """The videos as paths; a missing, non-file or unreadable one is an error naming it (and
+    how many more), raised before any model is loaded."""
+    if not videos:
+        raise ConfigError("VIDEO: no video given")
+    paths = [Path(v) for v in videos]
+    problems = []
+    for p in paths:
+        if not p.exists():
+            problems.append((p, "no such video file"))
+        elif not p.is_file():
+            problems.append((p, "not a file"))
+        elif not os.access(p, os.R_OK):
+            problems.append((p, "not readable (permission denied)"))
+    if problems:
+        more = (f" (and {len(problems) - 1} more: "
+                f"{', '.join(str(p) for p, _ in problems[1:4])}{' ...' if len(problems) > 4 else ''})"
+                if len(problems) > 1 else "")
+        raise InputError(f"{problems[0][0]}: {problems[0][1]}{more}; nothing was localized")
+    return paths
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -285,9 +410,42 @@ def _unique(name: str, used: set[str]) -> str:
     return out
 
 
+VALUE_OPTIONS = ("--model", "--out", "--device", "--visual-weights", "--audio-weights")
+FLAG_OPTIONS = ("--download", "-h", "--help")
+
+
+def split_videos(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(videos, options)``: everything after ``--`` is a video; before it, a known option
+    (with its value) is an option, and any other word (also one beginning with ``-``, such as
+    ``-l3a3qenCJv.mp4``, when that file exists) is a video. An unknown word beginning with
+    ``-`` that names no file is left to argparse, which reports it."""
+    videos, options, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if a == "--":
+            videos += argv[i + 1:]
+            break
+        if name in VALUE_OPTIONS:
+            options.append(a)
+            if "=" not in a and i + 1 < len(argv):
+                options.append(argv[i + 1])
+                i += 1
+        elif name in FLAG_OPTIONS or (a.startswith("-") and a != "-" and not Path(a).exists()):
+            options.append(a)
+        else:
+            videos.append(a)
+        i += 1
+    return videos, options
+
+
+@stage_main
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.localize", description=__doc__.split("\n")[0])
-    p.add_argument("videos", nargs="+", help="video files (any length, frame rate, size)")
+    p = argparse.ArgumentParser(prog="python -m pipeline.localize", description=__doc__.split("\n")[0],
+                                usage="%(prog)s [options] [--] VIDEO [VIDEO ...]", allow_abbrev=False,
+                                epilog="VIDEO: video files (any length, frame rate, size); a name "
+                                "beginning with '-' is read as a video when the file exists, and "
+                                "every word after '--' is a video")
     p.add_argument("--model", default="models/best.pt", help="a train checkpoint (best.pt)")
     p.add_argument("--out", required=True, help="folder for <name>.json, <name>.png, index.html")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -296,16 +454,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                        "features were made with is not available")
     p.add_argument("--download", action="store_true",
                    help="fetch missing pretrained encoder weights from their public location")
-    args = p.parse_args(argv)
-    try:
-        results = localize(args.videos, args.model, args.out, device=args.device,
-                           visual_weights=args.visual_weights, audio_weights=args.audio_weights,
-                           allow_download=args.download)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"localize: error: {e}", file=sys.stderr)
-        return 2
-    print(f"localize: {len(results)} videos -> {Path(args.out) / 'index.html'}")
-    return 1 if any("error" in r for r in results) else 0
+    videos, options = split_videos(list(sys.argv[1:] if argv is None else argv))
+    args = p.parse_args(options)
+    if not videos:
+        p.error("no VIDEO given")
+    results = localize(videos, args.model, args.out, device=args.device,
+                       visual_weights=args.visual_weights, audio_weights=args.audio_weights,
+                       allow_download=args.download)
+    failed = sum("error" in r for r in results)
+    print(f"localize: {len(results) - failed} of {len(results)} videos localized -> "
+          f"{Path(args.out) / 'index.html'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

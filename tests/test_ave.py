@@ -162,6 +162,10 @@ def test_bad_lines_follow_policy(tmp_path):
     assert any("Annotations.txt:7" in m and "repeats line 2" in m for m in msgs)
     assert any("trainSet.txt:3" in m and "unknown category 'Dog'" in m for m in msgs)
     assert any("trainSet.txt:5" in m and "repeats split line" in m for m in msgs)
+    # A split line copying an unusable annotation line says so, with both line numbers.
+    assert f"{root / 'trainSet.txt'}:2: its annotation line {root / 'Annotations.txt'}:3 is " \
+           "unusable (reported there); left out of the split" in msgs
+    assert not any("not found" in m for m in msgs)
     # The duplicate annotation line is its own sample; both copies can be matched once.
     assert ann.splits["train"] == [0, 5]
     # Unusable rows stay all-background; row numbers are line indices.

@@ -197,11 +197,12 @@ def _bad_safetensors(tmp_path):
 ])
 def test_weights_file_that_fails_to_load_names_file_and_reason(make, reason, tmp_path,
                                                                monkeypatch):
-    from pipeline.encoders import ModelSpec, WeightsLoadError, build_encoder
+    from pipeline.config import InputError
+    from pipeline.encoders import ModelSpec, build_encoder
 
     monkeypatch.chdir(tmp_path)
     path = make(tmp_path)
-    with pytest.raises(WeightsLoadError) as e:
+    with pytest.raises(InputError) as e:
         build_encoder(ModelSpec("vggish", weights=str(path)), allow_download=False)
     line = one_line(e.value)
     assert re.fullmatch(rf"{re.escape(str(path))}: {reason}", line), line
@@ -281,3 +282,200 @@ def test_subprocess_exit_code_and_traceback_only_on_debug(stage, env, debug, bas
         assert len(err) == 1 and re.fullmatch(
             rf"error: {re.escape(str(path))}: train\.head: unknown head 'cmbss'; {HEADS}.*", err[0]), err
         assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Every loader that takes a checkpoint: malicious pickles and a truncated file are one line
+# naming the file, exit 2, and nothing in them runs
+# ---------------------------------------------------------------------------------------------
+MARKER = "payload_ran.txt"  # what each payload would create in the working folder
+
+
+class _Exec:
+    def __reduce__(self):
+        return (exec, (f"open({MARKER!r}, 'w').write('ran')",))
+
+
+class _Payload:
+    """A class the file imports: unpickling it would call __setstate__."""
+
+    def __setstate__(self, state):
+        Path(MARKER).write_text("ran")
+
+
+def _evil_system(tmp_path):  # os.system via __reduce__, in torch's zip format
+    import torch
+    p = tmp_path / "system.pt"
+    torch.save({"model": {"w": _RunsCodeMarker()}}, p)
+    return p
+
+
+class _RunsCodeMarker:
+    def __reduce__(self):
+        return (os.system, (f"echo ran > {MARKER}",))
+
+
+def _evil_exec(tmp_path):  # builtins.exec via __reduce__, a plain pickle
+    p = tmp_path / "exec.pth"
+    p.write_bytes(pickle.dumps({"model": _Exec()}, protocol=2))
+    return p
+
+
+def _evil_class(tmp_path):  # a class import (GLOBAL + BUILD), in torch's zip format
+    import torch
+    p = tmp_path / "class.pt"
+    obj = _Payload()
+    obj.__dict__["x"] = 1
+    torch.save({"format": 1, "model": obj}, p)
+    return p
+
+
+def _pickled_module(tmp_path):  # torch.save(model): a whole nn.Module
+    import torch
+    p = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), p)
+    return p
+
+
+def _truncated(tmp_path):  # a real checkpoint cut in half (a copy interrupted)
+    import torch
+    p = tmp_path / "truncated.pt"
+    torch.save({"format": 1, "model": {"w": torch.zeros(64, 64)}}, p)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    return p
+
+
+CODE = r"it refers to Python code or objects \({}\), not only tensors; refused"
+BAD_CHECKPOINTS = {  # kind: (maker, the reason printed after "not a readable <what>: ")
+    "os.system": (_evil_system, CODE.format(r"posix\.system")),
+    "exec": (_evil_exec, CODE.format(r"[\w.]*exec")),
+    "class": (_evil_class, CODE.format(r"test_errors\._Payload")),
+    "nn.Module": (_pickled_module, CODE.format(r"torch\.nn\.modules\.linear\.Linear")),
+    "truncated": (_truncated, r"truncated or damaged \(a torch zip file without its end; \w+\)"),
+}
+
+
+def _loader_cli(loader: str, bad: Path, tmp_path: Path, base_params: dict):
+    """``(main, argv, expected file)`` that hands ``bad`` to ``loader``."""
+    from pipeline.cli import stage_main
+
+    if loader == "localize":
+        from pipeline.localize import main
+        video = tmp_path / "clip.mp4"
+        video.write_bytes(b"\0" * 64)  # exists: the checkpoint is read before any decoding
+        return main, [str(video), "--model", str(bad), "--out", str(tmp_path / "out")], bad
+    if loader == "evaluate":
+        models = tmp_path / "models"
+        models.mkdir(exist_ok=True)
+        (models / "best.pt").write_bytes(bad.read_bytes())
+        raw = copy.deepcopy(base_params)
+        raw["paths"]["models"] = str(models)
+        raw["train"]["device"] = "cpu"
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump(raw))
+        return _stage("evaluate").main, ["--params", str(params)], models / "best.pt"
+    if loader == "import_checkpoint":
+        from pipeline.heads.import_checkpoint import main
+        return main, ["--head", "psp", "--setting", "fully", str(bad), str(tmp_path / "best.pt")], bad
+    if loader == "train resume":
+        from pipeline.training import checkpoint as ckpt_io
+
+        # the train loop reads its resume point with ckpt_io.load; the stage wraps it in stage_main
+        return stage_main(lambda argv: ckpt_io.load(bad)), [], bad
+    if loader == "encoder weights":
+        from pipeline.encoders import ModelSpec, build_encoder
+        return (stage_main(lambda argv: build_encoder(ModelSpec("vggish", weights=str(bad)),
+                                                      allow_download=False)), [], bad)
+    raise AssertionError(loader)
+
+
+@pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
+@pytest.mark.parametrize("loader", ["localize", "evaluate", "import_checkpoint", "train resume",
+                                    "encoder weights"])
+def test_bad_checkpoint_is_one_line_naming_it_and_never_runs(loader, kind, base_params, tmp_path,
+                                                             monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make, reason = BAD_CHECKPOINTS[kind]
+    main, argv, named = _loader_cli(loader, make(tmp_path), tmp_path, base_params)
+    capsys.readouterr()
+    code, err = _run_main(main, argv, capsys)
+    assert code == 2 and len(err) == 1, err
+    what = r"(training checkpoint|state dict|checkpoint)"
+    assert re.fullmatch(rf"error: {re.escape(str(named))}: not a readable {what}: {reason}.*",
+                        err[0]), err
+    assert "weights_only" not in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / MARKER).exists()  # nothing in the file ran
+
+
+def test_checkpoint_with_non_finite_weights_is_never_written_nor_read(tmp_path, capsys):
+    import torch
+
+    from pipeline.training import checkpoint as ckpt_io
+
+    ckpt = {"format": ckpt_io.FORMAT, "model": {"w": torch.tensor([1.0, float("nan")])}}
+    from pipeline.config import InputError
+
+    with pytest.raises(InputError, match=r"best\.pt: not written: 1 non-finite weights \(NaN or inf\) in w"):
+        ckpt_io.save(ckpt, tmp_path / "best.pt")
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+    torch.save(ckpt, tmp_path / "nan.pt")  # a file made elsewhere
+    from pipeline.cli import stage_main
+    code, err = _run_main(stage_main(lambda argv: ckpt_io.load(tmp_path / "nan.pt")), [], capsys)
+    assert (code, err) == (2, [f"error: {tmp_path / 'nan.pt'}: 1 non-finite weights (NaN or inf) in w"])
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5 files: truncated, or without the expected dataset
+# ---------------------------------------------------------------------------------------------
+def _store(path: Path, rows: int = 4, dim: int = 6) -> Path:
+    import numpy as np
+
+    from pipeline.features.store import write_features
+    return write_features(path, np.ones((rows, 10, dim), np.float32), None,
+                          {"model": "m", "created_by": "test"})
+
+
+def _truncated_h5(tmp_path):
+    p = _store(tmp_path / "vggish.h5")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    return p, r"not a readable HDF5 file \(truncated file: eof = \d+, .*\)"
+
+
+def _wrong_dataset_h5(tmp_path):
+    import h5py
+    import numpy as np
+    p = tmp_path / "vggish.h5"
+    with h5py.File(p, "w") as f:
+        f["features"] = np.ones((4, 10, 6), np.float32)
+    return p, r"no 'avadataset' dataset \(found: features\)"
+
+
+def _not_h5(tmp_path):
+    p = tmp_path / "vggish.h5"
+    p.write_bytes(b"\x89HDF\r\n" + b"\0" * 100)
+    return p, r"not a readable HDF5 file \(.*\)"
+
+
+@pytest.mark.parametrize("make", [_truncated_h5, _wrong_dataset_h5, _not_h5])
+@pytest.mark.parametrize("reader", ["load_features", "import_community", "export-community",
+                                    "read_h5"])
+def test_bad_hdf5_file_is_one_line_naming_it(reader, make, tmp_path, capsys):
+    import numpy as np
+
+    from pipeline.cli import stage_main
+    from pipeline.features.community import export_community
+    from pipeline.features.store import import_community, load_features, write_features
+    from pipeline.files import read_h5
+
+    bad, reason = make(tmp_path)
+    if reader == "export-community":  # the visual file is good: the audio one is named
+        write_features(tmp_path / "vis.h5", np.ones((4, 10, 2, 2, 3), np.float32), None, {"model": "m"})
+    call = {"load_features": lambda: load_features(bad),
+            "import_community": lambda: import_community(bad, tmp_path / "out.h5", "audio"),
+            "export-community": lambda: export_community(tmp_path / "vis.h5", bad, tmp_path,
+                                                         tmp_path / "export"),
+            "read_h5": lambda: read_h5(bad, "avadataset")}[reader]
+    code, err = _run_main(stage_main(lambda argv: call()), [], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert re.fullmatch(rf"error: {re.escape(str(bad))}: {reason}", err[0]), err
+    assert not (tmp_path / "out.h5").exists() and not (tmp_path / "export").exists()

@@ -2,6 +2,7 @@
 to our store, derived label files, invalid rows stated, atomic streamed writes, the CLI."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import h5py
@@ -243,12 +244,19 @@ def test_cli_reads_folders_from_params_or_flags(prepared, tmp_path, monkeypatch,
     main(["export-community", "--visual", "vis", "--audio", "aud", "--features", str(features),
           "--prepared", str(prepared), "--params", str(tmp_path / "absent.yaml"), str(tmp_path / "out2")])
     assert _read(tmp_path / "out2" / "visual_feature.h5").dtype == np.float64
-    with pytest.raises(SystemExit, match=r"--visual: '\.\./vis' is not a feature name"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         main(["export-community", "--visual", "../vis", "--audio", "aud", "--params", str(params),
               str(tmp_path / "out3")])
-    with pytest.raises(SystemExit, match=r"resnet50\.h5: no such feature file"):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert re.fullmatch(r"error: --visual: '\.\./vis' is not a feature name.*", err[0]), err
+    with pytest.raises(SystemExit) as e:
         main(["export-community", "--visual", "resnet50", "--audio", "aud", "--params", str(params),
               str(tmp_path / "out3")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert re.fullmatch(r"error: .*resnet50\.h5: no such feature file", err[0]), err
 
 
 def test_background_only_files_exported_when_the_pipeline_has_them(prepared, tmp_path):

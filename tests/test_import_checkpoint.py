@@ -107,13 +107,16 @@ def test_errors_are_one_line_naming_the_file(tiny_ave, tmp_path, capsys):
     torch.save(torch.nn.Linear(2, 2), whole)  # what the authors' scripts write: a pickled module
     wrong = tmp_path / "psp_state.pth"
     torch.save(R.random_state_dict(R.layout("psp", "fully")), wrong)
-    for src, head, message in ((whole, "psp", "not a plain state dict"),
+    refused = (r"not a readable state dict: it refers to Python code or objects "
+               r"\(torch\.nn\.modules\.linear\.Linear\).*save model\.state_dict\(\)")
+    for src, head, message in ((whole, "psp", refused),
                                (wrong, "avel", "avel \\(fully\\): missing key 'affine_video.weight'"),
                                (tmp_path / "absent.pth", "psp", "no such file")):
         with pytest.raises(SystemExit) as e:
             main(["--head", head, "--setting", "fully", "--ave-root", str(tiny_ave), str(src),
                   str(tmp_path / "best.pt")])
-        text = str(e.value.code)
-        assert "\n" not in text and text.startswith(f"error: {src}: ")
-        assert re.search(message, text), text
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"error: {src}: ") and "weights_only" not in err[0], err
+        assert re.search(message, err[0]), err
     assert not (tmp_path / "best.pt").exists()

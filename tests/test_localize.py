@@ -3,7 +3,9 @@ random-initialised) finds events planted at known times in new videos of any len
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def test_windows_cover_every_segment_and_the_last_one_ends_the_clip(n, starts):
 
 
 @pytest.mark.parametrize("duration,n", [(10.0, 10), (9.95, 10), (10.04, 10), (25.0, 25), (3.2, 4),
-                                        (0.5, 1), (10.3, 11)])
+                                        (0.5, 1), (10.3, 11), (0.1, 0), (0.04, 0)])
 def test_segments_of_a_duration(duration, n):
     assert num_segments(duration) == n
 
@@ -217,15 +219,71 @@ def test_missing_encoder_weights_are_named(model, tmp_path):
     ckpt["features"]["visual"]["model_spec_json"] = {**ckpt["features"]["visual"]["model_spec_json"],
                                                      "weights": str(tmp_path / "gone.pth")}
     ckpt_io.save(ckpt, tmp_path / "moved.pt")
+    (tmp_path / "x.mp4").write_bytes(b"\0")  # videos are checked before the model is read
     with pytest.raises(FileNotFoundError, match="gone.pth"):
         localize([tmp_path / "x.mp4"], tmp_path / "moved.pt", tmp_path / "out", device="cpu")
     ckpt["features"]["visual"]["model_spec_json"]["weights"] = "published"
     ckpt["features"]["visual"]["weights"] = "published AVE features: Keras VGG-19"
     ckpt_io.save(ckpt, tmp_path / "published.pt")
-    assert main(["x.mp4", "--model", str(tmp_path / "published.pt"), "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "x.mp4"), "--model", str(tmp_path / "published.pt"), "--out",
+              str(tmp_path / "o")])
+    assert e.value.code == 2
     with pytest.raises(FileNotFoundError, match="--visual-weights"):
         localize([tmp_path / "x.mp4"], tmp_path / "published.pt", tmp_path / "out", device="cpu")
     del ckpt["features"]
     ckpt_io.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="no feature provenance"):
         localize([tmp_path / "x.mp4"], tmp_path / "old.pt", tmp_path / "out", device="cpu")
+
+
+def test_videos_are_checked_before_the_model_is_read(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # the model does not exist either: videos come first
+        main(["--model", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "o"),
+              str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'a.mp4'}: no such video file (and 1 more: {tmp_path / 'b.mp4'}); "
+        "nothing was localized"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_short_video_dash_names_model_record_and_flags(model, tmp_path, monkeypatch, capsys):
+    """A 0.04-s video is reported too short (prepare's rule), not localized; a video whose name
+    begins with '-' is a video; each JSON records the model; flags are on the printed line."""
+    from pipeline.media.write import write_mp4
+
+    monkeypatch.chdir(tmp_path)
+    frames, samples = _clip([(1, 1, 3)], 10, seed=7)
+    write_mp4(tmp_path / "tiny.mp4", frames[:1], 25.0, samples[:640], CFG.sample_rate,
+              frame_format="yuv420p")  # one frame at 25 fps: 0.04 s
+    _write(tmp_path / "-l3a3qenCJv.mp4", [(1, 1, 3)], 5, seed=8)  # 5 s: padded to 10 segments
+    code = main(["-l3a3qenCJv.mp4", "--model", str(model), "--out", "out", "--device", "cpu",
+                 "--", "tiny.mp4"])
+    assert code == 1  # one video was not localized (python -m pipeline.localize exits with it)
+    lines = capsys.readouterr().out.splitlines()
+    tiny = next(line for line in lines if line.startswith("tiny.mp4"))
+    assert re.fullmatch(r"tiny\.mp4: too short \(0\.0\d s < data\.min_duration 1 s; prepare "
+                        r"excludes such videos\): not localized", tiny), tiny
+    assert not (tmp_path / "out" / "tiny.json").exists()
+    dash = next(line for line in lines if line.startswith("-l3a3qenCJv.mp4"))
+    assert re.match(r"-l3a3qenCJv\.mp4: 5\.\d\d s, 5 segments, flags: [a-z_ ]*padded_short", dash), dash
+    doc = json.loads(next((tmp_path / "out").glob("*l3a3qenCJv*.json")).read_text())
+    assert doc["num_segments"] == 5 and "padded_short" in doc["flags"]
+    rec = doc["model"]
+    assert rec["path"] == str(model) and rec["head"] == "psp" and rec["setting"] == "fully"
+    assert rec["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert rec["encoders"]["visual"]["encoder"] == "vgg19"
+    assert rec["encoders"]["audio"]["weights"] == "random(seed=0)"
+    assert doc["prediction_rule"] is None  # psp: the argmax of each segment's scores
+
+
+def test_prediction_rule_is_stated_where_it_is_not_a_segment_argmax():
+    from pipeline.localize import prediction_rule
+
+    assert prediction_rule({"head": "cmbs", "setting": "weak", "hparams": {"weak_predict": "video"}}
+                           ).startswith("weak_predict: video: every segment gets the video's class")
+    assert prediction_rule({"head": "cmbs", "setting": "weak",
+                            "hparams": {"weak_predict": "segment"}}) is None
+    assert prediction_rule({"head": "cmbs", "setting": "fully", "hparams": {}}).startswith("relevance")
+    assert prediction_rule({"head": "psp", "setting": "weak", "hparams": {}}) is None

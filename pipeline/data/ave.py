@@ -210,10 +210,11 @@ def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
                                 f"'{ANNOTATIONS_FILE}' with Category&VideoID&Quality&Start&End lines)")
     problems: list[str] = []
     lines = _read_lines(ann_path)
-    samples, seen = [], {}
+    samples, seen, unusable = [], {}, {}
     for index, (n, text) in enumerate(lines):
         s = parse_annotation_line(text, index, f"{ann_path}:{n}", problems, num_segments)
         if s is None:
+            unusable.setdefault(_normalized(text), f"{ann_path}:{n}")
             continue
         if s.line in seen:
             _warn(problems, f"{ann_path}:{n}: repeats line {seen[s.line]} verbatim; kept as its own "
@@ -226,23 +227,24 @@ def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
         for split in SPLITS:
             path = root / SPLIT_FILES[split]
             if path.is_file():
-                ann.splits[split] = _match_split(path, samples, categories, problems)
+                ann.splits[split] = _match_split(path, samples, categories, problems, unusable)
             else:
                 ann.splits[split] = []
                 _warn(problems, f"{path}: split file missing; split '{split}' is empty")
         if (root / CML_DIR).is_dir():
-            ann.cml_splits = _read_cml_splits(root / CML_DIR, samples, categories, problems)
+            ann.cml_splits = _read_cml_splits(root / CML_DIR, samples, categories, problems,
+                                              unusable)
     return ann
 
 
 def _read_cml_splits(cml_dir: Path, samples: list[Sample], categories: list[str],
-                     problems: list[str]) -> dict[str, list[int]]:
+                     problems: list[str], unusable: dict[str, str]) -> dict[str, list[int]]:
     """The cml split files, matched like the standard ones (a missing file: an empty split)."""
     out = {}
     for split in SPLITS:
         path = cml_dir / SPLIT_FILES[split]
         if path.is_file():
-            out[split] = _match_split(path, samples, categories, problems)
+            out[split] = _match_split(path, samples, categories, problems, unusable)
         else:
             out[split] = []
             _warn(problems, f"{path}: cml split file missing; cml split '{split}' is empty")
@@ -250,9 +252,12 @@ def _read_cml_splits(cml_dir: Path, samples: list[Sample], categories: list[str]
 
 
 def _match_split(path: Path, samples: list[Sample], categories: list[str],
-                 problems: list[str]) -> list[int]:
+                 problems: list[str], unusable: dict[str, str] | None = None) -> list[int]:
     """Map each split line to the index of the Annotations.txt line it copies: the line as
-    written there (so a line repaired on parsing keeps its split), or its repaired text."""
+    written there (so a line repaired on parsing keeps its split), or its repaired text. A
+    split line copying an unusable annotation line (``unusable``: text -> ``file:line``) is
+    left out with both line numbers."""
+    unusable = unusable or {}
     candidates: dict[str, list[int]] = {}
     for s in samples:
         for key in dict.fromkeys((s.source, s.line)):
@@ -269,6 +274,9 @@ def _match_split(path: Path, samples: list[Sample], categories: list[str],
             order.append(index)
         elif key in used:
             _warn(problems, f"{path}:{n}: repeats split line {used[key]}; left out")
+        elif key in unusable:
+            _warn(problems, f"{path}:{n}: its annotation line {unusable[key]} is unusable (reported "
+                            "there); left out of the split")
         elif len(parts) > 1 and video_id_problem(parts[1]):
             _warn(problems, f"{path}:{n}: unsafe video id {parts[1]!r} "
                             f"({video_id_problem(parts[1])}); left out of the split")

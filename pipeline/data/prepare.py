@@ -62,11 +62,13 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.config import InputError
 from pipeline.data._fs import replace_dir
 from pipeline import layout
 from pipeline.data.ave import (AVEAnnotations, background_video_ids, load_annotations,
                                write_label_files)
 from pipeline.data.ids import UnsafePathError
+from pipeline.files import read_h5
 from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                             VideoInfo, audio_flags, probe_many)
 from pipeline.layout import SPLITS
@@ -246,11 +248,10 @@ def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, roo
         with h5py.File(out / layout.BACKGROUND_LABELS_FILE, "w") as f:
             f.create_dataset("avadataset", data=labels)
     elif published.is_file():
-        with h5py.File(published, "r") as f:
-            labels = np.asarray(f["avadataset"][()], dtype=np.float32)
+        labels = np.asarray(read_h5(published, "avadataset"), dtype=np.float32)
         if labels.ndim != 2 or labels.shape[1] != ann.num_classes + 1 or \
                 not (labels[:, ann.background] == 1).all() or labels[:, :ann.background].any():
-            raise ValueError(f"{published}: expected (B, {ann.num_classes + 1}) rows of "
+            raise InputError(f"{published}: expected (B, {ann.num_classes + 1}) rows of "
                              f"background alone, got shape {labels.shape}")
         shutil.copyfile(published, out / layout.BACKGROUND_LABELS_FILE)
 

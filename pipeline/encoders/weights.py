@@ -15,8 +15,8 @@ taken from that description. Resolution order for ``pretrained``:
 
 ``random`` initialises under an explicit seed (the global RNG is left untouched) and is
 recorded as such; any other value is a path to a checkpoint in the encoder's native format.
-Checkpoints are read with ``torch.load(weights_only=True)`` (``numpy`` arrays, as in some
-foreign files, are allow-listed; nothing else) or safetensors, and loaded strictly.
+Checkpoints are read by :func:`pipeline.files.load_checkpoint` (``torch.load(weights_only=True)``,
+``numpy`` arrays, as in some foreign files, allow-listed; or safetensors) and loaded strictly.
 """
 from __future__ import annotations
 
@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional
 
-import numpy as np
 import torch
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.constants import HF_HUB_CACHE
-from safetensors.torch import load_file
 from torch import nn
 from torch.hub import download_url_to_file
 
 from pipeline.config import InputError
+from pipeline.files import load_checkpoint  # noqa: F401  (the one checkpoint reader)
 
 CacheKind = Literal["torch_hub", "panns", "hf"]
 HASH_PREFIX = re.compile(r"-([a-f0-9]{6,64})\.")  # torch.hub convention: name-<sha256 prefix>.ext
@@ -167,48 +166,6 @@ def resolve(weights: str, spec: Optional[WeightsSpec], seed: int = 0,
 # ------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------
-def _numpy_safe_globals() -> list:
-    # numpy arrays pickled inside foreign checkpoints (e.g. PCA parameters); data only.
-    core = getattr(np, "_core", None) or np.core
-    out = [core.multiarray._reconstruct, np.ndarray, np.dtype]
-    out += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "uint8", "bool")]
-    return out
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file: safetensors, or ``torch.load(weights_only=True)``. A file that
-    cannot be read (garbage, a pickle holding code or objects, a broken safetensors file) is a
-    :class:`WeightsLoadError` naming the file and the reason; nothing in it is ever executed."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            obj = load_file(str(path), device="cpu")
-        else:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:  # torch/pickle/safetensors each raise their own types
-        raise WeightsLoadError(f"{path}: not a readable checkpoint: {_load_reason(e)}") from None
-    if not isinstance(obj, dict):
-        raise WeightsLoadError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-    return obj
-
-
-def _load_reason(err: Exception) -> str:
-    """The cause of a failed load in one phrase, without torch's advice to load unsafely."""
-    text = str(err)
-    if "Weights only load failed" in text:  # torch's safe unpickler refused the file
-        code = re.search(r"GLOBAL ([\w.]+)", text)
-        if code:
-            return f"it refers to Python code or objects ({code.group(1)}), not only tensors; refused"
-        op = re.search(r"Unsupported operand (\d+)", text)
-        what = f" (pickle opcode {op.group(1)})" if op else ""
-        return f"not a checkpoint of tensors{what}; refused by the safe loader"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
-    return f"{type(err).__name__}: {first[:200]}"
-
-
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from dvclive import Live
 
+from pipeline.config import InputError
 from pipeline.data.ids import safe_filename
 from pipeline.data.prepare import load_manifest
 from pipeline import layout
@@ -54,12 +55,12 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     trained_on = (ckpt.get("params") or {}).get("train") or {}
     for key, name in (("visual", visual), ("audio", audio)):
         if trained_on.get(key) not in (None, name):
-            raise ValueError(f"{checkpoint} was trained on train.{key}={trained_on[key]!r}, "
+            raise InputError(f"{checkpoint}: trained on train.{key}={trained_on[key]!r}, "
                              f"evaluation asked for {name!r}")
     data = load_dataset(prepared, features, visual, audio, splits=(split,),
                         setting=ckpt["setting"])
     if data.num_classes != ckpt["dims"]["num_classes"]:
-        raise ValueError(f"labels have {data.num_classes} classes, checkpoint "
+        raise InputError(f"{checkpoint}: labels have {data.num_classes} classes, checkpoint "
                          f"{ckpt['dims']['num_classes']}")
     s = data.splits[split]
     if ckpt.get("feature_norm"):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
+from pipeline.cli import stage_main
+from pipeline.config import ConfigError
 from pipeline.features.community import DTYPES, export_community
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a feature name, never a path
@@ -18,7 +19,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a feature name, never a p
 
 def _feature_file(features_dir: Path, name: str, flag: str) -> Path:
     if not _NAME.match(name):
-        raise ValueError(f"{flag}: {name!r} is not a feature name (e.g. vgg19, resnet50_ft)")
+        raise ConfigError(f"{flag}: {name!r} is not a feature name (e.g. vgg19, resnet50_ft)")
     return features_dir / f"{name}.h5"
 
 
@@ -53,16 +54,14 @@ def _folders(args: argparse.Namespace) -> tuple[Path, Path]:
     return Path(args.features or paths.features), Path(args.prepared or paths.prepared)
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
-        features, prepared = _folders(args)
-        res = export_community(_feature_file(features, args.visual, "--visual"),
-                               _feature_file(features, args.audio, "--audio"), prepared, args.out_dir,
-                               dtype=args.dtype, drop_invalid=args.drop_invalid,
-                               empty_noisy=args.empty_noisy)
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"export-community: {e}")
+    features, prepared = _folders(args)
+    res = export_community(_feature_file(features, args.visual, "--visual"),
+                           _feature_file(features, args.audio, "--audio"), prepared, args.out_dir,
+                           dtype=args.dtype, drop_invalid=args.drop_invalid,
+                           empty_noisy=args.empty_noisy)
     print(f"wrote {len(res.files)} files to {res.out_dir}: visual {res.visual_shape}, "
           f"audio {res.audio_shape}, {res.dtype}; {len(res.invalid)} invalid rows "
           f"({res.out_dir / 'invalid_rows.tsv'}); see {res.out_dir / 'README.txt'}")

@@ -47,8 +47,10 @@ from typing import Optional
 import h5py
 import numpy as np
 
+from pipeline.config import InputError
 from pipeline.features.store import DATASET, NUM_SEGMENTS, VALID, read_meta, write_meta
 from pipeline import layout
+from pipeline.files import nonfinite_rows, open_h5, read_h5, rows_text
 from pipeline.layout import SPLITS
 from pipeline.runtime import atomic_path, atomic_write_text
 
@@ -96,9 +98,9 @@ def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | 
     if dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     visual, audio, prepared_dir, out = Path(visual), Path(audio), Path(prepared_dir), Path(out_dir)
-    vshape, ashape, vvalid, avalid = check_pair(visual, audio)
+    vshape, ashape, vvalid, avalid, nonfinite = check_pair(visual, audio)
     labels = read_labels(prepared_dir / LABELS, len(vvalid))
-    invalid = invalid_rows(vvalid, avalid, prepared_dir)
+    invalid = invalid_rows(vvalid, avalid, prepared_dir, nonfinite)
     out.mkdir(parents=True, exist_ok=True)
     res = ExportResult(out, [], [], invalid, vshape, ashape, dtype, labels.shape[-1])
     copy_features(visual, out / VISUAL, dtype, pooled=out / VISUAL_VEC)
@@ -123,40 +125,49 @@ def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | 
     return res
 
 
-def check_pair(visual: Path, audio: Path) -> tuple[tuple, tuple, np.ndarray, np.ndarray]:
-    """Shapes and ``valid`` masks of a visual and an audio store file; errors name the file."""
-    shapes, valids = [], []
+def check_pair(visual: Path, audio: Path
+               ) -> tuple[tuple, tuple, np.ndarray, np.ndarray, dict[int, str]]:
+    """Shapes and ``valid`` masks of a visual and an audio store file, and the rows holding a
+    NaN or inf (made invalid here: ``{row: "visual" | "audio" | "visual+audio"}``); errors name
+    the file."""
+    shapes, valids, nonfinite = [], [], {}
     for path, kind, ndim in ((visual, "visual", 5), (audio, "audio", 3)):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such feature file")
-        with h5py.File(path, "r") as f:
-            if DATASET not in f:
-                raise KeyError(f"{path}: no '{DATASET}' dataset (found: {', '.join(f.keys())})")
+        with open_h5(path, DATASET) as f:
             shape = f[DATASET].shape
             if len(shape) != ndim or shape[1] != NUM_SEGMENTS:
                 want = "(N, 10, h, w, C)" if kind == "visual" else "(N, 10, D)"
-                raise ValueError(f"{path}: {kind} features must be {want}, got {shape}")
-            valids.append(f[VALID][()].astype(bool) if VALID in f else np.ones(shape[0], bool))
+                raise InputError(f"{path}: {kind} features must be {want}, got {shape}")
+            valid = f[VALID][()].astype(bool) if VALID in f else np.ones(shape[0], bool)
+            bad, values = nonfinite_rows(f[DATASET])
+        if len(bad):
+            valid[bad] = False
+            for r in bad.tolist():
+                nonfinite[r] = "+".join(filter(None, (nonfinite.get(r), kind)))
+            print(f"features: {path}: {len(bad)} rows hold {values} non-finite values (NaN or inf; "
+                  f"{rows_text(bad)}): exported as invalid rows (zeros)")
+        valids.append(valid)
         shapes.append(shape)
     if shapes[0][0] != shapes[1][0]:
-        raise ValueError(f"{audio}: {shapes[1][0]} rows, but {visual} has {shapes[0][0]}")
-    return shapes[0], shapes[1], valids[0], valids[1]
+        raise InputError(f"{audio}: {shapes[1][0]} rows, but {visual} has {shapes[0][0]}")
+    return shapes[0], shapes[1], valids[0], valids[1], nonfinite
 
 
 def read_labels(path: Path, num_rows: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no labels file (run the prepare stage first)")
-    with h5py.File(path, "r") as f:
-        labels = f[DATASET][()]
+    labels = read_h5(path, DATASET)
     if labels.ndim != 3 or labels.shape[:2] != (num_rows, NUM_SEGMENTS):
-        raise ValueError(f"{path}: labels {labels.shape} do not match the {num_rows} feature rows")
+        raise InputError(f"{path}: labels {labels.shape} do not match the {num_rows} feature rows")
     return labels
 
 
 def copy_features(src: Path, dst: Path, dtype: str, pooled: Optional[Path] = None) -> None:
     """Stream ``avadataset`` of a store file into ``dst`` as ``dtype`` (and, for visual maps,
-    the spatial mean ``(N,10,C)`` into ``pooled``), in row blocks; provenance attributes kept."""
-    with h5py.File(src, "r") as f, atomic_path(dst) as tmp, _maybe_atomic(pooled) as tmp_pool:
+    the spatial mean ``(N,10,C)`` into ``pooled``), in row blocks; provenance attributes kept.
+    A row holding a NaN or inf is written as zeros (an invalid row)."""
+    with open_h5(src, DATASET) as f, atomic_path(dst) as tmp, _maybe_atomic(pooled) as tmp_pool:
         data = f[DATASET]
         meta = {**read_meta(f), "dtype": dtype, "exported_from": src.name}
         row_bytes = int(np.prod(data.shape[1:])) * np.dtype(dtype).itemsize
@@ -167,6 +178,7 @@ def copy_features(src: Path, dst: Path, dtype: str, pooled: Optional[Path] = Non
             vec = p.create_dataset(DATASET, shape=vec_shape, dtype=dtype) if p else None
             for start in range(0, data.shape[0], step):
                 block = data[start:start + step].astype(dtype)
+                block[~np.isfinite(block.reshape(len(block), -1)).all(axis=1)] = 0
                 out[start:start + len(block)] = block
                 if vec is not None:
                     vec[start:start + len(block)] = block.mean(axis=(2, 3))
@@ -212,8 +224,7 @@ def copy_prepared(prepared: Path, out: Path, drop: np.ndarray) -> tuple[list[str
                     raise FileNotFoundError(f"{src}: no order file (run the prepare stage first)")
                 missing.append(name)
                 continue
-            with h5py.File(src, "r") as f:
-                order = f[ORDER][()]
+            order = read_h5(src, ORDER)
             _write_h5(out / name, ORDER, order[~np.isin(order, drop)])
             written.append(name)
     if (prepared / MIL_LABELS).is_file():
@@ -251,9 +262,11 @@ def write_empty_noisy(out: Path, vshape: tuple, ashape: tuple, num_labels: int, 
     return list(NOISY)
 
 
-def invalid_rows(vvalid: np.ndarray, avalid: np.ndarray, prepared: Path) -> list[InvalidRow]:
+def invalid_rows(vvalid: np.ndarray, avalid: np.ndarray, prepared: Path,
+                 nonfinite: Optional[dict[int, str]] = None) -> list[InvalidRow]:
     """Rows with ``valid`` 0 in either file, with video id, split and reason from
-    ``manifest.csv`` (when the prepared folder has one)."""
+    ``manifest.csv`` (when the prepared folder has one), or the non-finite values found."""
+    nonfinite = nonfinite or {}
     manifest = {}
     if (prepared / "manifest.csv").is_file():
         with open(prepared / "manifest.csv", newline="") as f:
@@ -263,6 +276,8 @@ def invalid_rows(vvalid: np.ndarray, avalid: np.ndarray, prepared: Path) -> list
         m = manifest.get(int(row), {})
         zeros = "+".join(k for k, ok in (("visual", vvalid[row]), ("audio", avalid[row])) if not ok)
         reason = m.get("status", "") + (f": {m['message']}" if m.get("message") else "")
+        if int(row) in nonfinite:
+            reason = f"non-finite values (NaN or inf) in the {nonfinite[int(row)]} features"
         out.append(InvalidRow(int(row), m.get("video_id", ""), m.get("split", ""), zeros,
                               reason or "valid = 0 in the feature file"))
     return out

@@ -25,27 +25,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
+from pipeline.config import InputError
 from pipeline.features.config import NOISY_SUFFIX, CommunityFile, PublishedConfig
 from pipeline.features.store import DATASET, community_kind, import_community
+from pipeline.files import open_h5, read_h5
 
 LABELS = "labels.h5"  # published per-segment labels (4143, 10, 29), compared when present
 NOISY_LABELS = "labels_noisy.h5"  # published video labels of the noisy videos (178, 29)
 
 
 def _read(path: Path, dataset: str = DATASET) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        if dataset not in f:
-            raise KeyError(f"{path}: no '{dataset}' dataset (found: {', '.join(f.keys())})")
-        return np.asarray(f[dataset][()])
+    return read_h5(path, dataset)
 
 
 def _shape(path: Path) -> tuple[int, ...]:
-    with h5py.File(path, "r") as f:
-        if DATASET not in f:
-            raise KeyError(f"{path}: no '{DATASET}' dataset (found: {', '.join(f.keys())})")
+    with open_h5(path, DATASET) as f:
         return tuple(f[DATASET].shape)
 
 
@@ -56,12 +52,12 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
         if (root / NOISY_LABELS).is_file():
             noisy, classes = _read(root / NOISY_LABELS), _read(prepared / LABELS).shape[-1]
             if noisy.ndim != 2 or noisy.shape[1] != classes:
-                raise ValueError(f"{root / NOISY_LABELS}: shape {noisy.shape}, expected (rows, "
+                raise InputError(f"{root / NOISY_LABELS}: shape {noisy.shape}, expected (rows, "
                                  f"{classes}) video labels as {prepared / LABELS}")
             if len(noisy) != rows:
-                raise ValueError(f"{src}: {rows} rows but {root / NOISY_LABELS} has {len(noisy)}")
+                raise InputError(f"{src}: {rows} rows but {root / NOISY_LABELS} has {len(noisy)}")
             if not (noisy[:, -1] == 1).all() or noisy[:, :-1].any():
-                raise ValueError(f"{root / NOISY_LABELS}: not background-only; the {NOISY_SUFFIX} "
+                raise InputError(f"{root / NOISY_LABELS}: not background-only; the {NOISY_SUFFIX} "
                                  "files must hold background-only videos")
         return rows
     labels = _read(prepared / LABELS)
@@ -69,7 +65,7 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
         published = _read(root / LABELS)
         if published.shape != labels.shape or not np.array_equal(published.astype(np.float32),
                                                                   labels.astype(np.float32)):
-            raise ValueError(f"{root / LABELS} {published.shape} differs from {prepared / LABELS} "
+            raise InputError(f"{root / LABELS}: {published.shape} differs from {prepared / LABELS} "
                              f"{labels.shape}, prepared from Annotations.txt: the feature rows would "
                              "not match the annotation lines (data.root must hold the same "
                              "Annotations.txt as the features)")
@@ -109,9 +105,12 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
     rows = check_rows(name, src, root, prepared)
     shape = _shape(src)
     if shape[0] != rows:
-        raise ValueError(f"{src}: {shape[0]} rows but {prepared / LABELS} has {rows} "
+        raise InputError(f"{src}: {shape[0]} rows but {prepared / LABELS} has {rows} "
                          "(one row per Annotations.txt line)")
-    kind = community_kind(shape)
+    try:
+        kind = community_kind(shape)
+    except ValueError as e:
+        raise InputError(f"{src}: {e}") from None
     out = Path(features) / f"{name}.h5"
     import_community(src, out, kind, cfg.dtype, **provenance(entry, kind))
     return out

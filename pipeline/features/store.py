@@ -20,6 +20,8 @@ from typing import Any, Literal, Optional
 import h5py
 import numpy as np
 
+from pipeline.config import InputError
+from pipeline.files import nonfinite_rows, open_h5, read, rows_text
 from pipeline.runtime import NUM_SEGMENTS, atomic_path
 
 DATASET = "avadataset"  # the community's dataset name (visual_feature.h5, audio_feature.h5, labels.h5)
@@ -145,15 +147,29 @@ def write_features(path: str | Path, data: np.ndarray, valid: Optional[np.ndarra
     return Path(path)
 
 
-def load_features(path: str | Path) -> FeatureSet:
-    """Load a store file (or a community file without ``valid``: all rows valid) into memory."""
+def load_features(path: str | Path, log=print) -> FeatureSet:
+    """Load a store file (or a community file without ``valid``: all rows valid) into memory.
+
+    Rows holding a NaN or inf (e.g. bit flips on disk) are made invalid (zeroed, ``valid``
+    cleared) and counted in one line ``features: <path>: ...`` (policy: :mod:`pipeline.files`).
+    An unreadable, truncated or wrongly shaped file is an error naming it."""
     path = Path(path)
-    with h5py.File(path, "r") as f:
-        if DATASET not in f:
-            raise KeyError(f"{path}: no '{DATASET}' dataset (found: {', '.join(f.keys())})")
-        data = f[DATASET][()]
-        valid = f[VALID][()].astype(bool) if VALID in f else np.ones(len(data), bool)
+    with open_h5(path, DATASET) as f:
+        src = f[DATASET]
+        if src.ndim not in (3, 5) or (len(src) and src.shape[1] != NUM_SEGMENTS):
+            raise InputError(f"{path}: '{DATASET}' has shape {src.shape}, expected visual "
+                             f"(N, {NUM_SEGMENTS}, h, w, C) or audio (N, {NUM_SEGMENTS}, D)")
+        data = read(src)
+        valid = read(f[VALID]).astype(bool) if VALID in f else np.ones(len(data), bool)
+        if valid.shape != (len(data),):
+            raise InputError(f"{path}: '{VALID}' has shape {valid.shape}, expected ({len(data)},)")
         meta = read_meta(f)
+    bad, values = nonfinite_rows(data)
+    if len(bad):
+        data[bad] = 0
+        valid[bad] = False
+        log(f"features: {path}: {len(bad)} rows hold {values} non-finite values (NaN or inf; "
+            f"{rows_text(bad)}): treated as invalid, left out like undecodable videos")
     return FeatureSet(data, valid, meta)
 
 
@@ -193,7 +209,8 @@ def community_kind(shape: tuple[int, ...]) -> Literal["visual", "audio"]:
 
 def import_community(h5_path: str | Path, out_path: str | Path,
                      kind: Optional[Literal["visual", "audio"]] = None,
-                     dtype: Optional[Literal["float16", "float32"]] = None, **meta: Any) -> Path:
+                     dtype: Optional[Literal["float16", "float32"]] = None, log=print,
+                     **meta: Any) -> Path:
     """A community feature file (``avadataset`` only, any float dtype, e.g. the published
     ``visual_feature.h5`` / ``audio_feature.h5``) -> store file.
 
@@ -201,19 +218,21 @@ def import_community(h5_path: str | Path, out_path: str | Path,
     non-finite value are stored invalid. Provenance: :data:`AVE_PUBLISHED` of the kind,
     overridden by ``meta``."""
     h5_path = Path(h5_path)
-    with h5py.File(h5_path, "r") as f:
-        if DATASET not in f:
-            raise KeyError(f"{h5_path}: no '{DATASET}' dataset (found: {', '.join(f.keys())})")
+    with open_h5(h5_path, DATASET) as f:
         src = f[DATASET]
-        found = community_kind(src.shape)
+        try:
+            found = community_kind(src.shape)
+        except ValueError as e:
+            raise InputError(f"{h5_path}: {e}") from None
         if kind is not None and kind != found:
-            raise ValueError(f"{h5_path}: {kind} features must be (N, 10, "
+            raise InputError(f"{h5_path}: {kind} features must be (N, 10, "
                              f"{'h, w, C' if kind == 'visual' else 'D'}), got {src.shape}")
         dtype = dtype or ("float16" if src.dtype == np.float16 else "float32")
         defaults = {**AVE_PUBLISHED[found], "weights_sha256": "", "code_version": "",
                     "source_file": h5_path.name, "source_dtype": str(src.dtype),
                     "created_by": f"pipeline.features.store.import_community({h5_path.name})"}
         meta = {**defaults, **meta}
+        bad = []
         with StoreWriter(out_path, src.shape[0], src.shape[2:], dtype, meta) as w:
             for start in range(0, src.shape[0], STEP_ROWS):
                 block = np.asarray(src[start:start + STEP_ROWS], dtype=np.float32)
@@ -221,4 +240,9 @@ def import_community(h5_path: str | Path, out_path: str | Path,
                 if dtype == "float16":  # values past float16's range would become inf
                     ok &= (np.abs(block) <= np.finfo(np.float16).max).reshape(len(block), -1).all(axis=1)
                 w.write(np.arange(start, start + len(block)), block, ok)
+                bad.append(start + np.flatnonzero(~ok))
+    bad = np.concatenate(bad) if bad else np.zeros(0, np.int64)
+    if len(bad):
+        log(f"features: {h5_path}: {len(bad)} rows hold non-finite values (NaN or inf"
+            f"{', or past float16' if dtype == 'float16' else ''}; {rows_text(bad)}): stored invalid")
     return Path(out_path)

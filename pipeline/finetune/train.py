@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from pipeline import files
 from pipeline.config import to_dict
 from pipeline.runtime import atomic_torch_save, dist_env, select_device
 from pipeline.runtime import init_distributed as runtime_init_distributed
@@ -234,7 +235,7 @@ def load_checkpoint(path: Path, cfg: FinetuneConfig, log: Callable[[str], None])
     config equal to ``cfg`` except :data:`RESUMABLE_CHANGES` (a mismatch is reported)."""
     if not cfg.resume or not path.exists():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = files.load_checkpoint(path, "resume point")
     old, new = ckpt["config"], to_dict(cfg)
     diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if diff:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import pickle
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline import files
+from pipeline.cli import stage_main
+from pipeline.config import InputError
 from pipeline.training import checkpoint as ckpt_io
 
 from . import count_parameters, from_authors_state_dict, get_head_class, list_heads
@@ -29,16 +30,17 @@ from ._authors import LayoutError
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    """The authors' state dict; any file that is not one is an error naming it."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: not a plain state dict (torch.load(weights_only=True) refused it: "
-                         f"{type(e).__name__}); the authors' scripts save whole modules "
-                         f"(torch.save(model)): load it with their code and save model.state_dict()") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        obj = files.load_checkpoint(path, "state dict")
+    except InputError as e:
+        if "(torch.nn." not in str(e):  # a pickled module: say how to get its state dict
+            raise
+        raise InputError(f"{e}; the authors' scripts save whole modules (torch.save(model)): load "
+                         "it with their code and save model.state_dict()") from None
+    if not all(torch.is_tensor(v) for v in obj.values()):
+        raise InputError(f"{path}: not a state dict (values that are not tensors)")
+    files.check_finite_state(obj, str(path))
     return obj
 
 
@@ -54,12 +56,14 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
     try:
         model = from_authors_state_dict(head, state_dict, setting, **(overrides or {}))
     except (LayoutError, KeyError) as e:
-        raise ValueError(f"{src}: {e.args[0] if e.args else e}") from None
+        raise InputError(f"{src}: {e.args[0] if e.args else e}") from None
+    except NotImplementedError as e:
+        raise InputError(f"--head: {e}") from None
     with warnings.catch_warnings():  # line problems are prepare's to report; the order is all we need
         warnings.simplefilter("ignore")
         categories = load_annotations(ave_root, splits=False).categories
     if len(categories) != model.num_classes:
-        raise ValueError(f"{src}: {model.num_classes} classes, but {Path(ave_root) / 'Annotations.txt'} "
+        raise InputError(f"{src}: {model.num_classes} classes, but {Path(ave_root) / 'Annotations.txt'} "
                          f"has {len(categories)} categories")
     ckpt = {"format": ckpt_io.FORMAT, "head": head, "setting": setting, "hparams": dict(model.hparams),
             "dims": {"visual_dim": model.visual_dim, "audio_dim": model.audio_dim,
@@ -73,6 +77,7 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
     return ckpt
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pipeline.heads.import_checkpoint",
                                 description=__doc__.split("\n")[0])
@@ -84,11 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("src", help="the authors' state dict (.pth)")
     p.add_argument("dst", help="our checkpoint to write, e.g. models/best.pt")
     args = p.parse_args(argv)
-    try:
-        ckpt = import_checkpoint(args.head, args.setting, args.src, args.dst, ave_root=args.ave_root,
-                                 visual=args.visual, audio=args.audio)
-    except (OSError, ValueError, NotImplementedError) as e:
-        sys.exit(f"error: {e}")
+    ckpt = import_checkpoint(args.head, args.setting, args.src, args.dst, ave_root=args.ave_root,
+                             visual=args.visual, audio=args.audio)
     print(f"{args.dst}: {args.head} ({args.setting}) from {args.src}, {ckpt['num_parameters']:,} "
           f"parameters, dims {ckpt['dims']}")
 

@@ -6,7 +6,11 @@ provenance of the two feature files trained on (``{"visual": attrs, "audio": att
 ``model_spec_json``, weights and sha256, frames per segment, sampling, image size, sample rate),
 what ``pipeline.localize`` rebuilds the extractors from.
 ``last.pt`` (resume): the same plus ``optimizer, scheduler, rng, best, history, fingerprint``.
-Loading uses ``weights_only=True`` and strict ``load_state_dict``; never ``torch.save(model)``.
+Loading goes through :func:`pipeline.files.load_checkpoint` (``weights_only=True``; any failure
+is one line naming the file) and strict ``load_state_dict``; never ``torch.save(model)``.
+Numbers are guarded at both ends: :func:`save` refuses a model with a NaN or inf weight (so no
+such checkpoint is ever written), :func:`load` refuses to read one, and the training loop stops
+at the first non-finite loss or gradient (:func:`check_step`).
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typing import Any
 
 import torch
 
+from pipeline import files
+from pipeline.config import InputError
 from pipeline.runtime import atomic_torch_save
 
 FORMAT = 1
@@ -22,7 +28,9 @@ FORMAT = 1
 
 def save(obj: dict[str, Any], path: str | Path) -> None:
     """Write atomically (an interrupted save never leaves a truncated checkpoint; the temporary
-    name is unique per process)."""
+    name is unique per process). A model with a non-finite weight is refused: nothing is
+    written."""
+    files.check_finite_state(obj.get("model") or {}, f"{path}: not written")
     atomic_torch_save(obj, path)
 
 
@@ -37,24 +45,52 @@ def feature_provenance(visual_meta: dict[str, Any], audio_meta: dict[str, Any]) 
 
 
 def load(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint (``best.pt``, ``last.pt``): every failure names the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint (run the train stage first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a training checkpoint of format {FORMAT}")
+    ckpt = files.load_checkpoint(path, "training checkpoint")
+    if ckpt.get("format") != FORMAT or not isinstance(ckpt.get("model"), dict):
+        raise InputError(f"{path}: not a training checkpoint of format {FORMAT} (a checkpoint "
+                         "written by the train stage or pipeline.heads.import_checkpoint)")
+    files.check_finite_state(ckpt["model"], str(path))
     return ckpt
 
 
-def build_from(ckpt: dict[str, Any], device: str | torch.device = "cpu"):
+def build_from(ckpt: dict[str, Any], device: str | torch.device = "cpu", where: str = "checkpoint"):
     """Rebuild the head of a checkpoint (registry + stored hyperparameters), strict load."""
     from pipeline.heads import build_head
     head = build_head(ckpt["head"], setting=ckpt["setting"], **ckpt["dims"], **ckpt["hparams"])
-    head.load_state_dict(ckpt["model"], strict=True)
+    try:
+        head.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{where}: its weights do not fit head {ckpt['head']!r} "
+                         f"({' '.join(str(e).split())[:300]})") from None
     return head.to(device)
 
 
 def load_head(path: str | Path, device: str | torch.device = "cpu"):
     """``(head, checkpoint)`` from ``best.pt``/``last.pt``; the head is in eval mode."""
     ckpt = load(path)
-    return build_from(ckpt, device).eval(), ckpt
+    return build_from(ckpt, device, str(path)).eval(), ckpt
+
+
+def check_step(loss: torch.Tensor, module: torch.nn.Module, epoch: int, batch: int,
+               inputs: dict[str, Any], lr: float) -> None:
+    """After ``loss.backward()``: raise :class:`InputError` at the first non-finite loss or
+    gradient, naming the epoch and batch (1-based) and the likely cause (non-finite inputs in
+    this batch, else a learning rate or data scale that makes training diverge)."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        what = "a gradient is not finite (loss finite)"
+    else:
+        what = f"the loss is {float(loss.detach())}"
+    bad = [k for k, v in inputs.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    cause = (f"the batch's {' and '.join(bad)} input holds NaN or inf" if bad else
+             f"training diverged: lower train.lr ({lr:g}), set train.clip_grad, or check the "
+             "feature scale (train.feature_norm: standardize)")
+    raise InputError(f"train: epoch {epoch + 1}, batch {batch + 1}: {what}; likely cause: {cause}; "
+                     "stopped, no checkpoint of this epoch written")

@@ -20,12 +20,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from pipeline import layout
+from pipeline.config import InputError
 from pipeline.features.store import load_features
+from pipeline.files import read_h5
 from pipeline.layout import SPLITS, feature_file
 from pipeline.training.tasks import get_task
 
@@ -120,8 +121,7 @@ def read_order(prepared: str | Path, split: str, setting: str = "fully") -> np.n
     path = Path(prepared) / task.order_file.format(split=split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split order file missing{task.order_hint}")
-    with h5py.File(path, "r") as f:
-        return np.asarray(f["order"][()], dtype=np.int64).reshape(-1)
+    return np.asarray(read_h5(path, "order"), dtype=np.int64).reshape(-1)
 
 
 def read_video_labels(prepared: str | Path, num_lines: int) -> np.ndarray:
@@ -129,10 +129,9 @@ def read_video_labels(prepared: str | Path, num_lines: int) -> np.ndarray:
     path = Path(prepared) / layout.VIDEO_LABELS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: video-level labels missing; run prepare")
-    with h5py.File(path, "r") as f:
-        out = np.asarray(f["avadataset"][()], dtype=np.float32)
+    out = np.asarray(read_h5(path, "avadataset", (None, None)), dtype=np.float32)
     if len(out) != num_lines:
-        raise ValueError(f"{path}: {len(out)} rows but labels.h5 has {num_lines}")
+        raise InputError(f"{path}: {len(out)} rows but labels.h5 has {num_lines}")
     return out
 
 
@@ -141,7 +140,7 @@ def read_categories(prepared: str | Path, num_classes: int) -> list[str]:
     if path.is_file():
         cats = json.loads(path.read_text())
         if len(cats) != num_classes:
-            raise ValueError(f"{path}: {len(cats)} categories but labels.h5 has {num_classes} "
+            raise InputError(f"{path}: {len(cats)} categories but labels.h5 has {num_classes} "
                              "event classes")
         return list(cats)
     names = [f"class{i}" for i in range(num_classes)]
@@ -160,8 +159,8 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
     prepared = Path(prepared)
     task = get_task(setting)
     log = print if verbose else (lambda *a: None)
-    with h5py.File(prepared / layout.LABELS_FILE, "r") as f:
-        labels = np.asarray(f["avadataset"][()], dtype=np.float32)
+    labels = np.asarray(read_h5(prepared / layout.LABELS_FILE, "avadataset", (None, None, None)),
+                        dtype=np.float32)
     video_labels = read_video_labels(prepared, len(labels))
     vpath, apath = feature_file(features, visual), feature_file(features, audio)
     for p, key in ((vpath, "train.visual"), (apath, "train.audio")):
@@ -172,10 +171,10 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
     n = len(labels)
     for fs, p in ((vis, vpath), (aud, apath)):
         if len(fs.data) != n:
-            raise ValueError(f"{p}: {len(fs.data)} rows but labels.h5 has {n} (rows must be "
+            raise InputError(f"{p}: {len(fs.data)} rows but labels.h5 has {n} (rows must be "
                              "Annotations.txt line indices)")
     if vis.data.ndim != 5 or aud.data.ndim != 3:
-        raise ValueError(f"expected visual (N,T,H,W,C) and audio (N,T,D); got {vis.data.shape} "
+        raise InputError(f"expected visual (N,T,H,W,C) and audio (N,T,D); got {vis.data.shape} "
                          f"({vpath}) and {aud.data.shape} ({apath})")
     valid = np.asarray(vis.valid, bool) & np.asarray(aud.valid, bool)
     out = {}
@@ -226,15 +225,14 @@ def read_background_only(prepared, features, visual: str, audio: str, num_segmen
         log(f"data: background-only samples: not used (absent: {', '.join(missing)}); weak "
             "training on the train split alone")
         return None
-    with h5py.File(paths["labels"], "r") as f:
-        video = np.asarray(f["avadataset"][()], dtype=np.float32)
+    video = np.asarray(read_h5(paths["labels"], "avadataset", (None, None)), dtype=np.float32)
     vis, aud = load_features(paths["visual"]), load_features(paths["audio"])
     if not (len(vis.data) == len(aud.data) == len(video)):
-        raise ValueError(f"background-only files disagree in rows: {paths['visual']} "
+        raise InputError(f"background-only files disagree in rows: {paths['visual']} "
                          f"{len(vis.data)}, {paths['audio']} {len(aud.data)}, {paths['labels']} "
                          f"{len(video)}")
     if not (video[:, -1] == 1).all() or video[:, :-1].any():
-        raise ValueError(f"{paths['labels']}: every row must be background alone")
+        raise InputError(f"{paths['labels']}: every row must be background alone")
     valid = np.asarray(vis.valid, bool) & np.asarray(aud.valid, bool)
     labels = np.zeros((int(valid.sum()), num_segments, video.shape[1]), np.float32)
     labels[..., -1] = 1.0

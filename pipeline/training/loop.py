@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from pipeline import layout, runtime
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, InputError
 from pipeline.heads import count_parameters, get_head_class, instantiate
 from pipeline.heads._registry import HeadSpec
 from pipeline.training import checkpoint as ckpt_io
@@ -301,7 +301,7 @@ def _splits(spec: RunSpec, data: Dataset
     test_split = data.splits.get("test")
     for split in (train_split, val_split):
         if len(split) == 0:
-            raise ValueError(f"{split.split} split: no usable rows; {_exclusions(split)}")
+            raise InputError(f"{split.split} split: no usable rows; {_exclusions(split)}")
     norm = None
     if spec.feature_norm == "standardize":
         norm = feature_stats(train_split)  # train statistics only; evaluation reuses them
@@ -353,11 +353,12 @@ def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
     n = len(run.train_split)
     perm = torch.randperm(n, generator=run.gen) if run.recipe["shuffle"] else torch.arange(n)
     sums, n_batches = {}, 0
-    for s in range(0, run.steps_per_epoch * bs, bs):
+    for b, s in enumerate(range(0, run.steps_per_epoch * bs, bs)):
         batch = run.task.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
         loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
+        ckpt_io.check_step(loss, run.head, epoch, b, batch, run.opt.param_groups[0]["lr"])
         if run.recipe["clip_grad"]:
             torch.nn.utils.clip_grad_norm_(run.head.parameters(), run.recipe["clip_grad"])
         run.opt.step()

@@ -30,12 +30,15 @@ def train_from_params(params: dict[str, Any], out_dir: str | Path, live_dir: str
 
     ``resume_dir``: where the resume point lives (the stage: ``<paths.resume>/train``; default
     ``out_dir``). The params snapshot in the checkpoints holds what training reads (``paths``,
-    ``train`` without its runtime knobs, ``heads.<head>``), so no other key changes its bytes."""
+    ``train`` without its runtime knobs, ``heads.<head>``) and ``data.min_duration`` (prepare's
+    rule, which ``localize`` applies; it changes the prepared folder, a dep of train), so no
+    other key changes its bytes."""
     tc = dataclasses.replace(params["train"], **changes)
     spec = _spec(tc, params["heads"])
     paths = params["paths"]
     snapshot = {"paths": recorded("paths", paths), "train": recorded("train", tc),
-                "heads": {tc.head: spec.hparam_overrides}}
+                "heads": {tc.head: spec.hparam_overrides},
+                "data": {"min_duration": params["data"].min_duration}}
     print(f"git revision: {git_revision()}")
     print("configuration:\n" + json.dumps({k: snapshot[k] for k in ("paths", "train")}, indent=2)
           + f"\nheads.{tc.head}: {snapshot['heads'].get(tc.head, {})}")
