@@ -61,6 +61,7 @@ from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.encoders.weights import WeightsNotFoundError, file_sha256
+from pipeline.heads import get_head_class
 from pipeline.runtime import NUM_SEGMENTS, atomic_path, atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 
@@ -234,28 +235,9 @@ def intervals(classes: np.ndarray, background: int, categories: list[str]) -> li
 # ------------------------------------------------------------------------------------------
 # How a head turns its outputs into segment classes, where that is not a per-segment argmax of
 # its scores: (head, setting, hparam condition) -> rule, stated in every result of such a head.
-PREDICTION_RULES: list[tuple[str, str, dict[str, Any], str]] = [
-    ("cmbs", "weak", {"weak_predict": "video"}, "weak_predict: video: every segment gets the "
-     "video's class (the video-level prediction); segments are not told apart"),
-    ("cmbs", "fully", {}, "relevance: a segment is an event when its event relevance is >= 0.5, "
-     "and then gets the video's event class"),
-    ("cace", "fully", {}, "relevance: a segment is an event when its event relevance is >= 0.5, "
-     "and then gets the video's event class"),
-    ("m2n", "fully", {}, "relevance: a segment is an event when its event relevance is >= 0.5, "
-     "and then gets the video's event class"),
-    ("vscg", "fully", {}, "is_event: a segment is an event when sigmoid(is_event) > "
-     "event_threshold, and then gets the video's event class"),
-]
-
-
 def prediction_rule(ckpt: dict[str, Any]) -> Optional[str]:
-    """The head's prediction rule when it is not a per-segment argmax (see PREDICTION_RULES)."""
-    hp = ckpt.get("hparams") or {}
-    for head, setting, when, rule in PREDICTION_RULES:
-        if (ckpt["head"], ckpt["setting"]) == (head, setting) and all(
-                hp.get(k, v) == v for k, v in when.items()):
-            return rule
-    return None
+    """The head's prediction rule when it is not a per-segment argmax (``Head.prediction_rule``)."""
+    return get_head_class(ckpt["head"]).prediction_rule(ckpt["setting"], ckpt.get("hparams") or {})
 
 
 def model_record(model: Path, ckpt: dict[str, Any], ext: Extractors) -> dict[str, Any]:

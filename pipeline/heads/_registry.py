@@ -141,12 +141,22 @@ class Head(nn.Module):
         """
         raise NotImplementedError(f"head {cls.name!r} has no converter for the authors' checkpoints")
 
+    @classmethod
+    def prediction_rule(cls, setting: str, hparams: dict[str, Any]) -> Optional[str]:
+        """How ``predict`` labels segments when it is not the argmax of each segment's class
+        scores (stated on the evaluate page and in ``localize`` output); ``None`` otherwise."""
+        return None
+
     def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-segment class probabilities ``(B, T, C+1)`` (background last) of the model behind
         ``predict``; the confidence of a prediction is the entry ``predict`` chose (``predict``
         keeps the paper's decision rule, e.g. a 0.5 event threshold). Default: softmax of
         ``out["logits"]``."""
         return out["logits"].float().softmax(-1)
+
+
+RELEVANCE_RULE = ("relevance: a segment is an event when its event relevance is >= 0.5, and then "
+                  "gets the video's event class")
 
 
 def event_class_probabilities(event_logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:

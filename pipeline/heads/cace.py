@@ -52,7 +52,8 @@ from ._authors import AuthorsStateDict, check_overrides
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention, authors_trunk_sizes,
                            av_score, fully_loss, localize, relevance_targets, trunk_keys,
                            trunk_unused_keys)
-from ._registry import Head, Reported, Schedule, build_head, event_class_probabilities, register_head
+from ._registry import (RELEVANCE_RULE, Head, Reported, Schedule, build_head,
+                        event_class_probabilities, register_head)
 
 
 def bece_loss(query: torch.Tensor, key: torch.Tensor, relevance: torch.Tensor,
@@ -152,6 +153,10 @@ class CACENet(Head):
                   "epochs": 200, "lr_step": 0, "lr_milestones": [10, 20, 30], "lr_gamma": 0.5,
                   "clip_grad": 0.5},
     }
+
+    @classmethod
+    def prediction_rule(cls, setting, hparams):
+        return RELEVANCE_RULE if setting == "fully" else None
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
                  **hp: Any):

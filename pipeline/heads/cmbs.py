@@ -53,7 +53,8 @@ from ._authors import AuthorsStateDict, check_overrides
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, authors_trunk_sizes, av_score,
                            class_topk_mean, event_suppress, fully_loss, localize, trunk_keys,
                            trunk_unused_keys)
-from ._registry import Head, Reported, Schedule, build_head, event_class_probabilities, register_head
+from ._registry import (RELEVANCE_RULE, Head, Reported, Schedule, build_head,
+                        event_class_probabilities, register_head)
 
 VARIANTS = ("code", "paper")
 
@@ -118,6 +119,15 @@ class CMBS(Head):
                  "epochs": 200, "lr_step": 0, "lr_milestones": [10, 20, 40], "lr_gamma": 0.5,
                  "clip_grad": 0.5},
     }
+
+    @classmethod
+    def prediction_rule(cls, setting, hparams):
+        if setting == "fully":
+            return RELEVANCE_RULE
+        if hparams.get("weak_predict", cls.DEFAULTS["weak_predict"]) == "video":
+            return ("weak_predict: video: every segment gets the video's class (the video-level "
+                    "prediction); segments are not told apart")
+        return None
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
                  **hp: Any):

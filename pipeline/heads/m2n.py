@@ -37,7 +37,8 @@ from pipeline.training.tasks import Task, register_task
 
 from ._avga import AudioGuidedVisualAttention
 from ._cmbs_blocks import localize, relevance_targets, video_event_class
-from ._registry import NO_RELEASED_CODE, Head, Reported, event_class_probabilities, register_head
+from ._registry import (NO_RELEASED_CODE, RELEVANCE_RULE, Head, Reported, event_class_probabilities,
+                        register_head)
 
 
 class Modulation(nn.Module):
@@ -135,6 +136,10 @@ class M2N(Head):
                   "clip_grad": 0.0}
         for setting in ("fully", "cml")
     }
+
+    @classmethod
+    def prediction_rule(cls, setting, hparams):
+        return RELEVANCE_RULE if setting == "fully" else None
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
                  **hp: Any):

@@ -158,6 +158,13 @@ class VSCG(PSPEncoderHead):
                  "clip_grad": 0.0},
     }
 
+    @classmethod
+    def prediction_rule(cls, setting, hparams):
+        if setting == "fully":
+            return ("is_event: a segment is an event when sigmoid(is_event) > event_threshold, and "
+                    "then gets the video's event class")
+        return None
+
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
                  att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int, embed_dim: int,
                  lstm_hidden: int, psp_hidden: int, psp_tau: float, psp_dropout_fully: float,
