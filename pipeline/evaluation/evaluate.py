@@ -3,7 +3,9 @@
 Writes under ``out_dir`` (a DVCLive dir): ``index.html`` (a self-contained page: results,
 confusion matrix, every video's timeline), ``metrics.json`` (accuracy, event precision/recall/F1,
 per-class accuracy, parameter count, training time), ``plots/sklearn/confusion_matrix.json``
-(DVC confusion template), and ``plots/images/{confusion.png, timeline_*.png}``.
+(DVC confusion template), ``plots/images/{confusion.png, timeline_*.png}`` and
+``per_video.json`` (each video's id and score: the share of its segments predicted right, whose
+mean is ``accuracy``; read by the results table's bootstrap intervals).
 
 A ``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's protocol instead
 (``pipeline.heads.m2n.cml_evaluate``): ``accuracy`` is the mean of ``cross_modal/a2v`` and
@@ -12,6 +14,7 @@ defined there, and the confusion matrix and timelines compare the predicted wind
 directions with the event segments (labels ``event`` / ``background``). It is evaluated on the
 cml split (``<split>_order_match.h5``) without the events spanning all segments and those
 without an event segment; ``cml_excluded/full_length`` and ``cml_excluded/no_event`` count them.
+Its per-video score is the mean exact-window match of A2V and V2A.
 """
 from __future__ import annotations
 
@@ -68,12 +71,14 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     if ckpt.get("feature_norm"):
         s = s.normalized(ckpt["feature_norm"])  # the training run's train-split statistics
     vids = _video_ids(Path(prepared), s.rows)
+    per_video = {"videos": list(vids)}
     if ckpt["setting"] == "cml":
         res, pred, true, vids = _cross_modal(head, s, dev, batch_size, vids)
     else:
         pred = predict(head, s, dev, batch_size).numpy()
         true = s.targets.numpy()
         res = M.summarize(pred, true, data.categories)
+    per_video["score"] = video_scores(pred, true, cml=ckpt["setting"] == "cml").tolist()
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
                train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
@@ -95,7 +100,24 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     if out_dir is not None:
         _log(res, pred, true, vids, Path(out_dir), timelines)
         write_evaluation_page(Path(out_dir) / "index.html", res, pred, true, vids)
+        atomic_write_json(Path(out_dir) / PER_VIDEO, {
+            "head": res["head"], "setting": res["setting"], "split": split,
+            "score": "share of the video's segments predicted right" if ckpt["setting"] != "cml"
+            else "mean exact-window match of A2V and V2A", **per_video})
     return res
+
+
+PER_VIDEO = "per_video.json"  # each evaluated video's score (results table: bootstrap intervals)
+
+
+def video_scores(pred: np.ndarray, true: np.ndarray, cml: bool = False) -> np.ndarray:
+    """Per-video score whose mean is the accuracy: the share of right segments of each row of
+    ``pred`` / ``true`` (n, T); ``cml``: rows are the A2V then the V2A windows (2n, T), a video scores
+    the mean of its two exact matches."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    if cml:
+        return (pred == true).all(1).reshape(len(DIRECTIONS), -1).mean(0)
+    return (pred == true).mean(1) if pred.size else np.zeros(len(pred))
 
 
 def _cross_modal(head, split, device: torch.device, batch_size: int, vids: list[str]
