@@ -38,6 +38,7 @@ overflow:hidden;white-space:nowrap;text-align:center;line-height:18px}
 .video{margin:18px 0 28px} .video video{width:100%;max-width:640px;background:#000;display:block}
 .video .tlbox{max-width:640px} .err{color:#b00}
 .ticks{display:flex;max-width:640px;font-size:9px;color:#888} .ticks span{flex:1}
+pre{white-space:pre-wrap;font-size:11px;background:#f8f8f8;padding:8px}
 """
 
 
@@ -249,8 +250,9 @@ def write_results_page(path: str | Path, rows: list[dict[str, Any]], table_md: s
                  if r.get("accuracy") is None and r.get("paper_accuracy") is None]
     if undefined:
         body.append(f'<p class="sub">No result: {esc(", ".join(undefined))}.</p>')
-    body += ["<h2>Markdown</h2>", f"<pre>{esc(table_md)}</pre>"]
+    body += ["<h2>results.md (with the cml table and the sources)</h2>", f"<pre>{esc(table_md)}</pre>"]
     path = Path(path)
-    atomic_write_text(path, page("AVE localization results", f"{len(rows)} rows",
+    atomic_write_text(path, page("AVE localization results",
+                                 f"{len(rows)} heads × settings; per head and setting, one run a seed",
                                  "\n".join(body)))
     return path
