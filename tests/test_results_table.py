@@ -97,6 +97,14 @@ def test_seed_runs_pool_into_one_row_with_sd_and_intervals():
     assert f"| fully | psp | majority: {vs['difference']:+.1f}" in md
 
 
+def test_a_difference_is_real_when_its_interval_excludes_zero():
+    assert report.fmt_difference({"head": "cmbs", "difference": 1.5, "ci95": [0.2, 2.9]}) == \
+        "cmbs: +1.5 [+0.2, +2.9] (real)"
+    assert report.fmt_difference({"head": "cmbs", "difference": 1.5, "ci95": [-0.4, 3.1]}) == \
+        "cmbs: +1.5 [-0.4, +3.1]"
+    assert report.fmt_difference(None) == "–"
+
+
 def test_runs_on_different_videos_are_refused():
     runs = _table_runs()[("psp", "fully")]
     runs[1]["scores"]["val"]["videos"] = list(reversed(runs[1]["scores"]["val"]["videos"]))

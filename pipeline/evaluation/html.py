@@ -213,7 +213,7 @@ def bar_chart(rows: list[dict[str, Any]]) -> str:
 def write_results_page(path: str | Path, rows: list[dict[str, Any]], table_md: str) -> Path:
     """The results table (one per setting, ours as ``mean ± sd [lo, hi]``), a bar chart with
     error bars beside the papers' numbers, and the head-vs-next-best differences."""
-    from pipeline.evaluation.report import fmt_accuracy  # report imports nothing of this module
+    from pipeline.evaluation.report import fmt_accuracy, fmt_difference  # no import cycle
 
     legend_html = '<div class="legend">' + "".join(
         f'<span><i style="background:{c}"></i>{esc(n)}</span>' for _, n, c in SERIES) + "</div>"
@@ -232,15 +232,12 @@ def write_results_page(path: str | Path, rows: list[dict[str, Any]], table_md: s
         lines = []
         for r in defined:
             vs = r.get("vs_next") or {}
-            diff = {p: (f"{vs[p]['head']}: {vs[p]['difference']:+.1f} "
-                        f"[{vs[p]['ci95'][0]:+.1f}, {vs[p]['ci95'][1]:+.1f}]" if p in vs else "–")
-                    for p in ("val", "test")}
             cells = [fmt_accuracy(r, "accuracy"), fmt_accuracy(r, "accuracy_test_selected"),
                      "–" if r.get("paper_accuracy") is None else f"{r['paper_accuracy']:.1f}",
                      ", ".join(str(s) for s in r.get("seeds") or []) or "–",
                      "–" if r.get("params") is None else f"{r['params']:,}",
                      "–" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}",
-                     diff["val"], diff["test"]]
+                     fmt_difference(vs.get("val")), fmt_difference(vs.get("test"))]
             lines.append(f'<tr><td class="l">{esc(r["head"])}</td>'
                          + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
         body += [f"<h2>{esc(setting)}</h2>",

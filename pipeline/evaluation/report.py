@@ -239,7 +239,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _difference(vs: Optional[dict[str, Any]]) -> str:
+def fmt_difference(vs: Optional[dict[str, Any]]) -> str:
+    """``next: +d [lo, hi]`` of a ``vs_next`` entry, '(real)' when the interval excludes 0."""
     if not vs:
         return "–"
     lo, hi = vs["ci95"]
@@ -259,8 +260,8 @@ def _comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
            "checkpoints.", "",
            "| setting | head | vs next (ours, val) | vs next (ours, test) |", "|---|---|---|---|"]
     for r in compared:
-        out.append(f"| {r['setting']} | {r['head']} | {_difference(r['vs_next'].get('val'))} "
-                   f"| {_difference(r['vs_next'].get('test'))} |")
+        out.append(f"| {r['setting']} | {r['head']} | {fmt_difference(r['vs_next'].get('val'))} "
+                   f"| {fmt_difference(r['vs_next'].get('test'))} |")
     return out
 
 
