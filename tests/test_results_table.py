@@ -110,6 +110,12 @@ def test_runs_on_different_videos_are_refused():
     runs[1]["scores"]["val"]["videos"] = list(reversed(runs[1]["scores"]["val"]["videos"]))
     with pytest.raises(ValueError, match="psp/fully: the runs were evaluated on different videos"):
         report.seed_runs_row(runs)
+    runs = _table_runs()[("psp", "fully")]
+    for r in runs:  # annotation rows, when given, identify the videos (an id can have two lines)
+        r["scores"]["val"]["rows"] = list(range(24))
+    runs[2]["scores"]["val"]["rows"] = list(range(1, 25))
+    with pytest.raises(ValueError, match="psp/fully: the runs were evaluated on different videos"):
+        report.seed_runs_row(runs)
 
 
 def test_report_seeds_are_validated(tmp_path):

@@ -4,8 +4,9 @@ Writes under ``out_dir`` (a DVCLive dir): ``index.html`` (a self-contained page:
 confusion matrix, every video's timeline), ``metrics.json`` (accuracy, event precision/recall/F1,
 per-class accuracy, parameter count, training time), ``plots/sklearn/confusion_matrix.json``
 (DVC confusion template), ``plots/images/{confusion.png, timeline_*.png}`` and
-``per_video.json`` (each video's id and score: the share of its segments predicted right, whose
-mean is ``accuracy``; read by the results table's bootstrap intervals).
+``per_video.json`` (each video's row in ``Annotations.txt``, id and score: the share of its
+segments predicted right, whose mean is ``accuracy``; read by the results table's bootstrap
+intervals).
 
 A ``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's protocol instead
 (``pipeline.heads.m2n.cml_evaluate``): ``accuracy`` is the mean of ``cross_modal/a2v`` and
@@ -71,7 +72,7 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     if ckpt.get("feature_norm"):
         s = s.normalized(ckpt["feature_norm"])  # the training run's train-split statistics
     vids = _video_ids(Path(prepared), s.rows)
-    per_video = {"videos": list(vids)}
+    per_video = {"rows": [int(r) for r in s.rows], "videos": list(vids)}
     if ckpt["setting"] == "cml":
         res, pred, true, vids = _cross_modal(head, s, dev, batch_size, vids)
     else:

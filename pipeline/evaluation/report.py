@@ -109,11 +109,16 @@ def _mean_sd(values: list[float]) -> tuple[float, Optional[float]]:
     return round(float(v.mean()), 2), (round(float(v.std(ddof=1)), 2) if len(v) > 1 else None)
 
 
-def _aligned(scores: list[dict[str, Any]], what: str) -> tuple[list[str], np.ndarray]:
-    """(videos, (runs, videos) scores) of per-video files that must list the same videos."""
-    videos = list(scores[0]["videos"])
+def _videos(scores: dict[str, Any]) -> list:
+    """A per-video file's video keys: annotation rows (a video id can have two lines)."""
+    return list(scores["rows"] if "rows" in scores else scores["videos"])
+
+
+def _aligned(scores: list[dict[str, Any]], what: str) -> tuple[list, np.ndarray]:
+    """(video keys, (runs, videos) scores) of per-video files that must list the same videos."""
+    videos = _videos(scores[0])
     for s in scores[1:]:
-        if list(s["videos"]) != videos:
+        if _videos(s) != videos:
             raise ValueError(f"{what}: the runs were evaluated on different videos")
     return videos, np.asarray([s["score"] for s in scores], dtype=np.float64)
 
@@ -166,7 +171,7 @@ def compare_heads(rows: list[dict[str, Any]], runs: dict[tuple[str, str], list[d
                                   f"{a['head']}/{setting}")
                 vb, sb = _aligned([x["scores"][protocol] for x in runs[(b["head"], setting)]],
                                   f"{b['head']}/{setting}")
-                common = [v for v in dict.fromkeys(va) if v in set(vb)]
+                common = [v for v in va if v in set(vb)]
                 if not common:
                     continue
                 ia, ib = {v: i for i, v in enumerate(va)}, {v: i for i, v in enumerate(vb)}
