@@ -39,6 +39,9 @@ BACKGROUND_SUFFIX = "_noisy"  # <name>_noisy.h5: the background-only videos of <
 TUNED_SUFFIX = "_ft"  # <encoder>_ft.h5: features of the CACE-tuned encoder
 PARTIAL_SUFFIX = ".partial"  # <name>.h5.partial/: committed shards of an unfinished extraction
 
+# ---- reports (<paths.reports>/) -------------------------------------------------------------
+PER_VIDEO_FILE = "per_video.json"  # each evaluated video's score (results table: bootstrap)
+
 # ---- checkpoints (<paths.models>/, <paths.resume>/) ----------------------------------------
 BEST = "best.pt"  # = best_val.pt or best_test.pt, as train.select names
 BEST_BY = "best_{protocol}.pt"  # best_val.pt (ours), best_test.pt (the released script's checks)

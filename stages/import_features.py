@@ -1,8 +1,9 @@
 """DVC stage `import@<name>` (published/dvc.yaml): a published feature file -> the feature store.
 
-Reads params `published` (root, dtype, files.<name>) and `paths`; writes
-${paths.features}/<name>.h5 from ${published.root}/<file>, its rows checked against the
-prepared labels (Annotations.txt). Decodes and extracts nothing.
+Reads params `published` (dtype, files.<name>), `data.root` and `paths`; writes
+${paths.features}/<name>.h5 from ${data.root}/<file>, its rows checked against the prepared
+labels (Annotations.txt). `--noisy` (stage `import_noisy@<name>`): ${paths.features}/<name>_noisy.h5
+from ${data.root}/<file stem>_noisy.h5, zero rows when absent. Decodes and extracts nothing.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
-from pipeline.features.published import import_published
+from pipeline.features.published import import_background_only, import_published
 from pipeline.features.store import load_features
 
 
@@ -20,12 +21,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("name", help="a key of published.files in params.yaml (e.g. published_vgg19)")
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--noisy", action="store_true",
+                   help="the entry's background-only videos (<file>_noisy.h5; zero rows when absent)")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    paths, cfg = params["paths"], params["published"]
-    out = import_published(args.name, cfg, paths.prepared, paths.features)
+    paths, cfg, root = params["paths"], params["published"], params["data"].root
+    if args.noisy:
+        out, done = import_background_only(args.name, cfg, paths.prepared, paths.features, root)
+        print(f"import_noisy[{args.name}]: {done}")
+        return
+    out = import_published(args.name, cfg, paths.prepared, paths.features, root)
     fs = load_features(out)
-    print(f"import[{args.name}]: {Path(cfg.root) / cfg.files[args.name].file} -> {out} "
+    print(f"import[{args.name}]: {Path(root) / cfg.files[args.name].file} -> {out} "
           f"{fs.data.shape} {fs.data.dtype}, {int((~fs.valid).sum())} invalid rows; "
           f"{fs.meta.get('encoder')}: {fs.meta.get('weights')}")
 

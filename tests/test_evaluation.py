@@ -89,9 +89,9 @@ def test_report_rows_and_table_schema(tmp_path):
             report.cell_row("majority", "fully", "vgg19", "vggish", res),
             report.cell_row("m2n", "cml", "vgg19", "vggish", cml, result_test_selected=cml_ts),
             report.cell_row("psp", "cml", "vgg19", "vggish", None, report.NOT_DEFINED)]
-    jp, mp = report.write_table(rows, tmp_path)
+    jp, mp, hp = report.write_table(rows, tmp_path)
     loaded = json.loads(jp.read_text())
-    assert isinstance(loaded, list) and len(loaded) == 6
+    assert isinstance(loaded, list) and len(loaded) == 6 and hp.is_file()
     for r in loaded:
         assert set(report.ROW_KEYS) <= set(r)
         assert isinstance(r["head"], str) and r["setting"] in ("fully", "weak", "cml")
@@ -153,7 +153,7 @@ def test_report_stage_cells_and_table(tmp_path):
     params = load_params(tmp_path / "params.yaml")
     for head in ("toy", "toy_fully"):
         for setting in ("fully", "weak", "cml"):
-            stage.cell(params, head, setting)
+            stage.cell(params, head, setting)  # report.seeds default: [null]
     stage.table(params)
     rows = json.loads((tmp_path / "reports" / "results.json").read_text())
     assert [(r["head"], r["setting"]) for r in rows] == [
@@ -161,19 +161,28 @@ def test_report_stage_cells_and_table(tmp_path):
     undefined = [rows[i] for i in (2, 4, 5)]  # toy-cml, toy_fully-weak, toy_fully-cml
     assert all(r["accuracy"] is None and r["note"] == report.NOT_DEFINED for r in undefined)
     assert all(rows[i]["accuracy"] is not None and rows[i]["params"] == 44 for i in (0, 1, 3))
-    assert not any(any((tmp_path / "models" / "matrix" / c).iterdir())
+    assert not any(any((tmp_path / "models" / "matrix" / f"{c}-seedNone").iterdir())
                    for c in ("toy-cml", "toy_fully-weak", "toy_fully-cml"))  # nothing trained
-    assert (tmp_path / "models" / "matrix" / "toy-weak" / "best.pt").is_file()
+    assert (tmp_path / "models" / "matrix" / "toy-weak-seedNone" / "best.pt").is_file()
+    assert all(rows[i]["seeds"] == [0] for i in (0, 1, 3))  # null: train.seed, as the run used
     assert all(rows[i]["accuracy_test_selected"] is not None for i in (0, 1, 3))
     for protocol in ("val", "test"):
-        assert (tmp_path / "reports" / "matrix" / "toy-fully" / f"evaluate_{protocol}"
+        assert (tmp_path / "reports" / "matrix" / "toy-fully-seedNone" / f"evaluate_{protocol}"
                 / "metrics.json").is_file()
     # cells use the paper recipe (train.lr is not applied), with report.epochs
     from pipeline.training import checkpoint as ck
-    best = ck.load(tmp_path / "models" / "matrix" / "toy-weak" / "best.pt")
+    best = ck.load(tmp_path / "models" / "matrix" / "toy-weak-seedNone" / "best.pt")
     assert best["recipe"]["lr"] == 0.05 and best["recipe"]["epochs"] == 1
     md = (tmp_path / "reports" / "results.md").read_text()
-    assert md.count("| toy") == 2 and "no cml setting): toy, toy_fully." in md
+    assert sum(line.startswith("| toy") for line in md.splitlines()) == 2
+    assert "no cml setting): toy, toy_fully." in md
+    assert "| fully | toy" in md or "| fully | toy_fully" in md  # the head against the next best
+    per_video = json.loads((tmp_path / "reports" / "matrix" / "toy-fully-seedNone" / "evaluate_val"
+                            / "per_video.json").read_text())
+    assert len(per_video["videos"]) == len(per_video["score"]) == 8
+    assert np.mean(per_video["score"]) == pytest.approx(rows[0]["accuracy"] / 100, abs=1e-4)
+    lo, hi = rows[0]["accuracy_ci95"]
+    assert lo <= rows[0]["accuracy"] <= hi
 
 
 def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):

@@ -81,7 +81,8 @@ def test_a_key_is_used_once():
 def test_overrides_are_known_and_do_not_contradict_the_checkpoint():
     defaults, fixed = {"d_model": 256, "alpha": 0.1}, {"d_model": 16}
     check_overrides("toy (fully)", defaults, {"alpha": 0.2, "d_model": 16}, fixed)
-    with pytest.raises(ValueError, match=r"^toy \(fully\): unknown hyperparameter 'beta'$"):
+    with pytest.raises(ValueError, match=r"^toy \(fully\): unknown hyperparameter 'beta' "
+                                         r"\(valid: alpha, d_model\)$"):
         check_overrides("toy (fully)", defaults, {"beta": 1}, fixed)
     with pytest.raises(ValueError, match=r"^toy \(fully\): 'd_model' is fixed by the authors' "
                                          r"checkpoint \(16\)$"):

@@ -120,3 +120,53 @@ def test_errors_are_one_line_naming_the_file(tiny_ave, tmp_path, capsys):
         assert err[0].startswith(f"error: {src}: ") and "weights_only" not in err[0], err
         assert re.search(message, err[0]), err
     assert not (tmp_path / "best.pt").exists()
+
+
+def test_set_gives_hyperparameters_the_state_dict_lacks(tiny_ave, tmp_path, capsys):
+    layout = cmbs_authors.cace_layout(**SMALL_CMBS, a_fc=6)
+    src, dst = tmp_path / "cace.pth", tmp_path / "best.pt"
+    torch.save(cmbs_authors.random_state_dict(layout, seed=5, dtype=torch.float32), src)
+    main(["--head", "cace", "--setting", "fully", "--ave-root", str(tiny_ave), "--set", "bece_lambda=0",
+          "--set", "psi=0.25", "--set", "gamma=0.5", str(src), str(dst)])
+    hp = ckpt_io.load(dst)["hparams"]
+    assert hp["bece_lambda"] == 0 and hp["psi"] == 0.25 and hp["gamma"] == 0.5
+    assert "set {'bece_lambda': 0, 'psi': 0.25, 'gamma': 0.5}" in capsys.readouterr().out
+    sd = R.random_state_dict(R.layout("psp", "fully"))
+    torch.save(sd, tmp_path / "psp.pth")
+    main(["--head", "psp", "--setting", "fully", "--ave-root", str(tiny_ave), "--set", "tau_fully=0.095",
+          str(tmp_path / "psp.pth"), str(dst)])
+    assert ckpt_io.load(dst)["hparams"]["tau_fully"] == 0.095
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["alhpa=0.3"], r"^error: --set alhpa: head 'cmbs' has no hyperparameter 'alhpa'; valid: .*\balpha, "),
+    (["alpha"], r"^error: --set 'alpha': expected KEY=VALUE$"),
+    (["alpha=[1, 2"], r"^error: --set alpha: '\[1, 2' is not a YAML scalar$"),
+])
+def test_set_refuses_unknown_keys_and_bad_values(sets, message, tiny_ave, tmp_path, capsys):
+    args = ["--head", "cmbs", "--setting", "fully", "--ave-root", str(tiny_ave)]
+    for s in sets:
+        args += ["--set", s]
+    with pytest.raises(SystemExit) as e:
+        main(args + [str(tmp_path / "absent.pth"), str(tmp_path / "best.pt")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and re.search(message, err), err
+
+
+@pytest.mark.parametrize("head,key,shape,message", [
+    # fa.0.weight gives embed_hidden; a wrong width showed up as a misfit of fa.1.weight
+    ("psp", "fa.0.weight", (255, 128), r"'fa\.0\.weight' \(shape \[255, 128\], sizes read from it\) "
+                                       r"does not fit 'fa\.1\.weight': shape \[128, 256\], expected \[128, 255\]"),
+    # L2.weight gives the classes; a wrong count showed up as a misfit of L2.bias
+    ("avel", "L2.weight", (30, 64), r"'L2\.weight' \(shape \[30, 64\], sizes read from it\) "
+                                    r"does not fit 'L2\.bias': shape \[29\], expected \[30\]"),
+])
+def test_a_misshapen_sized_key_is_named(head, key, shape, message, tiny_ave, tmp_path, capsys):
+    sd = R.random_state_dict(R.layout(head, "fully"))
+    sd[key] = torch.zeros(shape)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(SystemExit) as e:
+        main(["--head", head, "--setting", "fully", "--ave-root", str(tiny_ave), str(tmp_path / "bad.pth"),
+              str(tmp_path / "best.pt")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and re.search(message, err), err

@@ -2,6 +2,7 @@
 float64, no ``valid``) -> prepare without videos -> import stage -> train + evaluate every head."""
 from __future__ import annotations
 
+import shutil
 from html.parser import HTMLParser
 
 import h5py
@@ -74,11 +75,9 @@ def route(tmp_path_factory):
                                                 ("models", "models"), ("reports", "reports"),
                                                 ("resume", "resume"))},
         "data": {"root": str(root), "source": "features"},
-        "published": {"root": str(root), "dtype": "float32", "files": {
+        "published": {"files": {  # read from data.root; stored float32 by default
             "published_vgg19": {"file": "visual_feature.h5"},
-            "published_vggish": {"file": "audio_feature.h5"},
-            "published_vgg19_noisy": {"file": "visual_feature_noisy.h5"},
-            "published_vggish_noisy": {"file": "audio_feature_noisy.h5"}}},
+            "published_vggish": {"file": "audio_feature.h5"}}},
         "train": {"visual": "published_vgg19", "audio": "published_vggish", "device": "cpu",
                   "epochs": 1, "batch_size": 8},
         "runtime": {"train": {"resume": False}},
@@ -91,6 +90,7 @@ def route(tmp_path_factory):
     export_labels(root, root)  # the published labels.h5 / *_order.h5 beside them
     for name in params["published"]["files"]:
         import_features.main([name, "--params", str(base / "params.yaml")])
+        import_features.main([name, "--noisy", "--params", str(base / "params.yaml")])
     return base, result
 
 
@@ -120,12 +120,13 @@ def test_import_keeps_values_rows_and_provenance(route):
 
 
 def test_import_rejects_misaligned_files(route, tmp_path):
+    import dataclasses
+
     from pipeline.features.published import import_published
 
     base, _ = route
-    cfg = load_params(base / "params.yaml")["published"]
+    cfg = dataclasses.replace(load_params(base / "params.yaml")["published"], root=str(base / "raw/ave"))
     prepared = base / "data/prepared"
-    import dataclasses
     from pipeline.features.config import CommunityFile
 
     bad = tmp_path / "features"
@@ -211,3 +212,47 @@ def test_evaluate_writes_a_self_contained_page(route, tmp_path):
     assert sum(1 for t, _ in page.tags if t == "tr") > len(res["labels"]) + 1  # results + matrix rows
     segs = [a for t, a in page.tags if t == "div" and a.get("class", "").startswith("seg")]
     assert len(segs) == 2 * SPLITS["test"] * 10  # truth and prediction rows of every test video
+
+
+def test_route_follows_data_root_and_works_without_background_only_files(route, tmp_path):
+    """Another data root, no *_noisy.h5: fully trains; the noisy store files have zero rows and
+    weak says it trains without them; published.root may only repeat data.root."""
+    from stages import import_features
+
+    from pipeline.config import ConfigError
+    from pipeline.training.run import train_from_params
+
+    base, _ = route
+    other = tmp_path / "elsewhere"
+    shutil.copytree(base / "raw/ave", other)
+    for f in ("visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5"):
+        (other / f).unlink()
+    params = yaml.safe_load((base / "params.yaml").read_text())
+    params["data"]["root"] = str(other)
+    params["paths"] = {k: str(tmp_path / k) for k in ("prepared", "features", "models", "reports", "resume")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepare(other, params["paths"]["prepared"], source="features")
+    for name in params["published"]["files"]:
+        import_features.main([name, "--params", str(tmp_path / "params.yaml")])
+        import_features.main([name, "--noisy", "--params", str(tmp_path / "params.yaml")])
+    noisy = load_features(tmp_path / "features" / "published_vgg19_noisy.h5")
+    assert noisy.data.shape == (0, 10, 7, 7, 512) and noisy.meta["background_only"] == "none"
+    assert load_features(tmp_path / "features" / "published_vggish.h5").data.dtype == np.float32
+    logs = []
+    for setting in ("fully", "weak"):
+        p = load_params(tmp_path / "params.yaml", {"train": {"head": "avel", "setting": setting}})
+        import contextlib
+        import io
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            train_from_params(p, out_dir=tmp_path / "m" / setting, live_dir=None)
+        logs.append(buf.getvalue())
+    assert "background-only samples: not used" in logs[1] and "train split alone" in logs[1]
+    params["published"]["root"] = str(base / "raw/ave")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="published.root: .* differs from data.root"):
+        load_params(tmp_path / "params.yaml")
+    params["published"] = {"files": {"x_noisy": {"file": "visual_feature_noisy.h5"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="published.files.x_noisy: background-only files are imported"):
+        load_params(tmp_path / "params.yaml")

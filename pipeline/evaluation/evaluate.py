@@ -3,7 +3,10 @@
 Writes under ``out_dir`` (a DVCLive dir): ``index.html`` (a self-contained page: results,
 confusion matrix, every video's timeline), ``metrics.json`` (accuracy, event precision/recall/F1,
 per-class accuracy, parameter count, training time), ``plots/sklearn/confusion_matrix.json``
-(DVC confusion template), and ``plots/images/{confusion.png, timeline_*.png}``.
+(DVC confusion template), ``plots/images/{confusion.png, timeline_*.png}`` and
+``per_video.json`` (each video's row in ``Annotations.txt``, id and score: the share of its
+segments predicted right, whose mean is ``accuracy``; read by the results table's bootstrap
+intervals).
 
 The checkpoint's setting names the task that scores it (:mod:`pipeline.training.tasks`): a
 ``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's protocol: ``accuracy``
@@ -11,6 +14,7 @@ is the mean of ``cross_modal/a2v`` and ``cross_modal/v2a`` (exact window match, 
 "Average"); the confusion matrix and timelines compare the predicted windows of both directions
 with the event segments (labels ``event`` / ``background``); ``cml_excluded/full_length`` and
 ``cml_excluded/no_event`` count the test rows it leaves out.
+Its per-video score (``Task.video_scores``) is the mean exact-window match of A2V and V2A.
 """
 from __future__ import annotations
 
@@ -66,8 +70,10 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     if ckpt.get("feature_norm"):
         s = s.normalized(ckpt["feature_norm"])  # the training run's train-split statistics
     task = get_task(ckpt["setting"])
-    res, pred, true, vids = task.evaluate(head, s, dev, batch_size, data.categories,
-                                          _video_ids(Path(prepared), s.rows))
+    vids = _video_ids(Path(prepared), s.rows)
+    per_video = {"rows": [int(r) for r in s.rows], "videos": list(vids)}
+    res, pred, true, vids = task.evaluate(head, s, dev, batch_size, data.categories, vids)
+    per_video["score"] = task.video_scores(pred, true).tolist()
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
                train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
@@ -78,6 +84,9 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     if out_dir is not None:
         _log(res, pred, true, vids, Path(out_dir), timelines)
         write_evaluation_page(Path(out_dir) / "index.html", res, pred, true, vids)
+        atomic_write_json(Path(out_dir) / layout.PER_VIDEO_FILE, {
+            "head": res["head"], "setting": res["setting"], "split": split,
+            "score": task.video_score, **per_video})
     return res
 
 

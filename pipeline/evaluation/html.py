@@ -38,6 +38,7 @@ overflow:hidden;white-space:nowrap;text-align:center;line-height:18px}
 .video{margin:18px 0 28px} .video video{width:100%;max-width:640px;background:#000;display:block}
 .video .tlbox{max-width:640px} .err{color:#b00}
 .ticks{display:flex;max-width:640px;font-size:9px;color:#888} .ticks span{flex:1}
+pre{white-space:pre-wrap;font-size:11px;background:#f8f8f8;padding:8px}
 """
 
 
@@ -163,5 +164,92 @@ def write_localize_page(path: str | Path, results: list[dict[str, Any]], categor
         body.append("".join(parts))
     path = Path(path)
     atomic_write_text(path, page("Localized events", f"model {model}; {len(results)} videos",
+                                 "\n".join(body)))
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# Results table
+# ------------------------------------------------------------------------------------------
+SERIES = (("accuracy", "ours, val", "#1f77b4"), ("accuracy_test_selected", "ours, test", "#ff7f0e"),
+          ("paper_accuracy", "paper", "#7f7f7f"))  # (row key, legend, colour) of each bar
+
+
+def bar_chart(rows: list[dict[str, Any]]) -> str:
+    """Inline SVG: one group of horizontal bars a head (ours val-selected, ours test-selected,
+    the paper), 0-100 %, ours with their 95% interval as error bars."""
+    bar, gap, label_w, plot_w = 9, 8, 110, 520
+    group = len(SERIES) * bar + gap
+    height = 24 + group * len(rows)
+    x = lambda v: label_w + plot_w * max(0.0, min(float(v), 100.0)) / 100  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 70}" '
+             f'height="{height}" role="img" font-size="11" font-family="sans-serif">']
+    for tick in range(0, 101, 20):
+        parts.append(f'<line x1="{x(tick):.1f}" y1="14" x2="{x(tick):.1f}" y2="{height}" '
+                     f'stroke="#e4e4e4"/><text x="{x(tick):.1f}" y="10" text-anchor="middle" '
+                     f'fill="#888">{tick}</text>')
+    for i, r in enumerate(rows):
+        y0 = 18 + i * group
+        parts.append(f'<text x="{label_w - 6}" y="{y0 + len(SERIES) * bar / 2 + 4:.1f}" '
+                     f'text-anchor="end">{esc(r["head"])}</text>')
+        for j, (key, name, fill) in enumerate(SERIES):
+            v, y = r.get(key), y0 + j * bar
+            if v is None:
+                continue
+            tip = f"{r['head']} {r['setting']} {name}: {v:.1f}"
+            parts.append(f'<rect x="{label_w}" y="{y}" width="{x(v) - label_w:.1f}" '
+                         f'height="{bar - 1}" fill="{fill}"><title>{esc(tip)}</title></rect>')
+            ci, text_x = r.get(f"{key}_ci95"), x(v)
+            if ci:
+                lo, hi, mid = x(ci[0]), x(ci[1]), y + (bar - 1) / 2
+                parts.append(f'<path d="M{lo:.1f} {mid:.1f}H{hi:.1f}M{lo:.1f} {y + 1}V{y + bar - 2}'
+                             f'M{hi:.1f} {y + 1}V{y + bar - 2}" stroke="#222" fill="none"/>')
+                text_x = max(text_x, hi)
+            parts.append(f'<text x="{text_x + 4:.1f}" y="{y + bar - 1}" fill="#444" '
+                         f'font-size="9">{v:.1f}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def write_results_page(path: str | Path, rows: list[dict[str, Any]], table_md: str) -> Path:
+    """The results table (one per setting, ours as ``mean ± sd [lo, hi]``), a bar chart with
+    error bars beside the papers' numbers, and the head-vs-next-best differences."""
+    from pipeline.evaluation.report import fmt_accuracy, fmt_difference  # no import cycle
+
+    legend_html = '<div class="legend">' + "".join(
+        f'<span><i style="background:{c}"></i>{esc(n)}</span>' for _, n, c in SERIES) + "</div>"
+    body = ['<p class="sub">Test segment accuracy (%; cml: the mean of A2V and V2A). Ours: mean '
+            '± sd across seeds [95% bootstrap interval over test videos, the seeds\' predictions '
+            'pooled]; val = the best val epoch\'s checkpoint, test = the checkpoint the head\'s '
+            'released script reports.</p>']
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        defined = [r for r in rows if r["setting"] == setting
+                   and (r.get("accuracy") is not None or r.get("paper_accuracy") is not None)]
+        if not defined:
+            continue
+        head_cells = "".join(f"<th>{esc(n)}</th>" for n in (
+            "ours, val", "ours, test", "paper", "seeds", "params", "train s", "vs next (val)",
+            "vs next (test)"))
+        lines = []
+        for r in defined:
+            vs = r.get("vs_next") or {}
+            cells = [fmt_accuracy(r, "accuracy"), fmt_accuracy(r, "accuracy_test_selected"),
+                     "–" if r.get("paper_accuracy") is None else f"{r['paper_accuracy']:.1f}",
+                     ", ".join(str(s) for s in r.get("seeds") or []) or "–",
+                     "–" if r.get("params") is None else f"{r['params']:,}",
+                     "–" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}",
+                     fmt_difference(vs.get("val")), fmt_difference(vs.get("test"))]
+            lines.append(f'<tr><td class="l">{esc(r["head"])}</td>'
+                         + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+        body += [f"<h2>{esc(setting)}</h2>",
+                 f'<table><tr><th class="l">head</th>{head_cells}</tr>{"".join(lines)}</table>',
+                 legend_html, f'<div class="chart">{bar_chart(defined)}</div>']
+    undefined = [f"{r['head']} ({r['setting']})" for r in rows
+                 if r.get("accuracy") is None and r.get("paper_accuracy") is None]
+    if undefined:
+        body.append(f'<p class="sub">No result: {esc(", ".join(undefined))}.</p>')
+    body += ["<h2>results.md (with the cml table and the sources)</h2>", f"<pre>{esc(table_md)}</pre>"]
+    path = Path(path)
+    atomic_write_text(path, page("AVE localization results",
+                                 f"{len(rows)} heads × settings; per head and setting, one run a seed",
                                  "\n".join(body)))
     return path

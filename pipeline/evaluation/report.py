@@ -10,6 +10,14 @@ cross-modality localization on the cml split, accuracy = mean of A2V and V2A) ad
 ``videos``, ``cml_excluded`` (``{"full_length", "no_event"}``, test videos left out) and
 ``cml_excluded_by_split`` (the same per split: train and val from the training run).
 
+A head x setting runs once per seed of ``report.seeds`` (``seed_runs_row`` pools them): ``seeds``
+lists the seeds the runs used; ``accuracy`` and ``accuracy_test_selected`` are the means over
+seeds, ``*_sd`` their standard deviation across seeds (``null`` with one seed), ``*_by_seed``
+each run's value and ``*_ci95`` ``[lo, hi]``: the 95% bootstrap interval over test videos with
+the seeds' per-video scores pooled (:mod:`pipeline.evaluation.intervals`). ``vs_next``
+(``compare_heads``) holds, per protocol (``val``, ``test``), the next best head of the same
+setting, the paired difference to it and its 95% interval, on the same test videos.
+
 ``accuracy`` is ours with the val-selected checkpoint (``best_val.pt``),
 ``accuracy_test_selected`` ours with the checkpoint the head's released script would report
 (``best_test.pt``: its schedule of checks on the test split, :mod:`pipeline.training.selection`),
@@ -21,6 +29,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
+from pipeline.evaluation.intervals import bootstrap_ci, paired_bootstrap
 from pipeline.heads import get_head_class, reported
 from pipeline.runtime import atomic_write_json, atomic_write_text
 
@@ -71,8 +82,107 @@ def cell_row(head: str, setting: str, visual: str, audio: str,
     return row
 
 
+# Accuracy keys of a row and the evaluation (checkpoint selection protocol) behind each.
+ACCURACY_KEYS = {"accuracy": "val", "accuracy_test_selected": "test"}
+
+
+def _mean_sd(values: list[float]) -> tuple[float, Optional[float]]:
+    v = np.asarray(values, dtype=np.float64)
+    return round(float(v.mean()), 2), (round(float(v.std(ddof=1)), 2) if len(v) > 1 else None)
+
+
+def _videos(scores: dict[str, Any]) -> list:
+    """A per-video file's video keys: annotation rows (a video id can have two lines)."""
+    return list(scores["rows"] if "rows" in scores else scores["videos"])
+
+
+def _aligned(scores: list[dict[str, Any]], what: str) -> tuple[list, np.ndarray]:
+    """(video keys, (runs, videos) scores) of per-video files that must list the same videos."""
+    videos = _videos(scores[0])
+    for s in scores[1:]:
+        if _videos(s) != videos:
+            raise ValueError(f"{what}: the runs were evaluated on different videos")
+    return videos, np.asarray([s["score"] for s in scores], dtype=np.float64)
+
+
+def seed_runs_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from the runs of one head x setting, one per seed: each run is
+    ``{"row": cell_row(...) + {"seed": int}, "scores": {protocol: per_video.json}}`` (no scores
+    for a setting the paper does not define). See the module doc for the keys added."""
+    if not runs:
+        raise ValueError("no runs to pool")
+    first = runs[0]["row"]
+    what = f"{first['head']}/{first['setting']}"
+    row = {**first, "seeds": [r["row"].get("seed") for r in runs]}
+    row.pop("seed", None)
+    for key, protocol in ACCURACY_KEYS.items():
+        values = [r["row"].get(key) for r in runs]
+        row.update({f"{key}_sd": None, f"{key}_ci95": None, f"{key}_by_seed": values})
+        if any(v is None for v in values):
+            row[key] = None
+            continue
+        row[key], row[f"{key}_sd"] = _mean_sd(values)
+        scores = [r.get("scores", {}).get(protocol) for r in runs]
+        if all(scores):
+            lo, hi = bootstrap_ci(_aligned(scores, what)[1])
+            row[f"{key}_ci95"] = [round(100 * lo, 2), round(100 * hi, 2)]
+    if all(r["row"].get("train_seconds") is not None for r in runs):
+        row["train_seconds"] = round(float(np.mean([r["row"]["train_seconds"] for r in runs])), 2)
+    for key in ("cross_modal", "cross_modal_test_selected"):
+        parts = [r["row"].get(key) for r in runs]
+        if parts and all(parts):
+            row[key] = {d: round(float(np.mean([p[d] for p in parts])), 2) for d in parts[0]}
+    return row
+
+
+def compare_heads(rows: list[dict[str, Any]], runs: dict[tuple[str, str], list[dict[str, Any]]]
+                  ) -> None:
+    """Set ``row["vs_next"][protocol]`` of each head that has a next best head in its setting
+    (heads ranked by mean accuracy of that protocol): ``{"head", "difference", "ci95"}`` in
+    percentage points, from a paired bootstrap over the test videos both were evaluated on."""
+    for row in rows:
+        row["vs_next"] = {}
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        for key, protocol in ACCURACY_KEYS.items():
+            ranked = sorted((r for r in rows if r["setting"] == setting and r.get(key) is not None
+                             and all(x.get("scores", {}).get(protocol)
+                                     for x in runs.get((r["head"], setting), [{}]))),
+                            key=lambda r: -r[key])
+            for a, b in zip(ranked, ranked[1:]):
+                va, sa = _aligned([x["scores"][protocol] for x in runs[(a["head"], setting)]],
+                                  f"{a['head']}/{setting}")
+                vb, sb = _aligned([x["scores"][protocol] for x in runs[(b["head"], setting)]],
+                                  f"{b['head']}/{setting}")
+                common = [v for v in va if v in set(vb)]
+                if not common:
+                    continue
+                ia, ib = {v: i for i, v in enumerate(va)}, {v: i for i, v in enumerate(vb)}
+                diff, (lo, hi) = paired_bootstrap(sa[:, [ia[v] for v in common]],
+                                                  sb[:, [ib[v] for v in common]])
+                a["vs_next"][protocol] = {"head": b["head"], "difference": round(100 * diff, 2),
+                                          "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+                                          "videos": len(common)}
+
+
 def _fmt(v, spec: str = "") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def fmt_accuracy(row: dict[str, Any], key: str) -> str:
+    """``mean ± sd [lo, hi]`` (sd with several seeds, the interval where computed)."""
+    if row.get(key) is None:
+        return "–"
+    text = f"{row[key]:.1f}"
+    if row.get(f"{key}_sd") is not None:
+        text += f" ± {row[f'{key}_sd']:.1f}"
+    if row.get(f"{key}_ci95"):
+        lo, hi = row[f"{key}_ci95"]
+        text += f" [{lo:.1f}, {hi:.1f}]"
+    return text
+
+
+def _seeds(row: dict[str, Any]) -> str:
+    return ", ".join(str(s) for s in row.get("seeds") or []) or "–"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -88,30 +198,58 @@ def markdown(rows: list[dict[str, Any]]) -> str:
            "schedule of checks on the test split; AVEL's selects on val every 5 epochs), the "
            "protocol behind the papers' numbers. Params: trainable parameters of our head "
            "(fully / weak where they differ; the paper's where reported). "
-           "Time: our training wall time.", "",
+           "Time: our training wall time (mean over seeds). Ours: mean ± sd across seeds "
+           "[95% bootstrap interval over test videos, the seeds' predictions pooled].", "",
            "| head | fully (ours, val) | fully (ours, test) | fully (paper) | weak (ours, val) "
            "| weak (ours, test) | weak (paper) | params (ours) | params (paper) "
-           "| train s (fully / weak) | notes |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| train s (fully / weak) | notes | seeds (fully / weak) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for h in heads:
         f, w = by.get((h, "fully"), {}), by.get((h, "weak"), {})
         ps = [r.get("params") for r in (f, w) if r.get("params") is not None]
         params = " / ".join(f"{x:,}" for x in dict.fromkeys(ps)) if ps else None
         notes = "; ".join(f"{s}: {r['note']}" for s, r in (("fully", f), ("weak", w))
                           if r and r.get("note"))
-        out.append(f"| {h} | {_fmt(f.get('accuracy'), '.1f')} "
-                   f"| {_fmt(f.get('accuracy_test_selected'), '.1f')} "
+        out.append(f"| {h} | {fmt_accuracy(f, 'accuracy')} "
+                   f"| {fmt_accuracy(f, 'accuracy_test_selected')} "
                    f"| {_fmt(f.get('paper_accuracy'), '.1f')} "
-                   f"| {_fmt(w.get('accuracy'), '.1f')} "
-                   f"| {_fmt(w.get('accuracy_test_selected'), '.1f')} "
+                   f"| {fmt_accuracy(w, 'accuracy')} "
+                   f"| {fmt_accuracy(w, 'accuracy_test_selected')} "
                    f"| {_fmt(w.get('paper_accuracy'), '.1f')} "
                    f"| {_fmt(params)} | {_fmt(f.get('paper_params'), ',')} "
                    f"| {_fmt(f.get('train_seconds'), '.0f')} / {_fmt(w.get('train_seconds'), '.0f')} "
-                   f"| {notes} |")
+                   f"| {notes} | {_seeds(f)} / {_seeds(w)} |")
+    out += _comparison_markdown(rows)
     out += _cml_markdown([r for r in rows if r["setting"] == "cml"])
     sources = sorted({r["paper_source"] for r in rows if r.get("paper_source")})
     out += ["", "Sources: " + "; ".join(sources) + "; params: VSCG Table II.", ""]
     return "\n".join(out)
+
+
+def fmt_difference(vs: Optional[dict[str, Any]]) -> str:
+    """``next: +d [lo, hi]`` of a ``vs_next`` entry, '(real)' when the interval excludes 0."""
+    if not vs:
+        return "–"
+    lo, hi = vs["ci95"]
+    real = " (real)" if lo > 0 or hi < 0 else ""
+    return f"{vs['head']}: {vs['difference']:+.1f} [{lo:+.1f}, {hi:+.1f}]{real}"
+
+
+def _comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Each head against the next best head of its setting (``vs_next``)."""
+    compared = [r for r in rows if r.get("vs_next")]
+    if not compared:
+        return []
+    out = ["", "## Each head against the next best in its setting (test accuracy, points)", "",
+           "Paired bootstrap over the same test videos (seeds pooled per head): the mean "
+           "difference to the head ranked just below, and its 95% interval; '(real)' where the "
+           "interval excludes 0. Ranked separately for the val-selected and the test-selected "
+           "checkpoints.", "",
+           "| setting | head | vs next (ours, val) | vs next (ours, test) |", "|---|---|---|---|"]
+    for r in compared:
+        out.append(f"| {r['setting']} | {r['head']} | {fmt_difference(r['vs_next'].get('val'))} "
+                   f"| {fmt_difference(r['vs_next'].get('test'))} |")
+    return out
 
 
 def _cml_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -141,8 +279,8 @@ def _cml_markdown(rows: list[dict[str, Any]]) -> list[str]:
                    f"| {_fmt(pxm.get('a2v'), '.1f')} "
                    f"| {_fmt(xm.get('v2a'), '.1f')} | {_fmt(xt.get('v2a'), '.1f')} "
                    f"| {_fmt(pxm.get('v2a'), '.1f')} "
-                   f"| {_fmt(r.get('accuracy'), '.1f')} "
-                   f"| {_fmt(r.get('accuracy_test_selected'), '.1f')} "
+                   f"| {fmt_accuracy(r, 'accuracy')} "
+                   f"| {fmt_accuracy(r, 'accuracy_test_selected')} "
                    f"| {_fmt(r.get('paper_accuracy'), '.1f')} "
                    f"| {_fmt(r.get('params'), ',')} | {_fmt(r.get('train_seconds'), '.0f')} "
                    f"| {r.get('note') or ''} |")
@@ -160,14 +298,20 @@ def _by_split(row: dict[str, Any], reason: str) -> str:
     return " / ".join(_fmt((by.get(s) or {}).get(reason)) for s in ("train", "val", "test"))
 
 
-def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
+def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path, Path]:
+    """``results.json`` (the rows), ``results.md`` and ``results.html`` (self-contained: the
+    tables and a bar chart with error bars beside the papers' numbers) in ``out_dir``."""
+    from pipeline.evaluation.html import write_results_page
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in rows:
         missing = [k for k in ROW_KEYS if k not in r]
         if missing:
             raise ValueError(f"result row {r.get('head')}/{r.get('setting')} lacks {missing}")
-    jp, mp = out_dir / "results.json", out_dir / "results.md"
+    jp, mp, hp = out_dir / "results.json", out_dir / "results.md", out_dir / "results.html"
+    md = markdown(rows)
     atomic_write_json(jp, rows, indent=1)
-    atomic_write_text(mp, markdown(rows))
-    return jp, mp
+    atomic_write_text(mp, md)
+    write_results_page(hp, rows, md)
+    return jp, mp, hp

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional
 
-from pipeline.config import ConfigError, register_section
+from pipeline.config import ConfigError, register_check, register_section
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import check_encoder
 from pipeline.encoders.spec import ModelSpec
@@ -74,13 +75,13 @@ def check_model(name: str, spec: ModelSpec, key: str) -> None:
 class CommunityFile:
     """One feature file in the community ``avadataset`` layout to import (``published.files``)."""
 
-    file: str  # file name inside ``published.root``, e.g. visual_feature.h5
+    file: str  # file name inside data.root, e.g. visual_feature.h5
     encoder: str = ""  # extractor, recorded as provenance ("" = the AVE preset for AVE's file names)
     weights: str = ""  # its weights, recorded as provenance ("" = the preset / unknown)
 
     def validate(self, key: str = "") -> None:
         if not self.file.endswith(".h5") or "/" in self.file or self.file.startswith("."):
-            raise ConfigError(f"{key}.file: a .h5 file name inside published.root, got {self.file!r}")
+            raise ConfigError(f"{key}.file: a .h5 file name inside data.root, got {self.file!r}")
 
 
 NOISY_SUFFIX = "_noisy"  # <name>_noisy.h5: background-only extra training videos of <name>.h5
@@ -91,11 +92,32 @@ NOISY_SUFFIX = "_noisy"  # <name>_noisy.h5: background-only extra training video
 class PublishedConfig:
     """Published / community feature files imported into the store (published/dvc.yaml)."""
 
-    root: str = "raw/ave"  # where the user drops visual_feature.h5, audio_feature.h5, ... (beside Annotations.txt)
-    dtype: Literal["float16", "float32"] = "float16"  # stored dtype (published files: float32/64)
-    files: dict[str, CommunityFile] = field(default_factory=dict)  # store name -> file in root
+    # folder of visual_feature.h5, audio_feature.h5, ... (beside Annotations.txt): null = data.root,
+    # which published/dvc.yaml reads; a value here must equal data.root
+    root: Optional[str] = None
+    # stored dtype: float32 (the published files are float64; float32 keeps 7 digits, 4.2 GB for
+    # AVE's visual file) | float16 (opt-in: half the size, 3 digits)
+    dtype: Literal["float16", "float32"] = "float32"
+    # store name -> file in root; each also gets <name>_noisy.h5 (weak setting's background-only
+    # videos) from <file>_noisy.h5 beside it, with zero rows when that file is absent
+    files: dict[str, CommunityFile] = field(default_factory=dict)
 
     def validate(self, key: str = "published") -> None:
         for name in self.files:
             if not name or not all(c.isalnum() or c in "_-" for c in name):
                 raise ConfigError(f"{key}.files.{name}: store names are letters, digits, _ and -")
+            if name.endswith(NOISY_SUFFIX):
+                raise ConfigError(f"{key}.files.{name}: background-only files are imported with "
+                                  f"their main file (stage import_noisy@{name[:-len(NOISY_SUFFIX)]}"
+                                  f" reads <file>{NOISY_SUFFIX}.h5); remove this entry")
+
+
+@register_check
+def _check_published_root(params: dict[str, Any]) -> None:
+    """published/dvc.yaml tracks the published files in ``data.root``; ``published.root`` may
+    only repeat it."""
+    root = params["published"].root
+    if root is not None and Path(root) != Path(params["data"].root):
+        raise ConfigError(f"published.root: {root!r} differs from data.root "
+                          f"{params['data'].root!r}; the published files are read from data.root "
+                          "(leave published.root null)")

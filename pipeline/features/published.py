@@ -3,8 +3,15 @@
 The published AVE features (``visual_feature.h5`` (4143,10,7,7,512), ``audio_feature.h5``
 (4143,10,128), and for the weak setting ``*_noisy.h5``), or any other file in the community
 ``avadataset`` layout (e.g. ResNet-50 / Cnn14 features), are imported by store name
-(``published.files``: ``<name>: {file: <file in published.root>}``) into
-``<paths.features>/<name>.h5``, the file ``train.visual`` / ``train.audio`` name.
+(``published.files``: ``<name>: {file: <file in data.root>}``) into
+``<paths.features>/<name>.h5``, the file ``train.visual`` / ``train.audio`` name. The files are
+read from ``data.root`` (``published.root``, when set, must equal it), so the route follows the
+data root. Stored float32 by default (``published.dtype``; float16 opt-in).
+
+Each entry's background-only videos (weak setting) are imported by ``import_background_only``
+(stage ``import_noisy@<name>``) from ``<file>_noisy.h5`` beside it into
+``<paths.features>/<name>_noisy.h5``, or written with zero rows when that file is absent: the
+``fully`` setting never reads them, and weak training then says it trains without them.
 
 Checks, each an error naming the file:
 
@@ -17,11 +24,13 @@ Checks, each an error naming the file:
 Contract with the training data layer: ``<paths.features>/<name>_noisy.h5`` beside
 ``<name>.h5``, same store layout (``avadataset`` rows, ``valid``, provenance attrs), every row a
 background-only video; ``<visual>_noisy.h5`` and ``<audio>_noisy.h5`` have the same rows; their
-labels are the published ``labels_noisy.h5`` in ``data.root`` (= ``published.root`` by default),
-which ``prepare`` checks and copies.
+labels are the published ``labels_noisy.h5`` in ``data.root``, which ``prepare`` checks and
+copies.
 """
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,16 +98,27 @@ def provenance(entry: CommunityFile, kind: str) -> dict[str, Any]:
     return meta
 
 
-def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
-                     features: str | Path) -> Path:
-    """Import ``cfg.files[name]`` into ``<features>/<name>.h5`` after the row checks."""
+def _root(cfg: PublishedConfig, root: str | Path | None) -> Path:
+    if root is None and cfg.root is None:
+        raise ValueError("no folder for the published files: pass data.root")
+    return Path(root if root is not None else cfg.root)
+
+
+def _entry(name: str, cfg: PublishedConfig) -> CommunityFile:
     if name not in cfg.files:
         raise KeyError(f"published.files has no {name!r}; it has: {', '.join(cfg.files) or 'none'}")
-    entry, root, prepared = cfg.files[name], Path(cfg.root), Path(prepared)
+    return cfg.files[name]
+
+
+def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
+                     features: str | Path, root: str | Path | None = None) -> Path:
+    """Import ``cfg.files[name]`` from ``root`` (the stage: ``data.root``; default
+    ``cfg.root``) into ``<features>/<name>.h5`` after the row checks."""
+    entry, root, prepared = _entry(name, cfg), _root(cfg, root), Path(prepared)
     src = root / entry.file
     if not src.is_file():
         raise FileNotFoundError(f"{src}: missing; put the published file {entry.file} in "
-                                f"{root}/ (published.root), or remove published.files.{name}")
+                                f"{root}/ (data.root), or remove published.files.{name}")
     if not (prepared / LABELS).is_file():
         raise FileNotFoundError(f"{prepared / LABELS}: missing; run prepare first "
                                 "(with data.source: features no video is read)")
@@ -114,3 +134,36 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
     out = Path(features) / f"{name}.h5"
     import_community(src, out, kind, cfg.dtype, **provenance(entry, kind))
     return out
+
+
+def noisy_file(entry: CommunityFile) -> str:
+    """``visual_feature.h5`` -> ``visual_feature_noisy.h5``: the background-only videos' file."""
+    return entry.file[:-len(".h5")] + NOISY_SUFFIX + ".h5"
+
+
+def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path,
+                           features: str | Path, root: str | Path | None = None
+                           ) -> tuple[Path, str]:
+    """``<features>/<name>_noisy.h5`` from ``<file>_noisy.h5`` beside ``cfg.files[name]``
+    (checked as :func:`import_published` checks it), or with zero rows (the main file's shape)
+    when that file is absent; returns the path and what was done."""
+    entry, root = _entry(name, cfg), _root(cfg, root)
+    noisy, src = f"{name}{NOISY_SUFFIX}", root / noisy_file(entry)
+    if src.is_file():
+        one = dataclasses.replace(cfg, files={noisy: dataclasses.replace(entry, file=src.name)})
+        return import_published(noisy, one, prepared, features, root), f"imported {src}"
+    main = root / entry.file
+    if not main.is_file():
+        raise FileNotFoundError(f"{main}: missing; put the published file {entry.file} in "
+                                f"{root}/ (data.root), or remove published.files.{name}")
+    shape = _shape(main)
+    out = Path(features) / f"{noisy}.h5"
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / src.name
+        with h5py.File(empty, "w") as f:
+            f.create_dataset(DATASET, data=np.zeros((0, *shape[1:]), np.float32))
+        kind = community_kind(shape)
+        import_community(empty, out, kind, cfg.dtype, background_only="none",
+                         **provenance(dataclasses.replace(entry, file=src.name), kind))
+    return out, (f"{src} absent: {out} has zero rows (fully never reads it; weak trains "
+                 "without background-only videos and says so)")

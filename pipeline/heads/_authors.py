@@ -11,7 +11,9 @@ or, where tensors must be split or merged, with :meth:`~AuthorsStateDict.take` /
 :meth:`~AuthorsStateDict.skip` / :meth:`~AuthorsStateDict.finish` directly. Every key of the
 authors' dict is used exactly once (their layers that no output depends on are named and
 skipped, shapes checked as well); the first missing, repeated, misshapen or unexpected key is a
-one-line :class:`LayoutError` naming it.
+one-line :class:`LayoutError` naming it. A size read with :meth:`AuthorsStateDict.dim` is
+remembered: when a later key does not fit a size read from another key, the error names the key
+the size came from first (a wrong ``L2.weight`` shows up as a misfit of ``L2.bias``).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class AuthorsStateDict:
         self.what = what
         self._sd = without_data_parallel(state_dict)
         self._used: set[str] = set()
+        self._sized: list[tuple[str, int, int]] = []  # (key, axis, size) read by dim()
 
     def shape(self, key: str) -> tuple[int, ...]:
         if key not in self._sd:
@@ -53,7 +56,21 @@ class AuthorsStateDict:
         if len(shape) <= axis:
             raise LayoutError(f"{self.what}: {key!r} has shape {list(shape)}, expected at least "
                               f"{axis + 1} dimensions")
+        self._sized.append((key, axis, shape[axis]))
         return shape[axis]
+
+    def _size_source(self, key: str, expected: tuple[int, ...]) -> str | None:
+        """The key (other than ``key``, in the same top-level module) whose size read by
+        :meth:`dim` is an axis of ``expected`` on which ``key`` differs; of several, the one
+        nearest ``key`` in the module tree."""
+        actual = self.shape(key)
+        wrong = ({e for e, a in zip(expected, actual) if e != a} if len(expected) == len(actual)
+                 else set(expected))
+        parts = key.split(".")
+        near = {k: len(_common_prefix(k.split("."), parts)) for k, _, size in self._sized
+                if k != key and size in wrong}
+        near = {k: n for k, n in near.items() if n > 0}
+        return max(near, key=near.get) if near else None
 
     def take(self, key: str, shape: Iterable[int]) -> torch.Tensor:
         """The tensor of ``key``, which must have ``shape`` and not have been taken before."""
@@ -61,6 +78,11 @@ class AuthorsStateDict:
         if key in self._used:
             raise LayoutError(f"{self.what}: key {key!r} used twice")
         if self.shape(key) != shape:
+            source = self._size_source(key, shape)
+            if source is not None:
+                raise LayoutError(f"{self.what}: {source!r} (shape {list(self.shape(source))}, "
+                                  f"sizes read from it) does not fit {key!r}: shape "
+                                  f"{list(self.shape(key))}, expected {list(shape)}")
             raise LayoutError(f"{self.what}: {key!r} has shape {list(self.shape(key))}, expected "
                               f"{list(shape)}")
         self._used.add(key)
@@ -111,11 +133,19 @@ def check_overrides(what: str, defaults: Mapping[str, Any], overrides: Mapping[s
     that contradicts a value ``fixed`` by the checkpoint (its shapes, its code)."""
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise ValueError(f"{what}: unknown hyperparameter {unknown[0]!r}")
+        raise ValueError(f"{what}: unknown hyperparameter {unknown[0]!r} (valid: "
+                         f"{', '.join(sorted(defaults))})")
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
     if clash:
         raise ValueError(f"{what}: {clash[0]!r} is fixed by the authors' checkpoint "
                           f"({fixed[clash[0]]!r})")
+
+
+def _common_prefix(a: list[str], b: list[str]) -> list[str]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
 
 
 def _rename(key: str, renames: Mapping[str, str]) -> str:

@@ -1,6 +1,12 @@
 """Import an authors' checkpoint of a head into a checkpoint that ``evaluate`` reads.
 
     python -m pipeline.heads.import_checkpoint --head psp --setting fully PSP_fully.pth models/best.pt
+    python -m pipeline.heads.import_checkpoint --head cace --setting fully --set bece_lambda=0 \
+        cace.pth models/best.pt
+
+``--set KEY=VALUE`` (repeatable) gives a hyperparameter that a state dict does not hold (CMBS
+``alpha``/``beta``/``gamma``, CACE ``psai``/``lambda``/``contrastive``, the PSP threshold): a
+key of the head's ``DEFAULTS``, the value read as a YAML scalar (``0.3``, ``true``, ``code``).
 
 ``AUTHORS.pth`` is the state dict of the authors' model (``torch.save(model.state_dict())`` in
 their code), read with ``weights_only=True``; the head's ``from_authors_state_dict`` converts it
@@ -22,11 +28,36 @@ import torch
 
 from pipeline import files
 from pipeline.cli import stage_main
-from pipeline.config import InputError
+from pipeline.config import ConfigError, InputError
 from pipeline.training import checkpoint as ckpt_io
 
 from . import count_parameters, from_authors_state_dict, get_head_class, list_heads
 from ._authors import LayoutError
+
+
+def parse_sets(items: list[str], head: str) -> dict[str, Any]:
+    """``["alpha=0.3", ...]`` -> ``{"alpha": 0.3}``: keys of ``head``'s ``DEFAULTS`` (an unknown
+    key is an error listing the valid ones), values parsed as YAML scalars."""
+    import yaml
+
+    defaults = get_head_class(head).DEFAULTS
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in defaults:
+            raise ConfigError(f"--set {key}: head {head!r} has no hyperparameter {key!r}; valid: "
+                             f"{', '.join(sorted(defaults))}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: {text!r} is not a YAML scalar") from None
+        if isinstance(value, (dict, list)) and not isinstance(defaults[key], (list, tuple)):
+            raise ConfigError(f"--set {key}: {text!r} is not a scalar")
+        out[key] = value
+    return out
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -86,13 +117,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ave-root", default="raw/ave", help="AVE root whose Annotations.txt orders the classes")
     p.add_argument("--visual", default="vgg19", help="visual features the authors trained on (train.visual)")
     p.add_argument("--audio", default="vggish", help="audio features the authors trained on (train.audio)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a hyperparameter the state dict does not hold (repeatable; a key of the "
+                        "head's DEFAULTS, value read as YAML), e.g. --set alpha=0.3")
     p.add_argument("src", help="the authors' state dict (.pth)")
     p.add_argument("dst", help="our checkpoint to write, e.g. models/best.pt")
     args = p.parse_args(argv)
+    overrides = parse_sets(args.sets, args.head)
     ckpt = import_checkpoint(args.head, args.setting, args.src, args.dst, ave_root=args.ave_root,
-                             visual=args.visual, audio=args.audio)
+                             visual=args.visual, audio=args.audio, overrides=overrides)
     print(f"{args.dst}: {args.head} ({args.setting}) from {args.src}, {ckpt['num_parameters']:,} "
-          f"parameters, dims {ckpt['dims']}")
+          f"parameters, dims {ckpt['dims']}" + (f", set {overrides}" if overrides else ""))
 
 
 if __name__ == "__main__":

@@ -278,6 +278,7 @@ class CrossModalLocalization(Task):
     directions with the event segments."""
 
     name = "cml"
+    video_score = "mean exact-window match of A2V and V2A"
     order_file = ORDER_MATCH_FILE
     order_hint = " (the cml split: the data root needs cml/{train,val,test}Set.txt; re-run prepare)"
 
@@ -301,6 +302,11 @@ class CrossModalLocalization(Task):
                "labels": ["event", "background"], "segments": int(true.size),
                "confusion": confusion_matrix(pred, true, 2).tolist()}
         return res, pred, true, [f"{d}_{v}" for d in DIRECTIONS for v in video_ids]
+
+    def video_scores(self, pred, true):
+        """Rows are the A2V then the V2A windows (2n, T): a video scores the mean of its two
+        exact matches."""
+        return (np.asarray(pred) == np.asarray(true)).all(1).reshape(len(DIRECTIONS), -1).mean(0)
 
     def extra_metrics(self, data, trained):
         counts = {k: len(v) for k, v in data.task_excluded.items()}

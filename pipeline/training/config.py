@@ -146,10 +146,20 @@ class ReportConfig:
     heads: list[str] = field(default_factory=registry.list_heads)  # rows of the table
     settings: list[Setting] = field(default_factory=lambda: list(registry.SETTINGS))
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
+    # one training run of every cell per entry (a DVC stage each: a new seed runs only its
+    # cells); null = the head's default seed. The table pools them: mean, sd, intervals
+    seeds: list[Optional[int]] = field(default_factory=lambda: [None])
 
     def validate(self, key: str) -> None:
         for i, head in enumerate(self.heads):
             check_head(head, f"{key}.heads[{i}]")
+        if not self.seeds:
+            raise ConfigError(f"{key}.seeds: must list at least one seed (null: the head's default)")
+        for i, seed in enumerate(self.seeds):
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+                raise ConfigError(f"{key}.seeds[{i}]: must be an integer >= 0 or null, got {seed!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{key}.seeds: lists a seed twice: {self.seeds!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"{key}.epochs: must be >= 1, got {self.epochs!r}")
 

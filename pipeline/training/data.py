@@ -227,6 +227,10 @@ def read_background_only(prepared, features, visual: str, audio: str, num_segmen
         return None
     video = np.asarray(read_h5(paths["labels"], "avadataset", (None, None)), dtype=np.float32)
     vis, aud = load_features(paths["visual"]), load_features(paths["audio"])
+    if len(vis.data) == len(aud.data) == 0:  # e.g. published route without *_noisy.h5 files
+        log(f"data: background-only samples: not used ({paths['visual']} and {paths['audio']} "
+            "have zero rows); weak training on the train split alone")
+        return None
     if not (len(vis.data) == len(aud.data) == len(video)):
         raise InputError(f"background-only files disagree in rows: {paths['visual']} "
                          f"{len(vis.data)}, {paths['audio']} {len(aud.data)}, {paths['labels']} "

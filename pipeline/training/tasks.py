@@ -67,6 +67,7 @@ class Task:
     order_file = layout.ORDER_FILE  # the split order files it reads (``{split}`` formatted)
     order_hint = "; run prepare"  # what to do when one is missing
     uses_background_only = False  # appends the background-only training samples when present
+    video_score = "share of the video's segments predicted right"  # what video_scores gives
 
     def select_rows(self, split: str, labels: np.ndarray, rows: np.ndarray
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -98,6 +99,12 @@ class Task:
         pred = predict(head, data, device, batch_size).numpy()
         true = data.targets.numpy()
         return M.summarize(pred, true, categories), pred, true, video_ids
+
+    def video_scores(self, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+        """Each video's score, whose mean is the accuracy: the share of its segments right
+        (rows of ``pred`` / ``true`` (n, T) from :meth:`evaluate`)."""
+        pred, true = np.asarray(pred), np.asarray(true)
+        return (pred == true).mean(1) if pred.size else np.zeros(len(pred))
 
     def extra_metrics(self, data, trained: dict[str, Any]) -> dict[str, Any]:
         """Metrics besides the task's scores (``trained``: the checkpoint)."""

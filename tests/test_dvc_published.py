@@ -1,0 +1,75 @@
+"""The published-features route through DVC on a tiny copy of the project (see
+test_dvc_pipeline.py): files in a data root other than raw/ave and no background-only
+`*_noisy.h5` files; `dvc exp run matrix/dvc.yaml` builds the table, `fully` as usual and `weak`
+saying that it trains without background-only videos."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+from test_dvc_pipeline import REPO, TINY, _merge, _tracked_files
+from test_published import _annotations, _published
+
+from pipeline.data.ave import export_labels
+
+pytestmark = pytest.mark.slow
+
+
+def test_published_route_from_another_root_without_background_only_files(tmp_path):
+    root = tmp_path / "repo"
+    for f in _tracked_files():
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, root / f)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    data = root / "raw" / "published_set"  # not raw/ave
+    _annotations(data)
+    export_labels(data, tmp_path / "labels")
+    with h5py.File(tmp_path / "labels" / "labels.h5") as f:
+        labels = f["avadataset"][()]
+    _published(data, data, labels)
+    for name in ("visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5"):
+        (data / name).unlink()
+    env = {**os.environ, "PYTHONPATH": ".",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
+    env.pop("DVC_ROOT", None)
+
+    def sh(*cmd: str) -> str:
+        proc = subprocess.run(list(cmd), cwd=root, env=env, capture_output=True, text=True,
+                              timeout=1800)
+        if proc.returncode:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}")
+        return proc.stdout + proc.stderr
+
+    sh("git", "init", "-q")
+    (root / ".git" / "info" / "exclude").write_text("raw/published_set/\n")  # the user's files
+    sh("git", "add", "-A")
+    sh("git", "commit", "-q", "-m", "tiny project")
+    log = sh(sys.executable, "-m", "dvc", "exp", "run", "matrix/dvc.yaml",
+             "-S", "data.root=raw/published_set", "-S", "data.source=features",
+             "-S", "train.visual=published_vgg19", "-S", "train.audio=published_vggish",
+             "-S", "train.feature_norm=none", "-S", "report.heads=[avel]",
+             "-S", "report.settings=[fully,weak]", "-S", "report.epochs=1")
+    ran = set(re.findall(r"Running stage '([^']+)'", log))
+    assert {"published/dvc.yaml:import@published_vgg19", "published/dvc.yaml:import_noisy@published_vgg19",
+            "matrix/dvc.yaml:cell@avel-fully-None", "matrix/dvc.yaml:cell@avel-weak-None"} <= ran, log
+    assert not any(s.startswith(("synth", "extract")) for s in ran), ran
+    assert "visual_feature_noisy.h5 absent" in log
+    print(log)
+    assert re.search(r"background-only samples: not used \(.*\); weak training on the train split "
+                     r"alone", log), log
+    rows = {r["setting"]: r for r in json.loads((root / "reports" / "results.json").read_text())}
+    assert rows["fully"]["accuracy"] is not None and rows["weak"]["accuracy"] is not None
+    with h5py.File(root / "data" / "features" / "published_vgg19.h5") as f:
+        assert f["avadataset"].dtype == "float32"  # the default stored dtype
