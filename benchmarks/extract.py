@@ -108,7 +108,6 @@ def make_videos(root: Path, n: int, seed: int) -> list[str]:
 def baseline_frames(video: str, jpg_dir: Path) -> list[list[Path]]:
     """Decode every frame, keep the frame shown at k/16 s, write it as JPEG; paths per segment."""
     import av
-    from PIL import Image
 
     jpg_dir.mkdir(parents=True, exist_ok=True)
     want = [k / BASELINE_FPS for k in range(SEGMENTS * BASELINE_FPS)]

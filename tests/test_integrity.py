@@ -12,7 +12,6 @@ import torch
 from pipeline.cli import stage_main
 from pipeline.config import InputError
 from pipeline.training import checkpoint as ckpt_io
-from pipeline.training import loop
 from pipeline.training.data import load_dataset
 from pipeline.training.loop import RunSpec, train
 from test_training import write_set  # also registers the "toy" head
@@ -28,7 +27,7 @@ def flip_to_nonfinite(path, cells: list[tuple[int, int, int]], pattern: bytes) -
     with h5py.File(path, "r") as f:
         ds = f["avadataset"]
         assert ds.dtype == np.float16 and ds.chunks is None
-        offset, (n, t, d) = ds.id.get_offset(), ds.shape
+        offset, (_, t, d) = ds.id.get_offset(), ds.shape
     with open(path, "r+b") as f:
         for r, s, c in cells:
             f.seek(offset + 2 * ((r * t + s) * d + c))

@@ -2,7 +2,6 @@
 random-initialised) finds events planted at known times in new videos of any length."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re

@@ -47,8 +47,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.data.ids import UnsafePathError, inside, video_id_problem
-from pipeline.layout import (ANNOTATIONS_FILE, BACKGROUND_FILE, CML_DIR, ORDER_FILE,
-                             ORDER_MATCH_FILE, SPLITS, VIDEO_DIR)
+from pipeline.layout import (ANNOTATIONS_FILE, BACKGROUND_FILE, CML_DIR, SPLITS, VIDEO_DIR)
 from pipeline.runtime import NUM_SEGMENTS
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 HEADER_PREFIX = "Category&VideoID"

@@ -238,7 +238,6 @@ def _write_outputs(out: Path, ann: AVEAnnotations, result: PrepareResult, root: 
 def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, root: Path) -> None:
     """``background_manifest.csv`` + ``labels_noisy.h5`` of the background-only videos, or the
     root's published ``labels_noisy.h5`` (checked: background alone, C+1 columns)."""
-    import h5py
 
     published = root / layout.BACKGROUND_LABELS_FILE
     if result.background_rows:
@@ -272,7 +271,7 @@ def render_report(result: PrepareResult, ann: AVEAnnotations, root: Path,
              f"- root: `{root}`", f"- annotation lines: {ann.num_lines}; usable samples: "
              f"{sum(r['status'] not in EXCLUDED for r in rows)}; unique videos: "
              f"{len(ann.video_ids())}; categories: {len(result.categories)}",
-             f"- splits: " + ", ".join(f"{s} {len(ann.splits.get(s, []))}" for s in SPLITS),
+             "- splits: " + ", ".join(f"{s} {len(ann.splits.get(s, []))}" for s in SPLITS),
              _cml_line(ann),
              f"- background-only videos (weak training): {len(result.background_rows)}",
              f"- min_duration: {min_duration:g} s", "",

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
 from huggingface_hub import hf_hub_download, try_to_load_from_cache

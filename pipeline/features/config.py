@@ -9,6 +9,7 @@ from pipeline.config import ConfigError, register_check, register_section
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import check_encoder
 from pipeline.encoders.spec import ModelSpec
+from pipeline.layout import BACKGROUND_SUFFIX
 
 
 def _default_models() -> dict[str, ModelSpec]:
@@ -84,9 +85,6 @@ class CommunityFile:
             raise ConfigError(f"{key}.file: a .h5 file name inside data.root, got {self.file!r}")
 
 
-NOISY_SUFFIX = "_noisy"  # <name>_noisy.h5: background-only extra training videos of <name>.h5
-
-
 @register_section("published")
 @dataclass(frozen=True)
 class PublishedConfig:
@@ -106,10 +104,10 @@ class PublishedConfig:
         for name in self.files:
             if not name or not all(c.isalnum() or c in "_-" for c in name):
                 raise ConfigError(f"{key}.files.{name}: store names are letters, digits, _ and -")
-            if name.endswith(NOISY_SUFFIX):
+            if name.endswith(BACKGROUND_SUFFIX):
                 raise ConfigError(f"{key}.files.{name}: background-only files are imported with "
-                                  f"their main file (stage import_noisy@{name[:-len(NOISY_SUFFIX)]}"
-                                  f" reads <file>{NOISY_SUFFIX}.h5); remove this entry")
+                                  f"their main file (stage import_noisy@{name[:-len(BACKGROUND_SUFFIX)]}"
+                                  f" reads <file>{BACKGROUND_SUFFIX}.h5); remove this entry")
 
 
 @register_check

@@ -34,12 +34,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from pipeline.config import InputError
-from pipeline.features.config import NOISY_SUFFIX, CommunityFile, PublishedConfig
+from pipeline.features.config import CommunityFile, PublishedConfig
 from pipeline.features.store import DATASET, community_kind, import_community
 from pipeline.files import open_h5, read_h5
+from pipeline.layout import BACKGROUND_SUFFIX
 
 LABELS = "labels.h5"  # published per-segment labels (4143, 10, 29), compared when present
 NOISY_LABELS = "labels_noisy.h5"  # published video labels of the noisy videos (178, 29)
@@ -56,7 +58,7 @@ def _shape(path: Path) -> tuple[int, ...]:
 
 def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
     """Rows the file must have; raises when it or the published labels disagree with prepare."""
-    if name.endswith(NOISY_SUFFIX):
+    if name.endswith(BACKGROUND_SUFFIX):
         rows = _shape(src)[0]
         if (root / NOISY_LABELS).is_file():
             noisy, classes = _read(root / NOISY_LABELS), _read(prepared / LABELS).shape[-1]
@@ -66,7 +68,7 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
             if len(noisy) != rows:
                 raise InputError(f"{src}: {rows} rows but {root / NOISY_LABELS} has {len(noisy)}")
             if not (noisy[:, -1] == 1).all() or noisy[:, :-1].any():
-                raise InputError(f"{root / NOISY_LABELS}: not background-only; the {NOISY_SUFFIX} "
+                raise InputError(f"{root / NOISY_LABELS}: not background-only; the {BACKGROUND_SUFFIX} "
                                  "files must hold background-only videos")
         return rows
     labels = _read(prepared / LABELS)
@@ -84,7 +86,7 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
 def provenance(entry: CommunityFile, kind: str) -> dict[str, Any]:
     """Provenance beyond the AVE preset: a non-AVE file without ``encoder`` says it is unknown."""
     meta: dict[str, Any] = {"published_file": entry.file}
-    ave = entry.file.replace(NOISY_SUFFIX, "") in ("visual_feature.h5", "audio_feature.h5")
+    ave = entry.file.replace(BACKGROUND_SUFFIX, "") in ("visual_feature.h5", "audio_feature.h5")
     if entry.encoder or not ave:
         enc = entry.encoder or "unknown"
         meta.update(model=enc, encoder=enc, weights=entry.weights or "unknown",
@@ -138,7 +140,7 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
 
 def noisy_file(entry: CommunityFile) -> str:
     """``visual_feature.h5`` -> ``visual_feature_noisy.h5``: the background-only videos' file."""
-    return entry.file[:-len(".h5")] + NOISY_SUFFIX + ".h5"
+    return entry.file[:-len(".h5")] + BACKGROUND_SUFFIX + ".h5"
 
 
 def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path,
@@ -148,7 +150,7 @@ def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path
     (checked as :func:`import_published` checks it), or with zero rows (the main file's shape)
     when that file is absent; returns the path and what was done."""
     entry, root = _entry(name, cfg), _root(cfg, root)
-    noisy, src = f"{name}{NOISY_SUFFIX}", root / noisy_file(entry)
+    noisy, src = f"{name}{BACKGROUND_SUFFIX}", root / noisy_file(entry)
     if src.is_file():
         one = dataclasses.replace(cfg, files={noisy: dataclasses.replace(entry, file=src.name)})
         return import_published(noisy, one, prepared, features, root), f"imported {src}"
