@@ -273,12 +273,12 @@ def _match_split(path: Path, samples: list[Sample], categories: list[str],
             order.append(index)
         elif key in used:
             _warn(problems, f"{path}:{n}: repeats split line {used[key]}; left out")
-        elif key in unusable:
-            _warn(problems, f"{path}:{n}: its annotation line {unusable[key]} is unusable (reported "
-                            "there); left out of the split")
         elif len(parts) > 1 and video_id_problem(parts[1]):
             _warn(problems, f"{path}:{n}: unsafe video id {parts[1]!r} "
                             f"({video_id_problem(parts[1])}); left out of the split")
+        elif key in unusable:
+            _warn(problems, f"{path}:{n}: its annotation line {unusable[key]} is unusable (reported "
+                            "there); left out of the split")
         elif parts[0] not in known:
             _warn(problems, f"{path}:{n}: unknown category {parts[0]!r} (not in "
                             f"{ANNOTATIONS_FILE}); left out of the split")
