@@ -48,6 +48,33 @@ def timeline_name(i: int, video_id: str) -> str:
     return f"timeline_{i:03d}_{safe_filename(video_id)}.png"
 
 
+# How heads that are not a per-segment argmax turn their outputs into segment classes (the
+# evaluate page and the metrics state it). A head class may give its own ``prediction_rule``.
+_RELEVANCE_RULE = ("a segment whose event-relevance score passes 0.5 (sigmoid) takes the video's "
+                   "top class; every other segment is background")
+
+
+def prediction_rule(head: str, setting: str, hparams: dict[str, Any]) -> str | None:
+    """The head's rule from outputs to segment classes, or None for a per-segment argmax."""
+    from pipeline.heads import get_head_class
+    own = getattr(get_head_class(head), "prediction_rule", None)
+    if callable(own):
+        return own(setting, hparams)
+    if setting == "cml":
+        return ("cross-modal localization (M2N): each query's predicted window is marked 'event', "
+                "the rest 'background'; rows A2V then V2A")
+    if setting == "fully" and head in ("cmbs", "cace", "m2n"):
+        return _RELEVANCE_RULE
+    if setting == "fully" and head == "vscg":
+        return (f"a segment whose event score passes event_threshold "
+                f"({hparams.get('event_threshold', 0.5)}) takes the video's top event class; every "
+                f"other segment is background")
+    if setting == "weak" and head == "cmbs" and hparams.get("weak_predict") == "video":
+        return ("weak_predict: video: every segment takes the video's class, so no segment is "
+                "predicted background (heads.cmbs.weak_predict=segment: per-segment argmax)")
+    return None
+
+
 def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path, visual: str,
              audio: str, out_dir: str | Path | None, *, split: str = "test", batch_size: int = 64,
              timelines: int = 4, device: str = "auto") -> dict[str, Any]:
@@ -76,9 +103,13 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
         res = M.summarize(pred, true, data.categories)
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
-               train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
+               train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]) + 1,  # counted from 1
                val_accuracy=float(ckpt["val_accuracy"]),
                selected_by=ckpt.get("selected_by", "val"))
+    rule = prediction_rule(ckpt["head"], ckpt["setting"], ckpt.get("hparams") or {})
+    if rule:
+        res["prediction_rule"] = rule
+        print(f"prediction rule: {rule}")
     if ckpt["setting"] == "cml":
         res["cml_excluded"] = {k: len(v) for k, v in s.cml_excluded.items()}
         res["cml_excluded_by_split"] = {**ckpt.get("cml_excluded", {}),
