@@ -1,4 +1,4 @@
-"""Results table over heads x settings (pipeline file matrix/dvc.yaml).
+"""Results table over heads x settings (dvc.yaml stages `cell@<head>-<setting>` and `report`).
 
 `cell --head H --setting S`: train H in S with ${report.epochs} epochs (null = paper default)
 into ${paths.models}/matrix/H-S, evaluate both its val-selected and its test-selected checkpoint
@@ -24,10 +24,17 @@ from pipeline.evaluation import report
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.heads import get_head_class
 from pipeline.heads._registry import TRAIN_KEYS
-from pipeline.runtime import atomic_write_json
+from pipeline.runtime import atomic_write_json, atomic_write_text
 from pipeline.training.config import Setting, check_head
 from pipeline.training.run import train_from_params
 from pipeline.training.selection import PROTOCOLS, schedule
+
+
+EMPTY_TABLE = """# AVE localization results
+
+No cell: `report.heads` (or `report.settings`) is empty in params.yaml, as in the default run.
+Give it heads to fill this table, e.g. `dvc exp run -S 'report.heads=[psp,cmbs]'`.
+"""
 
 
 def cell_dir(root: str | Path, head: str, setting: str) -> Path:
@@ -71,6 +78,12 @@ def table(params) -> None:
         for setting in rc.settings:
             path = cell_dir(paths.reports, head, setting) / "row.json"
             rows.append(json.loads(path.read_text()))
+    if not rows:  # the default run: no cell
+        out = Path(paths.reports)
+        atomic_write_json(out / "results.json", [], indent=1)
+        atomic_write_text(out / "results.md", EMPTY_TABLE)
+        print(f"no results table: report.heads or report.settings is empty; wrote {out}/results.md")
+        return
     for p in report.write_table(rows, paths.reports):
         print(f"wrote {p}")
 

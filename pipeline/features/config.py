@@ -89,7 +89,8 @@ NOISY_SUFFIX = "_noisy"  # <name>_noisy.h5: background-only extra training video
 @register_section("published")
 @dataclass(frozen=True)
 class PublishedConfig:
-    """Published / community feature files imported into the store (published/dvc.yaml)."""
+    """Published / community feature files imported into the store (dvc.yaml stages
+    import@<name>, one per entry of ``files``)."""
 
     root: str = "raw/ave"  # where the user drops visual_feature.h5, audio_feature.h5, ... (beside Annotations.txt)
     dtype: Literal["float16", "float32"] = "float16"  # stored dtype (published files: float32/64)

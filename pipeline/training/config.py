@@ -146,7 +146,8 @@ class EvaluateConfig:
 @register_section("report")
 @dataclass(frozen=True)
 class ReportConfig:
-    """Results table over heads x settings (matrix/dvc.yaml; one DVC matrix cell each)."""
+    """Results table over heads x settings (dvc.yaml stages cell@<head>-<setting>, one per pair;
+    none while ``heads`` is empty, as in the default params)."""
     heads: list[str] = field(default_factory=lambda: list(HEAD_NAMES))  # rows of the table
     settings: list[Setting] = field(default_factory=lambda: ["fully", "weak", "cml"])
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
