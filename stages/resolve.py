@@ -48,7 +48,7 @@ def restore_hint(path: str) -> str:
                               capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return ""
-    return f"; {path} differs from the last commit: `git checkout {path}` restores it" \
+    return f"; {path} differs from the last commit: `git checkout HEAD -- {path}` restores it" \
         if proc.returncode == 1 else ""
 
 
