@@ -44,8 +44,8 @@ NO_RERUN = {
     "heads": {"avel": {"lstm_hidden": 64}},
 }
 EXPERIMENTS = {  # name -> (-S arguments, the stages it must run)
-    "head-avel": (["train.head=avel"], {"train", "evaluate"}),
-    "head-audio-only": (["train.head=audio_only"], {"train", "evaluate"}),
+    "head-avel": (["train.head=avel"], {"resolve", "train", "evaluate"}),
+    "head-audio-only": (["train.head=audio_only"], {"resolve", "train", "evaluate"}),
     "eval-batch": (["evaluate.batch_size=8"], {"evaluate"}),
 }
 
@@ -164,6 +164,7 @@ def test_queued_experiments_run_only_the_stages_their_params_reach(tiny_repo):
 def _clean(sh) -> None:
     """Back to the committed baseline: files, and the outputs DVC links from its cache."""
     sh("git", "reset", "-q", "--hard")
+    sh("git", "clean", "-q", "-fd")  # untracked files only; DVC's outputs are git-ignored
     _dvc(sh, "checkout", "-f", "-q")
 
 
@@ -181,7 +182,7 @@ def test_a_mistyped_head_is_one_line_and_removes_nothing(tiny_repo):
         assert "missing from" not in out and "Traceback" not in out, out
         assert set(re.findall(r"Running stage '([^']+)'", out)) == {"resolve"}, out
         after = (root / "params.yaml").read_text()
-        assert after == before or "`git checkout params.yaml` restores it" in errors[0], out
+        assert after == before or "`git checkout HEAD -- params.yaml` restores it" in errors[0], out
         assert {p: p.read_bytes() for p in (root / "models").glob("best*.pt")} == models
         assert (root / "reports" / "train" / "metrics.json").is_file()
     finally:
@@ -208,24 +209,30 @@ def test_an_experiment_is_compared_with_the_committed_baseline(tiny_repo):
         assert {k for _, k in rows} >= {"accuracy", "event_f1", "val_accuracy", "best_epoch"}
         print(_dvc(sh, "metrics", "diff").stdout)
 
-        plots = json.loads(_dvc(sh, "plots", "diff", "--json", "--split").stdout)
-        revs = {r for p in plots.values() for d in (p if isinstance(p, list) else [p])
-                for r in (d.get("revisions") or [])}
+        plots = json.loads(_dvc(sh, "plots", "diff", "--json", "--split").stdout)["data"]
+        revs = {r for p in plots.values() for d in p for r in d.get("revisions", [])}
         assert {"HEAD", "workspace"} <= revs, revs
+        assert any(p.startswith("reports/train/plots/") for p in plots), list(plots)
 
         md = _dvc(sh, "exp", "show", "--only-changed", "--md").stdout
         header = next(line for line in md.splitlines() if line.startswith("|"))
         columns = [c.strip() for c in header.strip("|").split("|")]
         assert len(columns) <= 20, columns
-        assert {"test_accuracy", "accuracy"} & set(columns) or "accuracy" in header, columns
-        base = next(line for line in md.splitlines() if "workspace" not in line
-                    and re.match(r"\|\s*(master|main)\b", line))
-        assert "!" not in base and re.search(r"\d\.\d", base), md
-        wide = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--only-changed",
-                               "--no-pager"], cwd=root, capture_output=True, text=True,
-                              env={**os.environ, "COLUMNS": "160", "PYTHONPATH": "."})
-        print(wide.stdout)
-        assert max(map(len, wide.stdout.splitlines())) <= 160 and "…" not in wide.stdout
+        assert {"accuracy", "event_f1", "val_accuracy", "best_epoch", "train.head",
+                "train.epochs"} <= set(columns), columns
+        base = next(line for line in md.splitlines() if re.match(r"\|\s*(master|main)\s", line))
+        assert "!" not in base and re.search(r"\|\s*0\.\d+\s", base) and "psp" in base, md
+        env = {**os.environ, "COLUMNS": "160", "PYTHONPATH": "."}
+        env.pop("DVC_ROOT", None)
+        for drop in ([], ["--drop", "models/|reports/run"]):
+            wide = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--only-changed",
+                                   "--no-pager", *drop], cwd=root, capture_output=True,
+                                  text=True, env=env).stdout
+            print(wide)
+            assert max(map(len, wide.splitlines())) <= 160, wide
+            row = next(line for line in wide.splitlines() if re.match(r"\s*(master|main)\s", line))
+            assert "psp" in row and "…" not in row.split("psp")[0], wide  # values readable
+        assert "…" not in wide, wide  # without the two dependency hashes: every column
 
         details = _dvc(sh, "metrics", "show", "reports/evaluate/metrics.json").stdout
         assert "per_class" in details, details
