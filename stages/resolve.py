@@ -6,12 +6,13 @@ runtime knobs) and `heads.<train.head>`, the only params `train` depends on. Tun
 head's overrides re-runs this stage alone: run.json keeps its bytes, so `train` stays cached.
 A mistyped head, setting, key or feature name is one line naming the valid values (exit 2), and
 no output of another stage is touched. When params.yaml differs from the last commit (a failed
-`dvc exp run -S` leaves its values there), the line says how to restore it.
+`dvc exp run -S` leaves its values there), the line gives the command that restores it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -42,14 +43,20 @@ def resolved_run(params) -> dict:
 
 
 def restore_hint(path: str) -> str:
-    """' (...)' when ``path`` differs from git's HEAD: the command that restores it."""
+    """'; ...' when ``path`` differs from the last commit (an experiment's baseline): the command
+    that restores it. Compares bytes: git's index may not have seen DVC's rewrite."""
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
     try:
-        proc = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path],
-                              capture_output=True, timeout=30)
+        proc = subprocess.run(["git", "show", f"{rev}:./{path}"], capture_output=True, timeout=30)
+        current = Path(path).read_bytes()
     except (OSError, subprocess.SubprocessError):
         return ""
-    return f"; {path} differs from the last commit: `git checkout HEAD -- {path}` restores it" \
-        if proc.returncode == 1 else ""
+    if proc.returncode != 0 or proc.stdout == current:
+        return ""
+    # `git status` may not show it: after a failed `dvc exp run`, git's index can hold the new
+    # file's size and time with the old content, and `git checkout` then skips the file.
+    return (f"; {path} keeps these values (`git status` may not show it); "
+            f"`git show HEAD:{path} > {path}` restores the last commit's")
 
 
 @stage_main
