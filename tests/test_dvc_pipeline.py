@@ -197,6 +197,8 @@ def test_a_mistyped_head_is_one_line_and_removes_nothing(tiny_repo):
 
 def test_an_experiment_is_compared_with_the_committed_baseline(tiny_repo):
     root, sh = tiny_repo
+    _dvc(sh, "queue", "remove", "--all")  # the table after one experiment, as a user's first
+    _dvc(sh, "exp", "remove", "--all-commits")
     before = (root / "params.yaml").read_text().splitlines()
     try:
         run = _dvc(sh, "exp", "run", "-n", "cmbs3", "-S", "train.head=cmbs", "-S", "train.epochs=3")
