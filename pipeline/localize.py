@@ -61,7 +61,7 @@ from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.encoders.weights import WeightsNotFoundError, file_sha256
-from pipeline.heads import get_head_class
+from pipeline import heads
 from pipeline.runtime import NUM_SEGMENTS, atomic_path, atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 
@@ -237,7 +237,7 @@ def intervals(classes: np.ndarray, background: int, categories: list[str]) -> li
 # its scores: (head, setting, hparam condition) -> rule, stated in every result of such a head.
 def prediction_rule(ckpt: dict[str, Any]) -> Optional[str]:
     """The head's prediction rule when it is not a per-segment argmax (``Head.prediction_rule``)."""
-    return get_head_class(ckpt["head"]).prediction_rule(ckpt["setting"], ckpt.get("hparams") or {})
+    return heads.prediction_rule(ckpt["head"], ckpt["setting"], ckpt.get("hparams") or {})
 
 
 def model_record(model: Path, ckpt: dict[str, Any], ext: Extractors) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """DVC stage `evaluate`: test-split metrics and plots of ${paths.models}/best.pt.
 
-Reads params `paths`, `train` (feature names, device), `evaluate`; writes DVCLive metrics and
-plots to ${paths.reports}/evaluate (metrics.json, plots/sklearn/confusion_matrix.json, images).
+Reads params `paths`, `train` (feature names, device), `evaluate`; writes DVCLive metrics
+(details) and plots to ${paths.reports}/evaluate (metrics.json, plots/sklearn/confusion_matrix.json,
+images), the page index.html, and the headline metrics ${paths.reports}/evaluate.json (accuracy,
+event_f1; cml: accuracy = the A2V/V2A average).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
+from pipeline.runtime import atomic_write_json
 from pipeline.evaluation.evaluate import evaluate
 
 
@@ -20,9 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
     paths, tc, ec = params["paths"], params["train"], params["evaluate"]
-    evaluate(Path(paths.models) / "best.pt", paths.prepared, paths.features, tc.visual, tc.audio,
-             Path(paths.reports) / "evaluate", split=ec.split, batch_size=ec.batch_size,
-             timelines=ec.timelines, device=tc.device)
+    res = evaluate(Path(paths.models) / "best.pt", paths.prepared, paths.features, tc.visual,
+                   tc.audio, Path(paths.reports) / "evaluate", split=ec.split, batch_size=ec.batch_size,
+                   timelines=ec.timelines, device=tc.device)
+    headline = {"accuracy": res["accuracy"]}
+    if "event" in res:
+        headline["event_f1"] = res["event"]["f1"]
+    atomic_write_json(Path(paths.reports) / "evaluate.json", headline, indent=1)
 
 
 if __name__ == "__main__":

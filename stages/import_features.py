@@ -1,4 +1,4 @@
-"""DVC stage `import@<name>` (published/dvc.yaml): a published feature file -> the feature store.
+"""DVC stage `import@<name>` (dvc.yaml): a published feature file -> the feature store.
 
 Reads params `published` (dtype, files.<name>), `data.root` and `paths`; writes
 ${paths.features}/<name>.h5 from ${data.root}/<file>, its rows checked against the prepared

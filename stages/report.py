@@ -1,4 +1,4 @@
-"""Results table over heads x settings (pipeline file matrix/dvc.yaml).
+"""Results table over heads x settings x seeds (dvc.yaml stages `cell@<head>-<setting>-<seed>`, `report`).
 
 `cell --head H --setting S --seed N`: train H in S with seed N (None: the head's default seed)
 and ${report.epochs} epochs (null = paper default) into ${paths.models}/matrix/H-S-seedN,
@@ -36,7 +36,7 @@ from pipeline.training.selection import PROTOCOLS, schedule
 
 def cell_dir(root: str | Path, head: str, setting: str, seed: int | None) -> Path:
     """``<root>/matrix/<head>-<setting>-seed<seed>`` (``seedNone``: the head's default seed, as
-    matrix/dvc.yaml writes a null seed); sanitised, it stays inside the folder."""
+    dvc.yaml writes a null seed); sanitised, it stays inside the folder."""
     return output_file(Path(root) / "matrix", f"{head}-{setting}-seed{seed}")
 
 

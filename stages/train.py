@@ -1,8 +1,11 @@
 """DVC stage `train`: train head ${train.head} in setting ${train.setting} on the prepared split.
 
-Reads params `paths`, `train`, `heads.${train.head}`; writes ${paths.models}/best.pt (best
-validation epoch) and DVCLive logs in ${paths.reports}/train; keeps its resume point in
-${paths.resume}/train/last.pt (git-ignored, continued only when its fingerprint matches).
+Reads params `paths`, `train`, `heads.${train.head}` (DVC tracks them through
+${paths.reports}/run.json, written by stage `resolve`); writes ${paths.models}/best.pt (best
+validation epoch), DVCLive logs in ${paths.reports}/train (details) and the headline metrics
+${paths.reports}/train.json (val_accuracy, best_epoch counted from 1, epochs, train_seconds);
+keeps its resume point in ${paths.resume}/train/last.pt (git-ignored, continued only when its
+fingerprint matches).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
+from pipeline.runtime import atomic_write_json
 from pipeline.training.run import train_from_params
 
 
@@ -21,8 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
     paths = params["paths"]
-    train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train",
-                      resume_dir=Path(paths.resume) / "train")
+    res = train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train",
+                            resume_dir=Path(paths.resume) / "train")
+    atomic_write_json(Path(paths.reports) / "train.json",
+                      {"val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch + 1,
+                       "epochs": res.epochs, "train_seconds": round(res.train_seconds, 1)},
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -57,12 +57,42 @@ def test_runtime_knobs_load_into_their_section_and_only_from_runtime(tmp_path):
 
 def test_no_stage_lists_a_runtime_knob():
     """The rule of params.yaml: runtime knobs are written under runtime:, which no stage lists."""
-    for dvcfile in (ROOT / "dvc.yaml", ROOT / "matrix" / "dvc.yaml"):
+    for dvcfile in (ROOT / "dvc.yaml",):
         text = dvcfile.read_text()
         assert not [x for x in re.findall(r"^\s+- (\S+)", text, re.M) if x.startswith("runtime")]
         for section, keys in config.RUNTIME_KEYS.items():
             for key in keys:
                 assert f"- {section}.{key}\n" not in text, (dvcfile, section, key)
+
+
+@pytest.mark.parametrize("override, lines", [
+    ("train.head=cmbs", ["  head: cmbs                  # avel | psp"]),
+    ("train.lr=0.001", ["  lr: 0.001"]),
+    ("report.heads=[psp,cmbs]", ["  heads:                      # rows;", "  - psp", "  - cmbs"]),
+    ("+heads.psp.tau_fully=0.1", ["  psp:", "    tau_fully: 0.1"]),
+])
+def test_params_yaml_is_written_as_dvc_writes_it(tmp_path, override, lines):
+    """`dvc exp run -S a=b` rewrites params.yaml with ruamel: the file is already in that form
+    (empty values for null, block lists, comments where ruamel keeps them), so a -S changes
+    only the lines of its own key (one for a scalar), and setting a value to itself changes
+    nothing."""
+    import difflib
+
+    from dvc.utils.hydra import apply_overrides
+
+    original = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(original)
+    apply_overrides(path, ["train.head=psp", "train.lr=null", "report.heads=[]"])
+    assert path.read_text() == original
+    apply_overrides(path, [override])
+    before, after = original.splitlines(), path.read_text().splitlines()
+    hunks = [op for op in difflib.SequenceMatcher(None, before, after).get_opcodes()
+             if op[0] != "equal"]
+    assert len(hunks) == 1, hunks  # one place, and one key's lines there
+    _, i1, i2, j1, j2 = hunks[0]
+    assert i2 - i1 == 1 and j2 - j1 == len(lines), after[j1:j2]
+    assert all(new.startswith(want) for new, want in zip(after[j1:j2], lines)), after[j1:j2]
 
 
 def test_literal_lists_allowed_values():

@@ -264,3 +264,25 @@ def test_sklearn_metrics_equal_the_hand_formulas(seed):
     assert got == pytest.approx(ev, abs=1e-12)
     with pytest.raises(ValueError, match="class index outside"):
         M.confusion_matrix(pred, true, k - 1 if (true == k - 1).any() or (pred == k - 1).any() else 1)
+
+
+def test_evaluate_page_labels_columns_marks_wrong_segments_and_states_the_rule(tmp_path):
+    from pipeline.evaluation.evaluate import prediction_rule
+    from pipeline.evaluation.html import write_evaluation_page
+
+    labels = ["Bark", "Church bell", "background"]
+    true = np.array([[2, 0, 0, 2], [1, 1, 1, 1]])
+    pred = np.array([[0, 0, 0, 0], [1, 1, 1, 1]])  # video 1: every segment its class
+    rule = prediction_rule("cmbs", "weak", {"weak_predict": "video"})
+    assert "video's class" in rule and prediction_rule("psp", "weak", {}) is None
+    assert "0.5" in prediction_rule("cmbs", "fully", {})
+    res = {"labels": labels, "accuracy": 0.75, "event": {"f1": 0.8}, "per_class": {"Bark": 1.0},
+           "confusion": [[2, 0, 0], [0, 4, 0], [2, 0, 0]], "head": "cmbs", "setting": "weak",
+           "split": "test", "best_epoch": 3, "prediction_rule": rule}
+    page = write_evaluation_page(tmp_path / "index.html", res, pred, true, ["a", "b"]).read_text()
+    assert page.count('class="seg wrong"') == 2  # the two background segments of video a
+    assert "wrong, truth: background" in page
+    assert "Prediction rule" in page and "weak_predict: video" in page
+    for header in ("metric", "value", "class", "segment accuracy", "video", "correct",
+                   "truth / prediction", "rows: truth, columns: prediction"):
+        assert header in page, header

@@ -18,7 +18,7 @@ directory renamed into place):
   stages write their features to ``<model>_noisy.h5``) and ``labels_noisy.h5`` (``avadataset``
   ``(B, C+1)``, background alone, as the reference code's file). A root with the published
   ``labels_noisy.h5`` and no videos: that file is checked and copied (its features are the
-  published ``*_feature_noisy.h5``, imported by the user; README).
+  published ``*_feature_noisy.h5``, imported by the user; docs/ave-data.md).
 
 Policy per video (a bad video never stops the run):
 

@@ -31,6 +31,7 @@ from pipeline.data.prepare import load_manifest
 from pipeline import layout
 from pipeline.evaluation import plots
 from pipeline.evaluation.html import write_evaluation_page
+from pipeline.heads import prediction_rule
 from pipeline.runtime import atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
@@ -76,9 +77,13 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     per_video["score"] = task.video_scores(pred, true).tolist()
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
-               train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]),
+               train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]) + 1,  # counted from 1
                val_accuracy=float(ckpt["val_accuracy"]),
                selected_by=ckpt.get("selected_by", "val"))
+    rule = prediction_rule(ckpt["head"], ckpt["setting"], ckpt.get("hparams") or {})
+    if rule:
+        res["prediction_rule"] = rule
+        print(f"prediction rule: {rule}")
     res.update(task.extra_metrics(s, ckpt))
     print(task.describe(res, split, s))
     if out_dir is not None:

@@ -39,6 +39,8 @@ overflow:hidden;white-space:nowrap;text-align:center;line-height:18px}
 .video .tlbox{max-width:640px} .err{color:#b00}
 .ticks{display:flex;max-width:640px;font-size:9px;color:#888} .ticks span{flex:1}
 pre{white-space:pre-wrap;font-size:11px;background:#f8f8f8;padding:8px}
+.seg.wrong{box-shadow:inset 0 0 0 2px #b00} .seg.wrong::after{content:"\\2717";color:#b00;font-weight:bold}
+.row.head{font-weight:600;color:#444;margin-bottom:4px} .rule{background:#fff8e1;border:1px solid #f0d890;padding:6px 10px;font-size:13px;max-width:900px}
 """
 
 
@@ -50,18 +52,25 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def timeline(classes: Iterable[int], labels: list[str], probs: Optional[Iterable[float]] = None) -> str:
-    """One row of coloured segments; the tooltip names the class (and its probability)."""
+def timeline(classes: Iterable[int], labels: list[str], probs: Optional[Iterable[float]] = None,
+             truth: Optional[Iterable[int]] = None) -> str:
+    """One row of coloured segments; the tooltip names the class (and its probability). With
+    ``truth``, a segment whose class differs is framed in red and marked with a cross."""
     bg = len(labels) - 1
     probs = None if probs is None else [float(x) for x in probs]
+    truth = None if truth is None else [int(x) for x in truth]
     cells = []
     for t, c in enumerate(classes):
         c = int(c)
         tip = f"{t}-{t + 1} s: {labels[c]}"
         if probs is not None:
             tip += f" ({probs[t]:.2f})"
-        short = "" if c == bg else labels[c][:8]
-        cells.append(f'<div class="seg{" bg" if c == bg else ""}" style="background:{colour(c, bg)}" '
+        wrong = truth is not None and truth[t] != c
+        if wrong:
+            tip += f"; wrong, truth: {labels[truth[t]]}"
+        short = "" if c == bg or wrong else labels[c][:8]
+        cls = "seg" + (" bg" if c == bg else "") + (" wrong" if wrong else "")
+        cells.append(f'<div class="{cls}" style="background:{colour(c, bg)}" '
                      f'title="{esc(tip)}">{esc(short)}</div>')
     return '<div class="tl">' + "".join(cells) + "</div>"
 
@@ -91,13 +100,13 @@ def confusion_table(cm: np.ndarray, labels: list[str]) -> str:
             f'{"".join(body)}</table>')
 
 
-def key_values(rows: Iterable[tuple[str, Any]]) -> str:
+def key_values(rows: Iterable[tuple[str, Any]], columns: tuple[str, str] = ("metric", "value")) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "n/a" if math.isnan(v) else f"{v:.4f}"
         return esc(v)
-    return "<table>" + "".join(f'<tr><th class="l">{esc(k)}</th><td>{fmt(v)}</td></tr>'
-                               for k, v in rows) + "</table>"
+    return (f'<table><tr><th class="l">{esc(columns[0])}</th><th>{esc(columns[1])}</th></tr>' + "".join(f'<tr><th class="l">{esc(k)}</th><td>{fmt(v)}</td></tr>'
+                                for k, v in rows) + "</table>")
 
 
 def page(title: str, subtitle: str, body: str) -> str:
@@ -120,16 +129,26 @@ def write_evaluation_page(path: str | Path, res: dict[str, Any], pred: np.ndarra
     rows += [(k.replace("_", " "), res[k]) for k in ("videos", "excluded", "segments", "best_epoch",
                                                      "val_accuracy", "num_parameters", "train_seconds")
              if k in res]
-    body = ["<h2>Results</h2>", key_values(rows)]
+    body = []
+    if res.get("prediction_rule"):
+        body.append(f'<p class="rule"><b>Prediction rule</b> (not a per-segment argmax): '
+                    f'{esc(res["prediction_rule"])}</p>')
+    body += ["<h2>Results</h2>", key_values(rows)]
     if res.get("per_class"):
-        body += ["<h2>Per-class accuracy</h2>", key_values(res["per_class"].items())]
-    body += ["<h2>Confusion matrix</h2>", confusion_table(np.asarray(res["confusion"]), labels)]
-    body += [f"<h2>Timelines ({len(videos)} videos: truth above, prediction below)</h2>", legend(labels)]
+        body += ["<h2>Per-class accuracy</h2>",
+                 key_values(res["per_class"].items(), ("class", "segment accuracy"))]
+    body += ["<h2>Confusion matrix</h2><p class=\"sub\">segments; rows: truth, columns: prediction</p>",
+             confusion_table(np.asarray(res["confusion"]), labels)]
+    body += [f"<h2>Timelines ({len(videos)} videos)</h2>", legend(labels),
+             '<p class="sub">Each video: truth above, prediction below, one block per 1-s segment; '
+             'a wrong segment is framed in red and marked \u2717. Hover a block for its class.</p>',
+             '<div class="row head"><div>video</div><div>correct</div>'
+             '<div>truth / prediction, segments 0-1 s \u2026 9-10 s</div></div>']
     for vid, p, t in zip(videos, pred, true):
         acc = float((np.asarray(p) == np.asarray(t)).mean())
         body.append(f'<div class="row"><div class="name" title="{esc(vid)}">{esc(vid)}</div>'
                     f'<div class="tag">{acc:.0%}</div><div>{timeline(t, labels)}'
-                    f'{timeline(p, labels)}</div></div>')
+                    f'{timeline(p, labels, truth=t)}</div></div>')
     title = f"{res['head']} ({res['setting']}) on {res['split']}"
     sub = f"accuracy {res['accuracy']:.4f}; {res.get('videos', len(videos))} videos"
     path = Path(path)

@@ -39,6 +39,11 @@ ROW_KEYS = ("head", "setting", "visual", "audio", "accuracy", "params", "train_s
             "paper_accuracy")
 
 NOT_DEFINED = "not defined by the paper"
+EMPTY_TABLE = """# AVE localization results
+
+No cell: `report.heads` (or `report.settings`) is empty in params.yaml, as in the default run.
+Give it heads to fill this table, e.g. `dvc exp run -S 'report.heads=[psp,cmbs]'`.
+"""
 
 
 def paper_accuracy(head: str, setting: str) -> tuple[Optional[float], Optional[str]]:
@@ -310,7 +315,7 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, 
         if missing:
             raise ValueError(f"result row {r.get('head')}/{r.get('setting')} lacks {missing}")
     jp, mp, hp = out_dir / "results.json", out_dir / "results.md", out_dir / "results.html"
-    md = markdown(rows)
+    md = markdown(rows) if rows else EMPTY_TABLE
     atomic_write_json(jp, rows, indent=1)
     atomic_write_text(mp, md)
     write_results_page(hp, rows, md)

@@ -88,7 +88,8 @@ class CommunityFile:
 @register_section("published")
 @dataclass(frozen=True)
 class PublishedConfig:
-    """Published / community feature files imported into the store (published/dvc.yaml)."""
+    """Published / community feature files imported into the store (dvc.yaml stages
+    import@<name>, one per entry of ``files``)."""
 
     # folder of visual_feature.h5, audio_feature.h5, ... (beside Annotations.txt): null = data.root,
     # which published/dvc.yaml reads; a value here must equal data.root

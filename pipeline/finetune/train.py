@@ -248,10 +248,11 @@ def load_checkpoint(path: Path, cfg: FinetuneConfig, log: Callable[[str], None])
 # The run
 # --------------------------------------------------------------------------------------------
 def log_epoch(live, epoch: int, train_loss: float, ev: Optional[dict]) -> None:
-    """One DVCLive step per epoch (rank 0 only: ``live`` is None elsewhere)."""
+    """One DVCLive step per epoch, numbered from 1 as the log numbers it (rank 0 only: ``live``
+    is None elsewhere)."""
     if live is None or ev is None:
         return
-    live.step = epoch
+    live.step = epoch + 1
     live.log_metric("train/loss", train_loss)
     live.log_metric("val/loss", ev["loss"])
     live.log_metric("val/retrieval_top1", ev["retrieval_top1"])

@@ -155,8 +155,8 @@ class Head(nn.Module):
         return out["logits"].float().softmax(-1)
 
 
-RELEVANCE_RULE = ("relevance: a segment is an event when its event relevance is >= 0.5, and then "
-                  "gets the video's event class")
+RELEVANCE_RULE = ("relevance: a segment is an event when its event relevance (sigmoid) is >= 0.5, "
+                  "and then takes the video's top event class; every other segment is background")
 
 
 def event_class_probabilities(event_logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
@@ -192,6 +192,12 @@ def list_heads() -> list[str]:
     """Registered head names, in registration order (modules of ``pipeline/heads`` in name
     order, then entry points)."""
     return list(_HEADS)
+
+
+def prediction_rule(name: str, setting: str, hparams: dict[str, Any]) -> Optional[str]:
+    """How head ``name`` turns its outputs into segment classes in ``setting``, when it is not
+    a per-segment argmax (``Head.prediction_rule``; the evaluate page and ``localize`` state it)."""
+    return get_head_class(name).prediction_rule(setting, hparams)
 
 
 def schedule(name: str, setting: str) -> Schedule:

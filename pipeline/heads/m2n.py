@@ -139,7 +139,10 @@ class M2N(Head):
 
     @classmethod
     def prediction_rule(cls, setting, hparams):
-        return RELEVANCE_RULE if setting == "fully" else None
+        if setting == "cml":
+            return ("cross-modal localization (M2N): each query's predicted window is marked "
+                    "'event', the rest 'background'; rows A2V then V2A")
+        return RELEVANCE_RULE
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
                  **hp: Any):

@@ -161,8 +161,9 @@ class VSCG(PSPEncoderHead):
     @classmethod
     def prediction_rule(cls, setting, hparams):
         if setting == "fully":
-            return ("is_event: a segment is an event when sigmoid(is_event) > event_threshold, and "
-                    "then gets the video's event class")
+            return (f"is_event: a segment whose event score passes event_threshold "
+                    f"({hparams.get('event_threshold', cls.DEFAULTS['event_threshold'])}) takes the "
+                    f"video's top event class; every other segment is background")
         return None
 
     def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,

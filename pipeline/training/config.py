@@ -142,7 +142,9 @@ class EvaluateConfig:
 @register_section("report")
 @dataclass(frozen=True)
 class ReportConfig:
-    """Results table over heads x settings (matrix/dvc.yaml; one DVC matrix cell each)."""
+    """Results table over heads x settings x seeds (dvc.yaml stages
+    cell@<head>-<setting>-<seed>, one each; none while ``heads`` is empty, as in the default
+    params)."""
     heads: list[str] = field(default_factory=registry.list_heads)  # rows of the table
     settings: list[Setting] = field(default_factory=lambda: list(registry.SETTINGS))
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults

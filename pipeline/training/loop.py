@@ -427,7 +427,7 @@ def _finish(run: _TrainState, live) -> TrainResult:
     if live is not None:
         if best is not None:
             live.summary.update({"best/val_accuracy": best["val_accuracy"],
-                                 "best/epoch": best["epoch"]})
+                                 "best/epoch": best["epoch"] + 1})  # epochs count from 1
         live.summary.update({"num_parameters": n_params, "train_seconds": round(run.seconds, 3)})
         live.end()
     print(f"best: epoch {best['epoch'] + 1} val acc {best['val_accuracy']:.4f}; "
@@ -488,10 +488,11 @@ def _open_live(live_dir, history: list[dict]):
 
 
 def _log_row(live, row: dict) -> None:
-    """One DVCLive step per epoch: step = epoch, ``train/*``, ``val/*`` and ``lr``."""
+    """One DVCLive step per epoch: step = the epoch counted from 1 (as the log and the reports
+    number it), ``train/*``, ``val/*`` and ``lr``."""
     if live is None:
         return
-    live.step = row["epoch"]
+    live.step = row["epoch"] + 1
     for k, v in row.items():
         if k.startswith(("train_", "val_")):
             live.log_metric(k.replace("_", "/", 1), v)
