@@ -1,6 +1,6 @@
 """The published-features route through DVC on a tiny copy of the project (see
 test_dvc_pipeline.py): files in a data root other than raw/ave and no background-only
-`*_noisy.h5` files; `dvc exp run matrix/dvc.yaml` builds the table, `fully` as usual and `weak`
+`*_noisy.h5` files; `dvc exp run report` builds the table, `fully` as usual and `weak`
 saying that it trains without background-only videos."""
 from __future__ import annotations
 
@@ -56,14 +56,16 @@ def test_published_route_from_another_root_without_background_only_files(tmp_pat
     (root / ".git" / "info" / "exclude").write_text("raw/published_set/\n")  # the user's files
     sh("git", "add", "-A")
     sh("git", "commit", "-q", "-m", "tiny project")
-    log = sh(sys.executable, "-m", "dvc", "exp", "run", "matrix/dvc.yaml",
+    log = sh(sys.executable, "-m", "dvc", "exp", "run", "report",
              "-S", "data.root=raw/published_set", "-S", "data.source=features",
+             "-S", "+published.files.published_vgg19={file: visual_feature.h5}",
+             "-S", "+published.files.published_vggish={file: audio_feature.h5}",
              "-S", "train.visual=published_vgg19", "-S", "train.audio=published_vggish",
              "-S", "train.feature_norm=none", "-S", "report.heads=[avel]",
              "-S", "report.settings=[fully,weak]", "-S", "report.epochs=1")
     ran = set(re.findall(r"Running stage '([^']+)'", log))
-    assert {"published/dvc.yaml:import@published_vgg19", "published/dvc.yaml:import_noisy@published_vgg19",
-            "matrix/dvc.yaml:cell@avel-fully-None", "matrix/dvc.yaml:cell@avel-weak-None"} <= ran, log
+    assert {"import@published_vgg19", "import_noisy@published_vgg19",
+            "cell@avel-fully-None", "cell@avel-weak-None"} <= ran, log
     assert not any(s.startswith(("synth", "extract")) for s in ran), ran
     assert "visual_feature_noisy.h5 absent" in log
     print(log)

@@ -92,7 +92,7 @@ class PublishedConfig:
     import@<name>, one per entry of ``files``)."""
 
     # folder of visual_feature.h5, audio_feature.h5, ... (beside Annotations.txt): null = data.root,
-    # which published/dvc.yaml reads; a value here must equal data.root
+    # which the import stages of dvc.yaml read; a value here must equal data.root
     root: Optional[str] = None
     # stored dtype: float32 (the published files are float64; float32 keeps 7 digits, 4.2 GB for
     # AVE's visual file) | float16 (opt-in: half the size, 3 digits)
@@ -113,7 +113,7 @@ class PublishedConfig:
 
 @register_check
 def _check_published_root(params: dict[str, Any]) -> None:
-    """published/dvc.yaml tracks the published files in ``data.root``; ``published.root`` may
+    """The import stages of dvc.yaml track the published files in ``data.root``; ``published.root`` may
     only repeat it."""
     root = params["published"].root
     if root is not None and Path(root) != Path(params["data"].root):
