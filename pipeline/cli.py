@@ -64,3 +64,25 @@ def stage_main(main: Callable[[Optional[list[str]]], Any]) -> Callable[[Optional
                   f"or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_INTERNAL) from None
     return wrapper
+
+
+def params_restore_hint(path: str) -> str:
+    """``'; <what to do>'`` when the params file ``path`` differs from the experiment's baseline
+    (``DVC_EXP_BASELINE_REV``) or the last commit: a failed ``dvc exp run -S`` leaves its values
+    there. Compares bytes: after such a run git's index can hold the new file's size and time
+    with the old content, so ``git status`` may not show it and ``git checkout`` skips it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    try:
+        proc = subprocess.run(["git", "show", f"{rev}:./{path}"], capture_output=True, timeout=30)
+        current = Path(path).read_bytes()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if proc.returncode != 0 or proc.stdout == current:
+        return ""
+    return (f"; {path} keeps these values (`git status` may not show it); "
+            f"`git show HEAD:{path} > {path}` restores the last commit's")
+

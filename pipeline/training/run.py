@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import recorded
+from pipeline.config import ConfigError, recorded
 from pipeline.runtime import git_revision
 from pipeline.training.data import load_dataset
 from pipeline.training.loop import RunSpec, TrainResult, train
@@ -46,3 +46,28 @@ def train_from_params(params: dict[str, Any], out_dir: str | Path, live_dir: str
                         background_only=tc.background_only)
     return train(spec, data, out_dir, live_dir=live_dir, params_snapshot=snapshot,
                  resume_dir=resume_dir)
+
+
+def feature_names(params: dict[str, Any]) -> list[str]:
+    """Names ``train.visual`` / ``train.audio`` may take: a stage of dvc.yaml writes each one
+    (``extract.models``, the tuned encoders, ``published.files``)."""
+    ext, ft, pub = params["extract"], params["finetune"], params["published"]
+    return [*ext.models, f"{ft.visual}_ft", f"{ft.audio}_ft", *pub.files]
+
+
+def check_feature_names(params: dict[str, Any]) -> None:
+    """``train.visual`` / ``train.audio`` name a feature file some stage writes, or one on disk."""
+    names, features = feature_names(params), Path(params["paths"].features)
+    for key in ("visual", "audio"):
+        name = getattr(params["train"], key)
+        if name not in names and not (features / f"{name}.h5").is_file():
+            raise ConfigError(f"train.{key}: no stage writes {name!r} and {features}/{name}.h5 "
+                              f"does not exist; names: {', '.join(names)}")
+
+
+def resolved_run(params: dict[str, Any]) -> dict[str, Any]:
+    """What the train stage depends on: ``train`` without its runtime knobs and
+    ``heads.<train.head>`` (so tuning another head leaves these bytes, and train, unchanged)."""
+    tc = params["train"]
+    return {"train": recorded("train", tc), "heads": {tc.head: params["heads"].of(tc.head)}}
+
