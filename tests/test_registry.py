@@ -142,7 +142,7 @@ def test_params_list_every_head_and_only_registered_ones():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     bundled = [n for n in list_heads() if get_head_class(n).__module__.startswith("pipeline.heads.")]
     assert sorted(params["heads"]) == sorted(bundled)
-    assert sorted(params["report"]["heads"]) == sorted(bundled)
+    assert set(params["report"]["heads"]) <= set(bundled)  # [] by default: no results table
 
 
 def test_every_bundled_head_declares_what_the_report_and_selection_read():
