@@ -125,7 +125,7 @@ class CMBS(Head):
         if setting == "fully":
             return RELEVANCE_RULE
         if hparams.get("weak_predict", cls.DEFAULTS["weak_predict"]) == "video":
-            return ("weak_predict: video: every segment takes the video's class (the video-level "
+            return ("weak_predict: video: every segment gets the video's class (the video-level "
                     "prediction), so no segment is predicted background "
                     "(heads.cmbs.weak_predict=segment: per-segment argmax)")
         return None
