@@ -81,10 +81,12 @@ class WorkList:
     videos: list[str]  # unique video paths, first-appearance order
     rows_of: dict[str, list[int]]  # video path -> output rows
     skipped: dict[int, str] = field(default_factory=dict)  # row -> reason (never decoded)
-    flags: dict[int, str] = field(default_factory=dict)  # row -> manifest flags
+    flags: dict[int, tuple[str, ...]] = field(default_factory=dict)  # row -> manifest flags
 
 
 def _flags(row: dict) -> tuple[str, ...]:
+    """A manifest row's flags as the one in-memory form, a tuple (``load_manifest`` gives one;
+    the CSV text ``a;b`` is read too)."""
     f = row.get("flags") or ()
     return tuple(x for x in f.split(";") if x) if isinstance(f, str) else tuple(f)
 
@@ -113,7 +115,7 @@ def plan(rows: Iterable[dict], num_rows: Optional[int] = None) -> WorkList:
     for r in rows:
         i = int(r["index"])
         if _flags(r):
-            work.flags[i] = ";".join(_flags(r))
+            work.flags[i] = _flags(r)
         reason = usable(r)
         if reason is not None:
             work.skipped[i] = reason
@@ -231,7 +233,7 @@ def _read_shard_fingerprint(path: Path) -> Optional[str]:
 
 
 def _write_shard(path: Path, fingerprint: str, videos: list[str], data: np.ndarray,
-                 ok: np.ndarray, messages: dict[int, str], flags: dict[int, str],
+                 ok: np.ndarray, messages: dict[int, str], flags: dict[int, tuple[str, ...]],
                  timestamps: Optional[np.ndarray]) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("data", data=data)
@@ -241,7 +243,7 @@ def _write_shard(path: Path, fingerprint: str, videos: list[str], data: np.ndarr
         f.attrs["fingerprint"] = fingerprint
         f.attrs["videos_json"] = json.dumps(videos)
         f.attrs["messages_json"] = json.dumps({str(k): v for k, v in messages.items()})
-        f.attrs["flags_json"] = json.dumps({str(k): v for k, v in flags.items()})
+        f.attrs["flags_json"] = json.dumps({str(k): list(v) for k, v in flags.items()})
 
 
 # ------------------------------------------------------------------------------------------
@@ -426,7 +428,7 @@ class _ShardBuffer:
     ok: np.ndarray
     timestamps: Optional[np.ndarray]
     messages: dict[int, str] = field(default_factory=dict)
-    flags: dict[int, str] = field(default_factory=dict)
+    flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n: int, encoder: Encoder, cfg: ExtractConfig) -> "_ShardBuffer":
@@ -448,7 +450,7 @@ class _ShardBuffer:
             if ts is not None and self.timestamps is not None:
                 self.timestamps[p] = ts
             if fl:
-                self.flags[p] = ";".join(fl)
+                self.flags[p] = tuple(fl)
 
     def commit(self, path: Path, fingerprint: str, videos: list[str]) -> None:
         _write_shard(path, fingerprint, videos, self.data, self.ok, self.messages, self.flags, self.timestamps)
@@ -536,7 +538,7 @@ def _merge(out_path: Path, partial: Path, work: WorkList, shards: list[list[str]
            encoder: Encoder, cfg: ExtractConfig, meta: dict[str, Any]) -> tuple[Path, int]:
     """Committed shards -> the store file at ``out_path`` (rename into place)."""
     problems = {str(i): r for i, r in work.skipped.items()}
-    row_flags = {str(i): f for i, f in work.flags.items()}
+    row_flags = {str(i): list(f) for i, f in work.flags.items()}  # flags: a list per row
     visual = encoder.modality == "visual"
     with StoreWriter(out_path, work.num_rows, encoder.feature_shape(), cfg.dtype, meta,
                      extras={"timestamps": ((NUM_SEGMENTS, cfg.frames_per_segment), "float32")} if visual else None) as w:
@@ -557,8 +559,8 @@ def _merge(out_path: Path, partial: Path, work: WorkList, shards: list[list[str]
                     if str(pos) in messages:
                         problems[str(r)] = messages[str(pos)]
                     if str(pos) in flags:
-                        row_flags[str(r)] = ";".join(dict.fromkeys(
-                            (row_flags.get(str(r), "") + ";" + flags[str(pos)]).strip(";").split(";")))
+                        row_flags[str(r)] = list(dict.fromkeys([*row_flags.get(str(r), []),
+                                                                *flags[str(pos)]]))
             src = np.asarray(src, dtype=np.int64)
             w.write(np.asarray(rows, dtype=np.int64), data[src], ok[src],
                     extras={"timestamps": ts[src]} if ts is not None else None)
