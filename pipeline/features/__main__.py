@@ -10,6 +10,7 @@ import argparse
 import re
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.cli import stage_main
 from pipeline.config import ConfigError
 from pipeline.features.community import DTYPES, export_community
@@ -20,7 +21,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a feature name, never a p
 def _feature_file(features_dir: Path, name: str, flag: str) -> Path:
     if not _NAME.match(name):
         raise ConfigError(f"{flag}: {name!r} is not a feature name (e.g. vgg19, resnet50_ft)")
-    return features_dir / f"{name}.h5"
+    return layout.feature_file(features_dir, name)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline import layout
 from pipeline.config import InputError
 from pipeline.features.config import CommunityFile, PublishedConfig
 from pipeline.features.store import DATASET, community_kind, import_community
@@ -133,7 +134,7 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
         kind = community_kind(shape)
     except ValueError as e:
         raise InputError(f"{src}: {e}") from None
-    out = Path(features) / f"{name}.h5"
+    out = layout.feature_file(features, name)
     import_community(src, out, kind, cfg.dtype, **provenance(entry, kind))
     return out
 
@@ -159,7 +160,7 @@ def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path
         raise FileNotFoundError(f"{main}: missing; put the published file {entry.file} in "
                                 f"{root}/ (data.root), or remove published.files.{name}")
     shape = _shape(main)
-    out = Path(features) / f"{noisy}.h5"
+    out = layout.feature_file(features, noisy)
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / src.name
         with h5py.File(empty, "w") as f:

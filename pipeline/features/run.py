@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import torch.distributed as dist
 
+from pipeline import layout
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, recorded, to_dict
 from pipeline.data.prepare import load_manifest
 from pipeline.encoders.spec import ModelSpec
@@ -38,7 +39,7 @@ def extract_background_only(name, spec, cfg, paths, device, rank, world, progres
         return
     log(f"extract[{name}]: no background-only videos in {paths.prepared}; {out} has zero rows")
     if rank == 0:
-        with h5py.File(Path(paths.features) / f"{name}.h5", "r") as f:  # shape and provenance only
+        with h5py.File(layout.feature_file(paths.features, name), "r") as f:  # shape and provenance only
             empty, meta = np.zeros((0, *f[DATASET].shape[1:]), f[DATASET].dtype), read_meta(f)
         write_features(out, empty, None, {**meta, "background_only": "none"}, dtype=str(empty.dtype))
 
@@ -80,7 +81,7 @@ def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, 
         f"config { {k: v for k, v in recorded('extract', cfg).items() if k != 'models'} }")
     rows = load_manifest(paths.prepared)
     try:
-        result = extract(name, spec, rows, Path(paths.features) / f"{name}.h5", cfg,
+        result = extract(name, spec, rows, layout.feature_file(paths.features, name), cfg,
                          device=device, rank=env.rank, world_size=env.world, progress=progress, log=log)
         extract_background_only(name, spec, cfg, paths, device, env.rank, env.world, progress, log)
         return result

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline import layout
 from pipeline.config import ConfigError, recorded
 from pipeline.runtime import git_revision
 from pipeline.training.data import load_dataset
@@ -60,8 +61,8 @@ def check_feature_names(params: dict[str, Any]) -> None:
     names, features = feature_names(params), Path(params["paths"].features)
     for key in ("visual", "audio"):
         name = getattr(params["train"], key)
-        if name not in names and not (features / f"{name}.h5").is_file():
-            raise ConfigError(f"train.{key}: no stage writes {name!r} and {features}/{name}.h5 "
+        if name not in names and not layout.feature_file(features, name).is_file():
+            raise ConfigError(f"train.{key}: no stage writes {name!r} and {layout.feature_file(features, name)} "
                               f"does not exist; names: {', '.join(names)}")
 
 
