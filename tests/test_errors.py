@@ -46,7 +46,7 @@ BAD_PARAMS = [
     ("heads.cmbs.heads", 4.5, r"heads\.cmbs\.heads: expected a number like the default 4, got 4\.5"),
     ("heads.vscg.psp_tau", "high", r"heads\.vscg\.psp_tau: expected a number like the default 0\.099, got 'high'"),
     ("heads.psp", [1], r"heads\.psp: expected a mapping, got \[1\]"),
-    ("heads.foo", {"a": 1}, r"unknown key heads\.foo; allowed keys of heads: avel"),
+    ("heads.foo", {"a": 1}, r"unknown key heads\.foo; allowed keys of heads: .*avel"),
     ("report.heads", ["psp", "foo"], rf"report\.heads\[1\]: unknown head 'foo'; {HEADS}"),
     ("report.settings", ["weak", "semi"], r"report\.settings\[1\]: 'semi' is not allowed"),
     ("report.epochs", 0, r"report\.epochs: must be >= 1, got 0"),

@@ -189,9 +189,8 @@ def register_head(name: str):
 
 
 def list_heads() -> list[str]:
-    """Registered head names, in registration order (modules of ``pipeline/heads`` in name
-    order, then entry points)."""
-    return list(_HEADS)
+    """Registered head names, sorted."""
+    return sorted(_HEADS)
 
 
 def prediction_rule(name: str, setting: str, hparams: dict[str, Any]) -> Optional[str]:

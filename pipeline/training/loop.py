@@ -206,8 +206,10 @@ class _TrainState:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Batches an epoch: the last partial one dropped when the recipe says so and a whole
+        batch remains (a split smaller than one batch trains on it whole)."""
         n, bs = len(self.train_split), int(self.recipe["batch_size"])
-        return n // bs if self.recipe["drop_last"] else -(-n // bs)
+        return n // bs if self.recipe["drop_last"] and n >= bs else -(-n // bs)
 
 
 class Training:
@@ -280,6 +282,9 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     print(f"hparams: {hparams}")
     print(f"recipe: {recipe}")
     print(f"seed: {resolved.seed}" + (" (the authors' seed; train.seed: null)" if spec.seed is None else ""))
+    if recipe["drop_last"] and len(train_split) < int(recipe["batch_size"]):
+        print(f"recipe: drop_last, but the train split ({len(train_split)} rows) is smaller than "
+              f"one batch ({recipe['batch_size']}): it trains as one partial batch an epoch")
     print(f"lr schedule: {recipe['lr']:g}, x{recipe['lr_gamma']:g} at epochs "
           f"{lr_milestones(recipe) or 'none'}")
     print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
