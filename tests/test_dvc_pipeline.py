@@ -210,7 +210,7 @@ def test_an_experiment_is_compared_with_the_committed_baseline(tiny_repo):
         assert len(after) == len(before) and len(changed) == 2, changed
         assert {b.split("#")[0].strip() for _, b in changed} == {"head: cmbs", "epochs: 3"}
 
-        diff = _dvc(sh, "metrics", "diff", "--json").stdout
+        diff = _dvc(sh, "metrics", "diff", "--all", "--json").stdout  # unchanged ones too
         rows = {(f, k): v for f, m in json.loads(diff).items() for k, v in m.items()}
         assert rows and all(v["old"] is not None and v["new"] is not None
                             for v in rows.values()), diff
