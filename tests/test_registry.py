@@ -169,3 +169,11 @@ def test_architecture_doc_names_only_layout_files():
     unknown = sorted(n for n in named if n not in known and n not in patterns
                      and not n.startswith(("metrics", "confusion", "index", "row")))
     assert not unknown, f"docs/ARCHITECTURE.md names files the layout module does not: {unknown}"
+
+
+def test_readme_lists_every_bundled_head():
+    """README's list of heads is checked against the registry (one place for the list)."""
+    readme = (REPO / "README.md").read_text()
+    bundled = [n for n in list_heads() if get_head_class(n).__module__.startswith("pipeline.heads.")]
+    missing = [n for n in bundled if f"`{n}`" not in readme]
+    assert not missing, f"README.md does not list the registered heads {missing}"
