@@ -75,17 +75,18 @@ def _tracked_files() -> list[str]:
     return [f for f in proc.stdout.splitlines() if (REPO / f).is_file()]
 
 
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory):
-    """A git + DVC repository of the project's tracked files with the tiny params, committed."""
-    root = tmp_path_factory.mktemp("dvcrepo")
+def tiny_copy(root: Path, exclude: str = ""):
+    """The project's tracked files in ``root`` with the tiny params (written by DVC's own writer,
+    as `-S` does), without the committed baseline (this repository makes its own); returns
+    ``sh(*cmd, check=True, timeout=3600) -> CompletedProcess`` running in ``root``, with git
+    initialised (``exclude``: lines for .git/info/exclude)."""
     for f in _tracked_files():
         if f == "dvc.lock" or (f.startswith("reports/") and not f.endswith("README.md")):
-            continue  # the project's committed baseline: this repository makes its own
+            continue
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, root / f)
     from dvc.utils.hydra import apply_overrides
-    apply_overrides(root / "params.yaml", _overrides(TINY))  # DVC's own writer, as `-S` uses
+    apply_overrides(root / "params.yaml", _overrides(TINY))
     env = {**os.environ, "PYTHONPATH": ".",  # each workspace's own code, queued ones included
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -96,12 +97,23 @@ def tiny_repo(tmp_path_factory):
         proc = subprocess.run(list(cmd), cwd=root, env=env, capture_output=True, text=True,
                               timeout=timeout)
         if check and proc.returncode:
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}")
         return proc
 
     sh("git", "init", "-q")
+    if exclude:
+        (root / ".git" / "info" / "exclude").write_text(exclude)
     sh("git", "add", "-A")
     sh("git", "commit", "-q", "-m", "tiny project")
+    return sh
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    """A git + DVC repository of the project's tracked files with the tiny params, reproduced
+    and committed."""
+    root = tmp_path_factory.mktemp("dvcrepo")
+    sh = tiny_copy(root)
     t0 = time.monotonic()
     sh(sys.executable, "-m", "dvc", "repro")
     print(f"tiny dvc repro: {time.monotonic() - t0:.1f} s")

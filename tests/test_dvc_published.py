@@ -5,18 +5,13 @@ saying that it trains without background-only videos."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import pytest
-import yaml
 
-from test_dvc_pipeline import REPO, TINY, _merge, _tracked_files
+from test_dvc_pipeline import tiny_copy
 from test_published import _annotations, _published
 
 from pipeline.data.ave import export_labels
@@ -26,11 +21,6 @@ pytestmark = pytest.mark.slow
 
 def test_published_route_from_another_root_without_background_only_files(tmp_path):
     root = tmp_path / "repo"
-    for f in _tracked_files():
-        (root / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, root / f)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
     data = root / "raw" / "published_set"  # not raw/ave
     _annotations(data)
     export_labels(data, tmp_path / "labels")
@@ -39,23 +29,12 @@ def test_published_route_from_another_root_without_background_only_files(tmp_pat
     _published(data, data, labels)
     for name in ("visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5"):
         (data / name).unlink()
-    env = {**os.environ, "PYTHONPATH": ".",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
-    env.pop("DVC_ROOT", None)
+    run = tiny_copy(root, exclude="raw/published_set/\n")  # the user's files
 
     def sh(*cmd: str) -> str:
-        proc = subprocess.run(list(cmd), cwd=root, env=env, capture_output=True, text=True,
-                              timeout=1800)
-        if proc.returncode:
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}")
+        proc = run(*cmd, timeout=1800)
         return proc.stdout + proc.stderr
 
-    sh("git", "init", "-q")
-    (root / ".git" / "info" / "exclude").write_text("raw/published_set/\n")  # the user's files
-    sh("git", "add", "-A")
-    sh("git", "commit", "-q", "-m", "tiny project")
     log = sh(sys.executable, "-m", "dvc", "exp", "run", "report",
              "-S", "data.root=raw/published_set", "-S", "data.source=features",
              "-S", "+published.files.published_vgg19={file: visual_feature.h5}",

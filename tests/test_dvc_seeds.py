@@ -4,18 +4,13 @@ spread and intervals, and a fourth seed runs only its own cells."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
-from test_dvc_pipeline import REPO, TINY, _merge, _tracked_files
+from test_dvc_pipeline import tiny_copy
 
 pytestmark = pytest.mark.slow
 
@@ -25,27 +20,12 @@ TABLE = ["-S", "report.heads=[psp,majority]", "-S", "report.settings=[fully]",
 
 def test_seeds_pool_into_rows_and_a_new_seed_runs_only_its_cells(tmp_path):
     root = tmp_path / "repo"
-    for f in _tracked_files():
-        (root / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, root / f)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": ".",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
-    env.pop("DVC_ROOT", None)
+    run = tiny_copy(root)
 
     def sh(*cmd: str) -> str:
-        proc = subprocess.run(list(cmd), cwd=root, env=env, capture_output=True, text=True,
-                              timeout=1800)
-        if proc.returncode:
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        proc = run(*cmd, timeout=1800)
         return proc.stdout + proc.stderr
 
-    sh("git", "init", "-q")
-    sh("git", "add", "-A")
-    sh("git", "commit", "-q", "-m", "tiny project")
     t0 = time.monotonic()
     log = sh(sys.executable, "-m", "dvc", "exp", "run", "report", *TABLE,
              "-S", "report.seeds=[0,1,2]")
