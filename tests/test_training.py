@@ -531,7 +531,7 @@ def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp
     assert val_ckpt["epoch"] == int(np.argmax([r["val_accuracy"] for r in h]))
     # the released check is scored on the test split: evaluating best_test.pt gives that number
     head = ckpt_io.build_from(test_ckpt).eval()
-    from pipeline.training.loop import accuracy, predict
+    from pipeline.training.tasks import accuracy, predict
     test = data.splits["test"]
     acc = accuracy(predict(head, test, torch.device("cpu")), test.targets)
     assert acc == pytest.approx(checked[best_epoch])

@@ -44,7 +44,7 @@ from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import resolve_train
 from pipeline.training.data import Dataset, SplitData, feature_stats
 from pipeline.training.selection import ScriptSelection
-from pipeline.training.tasks import Task, accuracy, get_task, predict  # noqa: F401  (re-exported)
+from pipeline.training.tasks import Task, get_task
 
 CODE_DIRS = ("pipeline/heads", "pipeline/training")  # hashed into the resume fingerprint
 
