@@ -238,8 +238,15 @@ def test_an_experiment_is_compared_with_the_committed_baseline(tiny_repo):
         header = next(line for line in md.splitlines() if line.startswith("|"))
         columns = [c.strip() for c in header.strip("|").split("|")]
         assert len(columns) <= 20, columns
-        assert {"accuracy", "event_f1", "val_accuracy", "best_epoch", "train.head",
-                "train.epochs"} <= set(columns), columns
+        assert {"train.head", "train.epochs", "epochs"} <= set(columns), columns
+        headline = {"accuracy", "event_f1", "val_accuracy", "best_epoch", "epochs", "train_seconds"}
+        # the headline metrics that changed (an equal one is left out by --only-changed), no detail
+        metric_like = {c for c in columns if not c.startswith(("train.", "Experiment", "Created"))
+                       and "/" not in c and not c.endswith(".json")}
+        assert metric_like <= headline, columns
+        full = _dvc(sh, "exp", "show", "--md").stdout
+        full_header = next(line for line in full.splitlines() if line.startswith("|"))
+        assert headline <= {c.strip() for c in full_header.strip("|").split("|")}, full_header
         base = next(line for line in md.splitlines() if re.match(r"\|\s*(master|main)\s", line))
         assert "!" not in base and re.search(r"\|\s*0\.\d+\s", base) and "psp" in base, md
         env = {**os.environ, "COLUMNS": "160", "PYTHONPATH": "."}
