@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pipeline.encoders import ModelSpec, build_encoder  # noqa: E402
+from pipeline.encoders.base import build_encoder  # noqa: E402
+from pipeline.encoders.spec import ModelSpec  # noqa: E402
 from pipeline.features.config import ExtractConfig  # noqa: E402
 from pipeline.features.engine import _decoded_stream, decoder_for, extract, produce_batches  # noqa: E402
 from pipeline.media.pool import threaded_prefetch  # noqa: E402
@@ -179,7 +180,7 @@ def manifest_rows(videos: list[str]) -> list[dict]:
 
 def start_pool(enc, cfg, warm_video: str):
     """A running decode pool (its start-up, paid once per stage run, is timed separately)."""
-    from pipeline.media import DecodePool
+    from pipeline.media.pool import DecodePool
 
     t0 = time.perf_counter()
     pool = DecodePool(decoder_for(enc, cfg), workers=cfg.workers, timeout_s=cfg.decode_timeout_s)

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from extract import make_videos, manifest_rows, run_floor, start_pool, sweep_floor  # noqa: E402  (benchmarks/extract.py)
-from pipeline.encoders import ModelSpec, build_encoder  # noqa: E402
+from pipeline.encoders.base import build_encoder  # noqa: E402
+from pipeline.encoders.spec import ModelSpec  # noqa: E402
 from pipeline.features.config import ExtractConfig  # noqa: E402
 from pipeline.features.engine import decoder_for, extract  # noqa: E402
 from pipeline.runtime import NUM_SEGMENTS, atomic_write_json, atomic_write_text  # noqa: E402

@@ -173,7 +173,7 @@ def decode_clip(path: str, frames_per_segment: int, sampling: str, size: tuple[i
     """Probe and decode a whole video (run inside a :class:`DecodePool` worker): frames
     ``(m, F, H, W, 3)`` and audio ``(m, sample_rate)`` for ``m = max(n, 10)`` segments. A video
     too short for ``prepare`` is a ``too_short`` failure, not decoded."""
-    from pipeline.media import DecodeFailure, decode_audio, decode_video, read_info
+    from pipeline.media.decode import DecodeFailure, decode_audio, decode_video, read_info
 
     info = read_info(path)
     if info.status in ("missing", "corrupt", "no_video", "unusable"):
@@ -308,7 +308,8 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
     """Localize events in ``videos``; returns one result per video (failed ones carry
     ``error``). Writes ``<out_dir>/<name>.json``, ``<name>.png`` and ``index.html``."""
     from pipeline.evaluation.html import write_localize_page
-    from pipeline.media import DecodeFailure, DecodePool
+    from pipeline.media.decode import DecodeFailure
+    from pipeline.media.pool import DecodePool
 
     model, out_dir = Path(model), Path(out_dir)
     videos = check_videos(videos)  # before anything is loaded

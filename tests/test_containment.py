@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.data import ave, ids, prepare as prep
-from pipeline.data.prepare import MANIFEST_COLUMNS, load_manifest, prepare
+from pipeline.data.manifest import MANIFEST_COLUMNS, load_manifest
+from pipeline.data.prepare import prepare
 from pipeline.media import decode
 
 GOOD = "goodVideo01"

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.encoders import ModelSpec, WeightsLoadError, WeightsNotFoundError, build_encoder
+from pipeline.encoders.base import build_encoder
+from pipeline.encoders.spec import ModelSpec
+from pipeline.encoders.weights import WeightsLoadError, WeightsNotFoundError
 from pipeline.encoders import weights as W
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -201,7 +201,8 @@ def _bad_safetensors(tmp_path):
 def test_weights_file_that_fails_to_load_names_file_and_reason(make, reason, tmp_path,
                                                                monkeypatch):
     from pipeline.config import InputError
-    from pipeline.encoders import ModelSpec, build_encoder
+    from pipeline.encoders.spec import ModelSpec
+    from pipeline.encoders.base import build_encoder
 
     monkeypatch.chdir(tmp_path)
     path = make(tmp_path)
@@ -214,7 +215,9 @@ def test_weights_file_that_fails_to_load_names_file_and_reason(make, reason, tmp
 
 
 def test_download_error_names_the_key_that_applies(tmp_path, monkeypatch):
-    from pipeline.encoders import ModelSpec, WeightsNotFoundError, build_encoder
+    from pipeline.encoders.spec import ModelSpec
+    from pipeline.encoders.weights import WeightsNotFoundError
+    from pipeline.encoders.base import build_encoder
     from pipeline.encoders.base import lookup
     from pipeline.finetune.run import DOWNLOAD_KEY
 
@@ -386,7 +389,8 @@ def _loader_cli(loader: str, bad: Path, tmp_path: Path, base_params: dict):
         # the train loop reads its resume point with ckpt_io.load; the stage wraps it in stage_main
         return stage_main(lambda argv: ckpt_io.load(bad)), [], bad
     if loader == "encoder weights":
-        from pipeline.encoders import ModelSpec, build_encoder
+        from pipeline.encoders.spec import ModelSpec
+        from pipeline.encoders.base import build_encoder
         return (stage_main(lambda argv: build_encoder(ModelSpec("vggish", weights=str(bad)),
                                                       allow_download=False)), [], bad)
     raise AssertionError(loader)

@@ -99,7 +99,7 @@ def test_float32_on_request_and_other_dtypes_refused(prepared, tmp_path):
 
 
 def test_invalid_rows_are_stated_with_video_and_reason(prepared, tmp_path):
-    from pipeline.data.prepare import load_manifest
+    from pipeline.data.manifest import load_manifest
 
     rows = load_manifest(prepared)
     test_row = next(r["index"] for r in rows if r["split"] == "test")

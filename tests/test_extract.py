@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.encoders import ModelSpec, build_encoder
+from pipeline.encoders.base import build_encoder
+from pipeline.encoders.spec import ModelSpec
 from pipeline.features.config import ExtractConfig
 from pipeline.features.engine import extract
 from pipeline.features.store import load_features
@@ -71,7 +72,7 @@ def bad_root(ave_root, tmp_path_factory):
 
 
 def _rows(prepared):
-    from pipeline.data.prepare import load_manifest
+    from pipeline.data.manifest import load_manifest
     return load_manifest(prepared)
 
 

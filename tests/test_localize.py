@@ -84,7 +84,8 @@ def test_probabilities_agree_with_predict(head, setting):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """psp trained (fully) on the synthetic set's features; returns best.pt."""
-    from pipeline.data.prepare import load_manifest, prepare
+    from pipeline.data.manifest import load_manifest
+    from pipeline.data.prepare import prepare
     from pipeline.data.synth import generate
     from pipeline.encoders.spec import ModelSpec
     from pipeline.features.config import ExtractConfig

@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.media import (DecodeFailure, DecodePool, decode_audio, decode_video, probe,
-                            probe_many, read_info, segment_frame_indices)
+from pipeline.media.decode import DecodeFailure, decode_audio, decode_video, read_info
+from pipeline.media.pool import DecodePool, probe, probe_many
+from pipeline.media.sampling import segment_frame_indices
 from pipeline.media.write import write_mp4
 
 SR = 16000

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from pipeline.data.ave import load_annotations
-from pipeline.data.prepare import EXCLUDED, MANIFEST_COLUMNS, load_manifest, prepare
-from pipeline.media import decode_audio
+from pipeline.data.manifest import EXCLUDED, MANIFEST_COLUMNS, load_manifest
+from pipeline.data.prepare import prepare
+from pipeline.media.decode import decode_audio
 from pipeline.media.write import write_mp4
 
 REPO = Path(__file__).resolve().parents[1]

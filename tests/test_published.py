@@ -12,7 +12,8 @@ import yaml
 
 from pipeline.config import load_params
 from pipeline.data.ave import export_labels
-from pipeline.data.prepare import load_manifest, prepare
+from pipeline.data.manifest import load_manifest
+from pipeline.data.prepare import prepare
 from pipeline.features.store import load_features
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

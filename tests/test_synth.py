@@ -11,7 +11,7 @@ from pipeline.config import ConfigError, SynthConfig, from_dict
 from pipeline.data.ave import load_annotations
 from pipeline.data.synth import (AVE_CATEGORIES, class_signatures, draw_specs, generate,
                                  load_synth_meta)
-from pipeline.media import decode_audio, decode_video, read_info
+from pipeline.media.decode import decode_audio, decode_video, read_info
 
 SPLIT_VIDEOS = {"train": 6, "val": 3, "test": 3}
 

@@ -69,22 +69,20 @@ from pipeline.data.ave import (AVEAnnotations, background_video_ids, load_annota
                                write_label_files)
 from pipeline.data.ids import UnsafePathError
 from pipeline.files import read_h5
-from pipeline.media import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
-                            VideoInfo, audio_flags, probe_many)
+from pipeline.media.decode import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
+                                   VideoInfo, audio_flags)
+from pipeline.media.pool import probe_many
 from pipeline.layout import SPLITS
 from pipeline.runtime import NUM_SEGMENTS
 
-MANIFEST_COLUMNS = ("index", "video_id", "category", "split", "start", "end", "path", "status",
-                    "duration", "fps", "num_frames", "has_audio", "flags", "message")
+from pipeline.data.manifest import EXCLUDED, MANIFEST_COLUMNS
+
 STATUSES = ("ok", "short", "no_audio", "corrupt", "missing", "no_video", "unusable", "unprobed")
-EXCLUDED = frozenset({"corrupt", "missing", "no_video", "unusable"})  # no features for these
 FLAG_TOO_SHORT = "too_short"  # shorter than min_duration: excluded
 _EXCLUDE = "excluded (features marked invalid)"
 ACTIONS = {"missing": _EXCLUDE, "corrupt": _EXCLUDE, "no_video": _EXCLUDE, "unusable": _EXCLUDE,
            "short": "padded with the last frame", "no_audio": "silent audio", "ok": "",
            "unprobed": "video not read (data.source: features); valid per the feature files"}
-_TYPES = {"index": int, "start": int, "end": int, "duration": float, "fps": float,
-          "num_frames": int}
 
 
 @dataclass
@@ -323,19 +321,3 @@ def _cml_line(ann: AVEAnnotations) -> str:
 
 _FLAG_ACTIONS = {FLAG_PADDED_AUDIO: "audio padded with silence", FLAG_VFR: "sampled by timestamps",
                  FLAG_NO_AUDIO: "silent audio", FLAG_PADDED_SHORT: "padded with the last frame"}
-
-
-def load_manifest(prepared_dir: str | os.PathLike,
-                  name: str = layout.MANIFEST_FILE) -> list[dict[str, Any]]:
-    """Rows of ``manifest.csv`` (or ``name``, e.g. ``background_manifest.csv``) with typed values
-    (``flags`` a tuple, ``has_audio`` a bool)."""
-    rows = []
-    with open(Path(prepared_dir) / name, newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = dict(raw)
-            for k, tp in _TYPES.items():
-                row[k] = tp(row[k])
-            row["has_audio"] = row["has_audio"] in ("1", "True", "true")
-            row["flags"] = tuple(x for x in row["flags"].split(";") if x)
-            rows.append(row)
-    return rows

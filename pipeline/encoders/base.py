@@ -67,6 +67,22 @@ Factory = Callable[..., Encoder]  # factory(spec, allow_download=, image_size=, 
 _ENCODERS: dict[str, Factory] = {}
 _MODALITY: dict[str, str] = {}  # registered name -> "visual" | "audio"
 PREFIX = "/"  # names registered ending with "/" are families: "timm/" serves "timm/<model>"
+ENTRY_POINT_GROUP = "ave_pipeline.encoders"  # encoders of other installed packages register here
+_discovered = False
+
+
+def discover() -> None:
+    """Fill the registry once: import every public module of ``pipeline/encoders`` (each
+    registers its encoders) and the entry points of :data:`ENTRY_POINT_GROUP`. Every lookup
+    calls it, so a new encoder module is found without editing any other file."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import pipeline.encoders as package
+    from pipeline.runtime import discover_plugins
+
+    discover_plugins(package.__name__, package.__path__, ENTRY_POINT_GROUP)
 
 
 def register_encoder(name: str, modality: str) -> Callable[[Factory], Factory]:
@@ -87,12 +103,14 @@ def register_encoder(name: str, modality: str) -> Callable[[Factory], Factory]:
 
 
 def encoder_names() -> list[str]:
-    """Registered encoder names (importing ``pipeline.encoders`` registers them all)."""
+    """Registered encoder names (the registry discovers them on first use)."""
+    discover()
     return sorted(_ENCODERS)
 
 
 def _registered(name: str) -> str:
     """The registry entry serving ``name`` (itself, or its family such as ``timm/``)."""
+    discover()
     if name in _ENCODERS:
         return name
     family = name.split(PREFIX, 1)[0] + PREFIX if PREFIX in name else None

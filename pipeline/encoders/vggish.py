@@ -30,7 +30,7 @@ from pipeline.encoders.base import register_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.runtime import without_data_parallel
 from pipeline.encoders.weights import (DOWNLOAD_KEY, ResolvedWeights, WeightsSpec, load_checkpoint,
-                                      materialize, resolve)
+                                      materialize, resolve_weights)
 
 SAMPLE_RATE = 16000  # vggish_params.SAMPLE_RATE
 WINDOW = 400  # 0.025 s
@@ -180,7 +180,7 @@ def vggish(spec: ModelSpec, allow_download: bool = True, image_size: Optional[in
                                 download_key=download_key)
     post, pca = None, None
     if spec.postprocess != "none":  # the published PCA parameters, whatever the net's weights
-        pca = resolve("pretrained", VGGISH_PCA, allow_download=allow_download,
+        pca = resolve_weights("pretrained", VGGISH_PCA, allow_download=allow_download,
                       download_key=download_key)
         post = PCAPostprocess(*load_pca(pca.path), quantize=spec.postprocess == "pca_quantize")
     return VGGishEncoder(spec, resolved, net, post, pca)

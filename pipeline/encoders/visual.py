@@ -29,7 +29,7 @@ from pipeline.encoders.base import Encoder, register_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.runtime import without_data_parallel
 from pipeline.encoders.weights import (
-    DOWNLOAD_KEY, HASH_PREFIX, ResolvedWeights, WeightsSpec, load_checkpoint, load_strict, materialize, resolve, seeded,
+    DOWNLOAD_KEY, HASH_PREFIX, ResolvedWeights, WeightsSpec, load_checkpoint, load_strict, materialize, resolve_weights, seeded,
 )
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # Keras imagenet_utils 'caffe' mode, 0..255 BGR
@@ -256,7 +256,7 @@ def _build_timm(spec: ModelSpec, allow_download: bool, image_size: Optional[int]
 
     model_name = spec.encoder.split("/", 1)[1]
     wspec = timm_weights(model_name)
-    resolved = resolve(spec.weights, wspec, spec.seed, allow_download, download_key)
+    resolved = resolve_weights(spec.weights, wspec, spec.seed, allow_download, download_key)
     kwargs = dict(features_only=True, out_indices=(-1,))
     with seeded(spec.seed):
         body = timm.create_model(model_name, pretrained=False, **kwargs)

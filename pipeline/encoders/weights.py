@@ -146,7 +146,7 @@ def resolve_file(spec: WeightsSpec, allow_download: bool = True,
         f"Get it from {spec.url} and put it at {_where(spec)}.")
 
 
-def resolve(weights: str, spec: Optional[WeightsSpec], seed: int = 0,
+def resolve_weights(weights: str, spec: Optional[WeightsSpec], seed: int = 0,
             allow_download: bool = True, download_key: str = DOWNLOAD_KEY) -> ResolvedWeights:
     """``pretrained | random | <path>`` -> :class:`ResolvedWeights` (``sha256`` empty for random:
     :meth:`Encoder.metadata` records the hash of the initialised state instead)."""
@@ -217,7 +217,7 @@ def materialize(create: Callable[[], nn.Module], weights: str, seed: int,
     ``remap`` is the encoder's pure key-mapping function from its native checkpoint format
     to the module's ``state_dict`` keys.
     """
-    resolved = resolve(weights, spec, seed, allow_download, download_key)
+    resolved = resolve_weights(weights, spec, seed, allow_download, download_key)
     with seeded(seed):
         module = create()
     if resolved.path is not None:

@@ -27,7 +27,7 @@ from dvclive import Live
 
 from pipeline.config import InputError
 from pipeline.data.ids import safe_filename
-from pipeline.data.prepare import load_manifest
+from pipeline.data.manifest import load_manifest
 from pipeline import layout
 from pipeline.evaluation import plots
 from pipeline.evaluation.html import write_evaluation_page

@@ -1,8 +1,8 @@
-"""Extraction engine and the one feature store (HDF5, community ``avadataset`` layout)."""
-from .config import ExtractConfig
-from .engine import ExtractResult, extract, plan
-from .run import run_stage
-from .store import FeatureSet, StoreWriter, import_community, load_features, write_features
+"""The feature store and the extraction engine.
 
-__all__ = ["ExtractConfig", "ExtractResult", "FeatureSet", "StoreWriter", "extract",
-           "import_community", "load_features", "plan", "run_stage", "write_features"]
+Modules (import the one you need; this package imports nothing, so reading features does not
+load the encoders or the decoder): ``store`` (the one feature store: HDF5, community
+``avadataset`` layout), ``config`` (params sections ``extract``, ``published``), ``engine``
+(extraction), ``run`` (the extraction stage's work), ``published`` / ``community`` (import and
+export of community files).
+"""

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from pipeline.config import to_dict
+from pipeline.data.manifest import EXCLUDED
 from pipeline.encoders.audio import AudioEncoder
 from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
@@ -93,9 +94,8 @@ def _flags(row: dict) -> tuple[str, ...]:
 
 def usable(row: dict) -> Optional[str]:
     """None when the row's video is decoded, else why not (the manifest policy of
-    :mod:`pipeline.data.prepare`: statuses in ``EXCLUDED`` get no features; ``short`` videos
+    :mod:`pipeline.data.manifest`: statuses in ``EXCLUDED`` get no features; ``short`` videos
     are padded, ``no_audio`` ones get silence, both flagged in the output)."""
-    from pipeline.data.prepare import EXCLUDED
 
     status = str(row.get("status", "ok"))
     if status in EXCLUDED:
@@ -139,7 +139,7 @@ def plan(rows: Iterable[dict], num_rows: Optional[int] = None) -> WorkList:
 def decoder_for(encoder: Encoder, cfg: ExtractConfig) -> Callable[[str], Any]:
     """``path -> Decoded``: frames squashed to the encoder's input size inside the decoder, or
     the mono track at the encoder's sample rate."""
-    from pipeline.media import decode_audio, decode_video
+    from pipeline.media.decode import decode_audio, decode_video
 
     if isinstance(encoder, AudioEncoder):
         return functools.partial(decode_audio, sample_rate=encoder.sample_rate)
@@ -153,7 +153,8 @@ def _decoded_stream(fn: Callable[[str], Any], items: list[str], workers: int,
     """(path, Decoded | DecodeFailure) in input order; workers=0 decodes in this thread;
     ``pool``: an already running :class:`DecodePool` over ``fn`` (left open); ``max_pending``:
     videos decoded ahead of the one consumed (default: the pool's, twice its workers)."""
-    from pipeline.media import DecodeFailure, DecodePool
+    from pipeline.media.decode import DecodeFailure
+    from pipeline.media.pool import DecodePool
 
     if pool is not None:
         yield from pool.imap(items, max_pending)
@@ -183,7 +184,7 @@ class Batch:
 
 
 def _failure_reason(result: Any) -> Optional[str]:
-    from pipeline.media import DecodeFailure
+    from pipeline.media.decode import DecodeFailure
 
     if isinstance(result, DecodeFailure):
         return f"{result.status}: {result.kind}: {result.message}"

@@ -17,11 +17,10 @@ import torch.distributed as dist
 
 from pipeline import layout
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, recorded, to_dict
-from pipeline.data.prepare import load_manifest
+from pipeline.data.manifest import load_manifest
 from pipeline.encoders.spec import ModelSpec
 from pipeline.features.engine import DIST_TIMEOUT_S, extract
 from pipeline.features.store import DATASET, read_meta, write_features
-from pipeline.finetune.run import weights_file
 from pipeline.runtime import dist_env, git_revision, init_distributed, select_device
 
 
@@ -31,9 +30,9 @@ def extract_background_only(name, spec, cfg, paths, device, rank, world, progres
     the layout of the reference code's ``*_feature_noisy.h5``. Without such videos the file is
     written with zero rows, so that it is always a stage output (a clean checkout restores it
     from the cache) and training reads the same thing in every copy of the repository."""
-    out = Path(paths.features) / f"{name}_noisy.h5"
-    if (Path(paths.prepared) / "background_manifest.csv").is_file():
-        rows = load_manifest(paths.prepared, "background_manifest.csv")
+    out = layout.feature_file(paths.features, layout.background_only_name(name))
+    if (Path(paths.prepared) / layout.BACKGROUND_MANIFEST_FILE).is_file():
+        rows = load_manifest(paths.prepared, layout.BACKGROUND_MANIFEST_FILE)
         extract(name, spec, rows, out, cfg, device=device, rank=rank, world_size=world,
                 progress=progress, log=log)
         return
@@ -44,9 +43,6 @@ def extract_background_only(name, spec, cfg, paths, device, rank, world, progres
         write_features(out, empty, None, {**meta, "background_only": "none"}, dtype=str(empty.dtype))
 
 
-FINETUNED_SUFFIX = "_ft"  # <paths.features>/<finetune.visual>_ft.h5: features of a tuned encoder
-
-
 def finetuned_model(params: dict, role: str) -> tuple[str, ModelSpec]:
     """Name and spec of the CACE-tuned ``role`` (visual | audio) encoder, derived from the
     ``finetune`` section alone: ``<finetune.<role>>_ft``, weights = the finetune stage's
@@ -54,8 +50,8 @@ def finetuned_model(params: dict, role: str) -> tuple[str, ModelSpec]:
     if role not in ("visual", "audio"):
         raise ValueError(f"finetuned: {role!r} is not a role; allowed: 'visual', 'audio'")
     encoder = getattr(params["finetune"], role)
-    return (encoder + FINETUNED_SUFFIX,
-            ModelSpec(encoder=encoder, weights=str(weights_file(params["paths"].finetune, encoder))))
+    return (layout.tuned_name(encoder),
+            ModelSpec(encoder=encoder, weights=str(layout.tuned_weights(params["paths"].finetune, encoder))))
 
 
 def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, progress: bool = True,

@@ -17,8 +17,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.data.prepare import EXCLUDED
-from pipeline.media import DecodeFailure, DecodePool, decode_audio, decode_video
+from pipeline.data.manifest import EXCLUDED
+from pipeline.media.decode import DecodeFailure, decode_audio, decode_video
+from pipeline.media.pool import DecodePool
 from pipeline.media.pool import threaded_prefetch
 from pipeline.runtime import NUM_SEGMENTS
 

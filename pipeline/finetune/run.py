@@ -10,8 +10,9 @@ from typing import Callable
 
 from dvclive import Live
 
+from pipeline import layout
 from pipeline.config import recorded
-from pipeline.data.prepare import load_manifest
+from pipeline.data.manifest import load_manifest
 from pipeline.encoders.base import lookup
 from pipeline.encoders.spec import ModelSpec
 from pipeline.encoders.weights import seeded
@@ -25,15 +26,7 @@ from pipeline.runtime import (atomic_torch_save, atomic_write_json, dist_env, fi
 
 DOWNLOAD_KEY = "runtime.finetune.download"  # named when a pretrained file is missing and downloads are off
 
-RESUME_DIR = "finetune"  # under paths.resume: <fingerprint>/last.pt (git-ignored, not an output)
 CODE_DIRS = ("pipeline/finetune", "pipeline/encoders", "pipeline/media")  # the stage's code deps
-SUMMARY_FILE = "finetune.json"  # under paths.finetune: what the weights are and how they were made
-
-
-def weights_file(out_dir: str | Path, encoder: str) -> Path:
-    """Where the tuned ``encoder`` is written: ``<paths.finetune>/<encoder>.pth`` (``timm/<name>``
-    -> ``timm/<name>.pth``); the path an ``extract.models`` entry names in ``weights:``."""
-    return Path(out_dir) / f"{encoder}.pth"
 
 
 def save_encoders(core: AVContrastive, out_dir: str | Path) -> dict[str, Path]:
@@ -41,7 +34,7 @@ def save_encoders(core: AVContrastive, out_dir: str | Path) -> dict[str, Path]:
     the weights resolver loads strictly from a path; atomic replace."""
     out = {}
     for role, enc in (("visual", core.visual), ("audio", core.audio)):
-        path = weights_file(out_dir, enc.name)
+        path = layout.tuned_weights(out_dir, enc.name)
         atomic_torch_save(enc.export_state_dict(), path)
         out[role] = path
     return out
@@ -61,7 +54,7 @@ def resume_dir(resume_root: str | Path, cfg: FinetuneConfig, rows: list[dict],
     for w in (cfg.visual_weights, cfg.audio_weights):
         if Path(w).is_file():
             h.update(file_identity(w).encode())
-    base = Path(resume_root) / RESUME_DIR
+    base = Path(resume_root) / layout.FINETUNE_RESUME_DIR
     mine = base / h.hexdigest()[:16]
     for old in base.glob("*") if clean else ():
         if old != mine and old.is_dir():
@@ -155,7 +148,7 @@ def publish(core: AVContrastive, cfg: FinetuneConfig, out: Path, summary: dict, 
     """Rank 0: the tuned encoders, ``finetune.json`` and the DVCLive summary, each atomically."""
     written = save_encoders(core, out)
     log("finetune: wrote " + ", ".join(map(str, written.values())))
-    atomic_write_json(out / SUMMARY_FILE,
+    atomic_write_json(out / layout.FINETUNE_SUMMARY,
                       {"metrics": summary, "config": recorded("finetune", cfg), "git": git_revision(),
                        "weights": {role: str(p) for role, p in written.items()}}, indent=1)
     live.summary.update(summary)

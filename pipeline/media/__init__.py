@@ -1,16 +1,7 @@
-"""Decoding with decord: probe, per-segment frame sampling, audio, worker pool with timeout.
+"""Decoding with decord: ``decode`` (``read_info``, ``decode_video``, ``decode_audio``,
+``Decoded``, ``DecodeFailure``, the flags), ``pool`` (``probe``, ``probe_many``, ``DecodePool``),
+``sampling`` (per-segment frame rules), ``write`` (the synthetic set's mp4 writer).
 
-Public API (docs/ARCHITECTURE.md "Media"):
-``probe``, ``probe_many``, ``VideoInfo``, ``segment_frame_indices``, ``decode_video``,
-``decode_audio``, ``Decoded``, ``DecodeFailure``, ``DecodePool``.
+Import the module you need (docs/ARCHITECTURE.md "Media"); this package imports nothing, so a
+stage that writes or samples does not load the decoder.
 """
-from .decode import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_SHORT_STRETCHED,
-                     FLAG_VFR, DecodeFailure, Decoded, VideoInfo, audio_flags, decode_audio,
-                     decode_video, read_info)
-from .pool import DecodePool, probe, probe_many
-from .sampling import RULES, is_variable_rate, sample_times, segment_frame_indices
-
-__all__ = ["audio_flags", "DecodeFailure", "DecodePool", "Decoded", "RULES", "VideoInfo", "decode_audio",
-           "decode_video", "is_variable_rate", "probe", "probe_many", "read_info", "sample_times",
-           "segment_frame_indices", "FLAG_NO_AUDIO", "FLAG_PADDED_AUDIO", "FLAG_PADDED_SHORT",
-           "FLAG_SHORT_STRETCHED", "FLAG_VFR"]
