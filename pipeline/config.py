@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import yaml
 
@@ -219,20 +219,31 @@ register_section("synth")(SynthConfig)
 register_section("data")(DataConfig)
 
 
-def _all_sections() -> dict[str, type]:
-    # Importing each package's config module registers its sections (they import this module).
-    for mod in ("pipeline.features.config", "pipeline.training.config", "pipeline.finetune.config"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-    return _SECTIONS
+# Every section and the module that registers its dataclass (it imports this module): a stage
+# loads the modules of the sections it reads, and nothing else.
+SECTION_MODULES: dict[str, str] = {
+    "paths": __name__, "synth": __name__, "data": __name__,
+    "extract": "pipeline.features.config", "published": "pipeline.features.config",
+    "train": "pipeline.training.config", "heads": "pipeline.training.config",
+    "evaluate": "pipeline.training.config", "report": "pipeline.training.config",
+    "finetune": "pipeline.finetune.config",
+}
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Optional[dict] = None) -> dict[str, Any]:
-    """Load and validate every section of ``params.yaml``; returns ``{section: dataclass}``.
-    Every error is a :class:`ConfigError` whose message starts with the file name."""
+def _sections(names: Iterable[str]) -> dict[str, type]:
+    """The dataclasses of the sections ``names`` (importing a section's module registers it)."""
+    for mod in sorted({SECTION_MODULES[n] for n in names}):
+        importlib.import_module(mod)
+    return {n: _SECTIONS[n] for n in SECTION_MODULES if n in names}
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Optional[dict] = None,
+                sections: Optional[Iterable[str]] = None) -> dict[str, Any]:
+    """Load and validate ``params.yaml``; returns ``{section: dataclass}``. ``sections``: the
+    sections a stage reads (None: all of them); only those are built and checked, with the
+    cross-section checks among them, so a stage loads no code for a section it does not read
+    (stage ``resolve`` checks them all before any stage runs). Every error is a
+    :class:`ConfigError` whose message starts with the file name."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
@@ -248,19 +259,27 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Optional[dict] = N
     if overrides:
         raw = _merge(raw, overrides)
     try:
-        return validate(raw)
+        return validate(raw, sections)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 
-_CHECKS: list[Callable[[dict[str, Any]], None]] = []
+Check = Callable[[dict[str, Any]], None]
+_CHECKS: list[tuple[frozenset[str], Check]] = []
 
 
-def register_check(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    """Register a check across sections (e.g. ``finetune.image_size == extract.image_size``);
-    it gets ``{section: dataclass}`` and raises :class:`ConfigError` naming the keys."""
-    _CHECKS.append(fn)
-    return fn
+def register_check(*sections: str) -> Callable[[Check], Check]:
+    """Register a check across ``sections`` (e.g. ``finetune.image_size == extract.image_size``);
+    it gets ``{section: dataclass}`` and raises :class:`ConfigError` naming the keys. It runs
+    whenever all of ``sections`` are loaded."""
+    unknown = sorted(set(sections) - set(SECTION_MODULES))
+    if unknown or not sections:
+        raise ValueError(f"register_check: unknown sections {unknown or '(none given)'}")
+
+    def deco(fn: Check) -> Check:
+        _CHECKS.append((frozenset(sections), fn))
+        return fn
+    return deco
 
 
 
@@ -319,18 +338,22 @@ def _section(name: str, cls: type, data: Any, from_runtime: set[str]) -> Any:
         raise ConfigError(msg) from None
 
 
-def validate(raw: dict) -> dict[str, Any]:
-    """Runtime knobs merged into their sections, every section built and checked, then every
-    cross-section check (errors name the key)."""
+def validate(raw: dict, sections: Optional[Iterable[str]] = None) -> dict[str, Any]:
+    """Runtime knobs merged into their sections, the sections ``sections`` (None: all) built and
+    checked, then the cross-section checks among them (errors name the key)."""
     raw, moved = _apply_runtime(raw)
-    sections = _all_sections()
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(SECTION_MODULES))
     if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; allowed: {', '.join(sections)}")
+        raise ConfigError(f"unknown section {unknown[0]!r}; allowed: {', '.join(SECTION_MODULES)}")
+    names = set(SECTION_MODULES if sections is None else sections)
+    bad = sorted(names - set(SECTION_MODULES))
+    if bad:
+        raise ValueError(f"load_params: unknown sections {bad}")
     params = {name: _section(name, cls, raw.get(name), moved.get(name, set()))
-              for name, cls in sections.items()}
-    for check in _CHECKS:
-        check(params)
+              for name, cls in _sections(names).items()}
+    for needs, check in _CHECKS:
+        if needs <= names:
+            check(params)
     return params
 
 

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, sections=("paths", "train", "evaluate"))
     paths, tc, ec = params["paths"], params["train"], params["evaluate"]
     res = evaluate(Path(paths.models) / "best.pt", paths.prepared, paths.features, tc.visual,
                    tc.audio, Path(paths.reports) / "evaluate", split=ec.split, batch_size=ec.batch_size,

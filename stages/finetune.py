@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = p.parse_args(argv)
     from pipeline.finetune.run import run  # here: decode workers re-import this script, not torch
-    run(load_params(args.params))
+    run(load_params(args.params, sections=("paths", "finetune")))
 
 
 if __name__ == "__main__":

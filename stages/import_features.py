@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noisy", action="store_true",
                    help="the entry's background-only videos (<file>_noisy.h5; zero rows when absent)")
     args = p.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, sections=("paths", "data", "published"))
     paths, cfg, root = params["paths"], params["published"], params["data"].root
     if args.noisy:
         out, done = import_background_only(args.name, cfg, paths.prepared, paths.features, root)

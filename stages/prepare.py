@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, sections=("paths", "data"))
     cfg, out = params["data"], params["paths"].prepared
     print(f"prepare: {to_dict(cfg)} -> {out}")
     result = prepare(cfg.root, out, min_duration=cfg.min_duration, workers=cfg.workers,

@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> None:
                         "head's authors' seed")
     sub.add_parser("table")
     args = p.parse_args(argv)
-    params = load_params(args.params)
     if args.cmd == "cell":
+        params = load_params(args.params, sections=("paths", "data", "train", "heads", "evaluate",
+                                                    "report"))
         cell(params, args.head, args.setting, args.seed)
     else:
-        table(params)
+        table(load_params(args.params, sections=("paths", "report")))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args(argv)
-    cfg = load_params(args.params)["synth"]
+    cfg = load_params(args.params, sections=("synth",))["synth"]
     print(f"synth: {to_dict(cfg)}")
     t0 = time.time()
     root = generate(cfg)

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, sections=("paths", "data", "train", "heads"))
     paths = params["paths"]
     res = train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train",
                             resume_dir=Path(paths.resume) / "train")

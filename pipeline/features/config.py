@@ -1,11 +1,17 @@
-"""``extract`` section of params.yaml (feature extraction stages ``extract_visual``/``extract_audio``)."""
+"""``extract`` and ``published`` sections of params.yaml (stages ``extract@<model>``,
+``extract_finetuned@<role>``, ``import@<name>``).
+
+``extract`` is written in groups, so that a stage lists a group rather than its keys:
+``extract.common`` (every extraction), ``extract.visual`` / ``extract.audio`` (one modality's
+extractions), ``extract.models`` (one entry a feature file, with its ``kind``, visual or audio).
+The groups are read into the one flat :class:`ExtractConfig`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pipeline.config import ConfigError, register_check, register_section
+from pipeline.config import ConfigError, from_dict, register_check, register_section
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import check_encoder
 from pipeline.encoders.spec import ModelSpec
@@ -41,6 +47,54 @@ class ExtractConfig:
     download: bool = True  # fetch missing pretrained files from their public location
     models: dict[str, ModelSpec] = field(default_factory=_default_models)
 
+    @classmethod
+    def from_params(cls, data: Any, key: str) -> "ExtractConfig":
+        """The grouped section (``common``, ``visual``, ``audio``, ``models``, and the
+        ``runtime.extract`` knobs merged in) -> one flat config; errors name the grouped key."""
+        data = dict(data or {})
+        flat: dict[str, Any] = {}
+        where: dict[str, str] = {}  # flat key -> its group
+        for group, keys in GROUPS.items():
+            values = data.pop(group, None) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{key}.{group}: expected a mapping, got {values!r}")
+            unknown = sorted(set(values) - set(keys))
+            if unknown:
+                raise ConfigError(f"unknown key {key}.{group}.{unknown[0]}; allowed keys of "
+                                  f"{key}.{group}: {', '.join(keys) or '(none)'}")
+            flat.update(values)
+            where.update({k: group for k in keys})
+        models = data.pop("models", None)
+        kinds = {}
+        if models is not None:
+            if not isinstance(models, dict):
+                raise ConfigError(f"{key}.models: expected a mapping of model names, got {models!r}")
+            flat["models"] = {}
+            for name, entry in models.items():
+                entry = dict(entry or {}) if isinstance(entry, dict) else entry
+                if isinstance(entry, dict):
+                    kinds[name] = entry.pop("kind", None)
+                    if kinds[name] not in MODALITIES:
+                        raise ConfigError(f"{key}.models.{name}.kind: {kinds[name]!r}; allowed: "
+                                          f"{', '.join(MODALITIES)} (the stage extract@{name} "
+                                          f"reads {key}.common and {key}.<kind>)")
+                flat["models"][name] = entry
+        unknown = sorted(set(data) - set(RUNTIME_ONLY))
+        if unknown:
+            raise ConfigError(f"unknown key {key}.{unknown[0]}; allowed keys of {key}: "
+                              f"{', '.join([*GROUPS, 'models'])}")
+        flat.update(data)  # the runtime knobs
+        try:
+            cfg = from_dict(cls, flat, key)
+        except ConfigError as e:
+            msg = str(e)
+            for name, group in where.items():
+                msg = msg.replace(f"{key}.{name}:", f"{key}.{group}.{name}:")
+            raise ConfigError(msg) from None
+        for name, kind in kinds.items():
+            check_encoder(cfg.models[name].encoder, f"{key}.models.{name}.kind", kind)
+        return cfg
+
     def validate(self, key: str = "extract") -> None:
         positive = {"frames_per_segment": self.frames_per_segment, "batch_videos": self.batch_videos,
                     "shard_videos": self.shard_videos, "queue_batches": self.queue_batches}
@@ -55,6 +109,17 @@ class ExtractConfig:
             raise ConfigError(f"{key}.decode_timeout_s: must be > 0, got {self.decode_timeout_s}")
         for name, spec in self.models.items():
             check_model(name, spec, f"{key}.models.{name}")
+
+
+# The groups of the ``extract`` section: what every extraction reads, and what one modality's
+# extractions read (dvc.yaml: a stage lists extract.common and extract.<kind>).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "common": ("device", "dtype", "amp", "batch_videos", "decode_timeout_s", "shard_videos"),
+    "visual": ("frames_per_segment", "sampling", "image_size", "channels_last"),
+    "audio": (),
+}
+RUNTIME_ONLY = ("workers", "queue_batches", "download")  # written under runtime.extract
+MODALITIES = ("visual", "audio")
 
 
 def check_model(name: str, spec: ModelSpec, key: str) -> None:
@@ -111,7 +176,7 @@ class PublishedConfig:
                                   f" reads <file>{BACKGROUND_SUFFIX}.h5); remove this entry")
 
 
-@register_check
+@register_check("published", "data")
 def _check_published_root(params: dict[str, Any]) -> None:
     """The import stages of dvc.yaml track the published files in ``data.root``; ``published.root`` may
     only repeat it."""
@@ -120,3 +185,15 @@ def _check_published_root(params: dict[str, Any]) -> None:
         raise ConfigError(f"published.root: {root!r} differs from data.root "
                           f"{params['data'].root!r}; the published files are read from data.root "
                           "(leave published.root null)")
+
+
+@register_check("train", "extract")
+def _check_feature_kinds(params: dict[str, Any]) -> None:
+    """``train.visual`` / ``train.audio``, when they are ``extract.models`` entries, are of
+    that modality (a name not listed there may be an imported community feature file)."""
+    models = params["extract"].models
+    for role in ("visual", "audio"):
+        name = getattr(params["train"], role)
+        if name in models:
+            check_encoder(models[name].encoder, f"train.{role} ({name!r}: extract.models.{name}"
+                                                ".encoder)", role)

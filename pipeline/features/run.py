@@ -59,7 +59,8 @@ def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, 
     """Extract model ``name`` (a key of ``extract.models``), or with ``finetuned`` (visual |
     audio) the tuned encoder of the finetune stage, for the prepared manifest into
     ``<paths.features>/<name>.h5``; returns the :class:`~pipeline.features.engine.ExtractResult`."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides,
+                         sections=("paths", "extract") + (("finetune",) if finetuned else ()))
     cfg, paths = params["extract"], params["paths"]
     if finetuned is not None:
         name, spec = finetuned_model(params, finetuned)

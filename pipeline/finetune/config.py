@@ -121,13 +121,13 @@ class FinetuneConfig:
                               f"{self.batch_size // self.nproc} (batch_size / nproc)")
 
 
-@register_check
+@register_check("finetune", "extract")
 def _check_matches_extraction(params: dict) -> None:
     """The tuned encoders are re-extracted with ``extract``'s frames: same size and sampling."""
     ft, ex = params["finetune"], params["extract"]
     if ex.image_size is not None and ft.image_size != ex.image_size:
-        raise ConfigError(f"finetune.image_size: {ft.image_size} differs from extract.image_size "
+        raise ConfigError(f"finetune.image_size: {ft.image_size} differs from extract.visual.image_size "
                           f"{ex.image_size}; the tuned encoder would be extracted at another size")
     if ft.sampling != ex.sampling:
-        raise ConfigError(f"finetune.sampling: {ft.sampling!r} differs from extract.sampling "
+        raise ConfigError(f"finetune.sampling: {ft.sampling!r} differs from extract.visual.sampling "
                           f"{ex.sampling!r}")

@@ -13,7 +13,6 @@ from pipeline import heads as registry
 from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
 from pipeline.config import ConfigError, register_check, register_section
 from pipeline.data.ids import safe_filename
-from pipeline.encoders.base import check_encoder
 
 # Supervision settings (the registry's SETTINGS): fully = segment labels | weak = video labels
 # only | cml = M2N's cross-modality localization (A2V / V2A; heads whose paper defines it).
@@ -197,18 +196,6 @@ def _same_kind(value: Any, default: Any) -> bool:
     return _kind(value) == _kind(default)
 
 
-@register_check
-def _check_feature_kinds(params: dict[str, Any]) -> None:
-    """``train.visual`` / ``train.audio``, when they are ``extract.models`` entries, are of
-    that modality (a name not listed there may be an imported community feature file)."""
-    models = params["extract"].models
-    for role in ("visual", "audio"):
-        name = getattr(params["train"], role)
-        if name in models:
-            check_encoder(models[name].encoder, f"train.{role} ({name!r}: extract.models.{name}"
-                                                ".encoder)", role)
-
-
 def resolve_train(head: str, setting: str, overrides: dict[str, Any], recipe: dict[str, Any],
                   map_hw: Optional[tuple[int, int]] = None, seed: Optional[int] = None) -> HeadSpec:
     """The one resolution of a training run's head (:func:`pipeline.heads.resolve`) from params:
@@ -225,7 +212,7 @@ def resolve_train(head: str, setting: str, overrides: dict[str, Any], recipe: di
         raise ConfigError(f"{key}: {e}") from None
 
 
-@register_check
+@register_check("train", "heads")
 def _check_recipe(params: dict[str, Any]) -> None:
     """The head of ``train.head`` resolves (setting, hyperparameters, recipe) before any data
     is read."""
