@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "synth": {"num_classes": 2, "train": 6, "val": 3, "test": 3, "width": 32, "height": 32,
               "two_label": 0},
-    "extract": {"frames_per_segment": 1, "shard_videos": 8},
+    "extract": {"common": {"shard_videos": 8}, "visual": {"frames_per_segment": 1}},
     "finetune": {"segments_per_clip": 1, "batch_size": 4, "epochs": 1},
     "train": {"epochs": 2},
     "evaluate": {"timelines": 1},
