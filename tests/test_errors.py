@@ -21,10 +21,15 @@ import yaml
 from pipeline.cli import one_line
 from pipeline.encoders.spec import ModelSpec
 
-SPEC_FIELDS = set(ModelSpec.__dataclass_fields__)
+SPEC_FIELDS = set(ModelSpec.__dataclass_fields__) | {"kind"}  # kind: read by the extract section
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("prepare", "train", "evaluate", "finetune", "synth")
+STAGES = ("prepare", "train", "evaluate", "finetune", "synth", "resolve")
+# A stage checks the sections it reads (pipeline.config.load_params(sections=)); stage resolve
+# checks every section, and the checks across sections, before any stage runs.
+READER = {"data": "prepare", "synth": "synth", "train": "train", "heads": "train",
+          "evaluate": "evaluate", "finetune": "finetune", "paths": "train"}
+
 HEADS = r"registered: [a-z0-9_, ]*avel, [a-z0-9_, ]*psp"  # the registry's list (tests add heads)
 
 # (dotted key path, new value, regex of the message after "error: <params file>: ")
@@ -34,7 +39,7 @@ BAD_PARAMS = [
     ("train.setting", "semi", r"train\.setting: 'semi' is not allowed; allowed: 'fully', 'weak', 'cml'"),
     ("train.visual", "../x", r"train\.visual: '\.\./x' is not a plain name"),
     ("train.visual", "vggish", r"train\.visual \('vggish': extract\.models\.vggish\.encoder\): 'vggish' is an audio encoder; a visual one is needed"),
-    ("train.audio", "resnet50", r"train\.audio \('resnet50': .*\): 'resnet50' is an visual encoder; a audio one is needed"),
+    ("train.audio", "resnet50", r"train\.audio \('resnet50': .*\): 'resnet50' is a visual encoder; an audio one is needed"),
     ("train.epochs", 0, r"train\.epochs: must be >= 1, got 0"),
     ("train.lr", -1.0, r"train\.lr: must be >= 0, got -1\.0"),
     ("train.lr_milestones", [3, 2], r"train\.lr_milestones: must be strictly increasing, got \[3, 2\]"),
@@ -66,22 +71,25 @@ BAD_PARAMS = [
     ("synth.num_classes", 29, r"synth\.num_classes: 1\.\.28 \(AVE categories\), got 29"),
     ("runtime.synth.workers", 0, r"runtime\.synth\.workers: must be >= 1, got 0"),
     ("synth.noise", 2, r"synth\.noise: must be in 0\.\.1, got 2\.0"),
-    ("extract.frames_per_segment", 0, r"extract\.frames_per_segment: must be >= 1, got 0"),
-    ("extract.image_size", 16, r"extract\.image_size: must be >= 32 or null, got 16"),
-    ("extract.dtype", "float64", r"extract\.dtype: 'float64' is not allowed; allowed: 'float16', 'float32'"),
+    ("extract.visual.frames_per_segment", 0, r"extract\.visual\.frames_per_segment: must be >= 1, got 0"),
+    ("extract.visual.image_size", 16, r"extract\.visual\.image_size: must be >= 32 or null, got 16"),
+    ("extract.common.dtype", "float64", r"extract\.common\.dtype: 'float64' is not allowed; allowed: 'float16', 'float32'"),
     ("extract.models.vgg19.encoder", "vgg91", r"extract\.models\.vgg19\.encoder: unknown encoder 'vgg91'; valid: cnn14, resnet50, timm/, vgg19, vggish"),
     ("extract.models.vgg19.encoder", "timm/not_a_model", r"extract\.models\.vgg19\.encoder: timm has no model 'not_a_model'"),
     ("extract.models.vgg19.weights", "pretrianed", r"extract\.models\.vgg19\.weights: 'pretrianed' is neither pretrained nor random nor a checkpoint path"),
     ("extract.models.vggish.preprocess", "caffe", r"extract\.models\.vggish\.preprocess: 'caffe' applies to visual encoders only"),
     ("extract.models.vgg19.postprocess", "pca", r"extract\.models\.vgg19\.postprocess: 'pca' applies to vggish only"),
-    ("extract.models.../evil", {"encoder": "vgg19"}, r"extract\.models\.\.\./evil: '\.\./evil' is not a plain name"),
+    ("extract.models.../evil", {"kind": "visual", "encoder": "vgg19"}, r"extract\.models\.\.\./evil: '\.\./evil' is not a plain name"),
+    ("extract.models.vgg19.kind", "audio", r"extract\.models\.vgg19\.kind: 'vgg19' is a visual encoder; an audio one is needed"),
+    ("extract.models.vgg19.kind", None, r"extract\.models\.vgg19\.kind: None; allowed: visual, audio"),
+    ("extract.visual.sampling_rule", 1, r"unknown key extract\.visual\.sampling_rule; allowed keys of extract\.visual: frames_per_segment"),
     ("extract.models.vgg19.seed", 1.5, r"extract\.models\.vgg19\.seed: expected an integer, got 1\.5"),
     ("finetune.train_splits", ["trian"], r"finetune\.train_splits\[0\]: unknown split 'trian'; allowed: train, val, test"),
     ("finetune.train_splits", [], r"finetune\.train_splits: empty"),
     ("finetune.eval_split", "tst", r"finetune\.eval_split: unknown split 'tst'"),
     ("finetune.eval_split", "train", r"finetune\.eval_split: 'train' is also in train_splits"),
-    ("finetune.image_size", 128, r"finetune\.image_size: 128 differs from extract\.image_size 64"),
-    ("finetune.sampling", "ave_reference", r"finetune\.sampling: 'ave_reference' differs from extract\.sampling 'timestamp'"),
+    ("finetune.image_size", 128, r"finetune\.image_size: 128 differs from extract\.visual\.image_size 64"),
+    ("finetune.sampling", "ave_reference", r"finetune\.sampling: 'ave_reference' differs from extract\.visual\.sampling 'timestamp'"),
     ("finetune.visual", "cnn14", r"finetune\.visual: 'cnn14' is an audio encoder; a visual one is needed"),
     ("finetune.audio", "vggsh", r"finetune\.audio: unknown encoder 'vggsh'"),
     ("finetune.visual_weights", "randm", r"finetune\.visual_weights: 'randm' is neither pretrained nor random"),
@@ -145,7 +153,9 @@ def test_bad_param_is_one_line_exit_2(i, stages, base_params, tmp_path, capsys):
     key, value, pattern = BAD_PARAMS[i]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(_set(base_params, key, value)))
-    stage = STAGES[i % len(STAGES)]
+    section = key.split(".")[1] if key.startswith("runtime.") else key.split(".")[0]
+    across = key in ("train.visual", "train.audio", "finetune.image_size", "finetune.sampling")
+    stage = "resolve" if across or i % 3 == 0 else READER.get(section, "resolve")
     code, err = _run_main(stages[stage].main, ["--params", str(path)], capsys)
     assert code == 2, (stage, err)
     assert len(err) == 1, err
@@ -268,7 +278,7 @@ def test_stage_arguments_are_checked_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "reports").exists()
 
 
-@pytest.mark.parametrize("stage, env, debug", [("train", {}, False), ("prepare", {}, False),
+@pytest.mark.parametrize("stage, env, debug", [("train", {}, False), ("resolve", {}, False),
                                                 ("evaluate", {"AVE_DEBUG": "1"}, True),
                                                 ("train", {}, "--debug")])
 def test_subprocess_exit_code_and_traceback_only_on_debug(stage, env, debug, base_params, tmp_path):

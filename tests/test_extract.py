@@ -154,10 +154,11 @@ def test_kill_and_resume_gives_identical_file(prepared_dir, tmp_path):
 def _params(tmp_path: Path, prepared: Path, features: Path) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["paths"].update(prepared=str(prepared), features=str(features))
-    raw["extract"].update(device="cpu", frames_per_segment=1, image_size=64, batch_videos=2,
-                          shard_videos=2)
+    raw["extract"]["common"].update(device="cpu", batch_videos=2, shard_videos=2)
+    raw["extract"]["visual"].update(frames_per_segment=1, image_size=64)
     raw["runtime"]["extract"].update(workers=1, download=False)
-    raw["extract"]["models"] = {"vggish": {"encoder": "vggish", "weights": "random", "seed": 0}}
+    raw["extract"]["models"] = {"vggish": {"kind": "audio", "encoder": "vggish", "weights": "random",
+                                           "seed": 0}}
     path = tmp_path / f"params_{features.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

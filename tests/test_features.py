@@ -84,14 +84,20 @@ def test_import_rejects_wrong_kind(tmp_path):
 
 
 def test_extract_params_section_is_strict():
-    cfg = validate({"extract": {"frames_per_segment": 8, "models": {
-        "vgg19": {"encoder": "vgg19", "weights": "random", "seed": 3},
-        "resnet50_ft": {"encoder": "resnet50", "weights": "data/finetune/resnet50.pt"}}}})["extract"]
+    cfg = validate({"extract": {"visual": {"frames_per_segment": 8}, "models": {
+        "vgg19": {"kind": "visual", "encoder": "vgg19", "weights": "random", "seed": 3},
+        "resnet50_ft": {"kind": "visual", "encoder": "resnet50",
+                        "weights": "data/finetune/resnet50.pt"}}}})["extract"]
     assert cfg.frames_per_segment == 8 and cfg.models["vgg19"].seed == 3
     assert cfg.models["resnet50_ft"].weights.endswith("resnet50.pt")
     with pytest.raises(ConfigError, match="extract.models.vgg19.preprocess"):
-        validate({"extract": {"models": {"vgg19": {"encoder": "vgg19", "preprocess": "tf"}}}})
-    with pytest.raises(ConfigError, match="extract.batch_videos"):
-        validate({"extract": {"batch_videos": 0}})
+        validate({"extract": {"models": {"vgg19": {"kind": "visual", "encoder": "vgg19",
+                                                   "preprocess": "tf"}}}})
+    with pytest.raises(ConfigError, match="extract.common.batch_videos: must be >= 1"):
+        validate({"extract": {"common": {"batch_videos": 0}}})
     with pytest.raises(ConfigError, match="unknown key extract.frames"):
         validate({"extract": {"frames": 8}})
+    with pytest.raises(ConfigError, match="unknown key extract.common.frames_per_segment; allowed"):
+        validate({"extract": {"common": {"frames_per_segment": 8}}})  # a visual key
+    with pytest.raises(ConfigError, match="extract.models.vgg19.kind: 'vgg19' is a visual encoder"):
+        validate({"extract": {"models": {"vgg19": {"kind": "audio", "encoder": "vgg19"}}}})

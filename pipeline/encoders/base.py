@@ -142,7 +142,9 @@ def check_encoder(name: str, key: str, modality: Optional[str] = None) -> str:
             raise ConfigError(f"{key}: timm has no model {name.split('/', 1)[1]!r} "
                               "(see timm.list_models())")
     if modality and found != modality:
-        raise ConfigError(f"{key}: {name!r} is an {found} encoder; a {modality} one is needed")
+        article = {"audio": "an", "visual": "a"}
+        raise ConfigError(f"{key}: {name!r} is {article[found]} {found} encoder; "
+                          f"{article[modality]} {modality} one is needed")
     return found
 
 
