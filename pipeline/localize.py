@@ -55,8 +55,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from pipeline import layout
 from pipeline.cli import stage_main
-from pipeline.config import ConfigError, DataConfig, InputError
+from pipeline.config import ConfigError, DataConfig, InputError, Paths
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
@@ -358,7 +359,7 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
                 log(summary_line(r))
             r["src"] = os.path.relpath(path.resolve(), out_dir.resolve())
             results.append(r)
-    write_localize_page(out_dir / "index.html", results, categories, str(model))
+    write_localize_page(out_dir / layout.PAGE_FILE, results, categories, str(model))
     return results
 
 
@@ -429,7 +430,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 epilog="VIDEO: video files (any length, frame rate, size); a name "
                                 "beginning with '-' is read as a video when the file exists, and "
                                 "every word after '--' is a video")
-    p.add_argument("--model", default="models/best.pt", help="a train checkpoint (best.pt)")
+    p.add_argument("--model", default=str(layout.best_checkpoint(Paths.models)),
+                   help="a train checkpoint (best.pt)")
     p.add_argument("--out", required=True, help="folder for <name>.json, <name>.png, index.html")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     for kind in ("visual", "audio"):
@@ -446,7 +448,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                        allow_download=args.download)
     failed = sum("error" in r for r in results)
     print(f"localize: {len(results) - failed} of {len(results)} videos localized -> "
-          f"{Path(args.out) / 'index.html'}")
+          f"{Path(args.out) / layout.PAGE_FILE}")
     return 1 if failed else 0
 
 

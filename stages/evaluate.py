@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.cli import stage_main
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.runtime import atomic_write_json
 from pipeline.evaluation.evaluate import evaluate
 
@@ -19,17 +20,17 @@ from pipeline.evaluation.evaluate import evaluate
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "train", "evaluate"))
     paths, tc, ec = params["paths"], params["train"], params["evaluate"]
-    res = evaluate(Path(paths.models) / "best.pt", paths.prepared, paths.features, tc.visual,
-                   tc.audio, Path(paths.reports) / "evaluate", split=ec.split, batch_size=ec.batch_size,
-                   timelines=ec.timelines, device=tc.device)
+    res = evaluate(layout.best_checkpoint(paths.models), paths.prepared, paths.features, tc.visual,
+                   tc.audio, Path(paths.reports) / layout.EVALUATE_DIR, split=ec.split,
+                   batch_size=ec.batch_size, timelines=ec.timelines, device=tc.device)
     headline = {"accuracy": res["accuracy"]}
     if "event" in res:
         headline["event_f1"] = res["event"]["f1"]
-    atomic_write_json(Path(paths.reports) / "evaluate.json", headline, indent=1)
+    atomic_write_json(Path(paths.reports) / layout.EVALUATE_METRICS, headline, indent=1)
 
 
 if __name__ == "__main__":

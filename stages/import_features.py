@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli import stage_main
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.features.published import import_background_only, import_published
 from pipeline.features.store import load_features
 
@@ -20,7 +20,7 @@ from pipeline.features.store import load_features
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("name", help="a key of published.files in params.yaml (e.g. published_vgg19)")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
     p.add_argument("--noisy", action="store_true",
                    help="the entry's background-only videos (<file>_noisy.h5; zero rows when absent)")
     args = p.parse_args(argv)

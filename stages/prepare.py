@@ -8,16 +8,18 @@ report.md (every problem and what was done about it); bad videos never stop the 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from pipeline import layout
 from pipeline.cli import stage_main
-from pipeline.config import load_params, to_dict
+from pipeline.config import DEFAULT_PARAMS, load_params, to_dict
 from pipeline.data.prepare import prepare
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "data"))
     cfg, out = params["data"], params["paths"].prepared
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     result = prepare(cfg.root, out, min_duration=cfg.min_duration, workers=cfg.workers,
                      timeout_s=cfg.probe_timeout_s, progress=True, source=cfg.source)
     print(result.summary())
-    print(f"prepare: report at {out}/report.md")
+    print(f"prepare: report at {Path(out) / layout.REPORT_FILE}")
 
 
 if __name__ == "__main__":

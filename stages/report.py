@@ -12,7 +12,7 @@ import argparse
 import typing
 
 from pipeline.cli import stage_main
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.evaluation.matrix import cell, table
 from pipeline.training.config import Setting
 
@@ -24,7 +24,7 @@ def _seed(text: str) -> int | None:
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cell")
     c.add_argument("--head", required=True)

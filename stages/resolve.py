@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.cli import params_restore_hint, stage_main
-from pipeline.config import ConfigError, load_params
+from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
 from pipeline.runtime import atomic_write_text
 from pipeline.training.run import check_feature_names, resolved_run
 
@@ -23,14 +24,14 @@ from pipeline.training.run import check_feature_names, resolved_run
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
     args = p.parse_args(argv)
     try:
         params = load_params(args.params)
         check_feature_names(params)
     except ConfigError as e:
         raise ConfigError(f"{e}{params_restore_hint(args.params)}") from None
-    out = Path(params["paths"].reports) / "run.json"
+    out = Path(params["paths"].reports) / layout.RUN_FILE
     atomic_write_text(out, json.dumps(resolved_run(params), indent=1) + "\n")
     tc = params["train"]
     print(f"resolve: {tc.head} ({tc.setting}) on {tc.visual} + {tc.audio} -> {out}")

@@ -9,14 +9,14 @@ import argparse
 import time
 
 from pipeline.cli import stage_main
-from pipeline.config import load_params, to_dict
+from pipeline.config import DEFAULT_PARAMS, load_params, to_dict
 from pipeline.data.synth import generate
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
     args = p.parse_args(argv)
     cfg = load_params(args.params, sections=("synth",))["synth"]
     print(f"synth: {to_dict(cfg)}")

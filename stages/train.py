@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.cli import stage_main
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.runtime import atomic_write_json
 from pipeline.training.run import train_from_params
 
@@ -21,13 +22,14 @@ from pipeline.training.run import train_from_params
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=DEFAULT_PARAMS)
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "data", "train", "heads"))
     paths = params["paths"]
-    res = train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train",
-                            resume_dir=Path(paths.resume) / "train")
-    atomic_write_json(Path(paths.reports) / "train.json",
+    res = train_from_params(params, out_dir=paths.models,
+                            live_dir=Path(paths.reports) / layout.TRAIN_DIR,
+                            resume_dir=Path(paths.resume) / layout.TRAIN_RESUME_DIR)
+    atomic_write_json(Path(paths.reports) / layout.TRAIN_METRICS,
                       {"val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch + 1,
                        "epochs": res.epochs, "train_seconds": round(res.train_seconds, 1)},
                       indent=1)

@@ -49,7 +49,7 @@ from pipeline import layout
 from pipeline.data.ids import UnsafePathError, inside, video_id_problem
 from pipeline.layout import (ANNOTATIONS_FILE, BACKGROUND_FILE, CML_DIR, SPLITS, VIDEO_DIR)
 from pipeline.runtime import NUM_SEGMENTS
-SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+SPLIT_FILES = {split: layout.SPLIT_FILE.format(split=split) for split in SPLITS}
 HEADER_PREFIX = "Category&VideoID"
 
 
@@ -103,7 +103,7 @@ class AVEAnnotations:
         problem = video_id_problem(video_id)
         if problem:
             raise UnsafePathError(f"video id {video_id!r} {problem}")
-        path = self.root / VIDEO_DIR / f"{video_id}.mp4"
+        path = self.root / VIDEO_DIR / f"{video_id}{layout.VIDEO_SUFFIX}"
         inside(path, self.root / VIDEO_DIR)
         return path
 

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import layout
 from pipeline.cli import stage_main
 from pipeline.config import SynthConfig, from_dict
 from pipeline.data._fs import replace_dir
@@ -354,7 +355,7 @@ def write_annotations(root: Path, specs: list[VideoSpec], cfg: SynthConfig, seed
     (root / BACKGROUND_FILE).write_text("".join(v + "\n" for v in background))
     meta = {"config": asdict(cfg), "classes": [asdict(s) for s in sigs],
             "videos": [asdict(s) for s in specs]}
-    (root / "synth.json").write_text(json.dumps(meta, indent=1))
+    (root / layout.SYNTH_FILE).write_text(json.dumps(meta, indent=1))
 
 
 def cml_split(specs: list[VideoSpec], sigs: list[ClassSignature],
@@ -385,7 +386,7 @@ def generate(cfg: SynthConfig, root: str | os.PathLike | None = None,
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / VIDEO_DIR).mkdir(parents=True)
     try:
-        jobs = [(s, cfg, str(tmp / VIDEO_DIR / f"{s.video_id}.mp4")) for s in specs]
+        jobs = [(s, cfg, str(tmp / VIDEO_DIR / f"{s.video_id}{layout.VIDEO_SUFFIX}")) for s in specs]
         if workers > 1 and len(jobs) > 1:
             ctx = get_context("forkserver")
             with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as ex:
@@ -402,7 +403,7 @@ def generate(cfg: SynthConfig, root: str | os.PathLike | None = None,
 
 def load_synth_meta(root: str | os.PathLike) -> dict:
     """``synth.json`` of a generated set (classes, and per video its segment kinds)."""
-    return json.loads((Path(root) / "synth.json").read_text())
+    return json.loads((Path(root) / layout.SYNTH_FILE).read_text())
 
 
 def cli_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,7 @@ def _video_ids(prepared: Path, rows: np.ndarray) -> list[str]:
 
 def timeline_name(i: int, video_id: str) -> str:
     """File name of a timeline image: the video id sanitised, so it stays in its folder."""
-    return f"timeline_{i:03d}_{safe_filename(video_id)}.png"
+    return layout.TIMELINE_IMAGE.format(index=i, video=safe_filename(video_id))
 
 
 def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path, visual: str,
@@ -88,7 +88,7 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     print(task.describe(res, split, s))
     if out_dir is not None:
         _log(res, pred, true, vids, Path(out_dir), timelines)
-        write_evaluation_page(Path(out_dir) / "index.html", res, pred, true, vids)
+        write_evaluation_page(Path(out_dir) / layout.PAGE_FILE, res, pred, true, vids)
         atomic_write_json(Path(out_dir) / layout.PER_VIDEO_FILE, {
             "head": res["head"], "setting": res["setting"], "split": split,
             "score": task.video_score, **per_video})
@@ -112,17 +112,17 @@ def _log(res: dict, pred: np.ndarray, true: np.ndarray, vids: list[str], out_dir
             if v is not None and not math.isnan(v):
                 live.log_metric(f"per_class/{name}", v, plot=False)
         live.log_sklearn_plot("confusion_matrix", [names[i] for i in true.reshape(-1)],
-                              [names[i] for i in pred.reshape(-1)], name="confusion_matrix.json")
+                              [names[i] for i in pred.reshape(-1)], name=layout.CONFUSION_PLOT)
         fig = plots.confusion_figure(np.asarray(res["confusion"]), names,
                                      f"{res['head']} ({res['setting']}) {res['split']}")
-        live.log_image("confusion.png", fig)
+        live.log_image(layout.CONFUSION_IMAGE, fig)
         plots.close(fig)
         for i in _timeline_rows(true, timelines, background=len(names) - 1):
             fig = plots.timeline_figure(pred[i], true[i], names,
                                         f"{vids[i]}: {res['head']} ({res['setting']})")
             live.log_image(timeline_name(i, vids[i]), fig)
             plots.close(fig)
-    atomic_write_json(out_dir / "confusion.json", {"labels": names, "matrix": res["confusion"]},
+    atomic_write_json(out_dir / layout.CONFUSION_FILE, {"labels": names, "matrix": res["confusion"]},
                       indent=1)
 
 

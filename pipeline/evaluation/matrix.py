@@ -32,7 +32,7 @@ from pipeline.training.selection import PROTOCOLS, schedule
 def cell_dir(root: str | Path, head: str, setting: str, seed: int | None) -> Path:
     """``<root>/matrix/<head>-<setting>-seed<seed>`` (``seedNone``: the head's default seed, as
     dvc.yaml writes a null seed); sanitised, it stays inside the folder."""
-    return output_file(Path(root) / "matrix", f"{head}-{setting}-seed{seed}")
+    return output_file(Path(root) / layout.MATRIX_DIR, f"{head}-{setting}-seed{seed}")
 
 
 def cell(params, head: str, setting: str, seed: int | None = None) -> None:
@@ -51,7 +51,7 @@ def cell(params, head: str, setting: str, seed: int | None = None) -> None:
         changes = {**{k: None for k in TRAIN_KEYS}, "head": head, "setting": setting,
                    "epochs": rc.epochs, "seed": seed}
         resume = cell_dir(paths.resume, head, setting, seed)  # <paths.resume>/matrix/<cell>
-        train_from_params(params, out_dir=models, live_dir=out / "train", resume_dir=resume,
+        train_from_params(params, out_dir=models, live_dir=out / layout.TRAIN_DIR, resume_dir=resume,
                           **changes)
         res = {protocol: evaluate(layout.best_checkpoint(models, protocol), paths.prepared,
                                   paths.features, tc.visual, tc.audio,
@@ -63,7 +63,7 @@ def cell(params, head: str, setting: str, seed: int | None = None) -> None:
                               result_test_selected=res["test"],
                               selection=schedule(head, setting).source)
         row["seed"] = ckpt_io.load(layout.best_checkpoint(models, "val"))["seed"]  # as resolved
-    atomic_write_json(out / "row.json", row, indent=1)
+    atomic_write_json(out / layout.ROW_FILE, row, indent=1)
 
 
 def read_run(root: str | Path, head: str, setting: str, seed: int | None) -> dict:
@@ -71,7 +71,7 @@ def read_run(root: str | Path, head: str, setting: str, seed: int | None) -> dic
     d = cell_dir(root, head, setting, seed)
     scores = {p: json.loads((d / f"evaluate_{p}" / layout.PER_VIDEO_FILE).read_text())
               for p in PROTOCOLS if (d / f"evaluate_{p}" / layout.PER_VIDEO_FILE).is_file()}
-    return {"row": json.loads((d / "row.json").read_text()), "scores": scores}
+    return {"row": json.loads((d / layout.ROW_FILE).read_text()), "scores": scores}
 
 
 def table(params) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from pipeline import layout
 from pipeline.evaluation.intervals import bootstrap_ci, paired_bootstrap
 from pipeline.heads import get_head_class, reported
 from pipeline.runtime import atomic_write_json, atomic_write_text
@@ -314,7 +315,7 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, 
         missing = [k for k in ROW_KEYS if k not in r]
         if missing:
             raise ValueError(f"result row {r.get('head')}/{r.get('setting')} lacks {missing}")
-    jp, mp, hp = out_dir / "results.json", out_dir / "results.md", out_dir / "results.html"
+    jp, mp, hp = (out_dir / name for name in layout.RESULTS_FILES)
     md = markdown(rows) if rows else EMPTY_TABLE
     atomic_write_json(jp, rows, indent=1)
     atomic_write_text(mp, md)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.cli import stage_main
-from pipeline.config import ConfigError
+from pipeline.config import DEFAULT_PARAMS, ConfigError
 from pipeline.features.community import DTYPES, export_community
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a feature name, never a path
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir", help="folder to write (existing files of other names are kept)")
     e.add_argument("--visual", required=True, help="visual feature name: <features>/<name>.h5")
     e.add_argument("--audio", required=True, help="audio feature name: <features>/<name>.h5")
-    e.add_argument("--params", default="params.yaml", help="params file giving paths.features and "
+    e.add_argument("--params", default=DEFAULT_PARAMS, help="params file giving paths.features and "
                                                            "paths.prepared (default: params.yaml)")
     e.add_argument("--features", help="feature folder (default: paths.features of --params)")
     e.add_argument("--prepared", help="prepared folder with labels.h5, *_order.h5 "
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                            empty_noisy=args.empty_noisy)
     print(f"wrote {len(res.files)} files to {res.out_dir}: visual {res.visual_shape}, "
           f"audio {res.audio_shape}, {res.dtype}; {len(res.invalid)} invalid rows "
-          f"({res.out_dir / 'invalid_rows.tsv'}); see {res.out_dir / 'README.txt'}")
+          f"({res.out_dir / layout.INVALID_ROWS_FILE}); see {res.out_dir / layout.EXPORT_README}")
 
 
 if __name__ == "__main__":

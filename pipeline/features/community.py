@@ -56,12 +56,13 @@ from pipeline.runtime import atomic_path, atomic_write_text
 
 ORDER = "order"  # dataset name of the order files
 VISUAL, AUDIO = layout.PUBLISHED_VISUAL_FILE, layout.PUBLISHED_AUDIO_FILE
-VISUAL_VEC = "visual_feature_vec.h5"
-LABELS, RIGHT_LABELS, PROB_LABELS, CLOSS_LABELS = ("labels.h5", "right_labels.h5", "prob_label.h5",
-                                                   "labels_closs.h5")
-MIL_LABELS = "mil_labels.h5"
-NOISY = ("visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5")
-INVALID_TSV, README = "invalid_rows.tsv", "README.txt"
+VISUAL_VEC = layout.PUBLISHED_VISUAL_VEC_FILE
+LABELS, RIGHT_LABELS, PROB_LABELS, CLOSS_LABELS = (layout.LABELS_FILE, layout.RIGHT_LABELS_FILE,
+                                                   layout.PROB_LABELS_FILE, layout.CLOSS_LABELS_FILE)
+MIL_LABELS = layout.VIDEO_LABELS_FILE
+NOISY = (layout.background_only_file(VISUAL), layout.background_only_file(AUDIO),
+         layout.BACKGROUND_LABELS_FILE)  # the weak setting's background-only videos
+INVALID_TSV, README = layout.INVALID_ROWS_FILE, layout.EXPORT_README
 DTYPES = ("float64", "float32")
 BLOCK_BYTES = 64 << 20  # rows copied per block: about this many output bytes
 # what the repositories' code hard-codes: map, audio and label sizes of the published files
@@ -217,7 +218,8 @@ def copy_prepared(prepared: Path, out: Path, drop: np.ndarray) -> tuple[list[str
     present."""
     written, missing = [], []
     for split in SPLITS:
-        for name, required in ((f"{split}_order.h5", True), (f"{split}_order_match.h5", False)):
+        for name, required in ((layout.order_file("", split).name, True),
+                               (layout.order_file("", split, match=True).name, False)):
             src = prepared / name
             if not src.is_file():
                 if required:
@@ -240,7 +242,8 @@ def noisy_sources(visual: Path, audio: Path, prepared: Path) -> tuple[Path, Path
     """The background-only training videos of the weak setting when this pipeline has them:
     ``<visual>_noisy.h5`` and ``<audio>_noisy.h5`` beside the store files (extraction writes them
     for the videos of ``backgroundSet.txt``) and ``labels_noisy.h5`` in the prepared folder."""
-    paths = (visual.with_name(f"{visual.stem}_noisy.h5"), audio.with_name(f"{audio.stem}_noisy.h5"),
+    paths = (visual.with_name(layout.background_only_file(visual.name)),
+             audio.with_name(layout.background_only_file(audio.name)),
              prepared / NOISY[2])
     return paths if all(p.is_file() for p in paths) else None
 
@@ -268,8 +271,8 @@ def invalid_rows(vvalid: np.ndarray, avalid: np.ndarray, prepared: Path,
     ``manifest.csv`` (when the prepared folder has one), or the non-finite values found."""
     nonfinite = nonfinite or {}
     manifest = {}
-    if (prepared / "manifest.csv").is_file():
-        with open(prepared / "manifest.csv", newline="") as f:
+    if (prepared / layout.MANIFEST_FILE).is_file():
+        with open(prepared / layout.MANIFEST_FILE, newline="") as f:
             manifest = {int(r["index"]): r for r in csv.DictReader(f)}
     out = []
     for row in np.flatnonzero(~(vvalid & avalid)):

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 import torch
 
+from pipeline import layout
 from pipeline.config import to_dict
 from pipeline.data.manifest import EXCLUDED
 from pipeline.encoders.audio import AudioEncoder
@@ -222,7 +223,7 @@ def produce_batches(stream: Iterator[tuple[str, Any]], shards: list[tuple[int, l
 # Shards
 # ------------------------------------------------------------------------------------------
 def _shard_path(partial: Path, k: int) -> Path:
-    return partial / f"shard_{k:05d}.h5"
+    return partial / layout.SHARD_FILE.format(index=k)
 
 
 def _read_shard_fingerprint(path: Path) -> Optional[str]:
@@ -339,7 +340,7 @@ def _plan_run(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig, 
     meta = _metadata(name, spec, encoder, cfg, amp, device)
     fingerprint = _sha({k: v for k, v in meta.items() if k != "created_by"} | {"batch_videos": cfg.batch_videos})
     shards = [work.videos[i:i + cfg.shard_videos] for i in range(0, len(work.videos), cfg.shard_videos)]
-    partial = out_path.with_name(out_path.name + ".partial")
+    partial = out_path.with_name(out_path.name + layout.PARTIAL_SUFFIX)
     partial.mkdir(parents=True, exist_ok=True)
     run = _Extraction(name, encoder, cfg, device, amp, work, shards, [_sha([fingerprint, s]) for s in shards],
                partial, log)

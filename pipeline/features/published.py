@@ -44,8 +44,8 @@ from pipeline.features.store import DATASET, community_kind, import_community
 from pipeline.files import open_h5, read_h5
 from pipeline.layout import BACKGROUND_SUFFIX
 
-LABELS = "labels.h5"  # published per-segment labels (4143, 10, 29), compared when present
-NOISY_LABELS = "labels_noisy.h5"  # published video labels of the noisy videos (178, 29)
+LABELS = layout.LABELS_FILE  # published per-segment labels (4143, 10, 29), compared when present
+BACKGROUND_LABELS = layout.BACKGROUND_LABELS_FILE  # video labels of the background-only videos (178, 29)
 
 
 def _read(path: Path, dataset: str = DATASET) -> np.ndarray:
@@ -61,15 +61,15 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
     """Rows the file must have; raises when it or the published labels disagree with prepare."""
     if name.endswith(BACKGROUND_SUFFIX):
         rows = _shape(src)[0]
-        if (root / NOISY_LABELS).is_file():
-            noisy, classes = _read(root / NOISY_LABELS), _read(prepared / LABELS).shape[-1]
+        if (root / BACKGROUND_LABELS).is_file():
+            noisy, classes = _read(root / BACKGROUND_LABELS), _read(prepared / LABELS).shape[-1]
             if noisy.ndim != 2 or noisy.shape[1] != classes:
-                raise InputError(f"{root / NOISY_LABELS}: shape {noisy.shape}, expected (rows, "
+                raise InputError(f"{root / BACKGROUND_LABELS}: shape {noisy.shape}, expected (rows, "
                                  f"{classes}) video labels as {prepared / LABELS}")
             if len(noisy) != rows:
-                raise InputError(f"{src}: {rows} rows but {root / NOISY_LABELS} has {len(noisy)}")
+                raise InputError(f"{src}: {rows} rows but {root / BACKGROUND_LABELS} has {len(noisy)}")
             if not (noisy[:, -1] == 1).all() or noisy[:, :-1].any():
-                raise InputError(f"{root / NOISY_LABELS}: not background-only; the {BACKGROUND_SUFFIX} "
+                raise InputError(f"{root / BACKGROUND_LABELS}: not background-only; the {BACKGROUND_SUFFIX} "
                                  "files must hold background-only videos")
         return rows
     labels = _read(prepared / LABELS)
@@ -87,7 +87,8 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
 def provenance(entry: CommunityFile, kind: str) -> dict[str, Any]:
     """Provenance beyond the AVE preset: a non-AVE file without ``encoder`` says it is unknown."""
     meta: dict[str, Any] = {"published_file": entry.file}
-    ave = entry.file.replace(BACKGROUND_SUFFIX, "") in ("visual_feature.h5", "audio_feature.h5")
+    ave = entry.file.replace(BACKGROUND_SUFFIX, "") in (layout.PUBLISHED_VISUAL_FILE,
+                                                        layout.PUBLISHED_AUDIO_FILE)
     if entry.encoder or not ave:
         enc = entry.encoder or "unknown"
         meta.update(model=enc, encoder=enc, weights=entry.weights or "unknown",
@@ -141,7 +142,7 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
 
 def noisy_file(entry: CommunityFile) -> str:
     """``visual_feature.h5`` -> ``visual_feature_noisy.h5``: the background-only videos' file."""
-    return entry.file[:-len(".h5")] + BACKGROUND_SUFFIX + ".h5"
+    return layout.background_only_file(entry.file)
 
 
 def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path,

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pipeline import files
+from pipeline import files, layout
 from pipeline.config import to_dict
 from pipeline.runtime import atomic_torch_save, dist_env, select_device
 from pipeline.runtime import init_distributed as runtime_init_distributed
@@ -27,7 +27,7 @@ from pipeline.finetune.data import ClipBank, ClipStream
 from pipeline.finetune.loss import gather_global, grouped_infonce, retrieval_top1, symmetric_infonce
 from pipeline.finetune.model import AVContrastive, bn_stats_frozen, set_bn_mode
 
-CHECKPOINT = "last.pt"  # file name in the checkpoint directory
+CHECKPOINT = layout.LAST  # file name in the checkpoint directory
 # config keys that may change between a checkpoint and its resumption
 RESUMABLE_CHANGES = {"epochs", "resume", "workers", "decode_timeout_s", "nproc"}
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pipeline import files
+from pipeline import files, layout
 from pipeline.cli import stage_main
 from pipeline.config import ConfigError, InputError
 from pipeline.training import checkpoint as ckpt_io
@@ -94,7 +94,8 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
         warnings.simplefilter("ignore")
         categories = load_annotations(ave_root, splits=False).categories
     if len(categories) != model.num_classes:
-        raise InputError(f"{src}: {model.num_classes} classes, but {Path(ave_root) / 'Annotations.txt'} "
+        raise InputError(f"{src}: {model.num_classes} classes, but "
+                         f"{Path(ave_root) / layout.ANNOTATIONS_FILE} "
                          f"has {len(categories)} categories")
     ckpt = {"format": ckpt_io.FORMAT, "head": head, "setting": setting, "hparams": dict(model.hparams),
             "dims": {"visual_dim": model.visual_dim, "audio_dim": model.audio_dim,

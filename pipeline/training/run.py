@@ -53,7 +53,7 @@ def feature_names(params: dict[str, Any]) -> list[str]:
     """Names ``train.visual`` / ``train.audio`` may take: a stage of dvc.yaml writes each one
     (``extract.models``, the tuned encoders, ``published.files``)."""
     ext, ft, pub = params["extract"], params["finetune"], params["published"]
-    return [*ext.models, f"{ft.visual}_ft", f"{ft.audio}_ft", *pub.files]
+    return [*ext.models, layout.tuned_name(ft.visual), layout.tuned_name(ft.audio), *pub.files]
 
 
 def check_feature_names(params: dict[str, Any]) -> None:
