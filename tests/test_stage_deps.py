@@ -31,11 +31,11 @@ def _record():
     if not out or not stage:
         return
     root = os.path.realpath(os.getcwd())
-    files = set()
-    for module in list(sys.modules.values()):
-        f = getattr(module, "__file__", None)
-        if f and os.path.realpath(f).startswith(root + os.sep):
-            files.add(os.path.relpath(os.path.realpath(f), root))
+    # the script run (python drops __main__.__file__ once it has run) and every module
+    paths = [sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None]
+    paths += [getattr(module, "__file__", None) for module in list(sys.modules.values())]
+    files = {os.path.relpath(os.path.realpath(f), root) for f in paths
+             if f and os.path.realpath(f).startswith(root + os.sep)}
     name = f"{stage.replace('/', '_')}.{os.getpid()}.txt"
     with open(os.path.join(out, name), "w") as fh:
         fh.write("\\n".join(sorted(files)) + "\\n")
@@ -191,4 +191,5 @@ def test_an_import_without_its_dep_fails_the_check(tmp_path):
     problems = dep_problems(root, record)
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"stage synth (dvc.yaml:{yaml_line(root, 'synth')})")
-    assert "loaded without a dep: ['pipeline/evaluation/intervals.py']" in problems[0]
+    assert problems[0].endswith("loaded without a dep: ['pipeline/evaluation/intervals.py']; "
+                                "a dep it does not load: none")
