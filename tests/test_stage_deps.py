@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import yaml
 
 from test_dvc_pipeline import tiny_copy
@@ -193,3 +194,57 @@ def test_an_import_without_its_dep_fails_the_check(tmp_path):
     assert problems[0].startswith(f"stage synth (dvc.yaml:{yaml_line(root, 'synth')})")
     assert problems[0].endswith("loaded without a dep: ['pipeline/evaluation/intervals.py']; "
                                 "a dep it does not load: none")
+
+
+ENERGY = '''"""A parameter-free audio encoder: the log energy of 8 equal slices of each 1-s segment."""
+import torch
+
+from pipeline.encoders.audio import AudioEncoder
+from pipeline.encoders.base import register_encoder
+from pipeline.encoders.weights import ResolvedWeights
+
+
+class Energy(AudioEncoder):
+    dim = 8
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.log(wave.reshape(len(wave), self.dim, -1).pow(2).mean(-1) + 1e-6)
+
+    def export_state_dict(self) -> dict:
+        return {}
+
+
+@register_encoder("energy", "audio")
+def energy(spec, allow_download=True, image_size=None, download_key=""):
+    return Energy("energy", spec, ResolvedWeights("random", None, "", seed=spec.seed))
+'''
+
+
+def test_a_new_encoder_is_one_module_and_one_params_entry(tmp_path):
+    """An encoder module dropped into pipeline/encoders/ and one extract.models entry: `dvc repro
+    extract@energy` writes its features (a known answer on each clip's waveform), with no other
+    edit (dvc.yaml, an __init__, a list of encoders)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    sh = tiny_copy(root)
+    (root / "pipeline" / "encoders" / "energy.py").write_text(ENERGY)
+    params = root / "params.yaml"
+    text = params.read_text()
+    cnn14 = re.search(r"^(\s+)cnn14: .*$", text, re.M)
+    params.write_text(text[:cnn14.end()] + f"\n{cnn14.group(1)}energy: {{kind: audio, encoder: "
+                      "energy, weights: random, seed: 0}" + text[cnn14.end():])
+    assert "extract@energy" in _dvc(sh, "stage", "list").stdout
+    out = _dvc(sh, "repro", "extract@energy").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"synth", "prepare", "extract@energy"}
+
+    from pipeline.data.manifest import load_manifest
+    from pipeline.features.store import load_features
+    from pipeline.media.decode import decode_audio
+    fs = load_features(root / "data" / "features" / "energy.h5")
+    rows = load_manifest(root / "data" / "prepared")
+    assert fs.data.shape == (len(rows), 10, 8) and fs.valid.all() and fs.meta["encoder"] == "energy"
+    row = rows[0]
+    wave = decode_audio(root / row["path"] if not Path(row["path"]).is_absolute() else row["path"],
+                        16000).data
+    want = np.log((wave.reshape(10, 8, -1) ** 2).mean(-1) + 1e-6)
+    np.testing.assert_allclose(fs.data[row["index"]].astype(np.float32), want, rtol=2e-3, atol=2e-3)
