@@ -269,7 +269,7 @@ _CHECKS: list[tuple[frozenset[str], Check]] = []
 
 
 def register_check(*sections: str) -> Callable[[Check], Check]:
-    """Register a check across ``sections`` (e.g. ``finetune.image_size == extract.image_size``);
+    """Register a check across ``sections`` (e.g. ``finetune.image_size == extract.visual.image_size``);
     it gets ``{section: dataclass}`` and raises :class:`ConfigError` naming the keys. It runs
     whenever all of ``sections`` are loaded."""
     unknown = sorted(set(sections) - set(SECTION_MODULES))

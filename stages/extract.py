@@ -1,10 +1,11 @@
-"""DVC stages ``extract_visual@<model>`` / ``extract_audio@<model>``: one feature file per model.
+"""DVC stages ``extract@<model>`` (one per ``extract.models`` entry), ``extract_finetuned@<role>``.
 
     python stages/extract.py vgg19                          # one process (CPU or one GPU)
     torchrun --nproc_per_node=8 stages/extract.py resnet50  # shards videos over 8 GPUs
     python stages/extract.py --finetuned visual             # the CACE-tuned <finetune.visual>
 
-Reads ``extract`` (the keys listed for the stage in dvc.yaml) and ``paths``; writes
+Reads ``extract.common``, ``extract.<kind>``, the model's entry (``--finetuned``: the
+``finetune`` section's encoder) and ``paths``; writes
 ``<paths.features>/<model>.h5``. Resumes an interrupted run from its committed shards.
 """
 from __future__ import annotations

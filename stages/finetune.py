@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node=4 stages/finetune.py      # DDP over 4 GPUs (finetune.nproc)
 
 Reads ``finetune`` and ``paths``; writes the tuned encoders to ``<paths.finetune>/<encoder>.pth``
-(the native format of the weights resolver, read by stage ``extract_finetuned_*``),
+(the native format of the weights resolver, read by stage ``extract_finetuned@<role>``),
 ``<paths.finetune>/finetune.json`` and DVCLive metrics in ``<paths.reports>/finetune/``
 (``retrieval_top1_before`` / ``retrieval_top1_after``). Per-epoch resume points live in
 ``<paths.resume>/finetune/<fingerprint>/`` (git-ignored; a rerun continues a matching one).

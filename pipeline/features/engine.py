@@ -292,7 +292,7 @@ def extract(name: str, spec: ModelSpec, rows: list[dict], out_path: str | Path, 
     """
     t0 = time.monotonic()
     out_path = Path(out_path)
-    device = device or select_device(cfg.device, "extract.device", log=log)
+    device = device or select_device(cfg.device, "extract.common.device", log=log)
     encoder = _ready_encoder(encoder, spec, cfg, device)
     run, meta = _plan_run(name, spec, encoder, cfg, device, plan(rows, num_rows), out_path, log)
     run.decode_pool, run.progress = decode_pool, progress and rank == 0

@@ -1,4 +1,4 @@
-"""The ``extract_visual`` / ``extract_audio`` stage logic (``stages/extract.py`` calls it).
+"""The work of stages ``extract@<model>`` and ``extract_finetuned@<role>`` (``stages/extract.py``).
 
 Single process: ``python stages/extract.py vgg19``. Several GPUs / nodes: the same script
 under ``torchrun`` (``torchrun --nproc_per_node=8 stages/extract.py vgg19``; multi-node:
@@ -71,7 +71,7 @@ def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, 
         spec = cfg.models[name]
     env = dist_env()
     log = print if env.main else (lambda msg: None)
-    device = select_device(cfg.device, "extract.device", env.local_rank, log=log)
+    device = select_device(cfg.device, "extract.common.device", env.local_rank, log=log)
     # Ranks wait for each other at the merge barrier: the timeout covers a whole extraction.
     init_distributed(device.type, env, timeout_s=DIST_TIMEOUT_S)
     log(f"extract[{name}]: git {git_revision()}; spec {to_dict(spec)}; "
