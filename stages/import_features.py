@@ -2,8 +2,9 @@
 
 Reads params `published` (dtype, files.<name>), `data.root` and `paths`; writes
 ${paths.features}/<name>.h5 from ${data.root}/<file>, its rows checked against the prepared
-labels (Annotations.txt). `--noisy` (stage `import_noisy@<name>`): ${paths.features}/<name>_noisy.h5
-from ${data.root}/<file stem>_noisy.h5, zero rows when absent. Decodes and extracts nothing.
+labels (Annotations.txt). `--background-only` (stage `import_background_only@<name>`):
+${paths.features}/<name>_noisy.h5 from ${data.root}/<file stem>_noisy.h5, zero rows when
+absent. Decodes and extracts nothing.
 """
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("name", help="a key of published.files in params.yaml (e.g. published_vgg19)")
     p.add_argument("--params", default=DEFAULT_PARAMS)
-    p.add_argument("--noisy", action="store_true",
+    p.add_argument("--background-only", action="store_true",
                    help="the entry's background-only videos (<file>_noisy.h5; zero rows when absent)")
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "data", "published"))
     paths, cfg, root = params["paths"], params["published"], params["data"].root
-    if args.noisy:
+    if args.background_only:
         out, done = import_background_only(args.name, cfg, paths.prepared, paths.features, root)
-        print(f"import_noisy[{args.name}]: {done}")
+        print(f"import_background_only[{args.name}]: {done}")
         return
     out = import_published(args.name, cfg, paths.prepared, paths.features, root)
     fs = load_features(out)

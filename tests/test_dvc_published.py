@@ -43,7 +43,7 @@ def test_published_route_from_another_root_without_background_only_files(tmp_pat
              "-S", "train.feature_norm=none", "-S", "report.heads=[avel]",
              "-S", "report.settings=[fully,weak]", "-S", "report.epochs=1")
     ran = set(re.findall(r"Running stage '([^']+)'", log))
-    assert {"import@published_vgg19", "import_noisy@published_vgg19",
+    assert {"import@published_vgg19", "import_background_only@published_vgg19",
             "cell@avel-fully-None", "cell@avel-weak-None"} <= ran, log
     assert not any(s.startswith(("synth", "extract")) for s in ran), ran
     assert "visual_feature_noisy.h5 absent" in log

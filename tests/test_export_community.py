@@ -157,11 +157,11 @@ def test_weak_and_matching_files_copied_when_prepared_has_them(prepared, tmp_pat
                                       _read(prepared / f"{split}_order_match.h5", "order"))
 
 
-def test_empty_noisy_files_fit_the_weak_loaders(prepared, tmp_path):
+def test_empty_background_only_files_fit_the_weak_loaders(prepared, tmp_path):
     vis, aud, _, _ = _stores(tmp_path, _num_rows(prepared))
-    export_community(vis, aud, prepared, tmp_path / "out", empty_noisy=True, dtype="float32")
+    export_community(vis, aud, prepared, tmp_path / "out", empty_background_only=True, dtype="float32")
     out = tmp_path / "out"
-    nv, na, nl = (_read(out / name) for name in community.NOISY)
+    nv, na, nl = (_read(out / name) for name in community.BACKGROUND_ONLY)
     num_labels = _read(prepared / "labels.h5").shape[-1]
     assert nv.shape == (0, 10, 2, 2, 8) and na.shape == (0, 10, 6) and nl.shape == (0, num_labels)
     assert nv.dtype == na.dtype == np.float32

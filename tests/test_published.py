@@ -91,7 +91,7 @@ def route(tmp_path_factory):
     export_labels(root, root)  # the published labels.h5 / *_order.h5 beside them
     for name in params["published"]["files"]:
         import_features.main([name, "--params", str(base / "params.yaml")])
-        import_features.main([name, "--noisy", "--params", str(base / "params.yaml")])
+        import_features.main([name, "--background-only", "--params", str(base / "params.yaml")])
     return base, result
 
 
@@ -235,7 +235,7 @@ def test_route_follows_data_root_and_works_without_background_only_files(route, 
     prepare(other, params["paths"]["prepared"], source="features")
     for name in params["published"]["files"]:
         import_features.main([name, "--params", str(tmp_path / "params.yaml")])
-        import_features.main([name, "--noisy", "--params", str(tmp_path / "params.yaml")])
+        import_features.main([name, "--background-only", "--params", str(tmp_path / "params.yaml")])
     noisy = load_features(tmp_path / "features" / "published_vgg19_noisy.h5")
     assert noisy.data.shape == (0, 10, 7, 7, 512) and noisy.meta["background_only"] == "none"
     assert load_features(tmp_path / "features" / "published_vggish.h5").data.dtype == np.float32

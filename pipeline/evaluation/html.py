@@ -232,7 +232,8 @@ def bar_chart(rows: list[dict[str, Any]]) -> str:
 def write_results_page(path: str | Path, rows: list[dict[str, Any]], table_md: str) -> Path:
     """The results table (one per setting, ours as ``mean ± sd [lo, hi]``), a bar chart with
     error bars beside the papers' numbers, and the head-vs-next-best differences."""
-    from pipeline.evaluation.report import fmt_accuracy, fmt_difference  # no import cycle
+    # imported here: report imports this module (write_results_page) at call time too
+    from pipeline.evaluation.report import fmt_accuracy, fmt_difference
 
     legend_html = '<div class="legend">' + "".join(
         f'<span><i style="background:{c}"></i>{esc(n)}</span>' for _, n, c in SERIES) + "</div>"

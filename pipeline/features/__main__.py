@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="feature dtype (default float64, as published; CMBS and CACE-Net need it)")
     e.add_argument("--drop-invalid", action="store_true",
                    help="leave rows without features out of the order files")
-    e.add_argument("--empty-noisy", action="store_true",
+    e.add_argument("--empty-background-only", action="store_true",
                    help="write zero-row *_noisy.h5 files so that the weak scripts run on AVE alone")
     return p
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     res = export_community(_feature_file(features, args.visual, "--visual"),
                            _feature_file(features, args.audio, "--audio"), prepared, args.out_dir,
                            dtype=args.dtype, drop_invalid=args.drop_invalid,
-                           empty_noisy=args.empty_noisy)
+                           empty_background_only=args.empty_background_only)
     print(f"wrote {len(res.files)} files to {res.out_dir}: visual {res.visual_shape}, "
           f"audio {res.audio_shape}, {res.dtype}; {len(res.invalid)} invalid rows "
           f"({res.out_dir / layout.INVALID_ROWS_FILE}); see {res.out_dir / layout.EXPORT_README}")

@@ -29,7 +29,7 @@ silently. ``drop_invalid`` also removes them from the order files.
 
 The weak setting's background-only videos (``visual_feature_noisy.h5``,
 ``audio_feature_noisy.h5``, ``labels_noisy.h5``: 178 extra videos that are not in the AVE
-archive) cannot be produced from AVE; ``empty_noisy`` writes zero-row files so that the weak
+archive) cannot be produced from AVE; ``empty_background_only`` writes zero-row files so that the weak
 scripts run on the AVE videos alone.
 
 Every file is written through a temporary file renamed into place; features are copied in row
@@ -60,7 +60,7 @@ VISUAL_VEC = layout.PUBLISHED_VISUAL_VEC_FILE
 LABELS, RIGHT_LABELS, PROB_LABELS, CLOSS_LABELS = (layout.LABELS_FILE, layout.RIGHT_LABELS_FILE,
                                                    layout.PROB_LABELS_FILE, layout.CLOSS_LABELS_FILE)
 MIL_LABELS = layout.VIDEO_LABELS_FILE
-NOISY = (layout.background_only_file(VISUAL), layout.background_only_file(AUDIO),
+BACKGROUND_ONLY = (layout.background_only_file(VISUAL), layout.background_only_file(AUDIO),
          layout.BACKGROUND_LABELS_FILE)  # the weak setting's background-only videos
 INVALID_TSV, README = layout.INVALID_ROWS_FILE, layout.EXPORT_README
 DTYPES = ("float64", "float32")
@@ -94,7 +94,7 @@ class ExportResult:
 
 def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | Path,
                      out_dir: str | Path, *, dtype: str = "float64", drop_invalid: bool = False,
-                     empty_noisy: bool = False) -> ExportResult:
+                     empty_background_only: bool = False) -> ExportResult:
     """Write ``out_dir`` in the community layout from two store files and the prepared folder."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -107,21 +107,21 @@ def export_community(visual: str | Path, audio: str | Path, prepared_dir: str | 
     copy_features(visual, out / VISUAL, dtype, pooled=out / VISUAL_VEC)
     copy_features(audio, out / AUDIO, dtype)
     res.files += [VISUAL, VISUAL_VEC, AUDIO]
-    res.files += write_label_files(labels, out)
+    res.files += write_community_labels(labels, out)
     drop = np.array([r.row for r in invalid], np.int64) if drop_invalid else np.zeros(0, np.int64)
     written, missing = copy_prepared(prepared_dir, out, drop)
     res.files += written
     res.missing += missing
-    noisy = noisy_sources(visual, audio, prepared_dir)
-    if noisy:
-        res.files += copy_noisy(noisy, out, dtype)
-    elif empty_noisy:
-        res.files += write_empty_noisy(out, vshape, ashape, labels.shape[-1], dtype)
+    background = background_only_sources(visual, audio, prepared_dir)
+    if background:
+        res.files += copy_background_only(background, out, dtype)
+    elif empty_background_only:
+        res.files += write_empty_background_only(out, vshape, ashape, labels.shape[-1], dtype)
     else:
-        res.missing += list(NOISY)
+        res.missing += list(BACKGROUND_ONLY)
     with atomic_path(out / INVALID_TSV) as tmp:
         write_invalid_tsv(tmp, invalid)
-    atomic_write_text(out / README, render_readme(res, visual, audio, drop_invalid, empty_noisy))
+    atomic_write_text(out / README, render_readme(res, visual, audio, drop_invalid, empty_background_only))
     res.files += [INVALID_TSV, README]
     return res
 
@@ -201,7 +201,7 @@ def _write_h5(path: Path, name: str, data: np.ndarray) -> None:
         f.create_dataset(name, data=data)
 
 
-def write_label_files(labels: np.ndarray, out: Path) -> list[str]:
+def write_community_labels(labels: np.ndarray, out: Path) -> list[str]:
     """labels.h5 and the label files derived from it alone (PSP/VSCG names, PSP's weak
     targets, AVE-ECCV18's cross-modal matching targets)."""
     labels = labels.astype(np.float32, copy=False)
@@ -238,31 +238,31 @@ def copy_prepared(prepared: Path, out: Path, drop: np.ndarray) -> tuple[list[str
     return written, missing
 
 
-def noisy_sources(visual: Path, audio: Path, prepared: Path) -> tuple[Path, Path, Path] | None:
+def background_only_sources(visual: Path, audio: Path, prepared: Path) -> tuple[Path, Path, Path] | None:
     """The background-only training videos of the weak setting when this pipeline has them:
     ``<visual>_noisy.h5`` and ``<audio>_noisy.h5`` beside the store files (extraction writes them
     for the videos of ``backgroundSet.txt``) and ``labels_noisy.h5`` in the prepared folder."""
     paths = (visual.with_name(layout.background_only_file(visual.name)),
              audio.with_name(layout.background_only_file(audio.name)),
-             prepared / NOISY[2])
+             prepared / BACKGROUND_ONLY[2])
     return paths if all(p.is_file() for p in paths) else None
 
 
-def copy_noisy(sources: tuple[Path, Path, Path], out: Path, dtype: str) -> list[str]:
+def copy_background_only(sources: tuple[Path, Path, Path], out: Path, dtype: str) -> list[str]:
     """The background-only files under the names the weak scripts open."""
-    copy_features(sources[0], out / NOISY[0], dtype)
-    copy_features(sources[1], out / NOISY[1], dtype)
-    with atomic_path(out / NOISY[2]) as tmp:
+    copy_features(sources[0], out / BACKGROUND_ONLY[0], dtype)
+    copy_features(sources[1], out / BACKGROUND_ONLY[1], dtype)
+    with atomic_path(out / BACKGROUND_ONLY[2]) as tmp:
         shutil.copyfile(sources[2], tmp)
-    return list(NOISY)
+    return list(BACKGROUND_ONLY)
 
 
-def write_empty_noisy(out: Path, vshape: tuple, ashape: tuple, num_labels: int, dtype: str) -> list[str]:
+def write_empty_background_only(out: Path, vshape: tuple, ashape: tuple, num_labels: int, dtype: str) -> list[str]:
     """Zero-row background-only files: the weak scripts then train on the AVE videos alone."""
-    _write_h5(out / NOISY[0], DATASET, np.zeros((0, *vshape[1:]), dtype))
-    _write_h5(out / NOISY[1], DATASET, np.zeros((0, *ashape[1:]), dtype))
-    _write_h5(out / NOISY[2], DATASET, np.zeros((0, num_labels), np.float32))
-    return list(NOISY)
+    _write_h5(out / BACKGROUND_ONLY[0], DATASET, np.zeros((0, *vshape[1:]), dtype))
+    _write_h5(out / BACKGROUND_ONLY[1], DATASET, np.zeros((0, *ashape[1:]), dtype))
+    _write_h5(out / BACKGROUND_ONLY[2], DATASET, np.zeros((0, num_labels), np.float32))
+    return list(BACKGROUND_ONLY)
 
 
 def invalid_rows(vvalid: np.ndarray, avalid: np.ndarray, prepared: Path,
@@ -317,7 +317,7 @@ REPOS = (
 
 
 def render_readme(res: ExportResult, visual: Path, audio: Path, drop_invalid: bool,
-                  empty_noisy: bool) -> str:
+                  empty_background_only: bool) -> str:
     lines = [
         "AVE features in the community layout (written by python -m pipeline.features export-community)",
         "",
@@ -331,7 +331,7 @@ def render_readme(res: ExportResult, visual: Path, audio: Path, drop_invalid: bo
     if res.dtype != "float64":
         lines += ["", f"{res.dtype}: CMBS and CACE-Net run their models in float64 and pass these arrays on "
                       "unconverted; they stop at their first layer. Export with the default dtype for them."]
-    lines += ["", *_shape_notes(res), *_invalid_notes(res, drop_invalid), *_missing_notes(res, empty_noisy)]
+    lines += ["", *_shape_notes(res), *_invalid_notes(res, drop_invalid), *_missing_notes(res, empty_background_only)]
     lines += ["", "Files: " + ", ".join(sorted(res.files))]
     return "\n".join(lines) + "\n"
 
@@ -362,17 +362,17 @@ def _invalid_notes(res: ExportResult, drop_invalid: bool) -> list[str]:
             f"files named in invalid_rows.tsv: row, video_id, split, zeros, reason); {where}."]
 
 
-def _missing_notes(res: ExportResult, empty_noisy: bool) -> list[str]:
+def _missing_notes(res: ExportResult, empty_background_only: bool) -> list[str]:
     notes = []
-    if empty_noisy:
+    if empty_background_only:
         notes.append("visual_feature_noisy.h5, audio_feature_noisy.h5, labels_noisy.h5 have zero rows: "
                      "the weak setting trains on the AVE videos alone, without the 178 background-only "
                      "videos of the papers.")
-    missing = [m for m in res.missing if m not in NOISY]
-    if any(m in NOISY for m in res.missing):
+    missing = [m for m in res.missing if m not in BACKGROUND_ONLY]
+    if any(m in BACKGROUND_ONLY for m in res.missing):
         notes.append("Not written: visual_feature_noisy.h5, audio_feature_noisy.h5, labels_noisy.h5 "
                      "(weak setting): features of 178 background-only videos that are not in the AVE "
-                     "archive; they cannot be produced from AVE. Export with --empty-noisy for "
+                     "archive; they cannot be produced from AVE. Export with --empty-background-only for "
                      "zero-row files.")
     if missing:
         notes.append(f"Not in the prepared folder, not written: {', '.join(missing)} "

@@ -172,7 +172,7 @@ class PublishedConfig:
                 raise ConfigError(f"{key}.files.{name}: store names are letters, digits, _ and -")
             if name.endswith(BACKGROUND_SUFFIX):
                 raise ConfigError(f"{key}.files.{name}: background-only files are imported with "
-                                  f"their main file (stage import_noisy@{name[:-len(BACKGROUND_SUFFIX)]}"
+                                  f"their main file (stage import_background_only@{name[:-len(BACKGROUND_SUFFIX)]}"
                                   f" reads <file>{BACKGROUND_SUFFIX}.h5); remove this entry")
 
 

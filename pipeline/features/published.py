@@ -9,7 +9,7 @@ read from ``data.root`` (``published.root``, when set, must equal it), so the ro
 data root. Stored float32 by default (``published.dtype``; float16 opt-in).
 
 Each entry's background-only videos (weak setting) are imported by ``import_background_only``
-(stage ``import_noisy@<name>``) from ``<file>_noisy.h5`` beside it into
+(stage ``import_background_only@<name>``) from ``<file>_noisy.h5`` beside it into
 ``<paths.features>/<name>_noisy.h5``, or written with zero rows when that file is absent: the
 ``fully`` setting never reads them, and weak training then says it trains without them.
 
@@ -62,13 +62,15 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
     if name.endswith(BACKGROUND_SUFFIX):
         rows = _shape(src)[0]
         if (root / BACKGROUND_LABELS).is_file():
-            noisy, classes = _read(root / BACKGROUND_LABELS), _read(prepared / LABELS).shape[-1]
-            if noisy.ndim != 2 or noisy.shape[1] != classes:
-                raise InputError(f"{root / BACKGROUND_LABELS}: shape {noisy.shape}, expected (rows, "
+            background = _read(root / BACKGROUND_LABELS)
+            classes = _read(prepared / LABELS).shape[-1]
+            if background.ndim != 2 or background.shape[1] != classes:
+                raise InputError(f"{root / BACKGROUND_LABELS}: shape {background.shape}, expected (rows, "
                                  f"{classes}) video labels as {prepared / LABELS}")
-            if len(noisy) != rows:
-                raise InputError(f"{src}: {rows} rows but {root / BACKGROUND_LABELS} has {len(noisy)}")
-            if not (noisy[:, -1] == 1).all() or noisy[:, :-1].any():
+            if len(background) != rows:
+                raise InputError(f"{src}: {rows} rows but {root / BACKGROUND_LABELS} has "
+                                 f"{len(background)}")
+            if not (background[:, -1] == 1).all() or background[:, :-1].any():
                 raise InputError(f"{root / BACKGROUND_LABELS}: not background-only; the {BACKGROUND_SUFFIX} "
                                  "files must hold background-only videos")
         return rows
@@ -140,11 +142,6 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
     return out
 
 
-def noisy_file(entry: CommunityFile) -> str:
-    """``visual_feature.h5`` -> ``visual_feature_noisy.h5``: the background-only videos' file."""
-    return layout.background_only_file(entry.file)
-
-
 def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path,
                            features: str | Path, root: str | Path | None = None
                            ) -> tuple[Path, str]:
@@ -152,16 +149,17 @@ def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path
     (checked as :func:`import_published` checks it), or with zero rows (the main file's shape)
     when that file is absent; returns the path and what was done."""
     entry, root = _entry(name, cfg), _root(cfg, root)
-    noisy, src = f"{name}{BACKGROUND_SUFFIX}", root / noisy_file(entry)
+    background = layout.background_only_name(name)
+    src = root / layout.background_only_file(entry.file)
     if src.is_file():
-        one = dataclasses.replace(cfg, files={noisy: dataclasses.replace(entry, file=src.name)})
-        return import_published(noisy, one, prepared, features, root), f"imported {src}"
+        one = dataclasses.replace(cfg, files={background: dataclasses.replace(entry, file=src.name)})
+        return import_published(background, one, prepared, features, root), f"imported {src}"
     main = root / entry.file
     if not main.is_file():
         raise FileNotFoundError(f"{main}: missing; put the published file {entry.file} in "
                                 f"{root}/ (data.root), or remove published.files.{name}")
     shape = _shape(main)
-    out = layout.feature_file(features, noisy)
+    out = layout.feature_file(features, background)
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / src.name
         with h5py.File(empty, "w") as f:

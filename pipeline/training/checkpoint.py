@@ -1,11 +1,15 @@
 """Checkpoints: plain dicts of state_dicts plus what is needed to rebuild the head.
 
-``best.pt`` (evaluation): ``format, head, setting, hparams, dims, recipe, params, epoch, step,
-val_accuracy, num_parameters, train_seconds, categories, features, model``; ``features`` is the
+``best_val.pt`` / ``best_test.pt`` (evaluation; ``best.pt`` is one of them): ``format, head,
+setting, hparams, dims, recipe, seed, params, num_parameters, categories, feature_norm,
+cml_excluded, features, train_seconds, step, epoch, val_accuracy, model``, and in
+``best_test.pt`` ``selected_by, selection`` (the released script's check that chose the
+epoch); ``features`` is the
 provenance of the two feature files trained on (``{"visual": attrs, "audio": attrs}``: encoder,
 ``model_spec_json``, weights and sha256, frames per segment, sampling, image size, sample rate),
 what ``pipeline.localize`` rebuilds the extractors from.
-``last.pt`` (resume): the same plus ``optimizer, scheduler, rng, best, history, fingerprint``.
+``last.pt`` (resume, in ``<paths.resume>/train``): the same without ``val_accuracy``, plus
+``optimizer, scheduler, rng, best, script_selection, history, fingerprint``.
 Loading goes through :func:`pipeline.files.load_checkpoint` (``weights_only=True``; any failure
 is one line naming the file) and strict ``load_state_dict``; never ``torch.save(model)``.
 Numbers are guarded at both ends: :func:`save` refuses a model with a NaN or inf weight (so no

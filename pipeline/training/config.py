@@ -29,7 +29,8 @@ class TrainConfig:
     audio: str = "vggish"  # audio feature file ${paths.features}/<audio>.h5
     seed: Optional[int] = None  # seeds init, shuffling and dropout; null = the authors' seed of the head
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when present, else cpu
-    resume: bool = True  # continue from <models>/last.pt when it was written by this same run
+    # runtime.train.resume: continue <paths.resume>/train/last.pt when its fingerprint is this run's
+    resume: bool = True
     # none: raw features, as the papers | standardize: per-channel z-score with train-split
     # mean/std (stored in the checkpoint; the demo's random-init encoders give arbitrary scales)
     feature_norm: Literal["none", "standardize"] = "none"
