@@ -162,6 +162,7 @@ def test_architecture_doc_names_only_layout_files():
     for value in vars(layout).values():
         if isinstance(value, str):
             known.add(value.replace("{split}", "{train,val,test}"))
+            known |= {value.replace("{protocol}", p) for p in ("val", "test")}
             known.add(value)
     named = set(re.findall(r"`(?:<[a-z.]+>/)?([A-Za-z_{},]+\.(?:h5|csv|json|md|pt|pth|txt))`", text))
     named -= {"ARCHITECTURE.md", "README.md", "params.yaml"}
