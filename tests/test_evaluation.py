@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluation import metrics as M
+from pipeline.settings import metrics as M
 from pipeline.evaluation import report
 
 # 2 videos x 5 segments, classes 0,1 and background 2.
@@ -192,7 +192,7 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     from test_training import M2N_TINY, write_set
 
     from pipeline.evaluation.evaluate import evaluate
-    from pipeline.heads.m2n import cml_evaluate
+    from pipeline.settings.cml import cml_evaluate
     from pipeline.training import checkpoint as ck
     from pipeline.training.data import load_dataset
     from pipeline.training.loop import RunSpec, train
@@ -205,7 +205,7 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
                    device="cpu", batch_size=3, timelines=3)
     test = data.splits["test"]
-    n_full = len(test.task_excluded["full_length"])
+    n_full = len(test.setting_excluded["full_length"])
     assert n_full > 0 and res["cml_excluded"] == {"full_length": n_full, "no_event": 0}
     assert res["videos"] == len(test) == 8 - n_full
     head = ck.load_head(tmp_path / "m" / "best.pt")[0]
@@ -219,7 +219,7 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     assert "event" not in metrics and "per_class" not in metrics
     assert metrics["cml_excluded"] == {"full_length": n_full, "no_event": 0}
     by_split = res["cml_excluded_by_split"]  # train and val from the training run
-    assert by_split["train"]["full_length"] == len(data.splits["train"].task_excluded["full_length"])
+    assert by_split["train"]["full_length"] == len(data.splits["train"].setting_excluded["full_length"])
     assert set(by_split) == {"train", "val", "test"} and by_split["test"]["full_length"] == n_full
     # Confusion of window segments (A2V rows, then V2A) against the event segments.
     events = int((test.targets != 3).sum())

@@ -76,13 +76,13 @@ def test_weak_target_is_the_segment_shares_of_the_authors_code(name):
     weak batch's ``shares`` (the code's prob_label) are [0.4, 0, bg 0.6] and [0, 1, bg 0]; the
     default weak loss is the BCE against them; ``weak_target: video`` keeps the old target."""
     from pipeline.training.data import SplitData
-    from pipeline.training.tasks import get_task
+    from pipeline import settings
 
     labels = span_labels([(0, 0, 4), (1, 0, 10)], 2)
     visual, audio = random_inputs(2, 2, 2, 16, 8)
     split = SplitData("train", np.arange(2), np.zeros(0, np.int64), visual, audio, labels,
                       make_batch(labels)["weak"])
-    batch = get_task("weak").batch(split, torch.arange(2), torch.device("cpu"), 0, 1)
+    batch = settings.get("weak").batch(split, torch.arange(2), torch.device("cpu"), 0, 1)
     assert "labels" not in batch
     torch.testing.assert_close(batch["shares"], torch.tensor([[0.4, 0.0, 0.6], [0.0, 1.0, 0.0]]))
     torch.testing.assert_close(batch["weak"], torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))

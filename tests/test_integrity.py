@@ -75,8 +75,8 @@ def test_nan_in_a_batch_stops_training_with_epoch_batch_and_cause(tmp_path, monk
             batch["visual"][0, 3, 0, 0, 1] = float("nan")
         return batch
 
-    from pipeline.training.tasks import Fully
-    make_batch = Fully().batch  # the fully task's batches, one of them poisoned
+    from pipeline.settings.fully import Fully
+    make_batch = Fully().batch  # the fully setting's batches, one of them poisoned
     monkeypatch.setattr(Fully, "batch", lambda self, *a, **k: poisoned(*a, **k))
     out, resume = tmp_path / "models", tmp_path / "resume"
     code, err = _run_cli(lambda: train(RunSpec("toy", "fully", device="cpu"), data, out,

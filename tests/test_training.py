@@ -149,7 +149,7 @@ def test_learns_known_answer_and_writes_rebuildable_checkpoints(toyset, tmp_path
 @pytest.mark.parametrize("setting", ["fully", "weak"])
 def test_validation_loss_is_the_heads_loss_on_val_in_eval_mode(toyset, tmp_path, setting):
     from pipeline.training.loop import validation_loss
-    from pipeline.training.tasks import get_task
+    from pipeline import settings
     data = toyset[0]
     res = train(RunSpec("toy", setting, device="cpu", recipe_overrides={"epochs": 2}), data,
                 tmp_path)
@@ -163,7 +163,7 @@ def test_validation_loss_is_the_heads_loss_on_val_in_eval_mode(toyset, tmp_path,
         expect = F.binary_cross_entropy(logits.softmax(-1).mean(1).clamp(1e-6, 1 - 1e-6), val.weak)
     assert res.history[-1]["val_loss"] == pytest.approx(expect.item(), rel=1e-5)
     # Batched: videos weight the batch means (every toy video has T segments).
-    small = validation_loss(head, val, get_task(setting), torch.device("cpu"), 1, 2, batch_size=5)
+    small = validation_loss(head, val, settings.get(setting), torch.device("cpu"), 1, 2, batch_size=5)
     assert small == pytest.approx(expect.item(), rel=1e-5) and not head.training
 
 
@@ -245,10 +245,9 @@ def test_config_errors_name_the_key(toyset, tmp_path):
 
 
 def test_config_settings_are_the_registry_settings():
-    from typing import get_args
-
-    from pipeline.training.config import Setting
-    assert get_args(Setting) == _registry.SETTINGS
+    from pipeline import settings
+    assert settings.names() == ["fully", "weak", "cml"]
+    assert validate({})["report"].settings == settings.names()
 
 
 def test_params_override_recipe_and_hparams(toyset, tmp_path):
@@ -315,7 +314,7 @@ def test_cml_trains_m2n_and_selects_the_best_window_accuracy(toyset, tmp_path):
     """M2N's cross-modality localization: A2V and V2A trained together (Eq. 18), best.pt by the
     mean of their val window accuracies. The toy audio encodes the event segments, so V2A (the
     audio is searched) is learnable; the visual is noise, so A2V stays near chance."""
-    from pipeline.heads.m2n import cml_evaluate
+    from pipeline.settings.cml import cml_evaluate
     with pytest.raises(ValueError, match="setting='cml'"):  # cml runs on the cml split only
         train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY), toyset[0], tmp_path)
     data = load_dataset(*toyset[1:], "vis", "aud", verbose=False, setting="cml")
@@ -449,8 +448,8 @@ def test_cml_reads_the_cml_split_and_excludes_full_length_events(tmp_path):
     test = data.splits["test"]
     assert data.setting == "cml"
     assert test.rows.tolist() == [r for r in cml_test if r not in full]
-    assert test.task_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
-    assert len(test.task_excluded["no_event"]) == 0 and len(test.task_excluded["full_length"]) > 0
+    assert test.setting_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
+    assert len(test.setting_excluded["no_event"]) == 0 and len(test.setting_excluded["full_length"]) > 0
     torch.testing.assert_close(test.labels, torch.from_numpy(labels[test.rows]))
     # training keeps the full-length events (AVE-ECCV18 cmm_train.py trains on every row with
     # an event): cml training rows = every cml training row with an event
@@ -458,9 +457,9 @@ def test_cml_reads_the_cml_split_and_excludes_full_length_events(tmp_path):
         cml_train = f["order"][()]
     with_event = [r for r in cml_train if (labels[r, :, -1] == 0).any()]
     assert data.splits["train"].rows.tolist() == with_event and set(with_event) & full
-    assert len(data.splits["train"].task_excluded["full_length"]) == 0
+    assert len(data.splits["train"].setting_excluded["full_length"]) == 0
     standard = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    assert standard.splits["test"].task_excluded == {}
+    assert standard.splits["test"].setting_excluded == {}
     assert standard.splits["test"].rows.tolist() != test.rows.tolist()
 
 
@@ -531,7 +530,7 @@ def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp
     assert val_ckpt["epoch"] == int(np.argmax([r["val_accuracy"] for r in h]))
     # the released check is scored on the test split: evaluating best_test.pt gives that number
     head = ckpt_io.build_from(test_ckpt).eval()
-    from pipeline.training.tasks import accuracy, predict
+    from pipeline.settings import accuracy, predict
     test = data.splits["test"]
     acc = accuracy(predict(head, test, torch.device("cpu")), test.targets)
     assert acc == pytest.approx(checked[best_epoch])

@@ -4,7 +4,7 @@ Importing this package fills the registry: every public module in this folder is
 (each registers its head with ``@register_head``), then the entry points of the group
 ``ave_pipeline.heads`` of other installed packages are loaded. A new head is one new file.
 """
-from ._registry import (ENTRY_POINT_GROUP, NO_RELEASED_CODE, SETTINGS, Head, HeadSpec, Reported, Schedule,
+from ._registry import (ENTRY_POINT_GROUP, NO_RELEASED_CODE, Head, HeadSpec, Reported, Schedule,
                         SpecError, build_head, count_parameters, default_seed,
                         from_authors_state_dict, get_head_class, instantiate, list_heads,
                         prediction_rule, register_head, reported, resolve, resolve_hparams,
@@ -17,7 +17,7 @@ DEFAULT_HEAD = "psp"  # train.head when params.yaml names none
 
 discover_plugins(__name__, __path__, ENTRY_POINT_GROUP)
 
-__all__ = ["DEFAULT_HEAD", "ENTRY_POINT_GROUP", "NO_RELEASED_CODE", "SETTINGS", "Head", "HeadSpec", "Reported",
+__all__ = ["DEFAULT_HEAD", "ENTRY_POINT_GROUP", "NO_RELEASED_CODE", "Head", "HeadSpec", "Reported",
            "Schedule", "SpecError", "build_head", "count_parameters", "default_seed",
            "from_authors_state_dict", "get_head_class", "instantiate", "list_heads",
            "prediction_rule", "register_head", "reported", "resolve", "resolve_hparams", "schedule",

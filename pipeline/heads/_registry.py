@@ -4,8 +4,8 @@ A head module defines one :class:`Head` subclass decorated with ``@register_head
 and two module-level dicts on the class:
 
 * ``DEFAULTS``: model hyperparameters, each commented with the paper's equation/table;
-* ``TRAIN_DEFAULTS``: ``{setting: {...}}`` for each of the head's ``settings`` (see
-  ``SETTINGS``) with the paper's optimizer
+* ``TRAIN_DEFAULTS``: ``{setting: {...}}`` for each of the head's ``settings`` (registered in
+  :mod:`pipeline.settings`) with the paper's optimizer
   (``"adam"`` | ``"sgd"``), ``lr``, ``weight_decay``, ``batch_size``, ``epochs``, learning-rate
   schedule, ``clip_grad`` (0 = none). The schedule multiplies ``lr`` by ``lr_gamma`` at chosen
   epochs (0-based: a decay at epoch ``m`` applies from the ``m+1``-th epoch on, as
@@ -18,13 +18,13 @@ and two module-level dicts on the class:
 
   The other one is ``0`` / ``[]``; a recipe with both set is an error.
 
-Settings (``SETTINGS``; a head lists those its paper defines in ``settings``):
+Settings (:mod:`pipeline.settings`; a head lists those its paper defines in ``settings``):
 
 * ``fully``: segment labels; ``weak``: video labels only. Both are evaluated per segment.
 * ``cml``: M2N's cross-modality localization (M2N Sec. 3.5, Table 1): the event segments of one
   modality are the query, the head scores each segment of the other modality
   (``cross_modal_relevance(visual, audio, query_mask, direction)``), and the ``l``-window with
-  the largest sum must match the event exactly (A2V, V2A accuracy; ``pipeline.heads.m2n``).
+  the largest sum must match the event exactly (A2V, V2A accuracy; :mod:`pipeline.settings.cml`).
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from pipeline.training.tasks import SETTINGS  # each setting is a task object
+from pipeline import settings as setting_registry
+
 TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step",
               "lr_milestones", "lr_gamma", "clip_grad", "shuffle", "drop_last")
 # Recipe keys most released scripts share (a head's TRAIN_DEFAULTS may set them otherwise):
@@ -85,7 +86,7 @@ class Head(nn.Module):
     batch into a scalar; ``predict`` gives per-segment labels ``(B, T)`` in ``0..C`` where
     ``C = num_classes`` is background. ``fully`` and ``weak`` are evaluated per segment.
 
-    ``batch`` keys (built by the setting's task, :mod:`pipeline.training.tasks`): ``visual``,
+    ``batch`` keys (built by the setting, :mod:`pipeline.settings`): ``visual``,
     ``audio``, ``labels`` ``(B, T, C+1)`` one-hot (fully and cml targets; absent in the weak
     setting), ``weak`` ``(B, C+1)`` video-level labels as ``mil_labels.h5`` holds them (the event
     class alone; the background bit only for background-only videos), ``epoch`` and ``epochs``
@@ -94,7 +95,7 @@ class Head(nn.Module):
     """
 
     name: str = ""
-    settings: tuple[str, ...] = ("fully", "weak")  # of SETTINGS, those the paper defines
+    settings: tuple[str, ...] = ("fully", "weak")  # registered settings its paper defines
     DEFAULTS: dict[str, Any] = {}
     SETTING_DEFAULTS: dict[str, dict[str, Any]] = {}  # setting -> values of DEFAULTS left None
     TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
@@ -179,9 +180,10 @@ def register_head(name: str):
             missing = [s for s in cls.settings if s not in getattr(cls, attr)]
             if missing:
                 raise ValueError(f"head {name!r}: {attr} has no entry for setting(s) {missing}")
-        bad = sorted(set(cls.settings) - set(SETTINGS))
+        bad = sorted(set(cls.settings) - set(setting_registry.names()))
         if bad:
-            raise ValueError(f"head {name!r}: unknown setting(s) {bad}; known: {', '.join(SETTINGS)}")
+            raise ValueError(f"head {name!r}: unknown setting(s) {bad}; known: "
+                             f"{', '.join(setting_registry.names())}")
         cls.name = name
         _HEADS[name] = cls
         return cls

@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from pipeline import heads as registry
+from pipeline import settings as setting_registry
 from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
 from pipeline.config import ConfigError, register_check, register_section
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import check_encoder
 
-# Supervision settings (the registry's SETTINGS): fully = segment labels | weak = video labels
-# only | cml = M2N's cross-modality localization (A2V / V2A; heads whose paper defines it).
-Setting = Literal[registry.SETTINGS]
 
 
 @register_section("train")
@@ -25,7 +23,9 @@ Setting = Literal[registry.SETTINGS]
 class TrainConfig:
     """One training run of one head (stages/train.py)."""
     head: str = registry.DEFAULT_HEAD  # registered head name (pipeline.heads.list_heads())
-    setting: Setting = "fully"  # fully | weak | cml (see Setting); a head lists the ones it has
+    # registered setting (pipeline.settings): fully = segment labels | weak = video labels only |
+    # cml = M2N's cross-modality localization (A2V / V2A); a head lists the ones it has
+    setting: str = "fully"
     visual: str = "vgg19"  # visual feature file ${paths.features}/<visual>.h5
     audio: str = "vggish"  # audio feature file ${paths.features}/<audio>.h5
     seed: Optional[int] = None  # seeds init, shuffling and dropout; null = the authors' seed of the head
@@ -55,6 +55,7 @@ class TrainConfig:
     drop_last: Optional[bool] = None  # drop the last partial batch (AVEL's scripts: yes)
 
     def validate(self, key: str) -> None:
+        check_setting(self.setting, f"{key}.setting")
         check_head(self.head, f"{key}.head")
         supported = registry.get_head_class(self.head).settings
         if self.setting not in supported:
@@ -82,6 +83,13 @@ def check_head(name: str, key: str) -> None:
     """``name`` is a registered head (the registry's list in the error)."""
     if name not in registry.list_heads():
         raise ConfigError(f"{key}: unknown head {name!r}; registered: {', '.join(registry.list_heads())}")
+
+
+def check_setting(name: str, key: str) -> None:
+    """``name`` is a registered setting (:func:`pipeline.settings.names` in the error)."""
+    if name not in setting_registry.names():
+        raise ConfigError(f"{key}: {name!r} is not allowed; allowed: "
+                          + ", ".join(repr(n) for n in setting_registry.names()))
 
 
 def check_file_name(name: str, key: str) -> None:
@@ -146,13 +154,15 @@ class ReportConfig:
     cell@<head>-<setting>-<seed>, one each; none while ``heads`` is empty, as in the default
     params)."""
     heads: list[str] = field(default_factory=registry.list_heads)  # rows of the table
-    settings: list[Setting] = field(default_factory=lambda: list(registry.SETTINGS))
+    settings: list[str] = field(default_factory=setting_registry.names)  # registered settings
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
     # one training run of every cell per entry (a DVC stage each: a new seed runs only its
     # cells); null = the head's default seed. The table pools them: mean, sd, intervals
     seeds: list[Optional[int]] = field(default_factory=lambda: [None])
 
     def validate(self, key: str) -> None:
+        for i, setting in enumerate(self.settings):
+            check_setting(setting, f"{key}.settings[{i}]")
         for i, head in enumerate(self.heads):
             check_head(head, f"{key}.heads[{i}]")
         if not self.seeds:

@@ -2,10 +2,10 @@
 
 * Recipe: the head's ``TRAIN_DEFAULTS[setting]`` (the paper's optimizer, lr, schedule, batch
   size, epochs, clipping) with the non-null ``train.*`` params merged over it.
-* Supervision: the setting's task (:mod:`pipeline.training.tasks`) builds each batch for
+* Supervision: the setting (:mod:`pipeline.settings`) builds each batch for
   ``Head.forward_batch`` and ``Head.loss`` (``weak``: no segment labels reach the loss).
-* Validation each epoch: the head's loss on the val split (eval mode, the task's batches) and
-  ``val_accuracy``, the task's selection metric (segment accuracy; ``cml``: the mean of A2V and
+* Validation each epoch: the head's loss on the val split (eval mode, the setting's batches) and
+  ``val_accuracy``, the setting's selection metric (segment accuracy; ``cml``: the mean of A2V and
   V2A window accuracy, M2N Table 1 "Average"). The best epoch by
   ``val_accuracy`` is ``best_val.pt``; the epoch the head's released script would report (its
   schedule of checks, mostly on test: :mod:`pipeline.training.selection`) is ``best_test.pt``;
@@ -36,7 +36,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from pipeline import layout, runtime
+from pipeline import layout, runtime, settings
+from pipeline.settings import Setting
 from pipeline.config import ConfigError, InputError
 from pipeline.heads import count_parameters, get_head_class, instantiate
 from pipeline.heads._registry import HeadSpec
@@ -44,7 +45,6 @@ from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import resolve_train
 from pipeline.training.data import Dataset, SplitData, feature_stats
 from pipeline.training.selection import ScriptSelection
-from pipeline.training.tasks import Task, get_task
 
 CODE_DIRS = ("pipeline/heads", "pipeline/training")  # hashed into the resume fingerprint
 
@@ -75,16 +75,16 @@ def select_device(choice: str, key: str = "train.device") -> torch.device:
 # Batches
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def validation_loss(head, data: SplitData, task: Task, device: torch.device, epoch: int,
+def validation_loss(head, data: SplitData, setting: Setting, device: torch.device, epoch: int,
                     epochs: int, batch_size: int = 64) -> float:
-    """The head's training loss on ``data`` (eval mode, the task's batch), averaged over
+    """The head's training loss on ``data`` (eval mode, the setting's batch), averaged over
     videos; NaN for an empty split."""
     was_training = head.training
     head.eval()
     total = 0.0
     for s in range(0, len(data), batch_size):
         idx = torch.arange(s, min(s + batch_size, len(data)))
-        batch = task.batch(data, idx, device, epoch, epochs)
+        batch = setting.batch(data, idx, device, epoch, epochs)
         total += float(head.loss(head.forward_batch(batch), batch)[0]) * len(idx)
     head.train(was_training)
     return total / len(data) if len(data) else float("nan")
@@ -174,7 +174,7 @@ class _TrainState:
     """What the steps of one training run share."""
     spec: RunSpec
     resolved: HeadSpec  # the head resolved once: hyperparameters and recipe
-    task: Task
+    setting: Setting
     device: torch.device
     head: torch.nn.Module
     opt: torch.optim.Optimizer
@@ -259,7 +259,7 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     """Resolve the head once, build it, the optimiser and schedule (seeded), check the splits."""
     resolved = resolve_train(spec.head, spec.setting, spec.hparam_overrides, spec.recipe_overrides,
                              tuple(data.splits["train"].visual.shape[2:4]), spec.seed)
-    task = get_task(spec.setting)
+    setting = settings.get(spec.setting)
     train_split, val_split, test_split, norm = _splits(spec, data)
     for note in resolved.notes:
         print(f"heads.{spec.head}.{note}")
@@ -275,7 +275,7 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
               "hparams": hparams, "dims": dims, "recipe": recipe, "seed": resolved.seed,
               "params": params_snapshot,
               "num_parameters": n_params, "categories": list(data.categories), "feature_norm": norm,
-              "cml_excluded": _task_exclusions(data),
+              "cml_excluded": _setting_exclusions(data),
               "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta)}
     script = ScriptSelection(spec.head, spec.setting, int(recipe["epochs"]))
     print(f"head: {spec.head} ({spec.setting}), trainable parameters: {n_params:,}")
@@ -289,7 +289,7 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
           f"{lr_milestones(recipe) or 'none'}")
     print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
           f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
-    return _TrainState(spec, resolved, task, device, head, opt, make_scheduler(opt, recipe),
+    return _TrainState(spec, resolved, setting, device, head, opt, make_scheduler(opt, recipe),
                        torch.Generator().manual_seed(resolved.seed),
                        fingerprint(spec, resolved, data, device), dims, train_split, val_split,
                        test_split, script, norm, common, out_dir, resume_dir / layout.LAST)
@@ -299,7 +299,7 @@ def _splits(spec: RunSpec, data: Dataset
             ) -> tuple[SplitData, SplitData, Optional[SplitData], Optional[dict]]:
     """Train, val and test splits (standardised with train statistics when asked); an empty
     train or val split is an error saying how many rows were excluded and why."""
-    if get_task(spec.setting).order_file != get_task(data.setting).order_file:
+    if settings.get(spec.setting).order_file != settings.get(data.setting).order_file:
         raise ValueError(f"setting {spec.setting!r} needs the data read for it: "
                          f"load_dataset(..., setting={spec.setting!r}) (got {data.setting!r})")
     train_split, val_split = data.splits["train"], data.splits["val"]
@@ -319,7 +319,7 @@ def _splits(spec: RunSpec, data: Dataset
 def _exclusions(split: SplitData) -> str:
     """How the rows of ``split`` were lost, for the empty-split error."""
     reasons = {"invalid features (valid = 0 in the visual or audio feature file)": len(split.excluded)}
-    for reason, rows in split.task_excluded.items():
+    for reason, rows in split.setting_excluded.items():
         reasons[f"{reason} ({split.setting})"] = len(rows)
     total = sum(reasons.values())
     if not total:
@@ -359,7 +359,7 @@ def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
     perm = torch.randperm(n, generator=run.gen) if run.recipe["shuffle"] else torch.arange(n)
     sums, n_batches = {}, 0
     for b, s in enumerate(range(0, run.steps_per_epoch * bs, bs)):
-        batch = run.task.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
+        batch = run.setting.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
         loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -379,8 +379,8 @@ def _epoch(run: _TrainState, epoch: int, live) -> None:
     train_means = _train_epoch(run, epoch)
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step()
-    val = run.task.metrics(run.head, run.val_split, run.device, run.dims["num_classes"])
-    val["loss"] = validation_loss(run.head, run.val_split, run.task, run.device, epoch, run.epochs)
+    val = run.setting.metrics(run.head, run.val_split, run.device, run.dims["num_classes"])
+    val["loss"] = validation_loss(run.head, run.val_split, run.setting, run.device, epoch, run.epochs)
     run.seconds += time.perf_counter() - t0
     row = {"epoch": epoch, "lr": lr, **{f"val_{k}": v for k, v in val.items()},
            **{f"train_{k}": v for k, v in train_means.items()}}
@@ -452,16 +452,16 @@ def _script_check(run: _TrainState, epoch: int, val_acc: float) -> Optional[floa
     def accuracy_on(split: str) -> float:
         if split == "val":
             return val_acc
-        return run.task.metrics(run.head, test_split, run.device, run.dims["num_classes"])["accuracy"]
+        return run.setting.metrics(run.head, test_split, run.device, run.dims["num_classes"])["accuracy"]
     return script.update(epoch, accuracy_on, lambda: {k: v.detach().cpu().clone()
                                                       for k, v in run.head.state_dict().items()})
 
 
-def _task_exclusions(data: Dataset) -> dict[str, dict[str, int]]:
-    """Per split, the rows the task left out, by reason (cml: full-length events, no event);
+def _setting_exclusions(data: Dataset) -> dict[str, dict[str, int]]:
+    """Per split, the rows the setting left out, by reason (cml: full-length events, no event);
     {} when it leaves none out. Stored in checkpoints as ``cml_excluded``."""
-    return {split: {k: len(v) for k, v in s.task_excluded.items()}
-            for split, s in data.splits.items() if s.task_excluded}
+    return {split: {k: len(v) for k, v in s.setting_excluded.items()}
+            for split, s in data.splits.items() if s.setting_excluded}
 
 
 def _selection_note(protocol: str, best: dict, script: ScriptSelection) -> dict[str, Any]:
