@@ -47,12 +47,12 @@ def test_summarize_names_classes():
 def test_evaluate_checkpoint_writes_metrics_and_plots(tmp_path):
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.training.data import load_dataset
-    from pipeline.training.loop import RunSpec, train
+    from pipeline.training.loop import run_spec, train
     from test_training import write_set  # also registers the "toy" head
 
     prepared, feats = write_set(tmp_path / "set", n_per_split=(32, 8, 8))
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "m")
+    train(run_spec("toy", "fully", device="cpu"), data, tmp_path / "m")
     res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
                    device="cpu", timelines=2)
     assert res["accuracy"] > 0.9 and res["segments"] == 80 and res["head"] == "toy"
@@ -195,12 +195,12 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     from pipeline.settings.cml import cml_evaluate
     from pipeline.training import checkpoint as ck
     from pipeline.training.data import load_dataset
-    from pipeline.training.loop import RunSpec, train
+    from pipeline.training.loop import run_spec, train
 
     prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8),
                                 full_length=range(0, 32, 3))  # 2 of them in the cml test split
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False, setting="cml")
-    train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
+    train(run_spec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
                   recipe_overrides={"epochs": 2, "lr": 3e-3}), data, tmp_path / "m")
     res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
                    device="cpu", batch_size=3, timelines=3)

@@ -41,7 +41,7 @@ def test_avps_loss_by_hand():
 def test_fully_loss_is_ce_plus_100_avps():
     torch.manual_seed(0)
     head = build_head(NAME, visual_dim=512, audio_dim=128, num_classes=28)
-    assert head.avps_weight == 100.0
+    assert head.cfg.avps_weight == 100.0
     labels = span_labels([(3, 2, 8), (5, 0, 10)], 28)
     with torch.no_grad():
         out = head.eval()(*random_inputs())
@@ -93,7 +93,7 @@ def test_weak_target_is_the_segment_shares_of_the_authors_code(name):
         prob = out["video_prob"]
         bce = torch.nn.functional.binary_cross_entropy
         expect = (bce(prob, expected) if name == "psp"  # Eq. 11; VSCG: Eqs. 19-21
-                  else head.smooth_lambda * bce(prob, expected) + bce(prob.softmax(-1), expected))
+                  else head.cfg.smooth_lambda * bce(prob, expected) + bce(prob.softmax(-1), expected))
         torch.testing.assert_close(head.loss(out, batch)[0], expect)
 
 

@@ -90,7 +90,7 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
         write_evaluation_page(Path(out_dir) / "index.html", res, pred, true, vids)
         atomic_write_json(Path(out_dir) / layout.PER_VIDEO_FILE, {
             "head": res["head"], "setting": res["setting"], "split": split,
-            "score": task.video_score, **per_video})
+            "score": setting.video_score, **per_video})
     return res
 
 

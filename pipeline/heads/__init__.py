@@ -7,7 +7,7 @@ Importing this package fills the registry: every public module in this folder is
 from ._registry import (ENTRY_POINT_GROUP, NO_RELEASED_CODE, Head, HeadSpec, Reported, Schedule,
                         SpecError, build_head, count_parameters, default_seed,
                         from_authors_state_dict, get_head_class, instantiate, list_heads,
-                        prediction_rule, register_head, reported, resolve, resolve_hparams,
+                        prediction_rule, rebuild, register_head, reported, resolve, resolve_hparams,
                         schedule,
                         train_defaults)
 
@@ -20,5 +20,5 @@ discover_plugins(__name__, __path__, ENTRY_POINT_GROUP)
 __all__ = ["DEFAULT_HEAD", "ENTRY_POINT_GROUP", "NO_RELEASED_CODE", "Head", "HeadSpec", "Reported",
            "Schedule", "SpecError", "build_head", "count_parameters", "default_seed",
            "from_authors_state_dict", "get_head_class", "instantiate", "list_heads",
-           "prediction_rule", "register_head", "reported", "resolve", "resolve_hparams", "schedule",
+           "prediction_rule", "rebuild", "register_head", "reported", "resolve", "resolve_hparams", "schedule",
            "train_defaults"]

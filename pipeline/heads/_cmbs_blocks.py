@@ -366,7 +366,7 @@ def trunk_unused_keys(trunk: CMBSTrunk) -> dict[str, tuple[int, ...]]:
 def authors_trunk_sizes(sd, hidden_key: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Widths and feature dimensions of the CMBS trunk read from an authors' state dict (the
     layout CMBS and CACE-Net share): ``(hyperparameters, {visual_dim, audio_dim})``;
-    ``hidden_key`` names the CMGA bottleneck width in the head's ``DEFAULTS``."""
+    ``hidden_key`` names the CMGA bottleneck width in the head's ``Config``."""
     widths = {"visual_fc_dim": sd.dim("v_fc.weight", 0),
               hidden_key: sd.dim("spatial_channel_att.affine_bottleneck.weight", 0),
               "d_model": sd.dim("video_gated.0.weight", 1),

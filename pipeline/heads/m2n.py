@@ -24,6 +24,7 @@ separately trained model as in the paper; no weak setting.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -109,14 +110,14 @@ class MASM(nn.Module):
 @register_head("m2n")
 class M2N(Head):
     settings = ("fully", "cml")
-    DEFAULTS = {
-        "d_model": 256,  # common dimension d (Sec. 4.2)
-        "heads": 4,  # heads h of every multi-head attention (Sec. 4.2)
-        "att_hidden": 512,  # AVGA projection width of [37] (AVEL code hidden_size=512)
-        "att_dim": 49,  # AVGA scoring-MLP width of [37] (AVEL code 49)
-        "conv_kernel": 3,  # MSPM Conv2d kernel over the proposal map (not stated)
-        "dropout": 0.1,  # attention dropout (not stated)
-    }
+    @dataclass(frozen=True)
+    class Config:
+        d_model: int = 256  # common dimension d (Sec. 4.2)
+        heads: int = 4  # heads h of every multi-head attention (Sec. 4.2)
+        att_hidden: int = 512  # AVGA projection width of [37] (AVEL code hidden_size=512)
+        att_dim: int = 49  # AVGA scoring-MLP width of [37] (AVEL code 49)
+        conv_kernel: int = 3  # MSPM Conv2d kernel over the proposal map (not stated)
+        dropout: float = 0.1  # attention dropout (not stated)
     SELECTION = {"fully": NO_RELEASED_CODE, "cml": NO_RELEASED_CODE}  # no released code
     REPORTED = {"fully": Reported(79.5, "M2N Table 2"),
                 "cml": Reported(52.4, "M2N Table 1 (cross-modality localization, average of A2V "
@@ -138,16 +139,16 @@ class M2N(Head):
                     "'event', the rest 'background'; rows A2V then V2A")
         return RELEVANCE_RULE
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
-                 **hp: Any):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        d, h, p = hp["d_model"], hp["heads"], hp["dropout"]
-        self.avga = AudioGuidedVisualAttention(visual_dim, audio_dim, hp["att_hidden"], hp["att_dim"])
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        d, h, p = cfg.d_model, cfg.heads, cfg.dropout
+        self.avga = AudioGuidedVisualAttention(visual_dim, audio_dim, cfg.att_hidden, cfg.att_dim)
         self.visual_in = nn.Linear(visual_dim, d)
         self.audio_in = nn.Linear(audio_dim, d)
         self.cmn_v, self.cmn_a = Modulation(d, h, p), Modulation(d, h, p)
         self.imn_v, self.imn_a = Modulation(d, h, p), Modulation(d, h, p)
-        self.mspm = MSPM(d, h, hp["conv_kernel"], p)
+        self.mspm = MSPM(d, h, cfg.conv_kernel, p)
         self.masm = MASM(d, h, p)
         # Eq. 15; CML has no category label ("no event category label is provided", Sec. 3.5)
         self.classifier = nn.Linear(d, num_classes) if setting == "fully" else None

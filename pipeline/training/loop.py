@@ -39,8 +39,8 @@ import torch
 from pipeline import layout, runtime, settings
 from pipeline.settings import Setting
 from pipeline.config import ConfigError, InputError
-from pipeline.heads import count_parameters, get_head_class, instantiate
-from pipeline.heads._registry import HeadSpec
+from pipeline.heads import count_parameters, instantiate
+from pipeline.heads._registry import HeadSpec, Recipe
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import resolve_train
 from pipeline.training.data import Dataset, SplitData, feature_stats
@@ -54,16 +54,24 @@ CODE_DIRS = ("pipeline/heads", "pipeline/training")  # hashed into the resume fi
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything one training run needs besides data (resolved from params)."""
-    head: str
-    setting: str
-    hparam_overrides: dict[str, Any] = field(default_factory=dict)  # heads.<head>
-    recipe_overrides: dict[str, Any] = field(default_factory=dict)  # non-null train.* keys
-    seed: Optional[int] = None  # None: the head's authors' seed (Head.SEEDS)
+    """Everything one training run needs besides data: the head resolved once (head class,
+    typed config, setting, typed recipe, seed) and the run's options (:func:`run_spec`)."""
+    head: HeadSpec
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = True
     feature_norm: str = "none"  # none | standardize (train-split statistics, kept in checkpoints)
     select: str = "val"  # best.pt: val (best val epoch) | test (the released script's protocol)
+
+
+def run_spec(head: str, setting: str = "fully", hparam_overrides: Optional[dict[str, Any]] = None,
+             recipe_overrides: Optional[dict[str, Any]] = None, seed: Optional[int] = None,
+             **options: Any) -> RunSpec:
+    """Resolve a run once (:func:`pipeline.training.config.resolve_train`: errors name the
+    params key): ``hparam_overrides`` = ``heads.<head>``, ``recipe_overrides`` = the non-null
+    ``train.*`` recipe keys, ``seed`` ``None`` = the authors' seed; ``options`` are the other
+    :class:`RunSpec` fields."""
+    return RunSpec(resolve_train(head, setting, hparam_overrides or {}, recipe_overrides or {},
+                                 seed=seed), **options)
 
 
 def select_device(choice: str, key: str = "train.device") -> torch.device:
@@ -93,31 +101,29 @@ def validation_loss(head, data: SplitData, setting: Setting, device: torch.devic
 # --------------------------------------------------------------------------------------------
 # Optimisation
 # --------------------------------------------------------------------------------------------
-def make_optimizer(params, recipe: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
-    name = recipe["optimizer"]
+    name = recipe.optimizer
     if name == "adam":
-        return torch.optim.Adam(params, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=recipe["lr"], momentum=0.9,
-                               weight_decay=recipe["weight_decay"])
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
     raise ConfigError(f"train.optimizer: {name!r} is not allowed; allowed: 'adam', 'sgd'")
 
 
-def lr_milestones(recipe: dict[str, Any]) -> list[int]:
+def lr_milestones(recipe: Recipe) -> list[int]:
     """Epochs (0-based) from which ``lr`` is multiplied once more by ``lr_gamma``: the recipe's
-    ``lr_milestones``, or ``lr_step``, 2 ``lr_step``, ... below ``epochs`` (resolve_recipe
-    allows only one of the two)."""
-    step = int(recipe["lr_step"] or 0)
-    if step > 0:
-        return list(range(step, int(recipe["epochs"]), step))
-    return list(recipe["lr_milestones"])
+    ``lr_milestones``, or ``lr_step``, 2 ``lr_step``, ... below ``epochs`` (resolution allows
+    only one of the two)."""
+    if recipe.lr_step > 0:
+        return list(range(recipe.lr_step, recipe.epochs, recipe.lr_step))
+    return list(recipe.lr_milestones)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, recipe: dict[str, Any]):
+def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe):
     """``MultiStepLR`` stepped once per epoch (no milestones = constant lr)."""
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=lr_milestones(recipe),
-                                                gamma=recipe["lr_gamma"])
+                                                gamma=recipe.lr_gamma)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,10 +151,11 @@ def data_digest(data: Dataset) -> str:
 def fingerprint(spec: RunSpec, resolved: HeadSpec, data: Dataset, device: torch.device) -> str:
     """Identity of a run: equal fingerprints train the same model from the same inputs."""
     h = hashlib.sha256(json.dumps(
-        [spec.head, spec.setting, resolved.hparams, resolved.recipe, resolved.seed, spec.feature_norm,
-         device.type, torch.__version__], sort_keys=True, default=str).encode())
+        [resolved.head, resolved.setting.name, resolved.hparams, resolved.recipe.as_dict(),
+         resolved.seed, spec.feature_norm, device.type, torch.__version__],
+        sort_keys=True, default=str).encode())
     h.update(runtime.source_digest(*CODE_DIRS).encode())
-    src = inspect.getsourcefile(get_head_class(spec.head))  # a head registered elsewhere too
+    src = inspect.getsourcefile(resolved.head_class)  # a head registered elsewhere too
     if src:
         h.update(Path(src).read_bytes())
     h.update(data_digest(data).encode())
@@ -173,7 +180,7 @@ class TrainResult:
 class _TrainState:
     """What the steps of one training run share."""
     spec: RunSpec
-    resolved: HeadSpec  # the head resolved once: hyperparameters and recipe
+    resolved: HeadSpec  # the head resolved once, fitted to the visual maps
     setting: Setting
     device: torch.device
     head: torch.nn.Module
@@ -197,19 +204,19 @@ class _TrainState:
     resumed: Optional[int] = None
 
     @property
-    def recipe(self) -> dict:
+    def recipe(self) -> Recipe:
         return self.resolved.recipe
 
     @property
     def epochs(self) -> int:
-        return int(self.recipe["epochs"])
+        return self.recipe.epochs
 
     @property
     def steps_per_epoch(self) -> int:
         """Batches an epoch: the last partial one dropped when the recipe says so and a whole
         batch remains (a split smaller than one batch trains on it whole)."""
-        n, bs = len(self.train_split), int(self.recipe["batch_size"])
-        return n // bs if self.recipe["drop_last"] and n >= bs else -(-n // bs)
+        n, bs = len(self.train_split), self.recipe.batch_size
+        return n // bs if self.recipe.drop_last and n >= bs else -(-n // bs)
 
 
 class Training:
@@ -244,7 +251,7 @@ class Training:
 def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | Path | None = None,
           params_snapshot: Optional[dict] = None, resume_dir: str | Path | None = None
           ) -> TrainResult:
-    """Train ``spec.head`` on ``data``; write ``<out_dir>/best.pt`` (and ``best_val.pt``,
+    """Train the head of ``spec`` on ``data``; write ``<out_dir>/best.pt`` (and ``best_val.pt``,
     ``best_test.pt``) and the resume point ``<resume_dir>/last.pt`` (``resume_dir`` defaults
     to ``out_dir``)."""
     run = Training(spec, data, out_dir, live_dir=live_dir, params_snapshot=params_snapshot,
@@ -256,13 +263,13 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
 
 def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
            params_snapshot: dict) -> _TrainState:
-    """Resolve the head once, build it, the optimiser and schedule (seeded), check the splits."""
-    resolved = resolve_train(spec.head, spec.setting, spec.hparam_overrides, spec.recipe_overrides,
-                             tuple(data.splits["train"].visual.shape[2:4]), spec.seed)
-    setting = settings.get(spec.setting)
-    train_split, val_split, test_split, norm = _splits(spec, data)
+    """Fit the resolved head to the visual maps, build it, the optimiser and schedule (seeded),
+    check the splits."""
+    resolved = spec.head.fit_visual_map(tuple(data.splits["train"].visual.shape[2:4]))
+    setting = resolved.setting
+    train_split, val_split, test_split, norm = _splits(resolved, data, spec.feature_norm)
     for note in resolved.notes:
-        print(f"heads.{spec.head}.{note}")
+        print(f"heads.{resolved.head}.{note}")
     hparams, recipe = resolved.hparams, resolved.recipe
     device = select_device(spec.device)
     runtime.seed_everything(resolved.seed)
@@ -271,21 +278,22 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     head = instantiate(resolved, **dims).to(device)
     opt = make_optimizer(head.parameters(), recipe)
     n_params = count_parameters(head)
-    common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
-              "hparams": hparams, "dims": dims, "recipe": recipe, "seed": resolved.seed,
+    common = {"format": ckpt_io.FORMAT, "head": resolved.head, "setting": setting.name,
+              "hparams": hparams, "dims": dims, "recipe": recipe.as_dict(), "seed": resolved.seed,
               "params": params_snapshot,
               "num_parameters": n_params, "categories": list(data.categories), "feature_norm": norm,
               "cml_excluded": _setting_exclusions(data),
               "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta)}
-    script = ScriptSelection(spec.head, spec.setting, int(recipe["epochs"]))
-    print(f"head: {spec.head} ({spec.setting}), trainable parameters: {n_params:,}")
+    script = ScriptSelection(resolved.head_class.SELECTION[setting.name], recipe.epochs)
+    print(f"head: {resolved.head} ({setting.name}), trainable parameters: {n_params:,}")
     print(f"hparams: {hparams}")
-    print(f"recipe: {recipe}")
-    print(f"seed: {resolved.seed}" + (" (the authors' seed; train.seed: null)" if spec.seed is None else ""))
-    if recipe["drop_last"] and len(train_split) < int(recipe["batch_size"]):
+    print(f"recipe: {recipe.as_dict()}")
+    print(f"seed: {resolved.seed}" + (" (the authors' seed; train.seed: null)"
+                                      if resolved.authors_seed else ""))
+    if recipe.drop_last and len(train_split) < recipe.batch_size:
         print(f"recipe: drop_last, but the train split ({len(train_split)} rows) is smaller than "
-              f"one batch ({recipe['batch_size']}): it trains as one partial batch an epoch")
-    print(f"lr schedule: {recipe['lr']:g}, x{recipe['lr_gamma']:g} at epochs "
+              f"one batch ({recipe.batch_size}): it trains as one partial batch an epoch")
+    print(f"lr schedule: {recipe.lr:g}, x{recipe.lr_gamma:g} at epochs "
           f"{lr_milestones(recipe) or 'none'}")
     print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
           f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
@@ -295,20 +303,22 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
                        test_split, script, norm, common, out_dir, resume_dir / layout.LAST)
 
 
-def _splits(spec: RunSpec, data: Dataset
+def _splits(resolved: HeadSpec, data: Dataset, feature_norm: str
             ) -> tuple[SplitData, SplitData, Optional[SplitData], Optional[dict]]:
     """Train, val and test splits (standardised with train statistics when asked); an empty
-    train or val split is an error saying how many rows were excluded and why."""
-    if settings.get(spec.setting).order_file != settings.get(data.setting).order_file:
-        raise ValueError(f"setting {spec.setting!r} needs the data read for it: "
-                         f"load_dataset(..., setting={spec.setting!r}) (got {data.setting!r})")
+    train or val split is an error saying how many rows were excluded and why. ``data`` is an
+    input: it must have been read from the order files of the run's setting."""
+    name = resolved.setting.name
+    if resolved.setting.order_file != settings.get(data.setting).order_file:
+        raise ValueError(f"setting {name!r} needs the data read for it: "
+                         f"load_dataset(..., setting={name!r}) (got {data.setting!r})")
     train_split, val_split = data.splits["train"], data.splits["val"]
     test_split = data.splits.get("test")
     for split in (train_split, val_split):
         if len(split) == 0:
             raise InputError(f"{split.split} split: no usable rows; {_exclusions(split)}")
     norm = None
-    if spec.feature_norm == "standardize":
+    if feature_norm == "standardize":
         norm = feature_stats(train_split)  # train statistics only; evaluation reuses them
         train_split, val_split = train_split.normalized(norm), val_split.normalized(norm)
         test_split = test_split.normalized(norm) if test_split is not None else None
@@ -354,9 +364,9 @@ def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
     """One pass over the train split (shuffled, and the last partial batch kept, unless the
     recipe says otherwise); the mean of each loss term over batches."""
     run.head.train()
-    bs = int(run.recipe["batch_size"])
+    bs = run.recipe.batch_size
     n = len(run.train_split)
-    perm = torch.randperm(n, generator=run.gen) if run.recipe["shuffle"] else torch.arange(n)
+    perm = torch.randperm(n, generator=run.gen) if run.recipe.shuffle else torch.arange(n)
     sums, n_batches = {}, 0
     for b, s in enumerate(range(0, run.steps_per_epoch * bs, bs)):
         batch = run.setting.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
@@ -364,8 +374,8 @@ def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         ckpt_io.check_step(loss, run.head, epoch, b, batch, run.opt.param_groups[0]["lr"])
-        if run.recipe["clip_grad"]:
-            torch.nn.utils.clip_grad_norm_(run.head.parameters(), run.recipe["clip_grad"])
+        if run.recipe.clip_grad:
+            torch.nn.utils.clip_grad_norm_(run.head.parameters(), run.recipe.clip_grad)
         run.opt.step()
         n_batches += 1
         for k, v in {"loss": float(loss.detach()), **parts}.items():
