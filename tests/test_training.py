@@ -542,7 +542,7 @@ def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp
 
 
 def test_released_schedules():
-    from pipeline.training.selection import schedule
+    from pipeline.heads import schedule
 
     def checks(head, setting, n=60):
         return [e for e in range(n) if schedule(head, setting).checks(e)]
