@@ -1,7 +1,7 @@
 """M2N: Wang et al., CVPR 2021, "Multi-Modulation Network for Audio-Visual Event Localization".
 
 No public code; everything follows the paper (m2n.txt), choices it leaves open are marked
-"(not stated)". Settings: ``fully`` (SEL) and ``cml``, the cross-modality localization task, a
+"(not stated)". Settings: ``fully`` (SEL) and ``cml``, the cross-modality localization setting, a
 separately trained model as in the paper; no weak setting.
 
 * audio-guided visual attention of [37] (AVEL, shared :mod:`._avga`), then one linear layer per
@@ -123,7 +123,7 @@ class M2N(Head):
                 "cml": Reported(52.4, "M2N Table 1 (cross-modality localization, average of A2V "
                                       "and V2A)", per_direction={"a2v": 51.2, "v2a": 53.6})}
     TRAIN_DEFAULTS = {
-        # Sec. 4.2: Adam, lr 5e-4, batch 32, one recipe for both tasks (SEL and CML). Epochs,
+        # Sec. 4.2: Adam, lr 5e-4, batch 32, one recipe for both settings (SEL and CML). Epochs,
         # schedule, weight decay and clipping are not stated: 200 epochs as the sibling heads,
         # no decay, no clipping.
         setting: {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0, "batch_size": 32,

@@ -2,6 +2,7 @@
 
 Modules (imported explicitly; this package stays light because ``pipeline.config`` imports
 ``pipeline.training.config`` for every stage): ``config`` (params sections), ``data`` (split
-tensors), ``loop`` (``train``, ``predict``), ``checkpoint`` (save/load/rebuild), ``run``
-(params -> trained head).
+tensors), ``loop`` (``train``, ``Training``, ``run_spec``), ``checkpoint`` (save/load/rebuild),
+``selection`` (the released scripts' checks), ``run`` (params -> trained head). What a setting
+trains on and how it is scored (``predict``, metrics) is :mod:`pipeline.settings`.
 """
