@@ -403,7 +403,7 @@ def test_every_head_recipe_resolves_to_one_schedule():
         for setting in get_head_class(name).settings:
             recipe = resolve_recipe(name, setting, {})
             ms = lr_milestones(recipe)
-            assert all(0 < m < recipe["epochs"] for m in ms), (name, setting, ms)
+            assert all(0 < m < recipe.epochs for m in ms), (name, setting, ms)
     assert lr_milestones(resolve_recipe("cmbs", "fully", {})) == [10, 20, 30]
     assert lr_milestones(resolve_recipe("psp", "weak", {})) == [80, 160]
     assert lr_milestones(resolve_recipe("vscg", "fully", {})) == [60, 120, 240]

@@ -71,7 +71,8 @@ def check_value(config_cls: type, name: str, value: Any, head: str = "") -> Any:
         tp = next(a for a in args if a is not type(None))
     ok, out = _coerce(value, tp)
     if not ok:
-        like = f" like the default {default!r}" if default is not None else ""
+        like = (f" like the default {default!r}"
+                if default is not None and default is not dataclasses.MISSING else "")
         raise HparamError(name, f"expected {_kind(tp)}{like}, got {value!r}")
     low = f.metadata.get("min", 0)
     if isinstance(out, (int, float)) and not isinstance(out, bool) and out < low:

@@ -9,8 +9,6 @@ metric (Sec. 4.1, Table 1): :func:`best_window`, :func:`window_localization_accu
 """
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import numpy as np
 import torch
 
