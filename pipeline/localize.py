@@ -62,7 +62,7 @@ from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.encoders.weights import WeightsNotFoundError, file_sha256
-from pipeline import heads
+from pipeline import heads, settings
 from pipeline.runtime import NUM_SEGMENTS, atomic_path, atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 
@@ -319,9 +319,10 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
     except (ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
     head, ckpt = ckpt_io.load_head(model, dev)
-    if ckpt["setting"] == "cml":
-        raise InputError(f"{model}: a cml checkpoint matches a query across modalities; "
-                         "localize needs a head trained in the fully or weak setting")
+    if not settings.get(ckpt["setting"]).segment_labels:
+        labelled = ", ".join(n for n in settings.names() if settings.get(n).segment_labels)
+        raise InputError(f"{model}: a {ckpt['setting']} checkpoint gives no class per segment; "
+                         f"localize needs a head trained in a setting that does ({labelled})")
     ext = extractors_from_checkpoint(ckpt, model, dev, visual_weights=visual_weights,
                                      audio_weights=audio_weights, allow_download=allow_download)
     for note in ext.notes:

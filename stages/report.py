@@ -9,12 +9,11 @@ ${paths.reports}/results.json, results.md and results.html.
 from __future__ import annotations
 
 import argparse
-import typing
 
+from pipeline import settings
 from pipeline.cli import stage_main
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.evaluation.matrix import cell, table
-from pipeline.training.config import Setting
 
 
 def _seed(text: str) -> int | None:
@@ -28,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cell")
     c.add_argument("--head", required=True)
-    c.add_argument("--setting", required=True, choices=typing.get_args(Setting))
+    c.add_argument("--setting", required=True, choices=settings.names())
     c.add_argument("--seed", type=_seed, default=None,
                    help="an integer, or None (as DVC writes an empty report.seeds entry): the "
                         "head's authors' seed")

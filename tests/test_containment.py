@@ -142,7 +142,7 @@ def test_evaluate_timelines_stay_in_the_output_folder(tmp_path):
 
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.training.data import load_dataset
-    from pipeline.training.loop import RunSpec, train
+    from pipeline.training.loop import run_spec, train
 
     prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8))
     n = 32
@@ -154,7 +154,7 @@ def test_evaluate_timelines_stay_in_the_output_folder(tmp_path):
                             start=0, end=1, path="", status="ok", duration=10.0, fps=25.0,
                             num_frames=250, has_audio=1, flags="", message=""))
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    train(RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), data,
+    train(run_spec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), data,
           tmp_path / "m")
     out = tmp_path / "deep" / "a" / "b" / "ev"
     (tmp_path / "deep").mkdir()

@@ -391,7 +391,7 @@ def _loader_cli(loader: str, bad: Path, tmp_path: Path, base_params: dict):
         params.write_text(yaml.safe_dump(raw))
         return _stage("evaluate").main, ["--params", str(params)], models / "best.pt"
     if loader == "import_checkpoint":
-        from pipeline.heads.import_checkpoint import main
+        from pipeline.import_checkpoint import main
         return main, ["--head", "psp", "--setting", "fully", str(bad), str(tmp_path / "best.pt")], bad
     if loader == "train resume":
         from pipeline.training import checkpoint as ckpt_io

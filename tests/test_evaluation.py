@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluation import metrics as M
+from pipeline.settings import metrics as M
 from pipeline.evaluation import report
 
 # 2 videos x 5 segments, classes 0,1 and background 2.
@@ -47,12 +47,12 @@ def test_summarize_names_classes():
 def test_evaluate_checkpoint_writes_metrics_and_plots(tmp_path):
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.training.data import load_dataset
-    from pipeline.training.loop import RunSpec, train
+    from pipeline.training.loop import run_spec, train
     from test_training import write_set  # also registers the "toy" head
 
     prepared, feats = write_set(tmp_path / "set", n_per_split=(32, 8, 8))
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "m")
+    train(run_spec("toy", "fully", device="cpu"), data, tmp_path / "m")
     res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
                    device="cpu", timelines=2)
     assert res["accuracy"] > 0.9 and res["segments"] == 80 and res["head"] == "toy"
@@ -192,20 +192,20 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     from test_training import M2N_TINY, write_set
 
     from pipeline.evaluation.evaluate import evaluate
-    from pipeline.heads.m2n import cml_evaluate
+    from pipeline.settings.cml import cml_evaluate
     from pipeline.training import checkpoint as ck
     from pipeline.training.data import load_dataset
-    from pipeline.training.loop import RunSpec, train
+    from pipeline.training.loop import run_spec, train
 
     prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8),
                                 full_length=range(0, 32, 3))  # 2 of them in the cml test split
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False, setting="cml")
-    train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
+    train(run_spec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
                   recipe_overrides={"epochs": 2, "lr": 3e-3}), data, tmp_path / "m")
     res = evaluate(tmp_path / "m" / "best.pt", prepared, feats, "vis", "aud", tmp_path / "ev",
                    device="cpu", batch_size=3, timelines=3)
     test = data.splits["test"]
-    n_full = len(test.task_excluded["full_length"])
+    n_full = len(test.setting_excluded["full_length"])
     assert n_full > 0 and res["cml_excluded"] == {"full_length": n_full, "no_event": 0}
     assert res["videos"] == len(test) == 8 - n_full
     head = ck.load_head(tmp_path / "m" / "best.pt")[0]
@@ -219,7 +219,7 @@ def test_evaluate_cml_checkpoint_scores_a2v_v2a_windows(tmp_path):
     assert "event" not in metrics and "per_class" not in metrics
     assert metrics["cml_excluded"] == {"full_length": n_full, "no_event": 0}
     by_split = res["cml_excluded_by_split"]  # train and val from the training run
-    assert by_split["train"]["full_length"] == len(data.splits["train"].task_excluded["full_length"])
+    assert by_split["train"]["full_length"] == len(data.splits["train"].setting_excluded["full_length"])
     assert set(by_split) == {"train", "val", "test"} and by_split["test"]["full_length"] == n_full
     # Confusion of window segments (A2V rows, then V2A) against the event segments.
     events = int((test.targets != 3).sum())

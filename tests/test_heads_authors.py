@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from pipeline.heads import Head, get_head_class, list_heads
-from pipeline.heads._authors import AuthorsStateDict, LayoutError, check_overrides
+from pipeline.heads._authors import AuthorsStateDict, LayoutError
+from pipeline.heads._config import HparamError
+from pipeline.heads._registry import authors_head
 
 
 class Toy(nn.Module):
@@ -78,15 +80,23 @@ def test_a_key_is_used_once():
         load(authors(), unused={"head.0.weight": (2, 4)})
 
 
-def test_overrides_are_known_and_do_not_contradict_the_checkpoint():
-    defaults, fixed = {"d_model": 256, "alpha": 0.1}, {"d_model": 16}
-    check_overrides("toy (fully)", defaults, {"alpha": 0.2, "d_model": 16}, fixed)
-    with pytest.raises(ValueError, match=r"^toy \(fully\): unknown hyperparameter 'beta' "
-                                         r"\(valid: alpha, d_model\)$"):
-        check_overrides("toy (fully)", defaults, {"beta": 1}, fixed)
-    with pytest.raises(ValueError, match=r"^toy \(fully\): 'd_model' is fixed by the authors' "
-                                         r"checkpoint \(16\)$"):
-        check_overrides("toy (fully)", defaults, {"d_model": 32}, fixed)
+def test_one_rule_for_overrides_against_the_checkpoint():
+    """Every converter builds through ``authors_head``: the checkpoint's widths win, an override
+    that agrees with one is fine, one that contradicts it names the key and both values, the
+    others apply; each value is checked as heads.<name> in params.yaml is."""
+    cls, dims = get_head_class("avel"), {"visual_dim": 8, "audio_dim": 6, "num_classes": 3}
+    fixed = {"att_hidden": 16, "att_dim": 4, "lstm_hidden": 5, "fc_hidden": 7}
+    head = authors_head(cls, "fully", dims, fixed, {"lstm_hidden": 5, "audio_term": "broadcast"},
+                        "avel (fully)")
+    assert head.cfg == cls.Config(16, 4, "broadcast", 5, 7)
+    with pytest.raises(ValueError, match=r"^avel \(fully\): 'lstm_hidden' is fixed by the authors' "
+                                         r"checkpoint \(5\); --set lstm_hidden=9 contradicts it$"):
+        authors_head(cls, "fully", dims, fixed, {"lstm_hidden": 9}, "avel (fully)")
+    with pytest.raises(HparamError, match=r"^head 'avel' has no hyperparameter 'beta'; valid: "):
+        authors_head(cls, "fully", dims, fixed, {"beta": 1}, "avel (fully)")
+    with pytest.raises(HparamError, match=r"^expected one of 'position', 'broadcast' like the "
+                                          r"default 'position', got 'paper'$"):
+        authors_head(cls, "fully", dims, fixed, {"audio_term": "paper"}, "avel (fully)")
 
 
 def test_every_head_converts_with_the_base_signature():

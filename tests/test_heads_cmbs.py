@@ -1,6 +1,7 @@
 """CMBS head: the authors' computation (default), the paper's equations (``variant="paper"``),
 and the import of the authors' checkpoints, checked against their forward written from their code
 (``cmbs_authors``). Shared checks in test_heads_common.py."""
+import dataclasses
 import math
 
 import cmbs_authors as authors
@@ -98,7 +99,7 @@ def test_paper_variant_weak_mil_pooling_eq10_12_and_prediction():
         pooled = ((out["gate_v"] * out["gate_a"]).unsqueeze(-1) * seg).max(1).values  # Eq. 12
         assert torch.allclose(out["video_logits"], pooled, atol=1e-6)
         assert (head.predict(out) == pooled.argmax(-1, keepdim=True)).all()
-    head.hp["weak_predict"] = "segment"
+    head.cfg = dataclasses.replace(head.cfg, weak_predict="segment")
     assert torch.equal(head.predict(out), out["segment_logits"].argmax(-1))
 
 
@@ -208,7 +209,7 @@ def test_authors_checkpoint_is_read_strictly():
         cmbs.from_authors_state_dict(sd, "fully", d_model=32)
     with pytest.raises(ValueError, match="'variant' is fixed"):
         cmbs.from_authors_state_dict(sd, "fully", variant="paper")
-    with pytest.raises(ValueError, match="unknown hyperparameter 'lambda'"):
+    with pytest.raises(ValueError, match="has no hyperparameter 'lambda'"):
         cmbs.from_authors_state_dict(sd, "fully", **{"lambda": 1})
     with pytest.raises(ValueError, match="missing key 'CAS_model.classifier.0.weight'"):
         cmbs.from_authors_state_dict(sd, "weak")  # a fully supervised checkpoint

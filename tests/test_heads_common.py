@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.heads import (SETTINGS, build_head, count_parameters, from_authors_state_dict, get_head_class,
+from pipeline import settings
+from pipeline.heads import (build_head, count_parameters, from_authors_state_dict, get_head_class,
                             list_heads, train_defaults)
 from pipeline.heads._registry import TRAIN_KEYS
-from pipeline.heads.m2n import window_localization_accuracy
+from pipeline.settings.cml import window_localization_accuracy
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -231,7 +232,7 @@ def test_settings_and_train_defaults(name):
     assert cls.settings == tuple(SPECS[name].params)
     for setting in cls.settings:
         assert set(train_defaults(name, setting)) == set(TRAIN_KEYS)
-    for setting in set(SETTINGS) - set(cls.settings):
+    for setting in set(settings.names()) - set(cls.settings):
         with pytest.raises(ValueError, match=f"no '{setting}' setting.*supports: fully"):
             build_head(name, visual_dim=512, audio_dim=128, num_classes=28, setting=setting)
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from pipeline.heads import build_head
-from pipeline.heads.m2n import (Modulation, best_window, cml_evaluate, proposal_map,
-                                window_localization_accuracy, window_predictions)
+from pipeline.heads.m2n import Modulation, proposal_map
+from pipeline.settings.cml import (best_window, cml_evaluate, window_localization_accuracy,
+                                   window_predictions)
 from test_heads_common import M2N_TINY, make_batch, random_inputs, span_labels
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -188,7 +189,7 @@ def _real_cml_test_events() -> torch.Tensor:
     from pathlib import Path
 
     from pipeline.data.ave import load_annotations
-    from pipeline.heads.m2n import cml_exclusions
+    from pipeline.settings.cml import cml_exclusions
 
     with pytest.warns(UserWarning):  # the real file's line 27 (empty interval)
         ann = load_annotations(Path(__file__).resolve().parents[1] / "raw" / "ave")

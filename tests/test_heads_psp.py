@@ -41,7 +41,7 @@ def test_avps_loss_by_hand():
 def test_fully_loss_is_ce_plus_100_avps():
     torch.manual_seed(0)
     head = build_head(NAME, visual_dim=512, audio_dim=128, num_classes=28)
-    assert head.avps_weight == 100.0
+    assert head.cfg.avps_weight == 100.0
     labels = span_labels([(3, 2, 8), (5, 0, 10)], 28)
     with torch.no_grad():
         out = head.eval()(*random_inputs())
@@ -76,13 +76,13 @@ def test_weak_target_is_the_segment_shares_of_the_authors_code(name):
     weak batch's ``shares`` (the code's prob_label) are [0.4, 0, bg 0.6] and [0, 1, bg 0]; the
     default weak loss is the BCE against them; ``weak_target: video`` keeps the old target."""
     from pipeline.training.data import SplitData
-    from pipeline.training.tasks import get_task
+    from pipeline import settings
 
     labels = span_labels([(0, 0, 4), (1, 0, 10)], 2)
     visual, audio = random_inputs(2, 2, 2, 16, 8)
     split = SplitData("train", np.arange(2), np.zeros(0, np.int64), visual, audio, labels,
                       make_batch(labels)["weak"])
-    batch = get_task("weak").batch(split, torch.arange(2), torch.device("cpu"), 0, 1)
+    batch = settings.get("weak").batch(split, torch.arange(2), torch.device("cpu"), 0, 1)
     assert "labels" not in batch
     torch.testing.assert_close(batch["shares"], torch.tensor([[0.4, 0.0, 0.6], [0.0, 1.0, 0.0]]))
     torch.testing.assert_close(batch["weak"], torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
@@ -93,7 +93,7 @@ def test_weak_target_is_the_segment_shares_of_the_authors_code(name):
         prob = out["video_prob"]
         bce = torch.nn.functional.binary_cross_entropy
         expect = (bce(prob, expected) if name == "psp"  # Eq. 11; VSCG: Eqs. 19-21
-                  else head.smooth_lambda * bce(prob, expected) + bce(prob.softmax(-1), expected))
+                  else head.cfg.smooth_lambda * bce(prob, expected) + bce(prob.softmax(-1), expected))
         torch.testing.assert_close(head.loss(out, batch)[0], expect)
 
 

@@ -43,7 +43,7 @@ def test_smooth_loss_by_hand():
 
 def test_fully_prediction_thresholds_event_relevance():
     head = build_head(NAME, visual_dim=512, audio_dim=128, num_classes=2)
-    assert head.event_threshold == 0.7
+    assert head.cfg.event_threshold == 0.7
     out = {"is_event": torch.tensor([[1.0, 0.5, 3.0]]),  # sigmoid: .731 > .7, .622 < .7, .953
            "event_logits": torch.tensor([[0.1, 2.0]])}
     assert head.predict(out).tolist() == [[1, 2, 1]]
@@ -95,5 +95,5 @@ def test_paper_variant_of_the_weak_isce():
         f = [head.layer_norm(torch.relu(w(gru(x, e_av)[0]))) for w, gru, x in
              ((head.a_W1, head.a_gru, psp["a_psp"]), (head.v_W1, head.v_gru, psp["v_psp"]))]
         torch.testing.assert_close(out["logits"], head.classifier(0.5 * (f[0] + f[1]))[0])
-    with pytest.raises(ValueError, match="isce_weak must be 'code' or 'paper'"):
+    with pytest.raises(ValueError, match=r"expected one of 'code', 'paper' like the default 'code', got 'eq9'"):
         build_head(NAME, **{**kw, "isce_weak": "eq9"})

@@ -1,4 +1,4 @@
-"""`python -m pipeline.heads.import_checkpoint`: the authors' state dict -> a checkpoint that
+"""`python -m pipeline.import_checkpoint`: the authors' state dict -> a checkpoint that
 `evaluate` reads, with the authors' outputs."""
 import re
 import warnings
@@ -15,7 +15,7 @@ from pipeline.data.ave import export_labels, load_annotations
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.features.store import import_community
 from pipeline.heads import from_authors_state_dict
-from pipeline.heads.import_checkpoint import main
+from pipeline.import_checkpoint import main
 from pipeline.training import checkpoint as ckpt_io
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -130,7 +130,7 @@ def test_set_gives_hyperparameters_the_state_dict_lacks(tiny_ave, tmp_path, caps
           "--set", "psi=0.25", "--set", "gamma=0.5", str(src), str(dst)])
     hp = ckpt_io.load(dst)["hparams"]
     assert hp["bece_lambda"] == 0 and hp["psi"] == 0.25 and hp["gamma"] == 0.5
-    assert "set {'bece_lambda': 0, 'psi': 0.25, 'gamma': 0.5}" in capsys.readouterr().out
+    assert "set {'bece_lambda': 0.0, 'psi': 0.25, 'gamma': 0.5}" in capsys.readouterr().out  # typed
     sd = R.random_state_dict(R.layout("psp", "fully"))
     torch.save(sd, tmp_path / "psp.pth")
     main(["--head", "psp", "--setting", "fully", "--ave-root", str(tiny_ave), "--set", "tau_fully=0.095",

@@ -13,7 +13,7 @@ from pipeline.cli import stage_main
 from pipeline.config import InputError
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import RunSpec, train
+from pipeline.training.loop import run_spec, train
 from test_training import write_set  # also registers the "toy" head
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -58,7 +58,7 @@ def test_bit_flipped_feature_rows_are_invalid_and_the_model_is_finite(tmp_path, 
                     "undecodable videos"), line
     assert set(bad) <= set(data.splits["train"].excluded.tolist())
     assert torch.isfinite(data.splits["train"].audio.float()).all()
-    train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "models")
+    train(run_spec("toy", "fully", device="cpu"), data, tmp_path / "models")
     state = ckpt_io.load(tmp_path / "models" / "best.pt")["model"]
     assert all(torch.isfinite(v).all() for v in state.values())
 
@@ -75,11 +75,11 @@ def test_nan_in_a_batch_stops_training_with_epoch_batch_and_cause(tmp_path, monk
             batch["visual"][0, 3, 0, 0, 1] = float("nan")
         return batch
 
-    from pipeline.training.tasks import Fully
-    make_batch = Fully().batch  # the fully task's batches, one of them poisoned
+    from pipeline.settings.fully import Fully
+    make_batch = Fully().batch  # the fully setting's batches, one of them poisoned
     monkeypatch.setattr(Fully, "batch", lambda self, *a, **k: poisoned(*a, **k))
     out, resume = tmp_path / "models", tmp_path / "resume"
-    code, err = _run_cli(lambda: train(RunSpec("toy", "fully", device="cpu"), data, out,
+    code, err = _run_cli(lambda: train(run_spec("toy", "fully", device="cpu"), data, out,
                                        resume_dir=resume), capsys)
     assert code == 2 and len(err) == 1, err
     assert err[0] == ("error: train: epoch 1, batch 2: the loss is nan; likely cause: the batch's "
@@ -91,7 +91,7 @@ def test_nan_in_a_batch_stops_training_with_epoch_batch_and_cause(tmp_path, monk
 def test_divergence_without_bad_inputs_names_the_learning_rate(tmp_path):
     prepared, feats = write_set(tmp_path)
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    spec = RunSpec("toy", "fully", device="cpu",
+    spec = run_spec("toy", "fully", device="cpu",
                    recipe_overrides={"optimizer": "sgd", "lr": 1e37, "clip_grad": 0.0})
     with pytest.raises(InputError) as e:
         train(spec, data, tmp_path / "models")
@@ -111,7 +111,7 @@ def test_all_broken_val_split_is_a_user_error(tmp_path, capsys):
         val = f["order"][()].tolist()
     prepared, feats = write_set(root, invalid=val)  # every val video failed to decode
     data = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    code, err = _run_cli(lambda: train(RunSpec("toy", "fully", device="cpu"), data,
+    code, err = _run_cli(lambda: train(run_spec("toy", "fully", device="cpu"), data,
                                        tmp_path / "models"), capsys)
     assert (code, err) == (2, [f"error: val split: no usable rows; {len(val)} rows excluded: "
                                f"{len(val)} for invalid features (valid = 0 in the visual or audio "

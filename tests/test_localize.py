@@ -91,7 +91,7 @@ def model(tmp_path_factory):
     from pipeline.features.config import ExtractConfig
     from pipeline.features.engine import extract
     from pipeline.training.data import load_dataset
-    from pipeline.training.loop import RunSpec, train
+    from pipeline.training.loop import run_spec, train
 
     base = tmp_path_factory.mktemp("localize")
     root = generate(CFG, base / "raw")
@@ -102,7 +102,7 @@ def model(tmp_path_factory):
     for name, spec in (("vgg19", VISUAL), ("vggish", AUDIO)):
         extract(name, ModelSpec(**spec), rows, base / "features" / f"{name}.h5", cfg, progress=False)
     data = load_dataset(base / "prepared", base / "features", "vgg19", "vggish", splits=("train", "val"))
-    spec = RunSpec("psp", "fully", recipe_overrides={"epochs": 6, "batch_size": 8, "lr": 1e-3},
+    spec = run_spec("psp", "fully", recipe_overrides={"epochs": 6, "batch_size": 8, "lr": 1e-3},
                    device="cpu", resume=False, feature_norm="standardize")
     res = train(spec, data, base / "models")
     assert res.best_val_accuracy > 0.8, res.best_val_accuracy  # the head learned the set

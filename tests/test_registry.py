@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 PLUGIN = '''
 """A head of another package: a linear classifier over audio and pooled visual features."""
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -35,7 +37,9 @@ from pipeline.heads import NO_RELEASED_CODE, Head, Reported, Schedule, register_
 @register_head("plugin_linear")
 class PluginLinear(Head):
     settings = ("fully",)
-    DEFAULTS = {"hidden": 8}
+    @dataclass(frozen=True)
+    class Config:
+        hidden: int = 8  # width of the hidden layer
     TRAIN_DEFAULTS = {"fully": {"optimizer": "adam", "lr": 0.05, "weight_decay": 0.0,
                                 "batch_size": 16, "epochs": 3, "lr_step": 0,
                                 "lr_milestones": [], "lr_gamma": 1.0, "clip_grad": 0.0}}
@@ -43,10 +47,10 @@ class PluginLinear(Head):
     SEEDS = {"fully": 7}
     REPORTED = {"fully": Reported(42.0, "Plugin paper, Table 1")}
 
-    def __init__(self, visual_dim, audio_dim, num_classes, setting="fully", hidden=8):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        self.fc = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), nn.ReLU(),
-                                nn.Linear(hidden, num_classes + 1))
+    def __init__(self, cfg, visual_dim, audio_dim, num_classes, setting="fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        self.fc = nn.Sequential(nn.Linear(visual_dim + audio_dim, cfg.hidden), nn.ReLU(),
+                                nn.Linear(cfg.hidden, num_classes + 1))
 
     def forward(self, visual, audio):
         return {"logits": self.fc(torch.cat([audio, visual.mean(dim=(2, 3))], -1))}

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.evaluation import report
-from pipeline.training.tasks import get_task
+from pipeline import settings
 from pipeline.evaluation.intervals import bootstrap_ci, paired_bootstrap
 
 
@@ -38,9 +38,9 @@ def test_bootstrap_known_answers():
 def test_video_scores_average_to_the_accuracy():
     true = np.array([[2, 0, 0, 0, 2], [1, 1, 1, 2, 2]])
     pred = np.array([[2, 0, 1, 0, 0], [1, 1, 2, 2, 2]])
-    assert get_task("fully").video_scores(pred, true).tolist() == [0.6, 0.8]
+    assert settings.get("fully").video_scores(pred, true).tolist() == [0.6, 0.8]
     # cml: rows A2V (2 videos) then V2A; a video scores the mean of its two exact matches
-    assert get_task("cml").video_scores(np.array([[0, 1], [0, 0], [0, 1], [1, 1]]),
+    assert settings.get("cml").video_scores(np.array([[0, 1], [0, 0], [0, 1], [1, 1]]),
                                         np.array([[0, 1], [0, 1], [0, 1], [0, 1]])).tolist() == [1.0, 0.0]
 
 

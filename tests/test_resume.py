@@ -15,11 +15,11 @@ import pytest
 from pipeline import runtime
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import RunSpec, train
+from pipeline.training.loop import run_spec, train
 from test_training import interrupted, write_set  # also registers the toy head
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 3})
+SPEC = run_spec("toy", "fully", device="cpu", recipe_overrides={"epochs": 3})
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ sys.path.insert(0, {tests!r})
 from test_training import _ToyHead
 from pipeline.heads import register_head
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import RunSpec, train
+from pipeline.training.loop import run_spec, train
 
 @register_head("toy_killed")
 class Killed(_ToyHead):
@@ -80,7 +80,7 @@ class Killed(_ToyHead):
         return super().loss(out, batch)
 
 data = load_dataset({prepared!r}, {feats!r}, "vis", "aud", verbose=False)
-train(RunSpec("toy_killed", "fully", device="cpu"), data, sys.argv[1], live_dir=sys.argv[2])
+train(run_spec("toy_killed", "fully", device="cpu"), data, sys.argv[1], live_dir=sys.argv[2])
 """
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -12,10 +13,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import ConfigError, validate
-from pipeline.heads import Head, Schedule, _registry, register_head
+from pipeline.heads import Head, Schedule, _registry, get_head_class, register_head
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import RunSpec, Training, train
+from pipeline.training.loop import Training, run_spec, train
 
 C, T = 3, 10  # event classes, segments
 RECIPE = {"optimizer": "adam", "lr": 0.05, "weight_decay": 0.0, "batch_size": 16, "epochs": 6,
@@ -32,15 +33,18 @@ def interrupted(spec, data, out, epochs: int):
 
 class _ToyHead(Head):
     """Linear classifier of the audio vector per segment (+ dropout, to exercise the RNG)."""
-    DEFAULTS = {"dropout": 0.1}
+    @dataclass(frozen=True)
+    class Config:
+        dropout: float = 0.1
+
     TRAIN_DEFAULTS = {"fully": dict(RECIPE), "weak": dict(RECIPE)}
     SELECTION = {"fully": Schedule(), "weak": Schedule()}  # every epoch on test
     seen_keys: list = []
 
-    def __init__(self, visual_dim, audio_dim, num_classes, setting="fully", dropout=0.1):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
+    def __init__(self, cfg, visual_dim, audio_dim, num_classes, setting="fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
         self.fc = nn.Linear(audio_dim + visual_dim, num_classes + 1)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, visual, audio):
         x = torch.cat([audio, visual.mean(dim=(2, 3))], -1)
@@ -133,7 +137,7 @@ def _state(path):
 
 def test_learns_known_answer_and_writes_rebuildable_checkpoints(toyset, tmp_path):
     data = toyset[0]
-    res = train(RunSpec("toy", "fully", device="cpu"), data, tmp_path, live_dir=tmp_path / "live")
+    res = train(run_spec("toy", "fully", device="cpu"), data, tmp_path, live_dir=tmp_path / "live")
     assert res.best_val_accuracy > 0.9
     assert res.num_parameters == (6 + 4 + 1) * (C + 1)
     head, ck = ckpt_io.load_head(tmp_path / "best.pt")
@@ -149,9 +153,9 @@ def test_learns_known_answer_and_writes_rebuildable_checkpoints(toyset, tmp_path
 @pytest.mark.parametrize("setting", ["fully", "weak"])
 def test_validation_loss_is_the_heads_loss_on_val_in_eval_mode(toyset, tmp_path, setting):
     from pipeline.training.loop import validation_loss
-    from pipeline.training.tasks import get_task
+    from pipeline import settings
     data = toyset[0]
-    res = train(RunSpec("toy", setting, device="cpu", recipe_overrides={"epochs": 2}), data,
+    res = train(run_spec("toy", setting, device="cpu", recipe_overrides={"epochs": 2}), data,
                 tmp_path)
     head = ckpt_io.build_from(ckpt_io.load(tmp_path / "last.pt")).eval()  # the last epoch's weights
     val = data.splits["val"]
@@ -163,7 +167,7 @@ def test_validation_loss_is_the_heads_loss_on_val_in_eval_mode(toyset, tmp_path,
         expect = F.binary_cross_entropy(logits.softmax(-1).mean(1).clamp(1e-6, 1 - 1e-6), val.weak)
     assert res.history[-1]["val_loss"] == pytest.approx(expect.item(), rel=1e-5)
     # Batched: videos weight the batch means (every toy video has T segments).
-    small = validation_loss(head, val, get_task(setting), torch.device("cpu"), 1, 2, batch_size=5)
+    small = validation_loss(head, val, settings.get(setting), torch.device("cpu"), 1, 2, batch_size=5)
     assert small == pytest.approx(expect.item(), rel=1e-5) and not head.training
 
 
@@ -177,7 +181,7 @@ def test_invalid_rows_are_excluded_and_counted(toyset):
 
 def test_same_seed_same_result_and_resume_equals_uninterrupted(toyset, tmp_path):
     data = toyset[0]
-    spec = RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 4})
+    spec = run_spec("toy", "fully", device="cpu", recipe_overrides={"epochs": 4})
     a = train(spec, data, tmp_path / "a")
     b = train(spec, data, tmp_path / "b")
     assert a.history == [dict(r) for r in b.history]
@@ -192,13 +196,13 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(toyset, tmp_path)
     for k, v in _state(tmp_path / "a" / "last.pt").items():
         assert torch.equal(v, _state(tmp_path / "c" / "last.pt")[k])
     # A different run's last.pt is not resumed.
-    d = train(RunSpec("toy", "fully", device="cpu", seed=1, recipe_overrides={"epochs": 4}),
+    d = train(run_spec("toy", "fully", device="cpu", seed=1, recipe_overrides={"epochs": 4}),
               data, tmp_path / "c")
     assert d.resumed_from is None
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(toyset, tmp_path):
-    res = train(RunSpec("toy", "fully", device="cpu"), toyset[0], tmp_path)
+    res = train(run_spec("toy", "fully", device="cpu"), toyset[0], tmp_path)
     accs = [r["val_accuracy"] for r in res.history]
     best = ckpt_io.load(tmp_path / "best.pt")
     assert best["epoch"] == int(np.argmax(accs)) and best["val_accuracy"] == max(accs)
@@ -210,12 +214,12 @@ def test_best_checkpoint_is_the_best_validation_epoch(toyset, tmp_path):
 
 def test_weak_setting_never_sees_segment_labels(toyset, tmp_path):
     _ToyHead.seen_keys.clear()
-    res = train(RunSpec("toy", "weak", device="cpu", recipe_overrides={"epochs": 2}),
+    res = train(run_spec("toy", "weak", device="cpu", recipe_overrides={"epochs": 2}),
                 toyset[0], tmp_path)
     assert _ToyHead.seen_keys and all("labels" not in k and "weak" in k for k in _ToyHead.seen_keys)
     assert res.epochs == 2
     _ToyHead.seen_keys.clear()
-    train(RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), toyset[0],
+    train(run_spec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), toyset[0],
           tmp_path / "f")
     assert all("labels" in k for k in _ToyHead.seen_keys)
 
@@ -223,9 +227,9 @@ def test_weak_setting_never_sees_segment_labels(toyset, tmp_path):
 def test_config_errors_name_the_key(toyset, tmp_path):
     data = toyset[0]
     with pytest.raises(ConfigError, match=r"train\.head.*'nope'.*registered heads:.*toy"):
-        train(RunSpec("nope", "fully", device="cpu"), data, tmp_path)
+        train(run_spec("nope", "fully", device="cpu"), data, tmp_path)
     with pytest.raises(ConfigError, match=r"heads\.toy\.tau"):
-        train(RunSpec("toy", "fully", device="cpu", hparam_overrides={"tau": 1}), data, tmp_path)
+        train(run_spec("toy", "fully", device="cpu", hparam_overrides={"tau": 1}), data, tmp_path)
     with pytest.raises(ConfigError, match=r"train\.batch_size"):
         validate({"train": {"batch_size": 0}})
     with pytest.raises(ConfigError, match=r"unknown key train\.lrr"):
@@ -238,17 +242,16 @@ def test_config_errors_name_the_key(toyset, tmp_path):
     assert validate({"train": {"head": "m2n", "setting": "cml"}})["train"].setting == "cml"
     with pytest.raises(ConfigError, match=r"train\.setting: head 'toy' has no 'cml' setting; "
                                           r"it supports: fully, weak"):
-        train(RunSpec("toy", "cml", device="cpu"), data, tmp_path)
+        train(run_spec("toy", "cml", device="cpu"), data, tmp_path)
     with pytest.raises(ConfigError, match=r"report\.settings\[1\]: 'semi' is not allowed; "
                                           r"allowed: 'fully', 'weak', 'cml'"):
         validate({"report": {"settings": ["cml", "semi"]}})
 
 
 def test_config_settings_are_the_registry_settings():
-    from typing import get_args
-
-    from pipeline.training.config import Setting
-    assert get_args(Setting) == _registry.SETTINGS
+    from pipeline import settings
+    assert settings.names() == ["fully", "weak", "cml"]
+    assert validate({})["report"].settings == settings.names()
 
 
 def test_params_override_recipe_and_hparams(toyset, tmp_path):
@@ -256,9 +259,10 @@ def test_params_override_recipe_and_hparams(toyset, tmp_path):
     params = validate({"train": {"head": "toy", "epochs": 1, "lr": 0.01, "device": "cpu"},
                        "heads": {}})
     spec = spec_from_params(params)
-    assert spec.recipe_overrides == {"lr": 0.01, "epochs": 1} and spec.hparam_overrides == {}
+    assert (spec.head.recipe.lr, spec.head.recipe.epochs) == (0.01, 1)
+    assert spec.head.config == get_head_class("toy").Config()  # no heads.toy overrides
     spec = spec_from_params(params, setting="weak", epochs=2)
-    assert spec.setting == "weak" and spec.recipe_overrides["epochs"] == 2
+    assert spec.head.setting.name == "weak" and spec.head.recipe.epochs == 2
     train(spec, toyset[0], tmp_path)
     ck = ckpt_io.load(tmp_path / "best.pt")
     assert ck["recipe"]["lr"] == 0.01 and ck["recipe"]["epochs"] == 2
@@ -270,16 +274,16 @@ def test_baseline_heads_train(toyset, tmp_path):
     small = {"hidden_dim": 8}
     for name in ("majority", "audio_only", "visual_only"):
         for setting in ("fully", "weak"):
-            res = train(RunSpec(name, setting, device="cpu", recipe_overrides={"epochs": 1},
+            res = train(run_spec(name, setting, device="cpu", recipe_overrides={"epochs": 1},
                                 hparam_overrides={} if name == "majority" else small),
                         data, tmp_path / f"{name}-{setting}")
             assert res.num_parameters > 0 and 0.0 <= res.best_val_accuracy <= 1.0
-    maj = train(RunSpec("majority", "fully", device="cpu", recipe_overrides={"epochs": 20,
+    maj = train(run_spec("majority", "fully", device="cpu", recipe_overrides={"epochs": 20,
                                                                             "lr": 0.1}),
                 data, tmp_path / "maj")
     bg_share = float((data.splits["val"].targets == C).float().mean())
     assert maj.num_parameters == C + 1 and maj.best_val_accuracy == pytest.approx(bg_share)
-    res = train(RunSpec("audio_only", "fully", device="cpu", hparam_overrides=small,
+    res = train(run_spec("audio_only", "fully", device="cpu", hparam_overrides=small,
                         recipe_overrides={"epochs": 8, "lr": 0.03, "batch_size": 8}),
                 data, tmp_path / "ao")
     assert res.best_val_accuracy > 0.9  # the audio feature encodes the label
@@ -298,7 +302,7 @@ def test_fusion_head_beats_single_modality_baselines(tmp_path):
     tiny_psp = dict.fromkeys(["att_hidden", "embed_hidden", "embed_dim", "lstm_hidden",
                               "psp_hidden", "fc_hidden"], 16) | {"att_dim": 4}  # 2x2 maps
     heads = {"audio_only": {"hidden_dim": 16}, "visual_only": {"hidden_dim": 16}, "psp": tiny_psp}
-    acc = {name: train(RunSpec(name, "fully", device="cpu", hparam_overrides=hp,
+    acc = {name: train(run_spec(name, "fully", device="cpu", hparam_overrides=hp,
                                recipe_overrides=recipe), data, tmp_path / name).best_val_accuracy
            for name, hp in heads.items()}
     targets = data.splits["val"].targets
@@ -315,11 +319,11 @@ def test_cml_trains_m2n_and_selects_the_best_window_accuracy(toyset, tmp_path):
     """M2N's cross-modality localization: A2V and V2A trained together (Eq. 18), best.pt by the
     mean of their val window accuracies. The toy audio encodes the event segments, so V2A (the
     audio is searched) is learnable; the visual is noise, so A2V stays near chance."""
-    from pipeline.heads.m2n import cml_evaluate
+    from pipeline.settings.cml import cml_evaluate
     with pytest.raises(ValueError, match="setting='cml'"):  # cml runs on the cml split only
-        train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY), toyset[0], tmp_path)
+        train(run_spec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY), toyset[0], tmp_path)
     data = load_dataset(*toyset[1:], "vis", "aud", verbose=False, setting="cml")
-    res = train(RunSpec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
+    res = train(run_spec("m2n", "cml", device="cpu", hparam_overrides=M2N_TINY,
                         recipe_overrides={"epochs": 5, "lr": 3e-3, "batch_size": 16}),
                 data, tmp_path, live_dir=tmp_path / "live")
     h = res.history
@@ -351,7 +355,7 @@ if "toy_milestones" not in _registry._HEADS:
 def test_lr_follows_milestones_exactly_and_params_override_them(toyset, tmp_path):
     from pipeline.training.run import spec_from_params
     data = toyset[0]
-    spec = RunSpec("toy_milestones", "fully", device="cpu")
+    spec = run_spec("toy_milestones", "fully", device="cpu")
     res = train(spec, data, tmp_path / "a")
     assert [r["lr"] for r in res.history] == [0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125]
     # Interrupted inside the schedule and resumed: the scheduler state continues exactly.
@@ -362,24 +366,24 @@ def test_lr_follows_milestones_exactly_and_params_override_them(toyset, tmp_path
     params = validate({"train": {"head": "toy_milestones", "device": "cpu", "lr_milestones": [1, 5]},
                        "heads": {}})
     spec = spec_from_params(params)
-    assert spec.recipe_overrides == {"lr_milestones": [1, 5]}
+    assert spec.head.recipe.lr_milestones == (1, 5)
     res = train(spec, data, tmp_path / "c")
     assert [r["lr"] for r in res.history] == [0.05, 0.025, 0.025, 0.025, 0.025, 0.0125]
     assert ckpt_io.load(tmp_path / "c" / "best.pt")["recipe"]["lr_milestones"] == [1, 5]
     # train.lr_milestones: [] = constant lr.
-    res = train(RunSpec("toy_milestones", "fully", device="cpu",
+    res = train(run_spec("toy_milestones", "fully", device="cpu",
                         recipe_overrides={"lr_milestones": []}), data, tmp_path / "d")
     assert [r["lr"] for r in res.history] == [0.05] * 6
 
 
 def test_lr_step_is_periodic_and_excludes_milestones(toyset, tmp_path):
     data = toyset[0]
-    res = train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "a")  # lr_step 3
+    res = train(run_spec("toy", "fully", device="cpu"), data, tmp_path / "a")  # lr_step 3
     assert [r["lr"] for r in res.history] == [0.05] * 3 + [0.025] * 3
     with pytest.raises(ConfigError, match=r"lr_step.*lr_milestones.*both"):
-        train(RunSpec("toy_milestones", "fully", device="cpu", recipe_overrides={"lr_step": 3}),
+        train(run_spec("toy_milestones", "fully", device="cpu", recipe_overrides={"lr_step": 3}),
               data, tmp_path / "b")
-    res = train(RunSpec("toy_milestones", "fully", device="cpu",
+    res = train(run_spec("toy_milestones", "fully", device="cpu",
                         recipe_overrides={"lr_step": 5, "lr_milestones": []}), data, tmp_path / "c")
     assert [r["lr"] for r in res.history] == [0.05] * 5 + [0.025]
     for bad in ([3, 2], [0, 2], [2, 2]):
@@ -399,7 +403,7 @@ def test_every_head_recipe_resolves_to_one_schedule():
         for setting in get_head_class(name).settings:
             recipe = resolve_recipe(name, setting, {})
             ms = lr_milestones(recipe)
-            assert all(0 < m < recipe["epochs"] for m in ms), (name, setting, ms)
+            assert all(0 < m < recipe.epochs for m in ms), (name, setting, ms)
     assert lr_milestones(resolve_recipe("cmbs", "fully", {})) == [10, 20, 30]
     assert lr_milestones(resolve_recipe("psp", "weak", {})) == [80, 160]
     assert lr_milestones(resolve_recipe("vscg", "fully", {})) == [60, 120, 240]
@@ -427,13 +431,13 @@ def test_standardize_uses_train_statistics_and_travels_with_the_checkpoint(tmp_p
     expected = (data.splits["val"].audio.float() - stats["audio_mean"]) / stats["audio_std"]
     assert torch.allclose(val, expected)
 
-    res = train(RunSpec("toy", "fully", device="cpu", feature_norm="standardize"), data,
+    res = train(run_spec("toy", "fully", device="cpu", feature_norm="standardize"), data,
                 tmp_path / "std")
     ck = ckpt_io.load(tmp_path / "std" / "best.pt")
     assert torch.equal(ck["feature_norm"]["audio_mean"], stats["audio_mean"])
     metrics = evaluate(tmp_path / "std" / "best.pt", prepared, feats, "vis", "aud", None)
     assert res.best_val_accuracy > 0.9 and metrics["accuracy"] > 0.9
-    raw = train(RunSpec("toy", "fully", device="cpu"), data, tmp_path / "raw")
+    raw = train(run_spec("toy", "fully", device="cpu"), data, tmp_path / "raw")
     assert ckpt_io.load(tmp_path / "raw" / "best.pt")["feature_norm"] is None
     assert raw.best_val_accuracy < res.best_val_accuracy
 
@@ -449,8 +453,8 @@ def test_cml_reads_the_cml_split_and_excludes_full_length_events(tmp_path):
     test = data.splits["test"]
     assert data.setting == "cml"
     assert test.rows.tolist() == [r for r in cml_test if r not in full]
-    assert test.task_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
-    assert len(test.task_excluded["no_event"]) == 0 and len(test.task_excluded["full_length"]) > 0
+    assert test.setting_excluded["full_length"].tolist() == [r for r in cml_test if r in full]
+    assert len(test.setting_excluded["no_event"]) == 0 and len(test.setting_excluded["full_length"]) > 0
     torch.testing.assert_close(test.labels, torch.from_numpy(labels[test.rows]))
     # training keeps the full-length events (AVE-ECCV18 cmm_train.py trains on every row with
     # an event): cml training rows = every cml training row with an event
@@ -458,9 +462,9 @@ def test_cml_reads_the_cml_split_and_excludes_full_length_events(tmp_path):
         cml_train = f["order"][()]
     with_event = [r for r in cml_train if (labels[r, :, -1] == 0).any()]
     assert data.splits["train"].rows.tolist() == with_event and set(with_event) & full
-    assert len(data.splits["train"].task_excluded["full_length"]) == 0
+    assert len(data.splits["train"].setting_excluded["full_length"]) == 0
     standard = load_dataset(prepared, feats, "vis", "aud", verbose=False)
-    assert standard.splits["test"].task_excluded == {}
+    assert standard.splits["test"].setting_excluded == {}
     assert standard.splits["test"].rows.tolist() != test.rows.tolist()
 
 
@@ -498,7 +502,7 @@ def test_weak_targets_are_mil_labels_plus_background_only_samples(tmp_path, caps
     assert len(fully.splits["train"]) == 20  # the weak setting's samples only
     batch_keys = []
     _ToyHead.seen_keys = batch_keys
-    res = train(RunSpec("toy", "weak", device="cpu", recipe_overrides={"epochs": 1}), data,
+    res = train(run_spec("toy", "weak", device="cpu", recipe_overrides={"epochs": 1}), data,
                 tmp_path / "m")
     assert res.epochs == 1 and all("labels" not in k for k in batch_keys)
 
@@ -516,7 +520,7 @@ def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp
     res = {}
     for select in ("val", "test"):
         out = tmp_path / select
-        res[select] = train(RunSpec("toy", "fully", device="cpu", select=select), data, out)
+        res[select] = train(run_spec("toy", "fully", device="cpu", select=select), data, out)
         assert ckpt_io.load(out / "best.pt")["selected_by"] == select
         assert torch.equal(_state(out / "best.pt")["fc.weight"],
                            _state(out / f"best_{select}.pt")["fc.weight"])
@@ -531,14 +535,14 @@ def test_one_run_records_the_val_and_the_script_selected_checkpoints(toyset, tmp
     assert val_ckpt["epoch"] == int(np.argmax([r["val_accuracy"] for r in h]))
     # the released check is scored on the test split: evaluating best_test.pt gives that number
     head = ckpt_io.build_from(test_ckpt).eval()
-    from pipeline.training.tasks import accuracy, predict
+    from pipeline.settings import accuracy, predict
     test = data.splits["test"]
     acc = accuracy(predict(head, test, torch.device("cpu")), test.targets)
     assert acc == pytest.approx(checked[best_epoch])
 
 
 def test_released_schedules():
-    from pipeline.training.selection import schedule
+    from pipeline.heads import schedule
 
     def checks(head, setting, n=60):
         return [e for e in range(n) if schedule(head, setting).checks(e)]
@@ -582,9 +586,9 @@ def test_each_head_defaults_to_its_authors_seed_and_the_run_records_it(toyset, t
         assert resolve(head, setting, seed=5).seed == 5
     monkeypatch.setattr(_ToyHead, "SEEDS", {"fully": 11})
     data = toyset[0]
-    default = train(RunSpec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), data,
+    default = train(run_spec("toy", "fully", device="cpu", recipe_overrides={"epochs": 1}), data,
                     tmp_path / "default")
-    given = train(RunSpec("toy", "fully", device="cpu", seed=11, recipe_overrides={"epochs": 1}),
+    given = train(run_spec("toy", "fully", device="cpu", seed=11, recipe_overrides={"epochs": 1}),
                   data, tmp_path / "given")
     assert ckpt_io.load(tmp_path / "default" / "best.pt")["seed"] == 11
     assert default.history == given.history
@@ -594,9 +598,9 @@ def test_avel_walks_the_train_split_in_order_without_the_last_partial_batch(toys
     """AVEL's scripts: no shuffling, whole batches only (``shuffle: false, drop_last: true``);
     every other head: shuffled batches, the last partial one kept."""
     from pipeline.heads import resolve
-    assert {k: resolve("avel", s).recipe[k] for s in ("fully", "weak")
+    assert {k: getattr(resolve("avel", s).recipe, k) for s in ("fully", "weak")
             for k in ("shuffle", "drop_last")} == {"shuffle": False, "drop_last": True}
-    assert resolve("psp").recipe["shuffle"] and not resolve("psp").recipe["drop_last"]
+    assert resolve("psp").recipe.shuffle and not resolve("psp").recipe.drop_last
     data = toyset[0]
     train_audio = data.splits["train"].audio.float()
     seen = []
@@ -611,11 +615,11 @@ def test_avel_walks_the_train_split_in_order_without_the_last_partial_batch(toys
     else:
         _registry._HEADS["toy_recording"].loss = Recording.loss
     n, bs = len(train_audio), 7
-    train(RunSpec("toy_recording", "fully", device="cpu", recipe_overrides={
+    train(run_spec("toy_recording", "fully", device="cpu", recipe_overrides={
         "epochs": 1, "batch_size": bs, "shuffle": False, "drop_last": True}), data, tmp_path / "a")
     assert [len(b) for b in seen] == [bs] * (n // bs)
     torch.testing.assert_close(torch.cat(seen), train_audio[:n // bs * bs])
     seen.clear()
-    train(RunSpec("toy_recording", "fully", device="cpu", recipe_overrides={
+    train(run_spec("toy_recording", "fully", device="cpu", recipe_overrides={
         "epochs": 1, "batch_size": bs}), data, tmp_path / "b")
     assert sum(len(b) for b in seen) == n and not torch.equal(torch.cat(seen), train_audio)

@@ -8,13 +8,13 @@ per-class accuracy, parameter count, training time), ``plots/sklearn/confusion_m
 segments predicted right, whose mean is ``accuracy``; read by the results table's bootstrap
 intervals).
 
-The checkpoint's setting names the task that scores it (:mod:`pipeline.training.tasks`): a
+The checkpoint's setting scores it (:mod:`pipeline.settings`): a
 ``cml`` checkpoint (M2N's cross-modality localization) is scored by M2N's protocol: ``accuracy``
 is the mean of ``cross_modal/a2v`` and ``cross_modal/v2a`` (exact window match, M2N Table 1
 "Average"); the confusion matrix and timelines compare the predicted windows of both directions
 with the event segments (labels ``event`` / ``background``); ``cml_excluded/full_length`` and
 ``cml_excluded/no_event`` count the test rows it leaves out.
-Its per-video score (``Task.video_scores``) is the mean exact-window match of A2V and V2A.
+Its per-video score (``Setting.video_scores``) is the mean exact-window match of A2V and V2A.
 """
 from __future__ import annotations
 
@@ -28,14 +28,13 @@ from dvclive import Live
 from pipeline.config import InputError
 from pipeline.data.ids import safe_filename
 from pipeline.data.manifest import load_manifest
-from pipeline import layout
+from pipeline import layout, settings
 from pipeline.evaluation import plots
 from pipeline.evaluation.html import write_evaluation_page
 from pipeline.heads import prediction_rule
 from pipeline.runtime import atomic_write_json, select_device
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import load_dataset
-from pipeline.training.tasks import get_task
 
 
 def _video_ids(prepared: Path, rows: np.ndarray) -> list[str]:
@@ -70,11 +69,11 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     s = data.splits[split]
     if ckpt.get("feature_norm"):
         s = s.normalized(ckpt["feature_norm"])  # the training run's train-split statistics
-    task = get_task(ckpt["setting"])
+    setting = settings.get(ckpt["setting"])
     vids = _video_ids(Path(prepared), s.rows)
     per_video = {"rows": [int(r) for r in s.rows], "videos": list(vids)}
-    res, pred, true, vids = task.evaluate(head, s, dev, batch_size, data.categories, vids)
-    per_video["score"] = task.video_scores(pred, true).tolist()
+    res, pred, true, vids = setting.evaluate(head, s, dev, batch_size, data.categories, vids)
+    per_video["score"] = setting.video_scores(pred, true).tolist()
     res.update(head=ckpt["head"], setting=ckpt["setting"], split=split, videos=len(s),
                excluded=len(s.excluded), num_parameters=int(ckpt["num_parameters"]),
                train_seconds=float(ckpt["train_seconds"]), best_epoch=int(ckpt["epoch"]) + 1,  # counted from 1
@@ -84,14 +83,14 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
     if rule:
         res["prediction_rule"] = rule
         print(f"prediction rule: {rule}")
-    res.update(task.extra_metrics(s, ckpt))
-    print(task.describe(res, split, s))
+    res.update(setting.extra_metrics(s, ckpt))
+    print(setting.describe(res, split, s))
     if out_dir is not None:
         _log(res, pred, true, vids, Path(out_dir), timelines)
         write_evaluation_page(Path(out_dir) / layout.PAGE_FILE, res, pred, true, vids)
         atomic_write_json(Path(out_dir) / layout.PER_VIDEO_FILE, {
             "head": res["head"], "setting": res["setting"], "split": split,
-            "score": task.video_score, **per_video})
+            "score": setting.video_score, **per_video})
     return res
 
 

@@ -20,13 +20,13 @@ from pipeline import layout
 from pipeline.data.ids import output_file
 from pipeline.evaluation import report
 from pipeline.evaluation.evaluate import evaluate
-from pipeline.heads import get_head_class
+from pipeline.heads import get_head_class, schedule
 from pipeline.heads._registry import TRAIN_KEYS
 from pipeline.runtime import atomic_write_json
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import check_head
 from pipeline.training.run import train_from_params
-from pipeline.training.selection import PROTOCOLS, schedule
+from pipeline.training.selection import PROTOCOLS
 
 
 def cell_dir(root: str | Path, head: str, setting: str, seed: int | None) -> Path:

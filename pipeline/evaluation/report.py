@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline import layout
+from pipeline import layout, settings
 from pipeline.evaluation.intervals import bootstrap_ci, paired_bootstrap
 from pipeline.heads import get_head_class, reported
 from pipeline.runtime import atomic_write_json, atomic_write_text
@@ -64,7 +64,8 @@ def cell_row(head: str, setting: str, visual: str, audio: str,
     """One table row from ``evaluate`` outputs of the val-selected (``result``) and the
     test-selected (``result_test_selected``) checkpoints (``None`` = not run, with ``note``)."""
     acc, src = paper_accuracy(head, setting)
-    pm = get_head_class(head).REPORTED_PARAMS_M if setting == "fully" else None
+    kind = settings.get(setting)
+    pm = get_head_class(head).REPORTED_PARAMS_M if kind.paper_params else None
     ts = result_test_selected
     row = {"head": head, "setting": setting, "visual": visual, "audio": audio,
            "accuracy": _pct(result["accuracy"]) if result else None,
@@ -74,17 +75,7 @@ def cell_row(head: str, setting: str, visual: str, audio: str,
            "train_seconds": round(float(result["train_seconds"]), 2) if result else None,
            "paper_accuracy": acc, "paper_params": int(pm * 1e6) if pm else None,
            "paper_source": src, "note": note}
-    if setting == "cml":
-        row["cross_modal"] = ({k: _pct(v) for k, v in result["cross_modal"].items()}
-                              if result else None)
-        row["cross_modal_test_selected"] = ({k: _pct(v) for k, v in ts["cross_modal"].items()}
-                                            if ts else None)
-        rep = reported(head, setting)
-        row["paper_cross_modal"] = dict(rep.per_direction) if rep and rep.per_direction else None
-        row["videos"] = int(result["videos"]) if result else None
-        row["cml_excluded"] = dict(result["cml_excluded"]) if result else None
-        row["cml_excluded_by_split"] = (dict(result.get("cml_excluded_by_split", {}))
-                                        if result else None)
+    row.update(kind.table_row(result, ts, reported(head, setting)))
     return row
 
 
@@ -194,39 +185,39 @@ def _seeds(row: dict[str, Any]) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Papers' layout: one line a head, fully and weak side by side; then M2N Table 1's layout
     (A2V, V2A, average) for the heads with a cml row."""
-    heads = list(dict.fromkeys(r["head"] for r in rows if r["setting"] != "cml"))
+    segment = [n for n in settings.names() if settings.get(n).table == "segment"]
+    heads = list(dict.fromkeys(r["head"] for r in rows if r["setting"] in segment))
     by = {(r["head"], r["setting"]): r for r in rows}
     feats = sorted({f"{r['visual']} + {r['audio']}" for r in rows})
+    both = " / ".join(segment)
     out = ["# AVE localization results (test segment accuracy, %)", "",
            f"Features: {', '.join(feats)}. Paper numbers: VGG-19 + VGG-like (VGGish) rows of the "
            "papers' tables. Ours, val: the checkpoint of the best val epoch (our protocol). "
            "Ours, test: the checkpoint the head's released training script reports (its "
            "schedule of checks on the test split; AVEL's selects on val every 5 epochs), the "
            "protocol behind the papers' numbers. Params: trainable parameters of our head "
-           "(fully / weak where they differ; the paper's where reported). "
+           f"({both} where they differ; the paper's where reported). "
            "Time: our training wall time (mean over seeds). Ours: mean ± sd across seeds "
            "[95% bootstrap interval over test videos, the seeds' predictions pooled].", "",
-           "| head | fully (ours, val) | fully (ours, test) | fully (paper) | weak (ours, val) "
-           "| weak (ours, test) | weak (paper) | params (ours) | params (paper) "
-           "| train s (fully / weak) | notes | seeds (fully / weak) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+           "| head | " + "".join(f"{s} (ours, val) | {s} (ours, test) | {s} (paper) | "
+                                  for s in segment)
+           + f"params (ours) | params (paper) | train s ({both}) | notes | seeds ({both}) |",
+           "|---|" + "---:|" * (3 * len(segment) + 3) + "---|---|"]
     for h in heads:
-        f, w = by.get((h, "fully"), {}), by.get((h, "weak"), {})
-        ps = [r.get("params") for r in (f, w) if r.get("params") is not None]
+        cells = [by.get((h, s), {}) for s in segment]
+        ps = [r.get("params") for r in cells if r.get("params") is not None]
         params = " / ".join(f"{x:,}" for x in dict.fromkeys(ps)) if ps else None
-        notes = "; ".join(f"{s}: {r['note']}" for s, r in (("fully", f), ("weak", w))
+        paper_params = next((r["paper_params"] for r in cells if r.get("paper_params")), None)
+        notes = "; ".join(f"{s}: {r['note']}" for s, r in zip(segment, cells)
                           if r and r.get("note"))
-        out.append(f"| {h} | {fmt_accuracy(f, 'accuracy')} "
-                   f"| {fmt_accuracy(f, 'accuracy_test_selected')} "
-                   f"| {_fmt(f.get('paper_accuracy'), '.1f')} "
-                   f"| {fmt_accuracy(w, 'accuracy')} "
-                   f"| {fmt_accuracy(w, 'accuracy_test_selected')} "
-                   f"| {_fmt(w.get('paper_accuracy'), '.1f')} "
-                   f"| {_fmt(params)} | {_fmt(f.get('paper_params'), ',')} "
-                   f"| {_fmt(f.get('train_seconds'), '.0f')} / {_fmt(w.get('train_seconds'), '.0f')} "
-                   f"| {notes} | {_seeds(f)} / {_seeds(w)} |")
+        out.append(f"| {h} | " + "".join(
+            f"{fmt_accuracy(r, 'accuracy')} | {fmt_accuracy(r, 'accuracy_test_selected')} "
+            f"| {_fmt(r.get('paper_accuracy'), '.1f')} | " for r in cells)
+            + f"{_fmt(params)} | {_fmt(paper_params, ',')} "
+            f"| {' / '.join(_fmt(r.get('train_seconds'), '.0f') for r in cells)} "
+            f"| {notes} | {' / '.join(_seeds(r) for r in cells)} |")
     out += _comparison_markdown(rows)
-    out += _cml_markdown([r for r in rows if r["setting"] == "cml"])
+    out += _cross_modal_markdown([r for r in rows if settings.get(r["setting"]).table == "cross_modal"])
     sources = sorted({r["paper_source"] for r in rows if r.get("paper_source")})
     out += ["", "Sources: " + "; ".join(sources) + "; params: VSCG Table II.", ""]
     return "\n".join(out)
@@ -258,7 +249,7 @@ def _comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _cml_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def _cross_modal_markdown(rows: list[dict[str, Any]]) -> list[str]:
     """M2N Table 1's layout: exact-window-match accuracy per direction and their average."""
     if not rows:
         return []

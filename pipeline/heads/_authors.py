@@ -4,8 +4,10 @@
 
 A head with public code implements ``Head.from_authors_state_dict(state_dict, setting,
 **overrides)``: it wraps the dict in :class:`AuthorsStateDict`, infers the dimensions from the
-shapes (:meth:`AuthorsStateDict.dim`), checks ``overrides`` against them
-(:func:`check_overrides`), builds itself with ``build_head`` and fills itself with
+shapes (:meth:`AuthorsStateDict.dim`), builds itself with
+:func:`pipeline.heads._registry.authors_head` (the one rule for ``overrides``: the checkpoint's
+widths win, an override that contradicts one is an error naming the key and both values, every
+value is checked as ``heads.<name>`` in params.yaml) and fills itself with
 :meth:`AuthorsStateDict.load_into` (a renaming of module prefixes, the longest prefix winning)
 or, where tensors must be split or merged, with :meth:`~AuthorsStateDict.take` /
 :meth:`~AuthorsStateDict.skip` / :meth:`~AuthorsStateDict.finish` directly. Every key of the
@@ -18,7 +20,7 @@ the size came from first (a wrong ``L2.weight`` shows up as a misfit of ``L2.bia
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -125,20 +127,6 @@ class AuthorsStateDict:
         self.finish()
         head.load_state_dict(converted, strict=True)
         return head
-
-
-def check_overrides(what: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any],
-                    fixed: Mapping[str, Any]) -> None:
-    """``overrides`` of a ``from_authors_state_dict``: keys of the head's ``defaults``, and none
-    that contradicts a value ``fixed`` by the checkpoint (its shapes, its code)."""
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise ValueError(f"{what}: unknown hyperparameter {unknown[0]!r} (valid: "
-                         f"{', '.join(sorted(defaults))})")
-    clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
-    if clash:
-        raise ValueError(f"{what}: {clash[0]!r} is fixed by the authors' checkpoint "
-                          f"({fixed[clash[0]]!r})")
 
 
 def _common_prefix(a: list[str], b: list[str]) -> list[str]:

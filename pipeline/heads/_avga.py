@@ -17,11 +17,15 @@ Where the audio term enters (``audio_term``):
 """
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-AUDIO_TERMS = ("position", "broadcast")
+AudioTerm = Literal["position", "broadcast"]  # the `audio_term` hyperparameter of a Config
+AUDIO_TERMS = typing.get_args(AudioTerm)
 
 
 class AudioGuidedVisualAttention(nn.Module):

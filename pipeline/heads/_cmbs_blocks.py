@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.settings.targets import relevance_targets, video_event_class  # noqa: F401 (used by the heads)
+
 
 # --------------------------------------------------------------------------- CMGA (Sec. 3.3)
 class SpatialSelfAttention(nn.Module):
@@ -278,17 +280,6 @@ class CMBSTrunk(nn.Module):
 
 
 # ----------------------------------------------------------------------------- labels, losses
-def relevance_targets(labels: torch.Tensor) -> torch.Tensor:
-    """One-hot ``(B, T, C+1)`` -> event relevance ``(B, T)`` float (1 = event, 0 = background)."""
-    return 1.0 - labels[..., -1]
-
-
-def video_event_class(labels: torch.Tensor) -> torch.Tensor:
-    """One-hot ``(B, T, C+1)`` -> the video's event class ``(B,)`` in ``0..C-1`` (authors' code:
-    the foreground class present in the video)."""
-    return labels[..., :-1].sum(1).argmax(-1)
-
-
 def fully_loss(class_logits: torch.Tensor, relevance_logits: torch.Tensor, gate_av: torch.Tensor,
                labels: torch.Tensor, av_score: torch.Tensor | None = None,
                gate_on_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
@@ -375,7 +366,7 @@ def trunk_unused_keys(trunk: CMBSTrunk) -> dict[str, tuple[int, ...]]:
 def authors_trunk_sizes(sd, hidden_key: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Widths and feature dimensions of the CMBS trunk read from an authors' state dict (the
     layout CMBS and CACE-Net share): ``(hyperparameters, {visual_dim, audio_dim})``;
-    ``hidden_key`` names the CMGA bottleneck width in the head's ``DEFAULTS``."""
+    ``hidden_key`` names the CMGA bottleneck width in the head's ``Config``."""
     widths = {"visual_fc_dim": sd.dim("v_fc.weight", 0),
               hidden_key: sd.dim("spatial_channel_att.affine_bottleneck.weight", 0),
               "d_model": sd.dim("video_gated.0.weight", 1),

@@ -1,11 +1,13 @@
 """Registry of localization heads (one module a paper), filled by importing ``pipeline.heads``.
 
 A head module defines one :class:`Head` subclass decorated with ``@register_head("<name>")``
-and two module-level dicts on the class:
+that declares on the class:
 
-* ``DEFAULTS``: model hyperparameters, each commented with the paper's equation/table;
-* ``TRAIN_DEFAULTS``: ``{setting: {...}}`` for each of the head's ``settings`` (see
-  ``SETTINGS``) with the paper's optimizer
+* ``Config``: its model hyperparameters, once, as a frozen dataclass (type, default, and the
+  paper's equation/table or code line in the comment; :mod:`pipeline.heads._config`). The head's
+  ``__init__`` reads ``cfg``; ``DEFAULTS`` is derived from it at registration (read only);
+* ``TRAIN_DEFAULTS``: ``{setting: {...}}`` for each of the head's ``settings`` (registered in
+  :mod:`pipeline.settings`) with the paper's optimizer
   (``"adam"`` | ``"sgd"``), ``lr``, ``weight_decay``, ``batch_size``, ``epochs``, learning-rate
   schedule, ``clip_grad`` (0 = none). The schedule multiplies ``lr`` by ``lr_gamma`` at chosen
   epochs (0-based: a decay at epoch ``m`` applies from the ``m+1``-th epoch on, as
@@ -18,29 +20,29 @@ and two module-level dicts on the class:
 
   The other one is ``0`` / ``[]``; a recipe with both set is an error.
 
-Settings (``SETTINGS``; a head lists those its paper defines in ``settings``):
+Settings (:mod:`pipeline.settings`; a head lists those its paper defines in ``settings``):
 
 * ``fully``: segment labels; ``weak``: video labels only. Both are evaluated per segment.
 * ``cml``: M2N's cross-modality localization (M2N Sec. 3.5, Table 1): the event segments of one
   modality are the query, the head scores each segment of the other modality
   (``cross_modal_relevance(visual, audio, query_mask, direction)``), and the ``l``-window with
-  the largest sum must match the event exactly (A2V, V2A accuracy; ``pipeline.heads.m2n``).
+  the largest sum must match the event exactly (A2V, V2A accuracy; :mod:`pipeline.settings.cml`).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
 
-from pipeline.training.tasks import SETTINGS  # each setting is a task object
-TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "lr_step",
-              "lr_milestones", "lr_gamma", "clip_grad", "shuffle", "drop_last")
-# Recipe keys most released scripts share (a head's TRAIN_DEFAULTS may set them otherwise):
-# batches drawn from a shuffled train split, the last partial batch kept.
-RECIPE_DEFAULTS = {"shuffle": True, "drop_last": False}
+from pipeline import settings as setting_registry
+from pipeline.settings import Setting
+
+from . import _config
+from ._config import HparamError
 
 ENTRY_POINT_GROUP = "ave_pipeline.heads"  # heads of other installed packages register here
 
@@ -85,7 +87,7 @@ class Head(nn.Module):
     batch into a scalar; ``predict`` gives per-segment labels ``(B, T)`` in ``0..C`` where
     ``C = num_classes`` is background. ``fully`` and ``weak`` are evaluated per segment.
 
-    ``batch`` keys (built by the setting's task, :mod:`pipeline.training.tasks`): ``visual``,
+    ``batch`` keys (built by the setting, :mod:`pipeline.settings`): ``visual``,
     ``audio``, ``labels`` ``(B, T, C+1)`` one-hot (fully and cml targets; absent in the weak
     setting), ``weak`` ``(B, C+1)`` video-level labels as ``mil_labels.h5`` holds them (the event
     class alone; the background bit only for background-only videos), ``epoch`` and ``epochs``
@@ -94,9 +96,14 @@ class Head(nn.Module):
     """
 
     name: str = ""
-    settings: tuple[str, ...] = ("fully", "weak")  # of SETTINGS, those the paper defines
-    DEFAULTS: dict[str, Any] = {}
-    SETTING_DEFAULTS: dict[str, dict[str, Any]] = {}  # setting -> values of DEFAULTS left None
+    settings: tuple[str, ...] = ("fully", "weak")  # registered settings its paper defines
+
+    @dataclass(frozen=True)
+    class Config:
+        """No hyperparameters (a head overrides this with its own)."""
+
+    DEFAULTS: dict[str, Any] = {}  # derived from Config at registration (read only)
+    SETTING_DEFAULTS: dict[str, dict[str, Any]] = {}  # setting -> values of Config left None
     TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
     # What a head knows about itself besides its model (everything else derives from these):
     SELECTION: dict[str, Schedule] = {}  # setting -> the released script's checks (best_test.pt)
@@ -105,10 +112,17 @@ class Head(nn.Module):
     REPORTED_PARAMS_M: Optional[float] = None  # trainable parameters (millions) its paper reports
     REPORTED_PARAMS_SOURCE: str = ""  # where that count is printed
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully"):
+    def __init__(self, cfg: Any, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
         super().__init__()
+        self.cfg = cfg  # the head's resolved Config
         self.visual_dim, self.audio_dim = visual_dim, audio_dim
         self.num_classes, self.setting = num_classes, setting
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The resolved hyperparameters as a dict (what a checkpoint stores to rebuild it)."""
+        return dataclasses.asdict(self.cfg)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -133,7 +147,8 @@ class Head(nn.Module):
 
         ``state_dict`` is in the authors' module and key layout, as their
         ``torch.save(model.state_dict())`` writes it. Dimensions (feature sizes, classes, layer
-        widths) are inferred from the shapes; ``overrides`` are further ``DEFAULTS`` keys. Strict:
+        widths) are inferred from the shapes; ``overrides`` are further ``Config`` values, all
+        merged by one rule (:func:`authors_head`). Strict:
         every key is used once and shapes are checked; the first mismatch is a
         :class:`~pipeline.heads._authors.LayoutError` naming the key
         (see :mod:`pipeline.heads._authors`). In eval mode the result gives the authors' model's
@@ -169,6 +184,8 @@ def event_class_probabilities(event_logits: torch.Tensor, class_logits: torch.Te
 
 def register_head(name: str):
     def deco(cls: type[Head]) -> type[Head]:
+        _config.check_config(cls.Config, name)
+        cls.DEFAULTS = _config.defaults(cls.Config)
         if name in _HEADS:
             raise ValueError(f"head {name!r} is registered twice ({_HEADS[name].__module__} and "
                              f"{cls.__module__})")
@@ -179,9 +196,10 @@ def register_head(name: str):
             missing = [s for s in cls.settings if s not in getattr(cls, attr)]
             if missing:
                 raise ValueError(f"head {name!r}: {attr} has no entry for setting(s) {missing}")
-        bad = sorted(set(cls.settings) - set(SETTINGS))
+        bad = sorted(set(cls.settings) - set(setting_registry.names()))
         if bad:
-            raise ValueError(f"head {name!r}: unknown setting(s) {bad}; known: {', '.join(SETTINGS)}")
+            raise ValueError(f"head {name!r}: unknown setting(s) {bad}; known: "
+                             f"{', '.join(setting_registry.names())}")
         cls.name = name
         _HEADS[name] = cls
         return cls
@@ -222,17 +240,67 @@ def get_head_class(name: str) -> type[Head]:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A training recipe, typed (``TRAIN_DEFAULTS[setting]`` with the ``train.*`` overrides)."""
+    optimizer: Literal["adam", "sgd"]
+    lr: float
+    weight_decay: float
+    batch_size: int = field(metadata={"min": 1})
+    epochs: int = field(metadata={"min": 1})
+    lr_step: int  # a decay every lr_step epochs (0 = none); not with lr_milestones
+    lr_milestones: tuple[int, ...]  # epochs (0-based) where lr *= lr_gamma; strictly increasing
+    lr_gamma: float
+    clip_grad: float  # max global grad norm (0 = none)
+    shuffle: bool = True  # batches from a shuffled train split
+    drop_last: bool = False  # drop the last partial batch
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain types (what checkpoints and the fingerprint hold)."""
+        return {**dataclasses.asdict(self), "lr_milestones": list(self.lr_milestones)}
+
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
+RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe)
+                   if f.default is not dataclasses.MISSING}
+
+
+@dataclass(frozen=True)
 class HeadSpec:
-    """One head resolved once: every hyperparameter (``DEFAULTS``, then the setting's
-    ``SETTING_DEFAULTS`` for ``None`` values, then the overrides, then the map size) and the
-    training recipe (``TRAIN_DEFAULTS[setting]`` with the recipe overrides). Config validation,
-    the training loop, checkpoints and the converters all consume this; nothing merges again."""
-    head: str
-    setting: str
-    hparams: dict[str, Any]
-    recipe: dict[str, Any]
+    """One run's head resolved once (:func:`resolve`): the head class, its typed ``config``
+    (``Config`` defaults, then the setting's ``SETTING_DEFAULTS`` for ``None`` values, then the
+    overrides), the setting object, the typed recipe and the seed. The training loop builds the
+    head from it (:func:`instantiate`) and checkpoints store it (:meth:`record`), from which
+    :func:`rebuild` makes the head again; nothing merges or checks again."""
+    head_class: type[Head]
+    config: Any  # head_class.Config
+    setting: Setting
+    recipe: Recipe
     seed: int = 0  # the run's seed (init, shuffling, dropout): given, or the authors' (SEEDS)
     notes: tuple[str, ...] = ()  # what resolution chose on its own (printed by the loop)
+    given: frozenset[str] = frozenset()  # hyperparameters the run sets (kept by fit_visual_map)
+    authors_seed: bool = False  # the seed is the authors' (none was given)
+
+    @property
+    def head(self) -> str:
+        return self.head_class.name
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def fit_visual_map(self, map_hw: Optional[tuple[int, int]]) -> "HeadSpec":
+        """This spec for visual maps of ``map_hw`` (H, W): the per-position audio term (AVEL,
+        PSP, VSCG code) needs ``att_dim = H*W`` (49 = 7x7); set unless the run gives
+        ``att_dim``. Returns ``self`` when nothing changes."""
+        hp = self.hparams
+        positions = map_hw and len(map_hw) == 2 and int(map_hw[0]) * int(map_hw[1])
+        if (not positions or hp.get("audio_term") != "position" or "att_dim" in self.given
+                or hp.get("att_dim") == positions):
+            return self
+        note = (f"att_dim: {positions} (= H*W of the {map_hw[0]}x{map_hw[1]} visual maps: the "
+                f"per-position audio term needs it; set heads.{self.head}.att_dim to override)")
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, att_dim=positions),
+                                   notes=self.notes + (note,))
 
 
 def resolve(name: str, setting: str = "fully", overrides: Optional[dict[str, Any]] = None,
@@ -246,24 +314,19 @@ def resolve(name: str, setting: str = "fully", overrides: Optional[dict[str, Any
         raise SpecError("setting", f"head {name!r} has no {setting!r} setting; it supports: "
                                    f"{', '.join(cls.settings)}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(cls.DEFAULTS))
-    if unknown:
-        raise SpecError(f"hparams.{unknown[0]}",
-                        f"head {name!r} has no hyperparameter {unknown[0]!r}; valid: "
-                        f"{', '.join(sorted(cls.DEFAULTS))}")
     per_setting = cls.SETTING_DEFAULTS.get(setting, {})
-    hparams = {k: per_setting.get(k, v) if v is None else v for k, v in cls.DEFAULTS.items()}
-    hparams.update(overrides)
-    notes = []
-    positions = map_hw and len(map_hw) == 2 and int(map_hw[0]) * int(map_hw[1])
-    if (positions and hparams.get("audio_term") == "position" and "att_dim" not in overrides
-            and hparams.get("att_dim") != positions):
-        # The per-position audio term (AVEL, PSP, VSCG code) needs att_dim = H*W (49 = 7x7).
-        hparams["att_dim"] = positions
-        notes.append(f"att_dim: {positions} (= H*W of the {map_hw[0]}x{map_hw[1]} visual maps: "
-                     f"the per-position audio term needs it; set heads.{name}.att_dim to override)")
-    return HeadSpec(name, setting, hparams, _resolve_recipe(cls, setting, recipe or {}),
-                    default_seed(name, setting) if seed is None else int(seed), tuple(notes))
+    base = cls.Config()
+    unset = {f.name: per_setting[f.name] for f in dataclasses.fields(base)
+             if getattr(base, f.name) is None and f.name in per_setting}
+    try:
+        config = _config.replace(base, {**unset, **overrides}, name)
+    except HparamError as e:
+        raise SpecError(f"hparams.{e.key}", str(e)) from None
+    spec = HeadSpec(cls, config, setting_registry.get(setting),
+                    _resolve_recipe(cls, setting, recipe or {}),
+                    default_seed(name, setting) if seed is None else int(seed),
+                    given=frozenset(overrides), authors_seed=seed is None)
+    return spec.fit_visual_map(map_hw)
 
 
 class SpecError(ValueError):
@@ -275,7 +338,7 @@ class SpecError(ValueError):
         self.key = key
 
 
-def _resolve_recipe(cls: type[Head], setting: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def _resolve_recipe(cls: type[Head], setting: str, overrides: dict[str, Any]) -> Recipe:
     """``TRAIN_DEFAULTS[setting]`` with the non-null ``overrides``; the schedule is one of
     ``lr_step`` / ``lr_milestones`` (strictly increasing epochs >= 1)."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -289,8 +352,7 @@ def _resolve_recipe(cls: type[Head], setting: str, overrides: dict[str, Any]) ->
     if missing:
         raise SpecError(f"recipe.{missing[0]}", f"head {cls.name!r} TRAIN_DEFAULTS[{setting!r}] "
                                                 f"lacks {missing}; set train.{missing[0]} in params.yaml")
-    recipe["lr_milestones"] = list(recipe["lr_milestones"])
-    ms = recipe["lr_milestones"]
+    ms = list(recipe["lr_milestones"])
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms):
         raise SpecError("recipe.lr_milestones", f"must be epochs >= 1, got {ms!r} "
                                                 f"({origin['lr_milestones']})")
@@ -301,15 +363,61 @@ def _resolve_recipe(cls: type[Head], setting: str, overrides: dict[str, Any]) ->
         raise SpecError("recipe.lr_step / train.lr_milestones", f"the recipe sets both lr_step={recipe['lr_step']} "
                         f"({origin['lr_step']}) and lr_milestones={ms} ({origin['lr_milestones']}); "
                         "a schedule is one of them: set train.lr_step: 0 or train.lr_milestones: []")
-    return recipe
+    recipe["lr_milestones"] = tuple(ms)
+    checked = {}
+    for k, v in recipe.items():
+        if k == "lr_milestones":
+            checked[k] = v
+            continue
+        try:
+            checked[k] = _config.check_value(Recipe, k, v, cls.name)
+        except HparamError as e:
+            raise SpecError(f"recipe.{k}", f"{e} ({origin[k]})") from None
+    return Recipe(**checked)
 
 
 def instantiate(spec: HeadSpec, *, visual_dim: int, audio_dim: int, num_classes: int) -> Head:
     """The head of a resolved ``spec`` with these input and class sizes."""
-    head = get_head_class(spec.head)(visual_dim, audio_dim, num_classes, spec.setting,
-                                     **spec.hparams)
-    head.hparams = dict(spec.hparams)  # what a checkpoint stores to rebuild it
-    return head
+    return spec.head_class(spec.config, visual_dim, audio_dim, num_classes, spec.setting.name)
+
+
+def rebuild(head: str, setting: str, hparams: dict[str, Any], dims: dict[str, int]) -> Head:
+    """The head a checkpoint describes (its ``head``, ``setting``, ``hparams``, ``dims``): the
+    stored hyperparameters are the resolved ones, so they are only type-checked (one error
+    naming the key), not merged with defaults again."""
+    cls = get_head_class(head)
+    if setting not in cls.settings:
+        raise SpecError("setting", f"head {head!r} has no {setting!r} setting; it supports: "
+                                   f"{', '.join(cls.settings)}")
+    try:
+        config = cls.Config(**{k: _config.check_value(cls.Config, k, v, head)
+                               for k, v in hparams.items()})
+    except HparamError as e:
+        raise SpecError(f"hparams.{e.key}", str(e)) from None
+    except TypeError as e:  # a Config field the checkpoint lacks
+        raise SpecError("hparams", f"head {head!r}: {e}") from None
+    return cls(config, dims["visual_dim"], dims["audio_dim"], dims["num_classes"], setting)
+
+
+def authors_head(cls: type[Head], setting: str, dims: dict[str, int], fixed: dict[str, Any],
+                 overrides: dict[str, Any], what: str) -> Head:
+    """The one rule of every authors'-checkpoint converter: the head of ``setting`` with the
+    sizes ``dims`` and the ``fixed`` hyperparameters read from the checkpoint (its shapes, its
+    code), and ``overrides`` (``--set``) for the rest. An override that contradicts a fixed
+    value is an error naming the key and both values; every value is checked by the code that
+    checks ``heads.<name>`` in params.yaml."""
+    if setting not in cls.settings:
+        raise ValueError(f"head {cls.name!r} has no {setting!r} setting; it supports: "
+                         f"{', '.join(cls.settings)}")
+    for key in sorted(overrides):
+        _config.check_value(cls.Config, key, overrides[key], cls.name)  # unknown key / type
+    clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
+    if clash:
+        k = clash[0]
+        raise ValueError(f"{what}: {k!r} is fixed by the authors' checkpoint ({fixed[k]!r}); "
+                         f"--set {k}={overrides[k]!r} contradicts it")
+    spec = resolve(cls.name, setting, {**overrides, **fixed})
+    return instantiate(spec, **dims)
 
 
 def resolve_hparams(name: str, setting: str = "fully", **overrides: Any) -> dict[str, Any]:
@@ -319,7 +427,7 @@ def resolve_hparams(name: str, setting: str = "fully", **overrides: Any) -> dict
 
 def train_defaults(name: str, setting: str) -> dict[str, Any]:
     """The paper's recipe of head ``name`` in ``setting`` (a copy)."""
-    return resolve(name, setting).recipe
+    return resolve(name, setting).recipe.as_dict()
 
 
 def build_head(name: str, *, visual_dim: int, audio_dim: int, num_classes: int,
@@ -334,11 +442,7 @@ def from_authors_state_dict(name: str, state_dict: dict[str, torch.Tensor], sett
                             **overrides: Any) -> Head:
     """Head ``name`` converted from the authors' ``state_dict`` (see
     :meth:`Head.from_authors_state_dict`)."""
-    cls = get_head_class(name)
-    if setting not in cls.settings:
-        raise ValueError(f"head {name!r} has no {setting!r} setting; it supports: "
-                         f"{', '.join(cls.settings)}")
-    return cls.from_authors_state_dict(state_dict, setting, **overrides)
+    return get_head_class(name).from_authors_state_dict(state_dict, setting, **overrides)
 
 
 def count_parameters(model: nn.Module) -> int:

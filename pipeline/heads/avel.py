@@ -22,12 +22,13 @@ code and save their ``state_dict()``). The outputs match ``softmax(logits)`` (fu
 component         | authors' code                 | paper           | default here | option
 ------------------+-------------------------------+-----------------+--------------+----------------------
 AVGA audio term   | per position (H*W = 49)       | broadcast (Eq.) | code         | audio_term: broadcast
-layer sizes, init | 512/49/LSTM 128/64, Xavier    | not all stated  | code         | widths in DEFAULTS
+layer sizes, init | 512/49/LSTM 128/64, Xavier    | not all stated  | code         | widths in Config 
 fully loss        | MultiLabelSoftMargin(softmax) | not stated      | code         | -
 weak pooling      | max over time, softmax        | MIL             | code         | -
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,19 +36,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
-from ._avga import AudioGuidedVisualAttention, bilstm
-from ._registry import Head, Reported, Schedule, build_head, register_head
+from ._avga import AudioGuidedVisualAttention, AudioTerm, bilstm
+from ._registry import Head, Reported, Schedule, authors_head, register_head
 
 
 @register_head("avel")
 class AVEL(Head):
-    DEFAULTS = {
-        "att_hidden": 512,  # AVGA projection width of audio and visual (Sec. 3.2; code hidden_size=512)
-        "att_dim": 49,  # AVGA scoring-MLP width (code: affine_v/affine_g to 49 = 7x7 positions)
-        "audio_term": "position",  # AVGA: position (code; H*W = att_dim) | broadcast (paper's Eq.)
-        "lstm_hidden": 128,  # per-direction Bi-LSTM units (code hidden_dim=128; fused 4*128)
-        "fc_hidden": 64,  # width of the first fusion FC (code L1: 4*hidden -> 64)
-    }
+    @dataclass(frozen=True)
+    class Config:
+        att_hidden: int = 512  # AVGA projection width of audio and visual (Sec. 3.2; code hidden_size=512)
+        att_dim: int = 49  # AVGA scoring-MLP width (code: affine_v/affine_g to 49 = 7x7 positions)
+        audio_term: AudioTerm = "position"  # AVGA: position (code; H*W = att_dim) | broadcast (paper's Eq.)
+        lstm_hidden: int = 128  # per-direction Bi-LSTM units (code hidden_dim=128; fused 4*128)
+        fc_hidden: int = 64  # width of the first fusion FC (code L1: 4*hidden -> 64)
+
     # The released scripts check val every 5 epochs (from 0); the weak script never updates
     # best_val_acc, so it keeps the last check: we follow the evident intent, the best one.
     SELECTION = {s: Schedule("val", every=5, source="YapengTian/AVE-ECCV18 (supervised_main.py, weak_supervised_main.py): val, epoch % 5 == 0")
@@ -75,14 +77,15 @@ class AVEL(Head):
                  "clip_grad": 0.0, **_LOADER},
     }
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
-                 att_hidden: int, att_dim: int, audio_term: str, lstm_hidden: int, fc_hidden: int):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, att_hidden, att_dim, audio_term)
-        self.lstm_audio = bilstm(audio_dim, lstm_hidden)
-        self.lstm_video = bilstm(visual_dim, lstm_hidden)
-        self.L1 = nn.Linear(4 * lstm_hidden, fc_hidden)
-        self.L2 = nn.Linear(fc_hidden, num_classes + 1)
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        self.attention = AudioGuidedVisualAttention(visual_dim, audio_dim, cfg.att_hidden, cfg.att_dim,
+                                                    cfg.audio_term)
+        self.lstm_audio = bilstm(audio_dim, cfg.lstm_hidden)
+        self.lstm_video = bilstm(visual_dim, cfg.lstm_hidden)
+        self.L1 = nn.Linear(4 * cfg.lstm_hidden, cfg.fc_hidden)
+        self.L2 = nn.Linear(cfg.fc_hidden, num_classes + 1)
         for layer in (self.L1, self.L2):
             nn.init.xavier_uniform_(layer.weight)
 
@@ -116,7 +119,7 @@ class AVEL(Head):
                 "num_classes": sd.dim("L2.weight", 0) - 1}
         widths = {"att_hidden": sd.dim("affine_audio.weight", 0), "att_dim": sd.dim("affine_v.weight", 0),
                   "lstm_hidden": sd.dim("lstm_audio.weight_hh_l0", 1), "fc_hidden": sd.dim("L1.weight", 0)}
-        head = build_head(cls.name, setting=setting, **dims, **{**widths, **overrides})
+        head = authors_head(cls, setting, dims, widths, overrides, sd.what)
         renames = {"attention": "", "lstm_audio": "lstm_audio", "lstm_video": "lstm_video",
                    "L1": "L1", "L2": "L2"}
         return sd.load_into(head, renames)

@@ -13,6 +13,7 @@ one by one at test time.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,10 +58,9 @@ class _SegmentClassifier(Head):
 class MajorityHead(_SegmentClassifier):
     """Predicts one class for every segment: a learned bias over the C+1 classes."""
 
-    DEFAULTS: dict[str, Any] = {}
-
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully"):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
+    def __init__(self, cfg: Head.Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
         self.bias = nn.Parameter(torch.zeros(num_classes + 1))
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -71,20 +71,21 @@ class MajorityHead(_SegmentClassifier):
 class _UnimodalLSTM(_SegmentClassifier):
     """Linear + ReLU, a bidirectional LSTM over the ten segments, a C+1-way classifier."""
 
-    DEFAULTS: dict[str, Any] = {
-        "hidden_dim": 128,  # AVEL code: LSTM hidden size 128
-        "dropout": 0.2,  # our choice, on the LSTM output
-    }
+    @dataclass(frozen=True)
+    class Config:
+        hidden_dim: int = 128  # AVEL code: LSTM hidden size 128
+        dropout: float = 0.2  # our choice, on the LSTM output
+
     modality = ""
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
-                 hidden_dim: int = 128, dropout: float = 0.2):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
         in_dim = visual_dim if self.modality == "visual" else audio_dim
-        self.proj = nn.Linear(in_dim, hidden_dim)
-        self.lstm = nn.LSTM(hidden_dim, hidden_dim, batch_first=True, bidirectional=True)
-        self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(2 * hidden_dim, num_classes + 1)
+        self.proj = nn.Linear(in_dim, cfg.hidden_dim)
+        self.lstm = nn.LSTM(cfg.hidden_dim, cfg.hidden_dim, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(2 * cfg.hidden_dim, num_classes + 1)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         # Visual maps (B,T,H,W,C) are average-pooled over space (AVEL's "V" model input).

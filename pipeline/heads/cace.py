@@ -42,17 +42,18 @@ precision                 float64 (``model.double()``)   (not specified)        
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._authors import AuthorsStateDict, check_overrides
+from ._authors import AuthorsStateDict
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, SpatialSelfAttention, authors_trunk_sizes,
                            av_score, fully_loss, localize, relevance_targets, trunk_keys,
                            trunk_unused_keys)
-from ._registry import (RELEVANCE_RULE, Head, Reported, Schedule, build_head,
+from ._registry import (RELEVANCE_RULE, Head, Reported, Schedule, authors_head,
                         event_class_probabilities, register_head)
 
 
@@ -119,28 +120,28 @@ class CoGuidedAttention(nn.Module):
 @register_head("cace")
 class CACENet(Head):
     settings = ("fully",)
-    DEFAULTS = {
-        "variant": "code",  # "code": the authors' supv_main_model (--guide Co-Guide --contrastive;
+    @dataclass(frozen=True)
+    class Config:
+        variant: Literal["code", "paper"] = "code"  # "code": the authors' supv_main_model (--guide Co-Guide --contrastive;
         # table in the module docstring) | "paper": class branch Eq. 11 and loss Eq. 12 as printed
-        "visual_fc_dim": 512,  # input FC width for the visual maps (authors' code video_fc_dim=512)
-        "input_dropout": 0.2,  # dropout after the input FC (authors' code)
-        "guide_hidden": 256,  # hidden width d of the guidance attentions (Eq. 1; code 256)
-        "beta": 0.4,  # audio-guided visual gate, Eq. 2 (Appendix: "0.4 by default"; main.json)
-        "psi": 0.3,  # visual-guided audio gate, Eq. 6 (Table S2 best; run_supp.sh --psai 0.3)
-        "d_model": 256,  # hidden size of the temporal modules (authors' main.json)
-        "heads": 4,  # heads of self- and cross-modal attention (authors' code)
-        "av_heads": 4,  # heads of the AV interaction module (authors' code)
-        "enc_ff": 1024,  # self-attention feed-forward width (authors' code)
-        "dec_ff": 512,  # cross-modal attention feed-forward width (authors' code)
-        "alpha": 0.1,  # CMBS time-level suppression weight, x + alpha*g*x (authors' main.json)
-        "gamma": 0.3,  # weight of the CAS score added to the class logits (authors' main.json)
-        "top_k": 4,  # top-K of the CAS score (authors' code)
-        "bece_lambda": 0.6,  # lambda of Eq. 8 (Table 2 best; run_supp.sh --Lambda 0.6)
-        "bece_noise_std": 0.1,  # std of the Gaussian-noise augmentation (authors' data_augmentation)
-        "bece_temperature": 0.01,  # tau of Eq. 7 (authors' supv_main.py: logits /= 0.01)
-        "bece_weight": 1.0,  # weight of L_contrast in Eq. 12 (paper 1; code contras_coeff 1.0)
-        "bece_start": 0.125,  # BECE on from epoch >= this fraction of the epochs (code n_epoch/8)
-    }
+        visual_fc_dim: int = 512  # input FC width for the visual maps (authors' code video_fc_dim=512)
+        input_dropout: float = 0.2  # dropout after the input FC (authors' code)
+        guide_hidden: int = 256  # hidden width d of the guidance attentions (Eq. 1; code 256)
+        beta: float = 0.4  # audio-guided visual gate, Eq. 2 (Appendix: "0.4 by default"; main.json)
+        psi: float = 0.3  # visual-guided audio gate, Eq. 6 (Table S2 best; run_supp.sh --psai 0.3)
+        d_model: int = 256  # hidden size of the temporal modules (authors' main.json)
+        heads: int = 4  # heads of self- and cross-modal attention (authors' code)
+        av_heads: int = 4  # heads of the AV interaction module (authors' code)
+        enc_ff: int = 1024  # self-attention feed-forward width (authors' code)
+        dec_ff: int = 512  # cross-modal attention feed-forward width (authors' code)
+        alpha: float = 0.1  # CMBS time-level suppression weight, x + alpha*g*x (authors' main.json)
+        gamma: float = 0.3  # weight of the CAS score added to the class logits (authors' main.json)
+        top_k: int = 4  # top-K of the CAS score (authors' code)
+        bece_lambda: float = 0.6  # lambda of Eq. 8 (Table 2 best; run_supp.sh --Lambda 0.6)
+        bece_noise_std: float = 0.1  # std of the Gaussian-noise augmentation (authors' data_augmentation)
+        bece_temperature: float = 0.01  # tau of Eq. 7 (authors' supv_main.py: logits /= 0.01)
+        bece_weight: float = 1.0  # weight of L_contrast in Eq. 12 (paper 1; code contras_coeff 1.0)
+        bece_start: float = 0.125  # BECE on from epoch >= this fraction of the epochs (code n_epoch/8)
     SELECTION = {"fully": Schedule("test", source="Brain-Cog-Lab/CACE-Net (supv_main.py, eval_freq 1): "
                                                  "test, every epoch")}
     SEEDS = {"fully": 3917}  # supv_main.py: seed 3917
@@ -158,20 +159,17 @@ class CACENet(Head):
     def prediction_rule(cls, setting, hparams):
         return RELEVANCE_RULE if setting == "fully" else None
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
-                 **hp: Any):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        if hp["variant"] not in ("code", "paper"):
-            raise ValueError(f"cace: variant must be 'code' or 'paper', got {hp['variant']!r}")
-        self.hp = hp
-        d, vd, code = hp["d_model"], hp["visual_fc_dim"], hp["variant"] == "code"
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        d, vd, code = cfg.d_model, cfg.visual_fc_dim, cfg.variant == "code"
         self.v_fc = nn.Linear(visual_dim, vd)
-        self.dropout = nn.Dropout(hp["input_dropout"])
-        self.guide = CoGuidedAttention(vd, audio_dim, hp["guide_hidden"], hp["beta"], hp["psi"])
+        self.dropout = nn.Dropout(cfg.input_dropout)
+        self.guide = CoGuidedAttention(vd, audio_dim, cfg.guide_hidden, cfg.beta, cfg.psi)
         # The paper's class branch (Eq. 11) has no CAS: those layers exist only in the code variant.
         self.trunk = CMBSTrunk(vd, audio_dim, num_classes if code else 0, d_model=d,
-                               heads=hp["heads"], av_heads=hp["av_heads"], enc_ff=hp["enc_ff"],
-                               dec_ff=hp["dec_ff"], use_rnn=True, alpha=hp["alpha"], order="code",
+                               heads=cfg.heads, av_heads=cfg.av_heads, enc_ff=cfg.enc_ff,
+                               dec_ff=cfg.dec_ff, use_rnn=True, alpha=cfg.alpha, order="code",
                                tbs_form="residual")
         self.project = nn.Sequential(nn.Linear(d, d), nn.ReLU())  # one nonlinear layer (Sec. 3.3)
         self.relevance = nn.Linear(d, 1)  # W_3, Eq. 10
@@ -186,18 +184,18 @@ class CACENet(Head):
         fused = out["fused"]  # F_av
         out["gate_av"] = out["gate_v"] * out["gate_a"]
         query = self.project(fused)  # F_FT
-        noise = torch.randn_like(fused) * self.hp["bece_noise_std"]
+        noise = torch.randn_like(fused) * self.cfg.bece_noise_std
         out["bece_query"], out["bece_key"] = query, self.project(fused + noise)
         out["relevance_plain"] = self.relevance(fused).squeeze(-1)  # before BECE is switched on
-        out["relevance"] = self.relevance(fused + self.hp["bece_lambda"] * query).squeeze(-1)  # Eq. 8
+        out["relevance"] = self.relevance(fused + self.cfg.bece_lambda * query).squeeze(-1)  # Eq. 8
         out["class_logits"] = self.classifier(fused.max(1).values)  # Eq. 11 (softmax in the CE)
-        if self.hp["variant"] == "code":  # the CMBS code's CAS branch
-            out["av_score"] = av_score(out["cas_v"], out["cas_a"], self.hp["top_k"])
-            out["class_logits"] = out["class_logits"] + self.hp["gamma"] * out["av_score"]
+        if self.cfg.variant == "code":  # the CMBS code's CAS branch
+            out["av_score"] = av_score(out["cas_v"], out["cas_a"], self.cfg.top_k)
+            out["class_logits"] = out["class_logits"] + self.cfg.gamma * out["av_score"]
         return out
 
     def bece_active(self, batch: dict[str, Any]) -> bool:
-        return batch["epoch"] >= self.hp["bece_start"] * batch["epochs"]
+        return batch["epoch"] >= self.cfg.bece_start * batch["epochs"]
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         active = self.bece_active(batch)
@@ -205,13 +203,13 @@ class CACENet(Head):
         # Eq. 12 without L_contrast: CE + BCE(relevance) + BCE(g_av) (+ the code's CE on av_score,
         # and its BCEWithLogits on the sigmoided gate)
         loss, parts = fully_loss(out["class_logits"], rel_logits, out["gate_av"], batch["labels"],
-                                 av_score=out.get("av_score"), gate_on_logits=self.hp["variant"] == "code")
+                                 av_score=out.get("av_score"), gate_on_logits=self.cfg.variant == "code")
         if active:
             if self.training:
                 self.bece_trained.fill_(True)
             l_con = bece_loss(out["bece_query"], out["bece_key"], relevance_targets(batch["labels"]),
-                              self.hp["bece_temperature"])
-            loss = loss + self.hp["bece_weight"] * l_con
+                              self.cfg.bece_temperature)
+            loss = loss + self.cfg.bece_weight * l_con
             parts["contrast"] = l_con.item()
         return loss, parts
 
@@ -235,9 +233,8 @@ class CACENet(Head):
                              f"attribute) and the paper defines no weak setting")
         sd = AuthorsStateDict(state_dict, what)
         widths, dims = authors_trunk_sizes(sd, "guide_hidden")
-        check_overrides(what, cls.DEFAULTS, overrides, widths)
         dims["num_classes"] = sd.dim("localize_module.event_classifier.weight", 0)
-        head = build_head(cls.name, setting=setting, **dims, **{**overrides, **widths})
+        head = authors_head(cls, setting, dims, widths, overrides, what)
         sd.load_into(head, *head._authors_layout(sd.dim("a_fc.weight", 0)), ours_only=["bece_trained"])
         head.bece_trained.fill_(True)
         return head
@@ -255,7 +252,7 @@ class CACENet(Head):
                    **trunk_keys(weak=False), "project.0": "localize_module.encoder_q.0",
                    "relevance": "localize_module.classifier",
                    "classifier": "localize_module.event_classifier"}
-        vd = self.hp["visual_fc_dim"]
+        vd = self.cfg.visual_fc_dim
         unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED,
                   att + "v_norm2.weight": (vd,), att + "v_norm2.bias": (vd,),
                   "a_fc.weight": (a_fc, self.audio_dim), "a_fc.bias": (a_fc,)}

@@ -43,46 +43,47 @@ precision                 float64 (``model.double()``)  (not specified)         
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._authors import AuthorsStateDict, check_overrides
+from ._authors import AuthorsStateDict
 from ._cmbs_blocks import (CMGA, CMGA_KEYS, CMGA_UNUSED, CMBSTrunk, authors_trunk_sizes, av_score,
                            class_topk_mean, event_suppress, fully_loss, localize, trunk_keys,
                            trunk_unused_keys)
-from ._registry import (RELEVANCE_RULE, Head, Reported, Schedule, build_head,
+from ._registry import (RELEVANCE_RULE, Head, Reported, Schedule, authors_head,
                         event_class_probabilities, register_head)
 
-VARIANTS = ("code", "paper")
+Variant = Literal["code", "paper"]  # the `variant` hyperparameter
 
 
 @register_head("cmbs")
 class CMBS(Head):
-    DEFAULTS = {
-        "variant": "code",  # "code": the authors' computation (table in the module docstring) |
+    @dataclass(frozen=True)
+    class Config:
+        variant: Variant = "code"  # "code": the authors' computation (table in the module docstring) |
         # "paper": the equations as printed (Eq. 3-4, 8-12)
-        "visual_fc_dim": 512,  # input FC width for the visual maps (authors' code video_fc_dim=512)
-        "input_dropout": None,  # dropout after the input FC; None = per setting
-        "cmga_hidden": 256,  # hidden width of the CMGA attentions (Eq. 1; authors' code 256)
-        "d_model": 256,  # d_h, hidden size of all temporal modules (authors' main.json/weak.json)
-        "heads": 4,  # heads of self- and cross-modal attention (authors' code nhead=4)
-        "top_k": 4,  # K of the class-wise top-K mean, Eq. 5 ("commonly set to 4"; code 4)
-        "beta": None,  # CMGA residual gate, Eq. 2; None = per setting (SETTING_DEFAULTS)
-        "alpha": None,  # TBS suppression weight, Eq. 3-4; None = per setting
-        "gamma": None,  # EBS weight, Eq. 8 / 11; None = per setting
-        "enc_ff": None,  # feed-forward width of the self-attention layers; None = per setting
-        "dec_ff": 1024,  # feed-forward width of the cross-modal attention (authors' code 1024)
-        "av_heads": None,  # heads of the AV interaction module; None = per setting
-        "use_rnn": None,  # Bi-LSTMs before self-attention; None = per setting
-        "weak_predict": "video",  # weak inference: "video" = the video's class for every segment
+        visual_fc_dim: int = 512  # input FC width for the visual maps (authors' code video_fc_dim=512)
+        input_dropout: Optional[float] = None  # dropout after the input FC; None = per setting
+        cmga_hidden: int = 256  # hidden width of the CMGA attentions (Eq. 1; authors' code 256)
+        d_model: int = 256  # d_h, hidden size of all temporal modules (authors' main.json/weak.json)
+        heads: int = 4  # heads of self- and cross-modal attention (authors' code nhead=4)
+        top_k: int = 4  # K of the class-wise top-K mean, Eq. 5 ("commonly set to 4"; code 4)
+        beta: Optional[float] = None  # CMGA residual gate, Eq. 2; None = per setting (SETTING_DEFAULTS)
+        alpha: Optional[float] = None  # TBS suppression weight, Eq. 3-4; None = per setting
+        gamma: Optional[float] = None  # EBS weight, Eq. 8 / 11; None = per setting
+        enc_ff: Optional[int] = None  # feed-forward width of the self-attention layers; None = per setting
+        dec_ff: int = 1024  # feed-forward width of the cross-modal attention (authors' code 1024)
+        av_heads: Optional[int] = None  # heads of the AV interaction module; None = per setting
+        use_rnn: Optional[bool] = None  # Bi-LSTMs before self-attention; None = per setting
+        weak_predict: Literal["video", "segment"] = "video"  # weak inference: "video" = the video's class for every segment
         # (authors' weakly_main.py: its sigmoid(gate) > 0.5 test always passes) | "segment" =
         # per-segment argmax of the gated scores (MIL localization of [32]; with variant="code"
         # the scores are a video-level vector times a positive gate, so both agree)
-    }
-    # Values that differ between the settings (a DEFAULTS value of None takes these).
+    # Values that differ between the settings (a Config value of None takes these).
     SETTING_DEFAULTS = {
         "fully": {
             "input_dropout": 0.2,  # authors' supv_main_model
@@ -130,23 +131,17 @@ class CMBS(Head):
                     "(heads.cmbs.weak_predict=segment: per-segment argmax)")
         return None
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
-                 **hp: Any):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        if hp["variant"] not in VARIANTS:
-            raise ValueError(f"cmbs: variant must be one of {VARIANTS}, got {hp['variant']!r}")
-        if hp["weak_predict"] not in ("video", "segment"):
-            raise ValueError("cmbs: weak_predict must be 'video' or 'segment', "
-                             f"got {hp['weak_predict']!r}")
-        self.hp = hp
-        d, vd, code = hp["d_model"], hp["visual_fc_dim"], hp["variant"] == "code"
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        d, vd, code = cfg.d_model, cfg.visual_fc_dim, cfg.variant == "code"
         classes = num_classes if setting == "fully" else num_classes + 1  # Sec. 3.5
         self.v_fc = nn.Linear(visual_dim, vd)
-        self.dropout = nn.Dropout(hp["input_dropout"])
-        self.cmga = CMGA(vd, audio_dim, hp["cmga_hidden"], hp["beta"])
-        self.trunk = CMBSTrunk(vd, audio_dim, classes, d_model=d, heads=hp["heads"],
-                               av_heads=hp["av_heads"], enc_ff=hp["enc_ff"], dec_ff=hp["dec_ff"],
-                               use_rnn=hp["use_rnn"], alpha=hp["alpha"], order=hp["variant"],
+        self.dropout = nn.Dropout(cfg.input_dropout)
+        self.cmga = CMGA(vd, audio_dim, cfg.cmga_hidden, cfg.beta)
+        self.trunk = CMBSTrunk(vd, audio_dim, classes, d_model=d, heads=cfg.heads,
+                               av_heads=cfg.av_heads, enc_ff=cfg.enc_ff, dec_ff=cfg.dec_ff,
+                               use_rnn=cfg.use_rnn, alpha=cfg.alpha, order=cfg.variant,
                                tbs_form="residual" if code and setting == "fully" else "convex",
                                own_gate=code and setting == "weak")
         if setting == "fully":
@@ -169,8 +164,8 @@ class CMBS(Head):
 
     def _fully_event_level(self, class_raw: torch.Tensor, cas_v: torch.Tensor,
                            cas_a: torch.Tensor) -> dict[str, torch.Tensor]:
-        k, gamma = self.hp["top_k"], self.hp["gamma"]
-        if self.hp["variant"] == "code":
+        k, gamma = self.cfg.top_k, self.cfg.gamma
+        if self.cfg.variant == "code":
             score = av_score(cas_v, cas_a, k)
             return {"av_score": score, "class_logits": class_raw + gamma * score}
         ebs_v = torch.sigmoid(class_topk_mean(cas_v, k))  # Eq. 5
@@ -178,8 +173,8 @@ class CMBS(Head):
         return {"class_logits": event_suppress(class_raw, ebs_v, ebs_a, gamma)}  # Eq. 8
 
     def _weak_scores(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        seg, gamma, k = self.classifier(out["fused"]), self.hp["gamma"], self.hp["top_k"]  # Eq. 10
-        if self.hp["variant"] == "code":
+        seg, gamma, k = self.classifier(out["fused"]), self.cfg.gamma, self.cfg.top_k  # Eq. 10
+        if self.cfg.variant == "code":
             seg = gamma * torch.sigmoid(out["cas_v"]) * seg + gamma * torch.sigmoid(out["cas_a"]) * seg
             video_raw = class_topk_mean(seg, k)  # (B, C+1), before the time-level gate
             gate_av = (out["gate_v"] + out["gate_a"]) / 2
@@ -194,7 +189,7 @@ class CMBS(Head):
                 "video_logits": gated.max(1).values}  # Eq. 12
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        code = self.hp["variant"] == "code"
+        code = self.cfg.variant == "code"
         if self.setting == "fully":  # Eq. 9 (+ the code's CE on av_score)
             return fully_loss(out["class_logits"], out["relevance"], out["gate_av"], batch["labels"],
                               av_score=out.get("av_score"), gate_on_logits=code)
@@ -209,7 +204,7 @@ class CMBS(Head):
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.setting == "fully":
             return localize(out["relevance"], out["class_logits"])
-        if self.hp["weak_predict"] == "segment":
+        if self.cfg.weak_predict == "segment":
             return out["segment_logits"].argmax(-1)
         t = out["segment_logits"].shape[1]
         return out["video_raw"].argmax(-1, keepdim=True).expand(-1, t)
@@ -220,16 +215,12 @@ class CMBS(Head):
         """A head with the weights of the authors' ``supv_main_model`` (fully) or
         ``weak_main_model`` (weak) state dict; dimensions from its shapes, ``overrides`` = other
         hyperparameters (heads, alpha, ...; their values are not in a state dict)."""
-        what = f"cmbs ({setting})"
-        if setting not in cls.settings:
-            raise ValueError(f"{what}: the authors' models are fully and weak")
-        sd = AuthorsStateDict(state_dict, what)
+        sd = AuthorsStateDict(state_dict, f"cmbs ({setting})")
         cas = ("localize_module.event_classifier.weight" if setting == "fully"
                else "CAS_model.classifier.0.weight")
         widths, dims = authors_trunk_sizes(sd, "cmga_hidden")
-        check_overrides(what, cls.DEFAULTS, overrides, widths)
         dims["num_classes"] = sd.dim(cas, 0) - (1 if setting == "weak" else 0)
-        head = build_head(cls.name, setting=setting, **dims, **{**overrides, **widths})
+        head = authors_head(cls, setting, dims, widths, overrides, sd.what)
         return sd.load_into(head, *head._authors_layout())
 
     def _authors_layout(self) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
@@ -239,7 +230,7 @@ class CMBS(Head):
                    **{"cmga." + o: "spatial_channel_att." + t for o, t in CMGA_KEYS.items()},
                    **trunk_keys(weak=not fully), "relevance": "localize_module.classifier",
                    "classifier": "localize_module.event_classifier" if fully else "CAS_model.classifier.0"}
-        d = self.hp["d_model"]
+        d = self.cfg.d_model
         unused = {**trunk_unused_keys(self.trunk), **CMGA_UNUSED}
         if fully:
             unused.update({f"{m}_norm.{p}": (d,) for m in ("video", "audio") for p in ("weight", "bias")})
@@ -252,7 +243,7 @@ class CMBS(Head):
     def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.setting == "fully":
             return event_class_probabilities(out["relevance"], out["class_logits"])
-        if self.hp["weak_predict"] == "segment":
+        if self.cfg.weak_predict == "segment":
             return out["segment_logits"].float().softmax(-1)
         t = out["segment_logits"].shape[1]
         return out["video_raw"].float().softmax(-1).unsqueeze(1).expand(-1, t, -1)

@@ -1,7 +1,7 @@
 """M2N: Wang et al., CVPR 2021, "Multi-Modulation Network for Audio-Visual Event Localization".
 
 No public code; everything follows the paper (m2n.txt), choices it leaves open are marked
-"(not stated)". Settings: ``fully`` (SEL) and ``cml``, the cross-modality localization task, a
+"(not stated)". Settings: ``fully`` (SEL) and ``cml``, the cross-modality localization setting, a
 separately trained model as in the paper; no weak setting.
 
 * audio-guided visual attention of [37] (AVEL, shared :mod:`._avga`), then one linear layer per
@@ -19,21 +19,19 @@ separately trained model as in the paper; no weak setting.
   into one ``d``-vector that reads nothing of the searched sequence) repeated N times, its IMN
   omitted, relevance over the searched modality (:meth:`M2N.cross_modal_relevance`); in the
   ``cml`` setting ``forward_batch`` runs A2V and V2A with the event segments as query and the
-  loss is Eq. 18 (BCE only; no classifier is built). Inference and metric (Sec. 4.1, Table 1):
-  :func:`best_window`, :func:`window_localization_accuracy`, batched by :func:`cml_evaluate`.
+  loss is Eq. 18 (BCE only; no classifier is built). Inference, metric and protocol (Sec. 4.1,
+  Table 1): the ``cml`` setting, :mod:`pipeline.settings.cml`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.evaluation.metrics import confusion_matrix
-from pipeline.layout import ORDER_MATCH_FILE
-from pipeline.training.tasks import Task, register_task
+from pipeline.settings.cml import DIRECTIONS
 
 from ._avga import AudioGuidedVisualAttention
 from ._cmbs_blocks import localize, relevance_targets, video_event_class
@@ -109,26 +107,23 @@ class MASM(nn.Module):
         return dense.diagonal(dim1=1, dim2=2).transpose(1, 2)  # Eq. 13
 
 
-DIRECTIONS = ("a2v", "v2a")  # CML query -> searched modality (Table 1 columns)
-
-
 @register_head("m2n")
 class M2N(Head):
     settings = ("fully", "cml")
-    DEFAULTS = {
-        "d_model": 256,  # common dimension d (Sec. 4.2)
-        "heads": 4,  # heads h of every multi-head attention (Sec. 4.2)
-        "att_hidden": 512,  # AVGA projection width of [37] (AVEL code hidden_size=512)
-        "att_dim": 49,  # AVGA scoring-MLP width of [37] (AVEL code 49)
-        "conv_kernel": 3,  # MSPM Conv2d kernel over the proposal map (not stated)
-        "dropout": 0.1,  # attention dropout (not stated)
-    }
+    @dataclass(frozen=True)
+    class Config:
+        d_model: int = 256  # common dimension d (Sec. 4.2)
+        heads: int = 4  # heads h of every multi-head attention (Sec. 4.2)
+        att_hidden: int = 512  # AVGA projection width of [37] (AVEL code hidden_size=512)
+        att_dim: int = 49  # AVGA scoring-MLP width of [37] (AVEL code 49)
+        conv_kernel: int = 3  # MSPM Conv2d kernel over the proposal map (not stated)
+        dropout: float = 0.1  # attention dropout (not stated)
     SELECTION = {"fully": NO_RELEASED_CODE, "cml": NO_RELEASED_CODE}  # no released code
     REPORTED = {"fully": Reported(79.5, "M2N Table 2"),
                 "cml": Reported(52.4, "M2N Table 1 (cross-modality localization, average of A2V "
                                       "and V2A)", per_direction={"a2v": 51.2, "v2a": 53.6})}
     TRAIN_DEFAULTS = {
-        # Sec. 4.2: Adam, lr 5e-4, batch 32, one recipe for both tasks (SEL and CML). Epochs,
+        # Sec. 4.2: Adam, lr 5e-4, batch 32, one recipe for both settings (SEL and CML). Epochs,
         # schedule, weight decay and clipping are not stated: 200 epochs as the sibling heads,
         # no decay, no clipping.
         setting: {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0, "batch_size": 32,
@@ -144,16 +139,16 @@ class M2N(Head):
                     "'event', the rest 'background'; rows A2V then V2A")
         return RELEVANCE_RULE
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully",
-                 **hp: Any):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        d, h, p = hp["d_model"], hp["heads"], hp["dropout"]
-        self.avga = AudioGuidedVisualAttention(visual_dim, audio_dim, hp["att_hidden"], hp["att_dim"])
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        d, h, p = cfg.d_model, cfg.heads, cfg.dropout
+        self.avga = AudioGuidedVisualAttention(visual_dim, audio_dim, cfg.att_hidden, cfg.att_dim)
         self.visual_in = nn.Linear(visual_dim, d)
         self.audio_in = nn.Linear(audio_dim, d)
         self.cmn_v, self.cmn_a = Modulation(d, h, p), Modulation(d, h, p)
         self.imn_v, self.imn_a = Modulation(d, h, p), Modulation(d, h, p)
-        self.mspm = MSPM(d, h, hp["conv_kernel"], p)
+        self.mspm = MSPM(d, h, cfg.conv_kernel, p)
         self.masm = MASM(d, h, p)
         # Eq. 15; CML has no category label ("no event category label is provided", Sec. 3.5)
         self.classifier = nn.Linear(d, num_classes) if setting == "fully" else None
@@ -258,129 +253,3 @@ class M2N(Head):
             f_v, f_a = self.cmn_v(q, f_a), self.cmn_a(f_a, q)
             f_a = self.imn_a(f_a)
         return self._localize(f_v, f_a)[1]
-
-
-# ----------------------------------------------------------------------- CML protocol / metric
-def cml_exclusions(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean masks over rows of one-hot ``labels`` (n, T, C+1): ``full_length`` (every segment
-    an event: one window, trivially right) and ``no_event`` (no query)."""
-    events = (labels[..., -1] == 0).sum(1)
-    return {"full_length": events == labels.shape[1], "no_event": events == 0}
-
-
-@register_task
-class CrossModalLocalization(Task):
-    """M2N's cross-modality localization (Sec. 3.5, Table 1) on the cml split
-    (``<split>_order_match.h5``): the event segments of one modality are the query, the head
-    scores the other modality's segments. Samples without an event segment (no query) are left
-    out everywhere. Events spanning all segments (one possible window, trivially right) are
-    left out where the AVE reference evaluation skips them, at evaluation (val, test), and kept
-    in training, as AVE-ECCV18's ``cmm_train.py`` trains on every row; both are counted. The
-    selection metric is the mean of the A2V and V2A window accuracies; evaluation adds each
-    direction, and its confusion matrix and timelines compare the predicted windows of both
-    directions with the event segments."""
-
-    name = "cml"
-    video_score = "mean exact-window match of A2V and V2A"
-    order_file = ORDER_MATCH_FILE
-    order_hint = " (the cml split: the data root needs cml/{train,val,test}Set.txt; re-run prepare)"
-
-    def select_rows(self, split, labels, rows):
-        masks = cml_exclusions(labels)
-        if split == "train":  # the reference trains on every row with a query
-            masks["full_length"] = np.zeros(len(rows), dtype=bool)
-        keep = rows[~np.logical_or.reduce(list(masks.values()))]
-        return keep, {k: rows[m] for k, m in masks.items()}
-
-    def metrics(self, head, data, device, num_classes):
-        acc = cml_evaluate(head, data.visual, data.audio, data.labels, device)[0]
-        return {"accuracy": acc["average"], "a2v": acc["a2v"], "v2a": acc["v2a"]}
-
-    def evaluate(self, head, data, device, batch_size, categories, video_ids):
-        acc, windows = cml_evaluate(head, data.visual, data.audio, data.labels, device, batch_size)
-        events = data.targets.numpy() != data.labels.shape[-1] - 1
-        pred = np.concatenate([np.where(windows[d].numpy(), 0, 1) for d in DIRECTIONS])
-        true = np.tile(np.where(events, 0, 1), (len(DIRECTIONS), 1))
-        res = {"accuracy": acc["average"], "cross_modal": {d: acc[d] for d in DIRECTIONS},
-               "labels": ["event", "background"], "segments": int(true.size),
-               "confusion": confusion_matrix(pred, true, 2).tolist()}
-        return res, pred, true, [f"{d}_{v}" for d in DIRECTIONS for v in video_ids]
-
-    def video_scores(self, pred, true):
-        """Rows are the A2V then the V2A windows (2n, T): a video scores the mean of its two
-        exact matches."""
-        return (np.asarray(pred) == np.asarray(true)).all(1).reshape(len(DIRECTIONS), -1).mean(0)
-
-    def extra_metrics(self, data, trained):
-        counts = {k: len(v) for k, v in data.task_excluded.items()}
-        return {"cml_excluded": counts,  # train/val: from the training run
-                "cml_excluded_by_split": {**trained.get("cml_excluded", {}), data.split: counts}}
-
-    def describe(self, res, split, data):
-        return (f"{split} (cml split): cross-modal localization A2V "
-                f"{res['cross_modal']['a2v']:.4f}, V2A {res['cross_modal']['v2a']:.4f}, average "
-                f"{res['accuracy']:.4f} ({len(data)} videos; excluded: {len(data.excluded)} invalid "
-                f"features, {res['cml_excluded']['full_length']} full-length events, "
-                f"{res['cml_excluded']['no_event']} without an event)")
-
-
-def best_window(scores: torch.Tensor, length: int) -> int:
-    """Start of the ``length``-long window with the maximum contiguous sum of ``scores`` (T,)."""
-    return int(scores.unfold(0, length, 1).sum(-1).argmax())
-
-
-def window_predictions(relevance: torch.Tensor, event_mask: torch.Tensor) -> torch.Tensor:
-    """CML inference (Sec. 3.5): each video's predicted window ``(B, T)`` bool, the ``l``-window
-    with the maximum contiguous sum of ``relevance`` (B, T), ``l`` = its count of ground-truth
-    event segments in ``event_mask`` (B, T) (the query length); empty for a video without one."""
-    windows = torch.zeros(event_mask.shape, dtype=torch.bool)
-    for i, (scores, length) in enumerate(zip(relevance.float().cpu(), event_mask.sum(1).tolist())):
-        if length:
-            start = best_window(scores, length)
-            windows[i, start:start + length] = True
-    return windows
-
-
-def window_localization_accuracy(relevance: torch.Tensor, event_mask: torch.Tensor) -> float:
-    """CML metric (Sec. 4.1): the fraction of videos whose predicted window
-    (:func:`window_predictions`) equals the ground-truth event segments ``event_mask`` (B, T)
-    exactly. Videos whose event is not one contiguous run of 1..T segments cannot be matched by
-    a window and are skipped.
-    """
-    mask = event_mask.bool().cpu()
-    n = mask.sum(1)
-    first = mask.int().argmax(1)
-    last = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
-    contiguous = (n > 0) & (last - first + 1 == n)
-    if not contiguous.any():
-        raise ValueError("no video with one contiguous ground-truth event to evaluate")
-    correct = (window_predictions(relevance, mask) == mask).all(1)
-    return float(correct[contiguous].float().mean())
-
-
-@torch.no_grad()
-def cml_evaluate(head: Head, visual: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor,
-                 device: torch.device, batch_size: int = 64
-                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """M2N's CML evaluation (Sec. 4.1, Table 1) of a head trained in the ``cml`` setting.
-
-    ``visual`` (n, T, H, W, Cv), ``audio`` (n, T, Ca), one-hot ``labels`` (n, T, C+1) of a split
-    (any dtype; cast per batch on ``device``). Each video's event segments are the query of
-    ``cross_modal_relevance`` in both directions, in eval mode. Returns the accuracies
-    ``{"a2v", "v2a", "average"}`` (Table 1 columns, fractions) and the predicted windows
-    ``{"a2v", "v2a"}`` (n, T) bool.
-    """
-    was_training = head.training
-    head.eval()
-    relevance: dict[str, list[torch.Tensor]] = {d: [] for d in DIRECTIONS}
-    for s in range(0, len(visual), batch_size):
-        v = visual[s:s + batch_size].to(device).float()
-        a = audio[s:s + batch_size].to(device).float()
-        events = relevance_targets(labels[s:s + batch_size].to(device)).bool()
-        for d in DIRECTIONS:
-            relevance[d].append(head.cross_modal_relevance(v, a, events, d).cpu())
-    head.train(was_training)
-    mask = relevance_targets(labels).bool()
-    acc = {d: window_localization_accuracy(torch.cat(r), mask) for d, r in relevance.items()}
-    acc["average"] = sum(acc[d] for d in DIRECTIONS) / len(DIRECTIONS)
-    return acc, {d: window_predictions(torch.cat(r), mask) for d, r in relevance.items()}

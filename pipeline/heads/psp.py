@@ -36,15 +36,17 @@ threshold tau         | 0.099 fully, 0.095 weak       | 0.095 (Table 3)      | c
 from __future__ import annotations
 
 import math
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
-from ._avga import AudioGuidedVisualAttention, bilstm, segment_targets
-from ._registry import Head, Reported, Schedule, build_head, register_head
+from ._avga import AudioGuidedVisualAttention, AudioTerm, bilstm, segment_targets
+from ._registry import Head, Reported, Schedule, authors_head, register_head
 
 _EPS = 1e-8  # the authors' code adds 1e-8 to every l1-normalisation denominator
 
@@ -162,7 +164,8 @@ def weak_target(weak: torch.Tensor) -> torch.Tensor:
     return l1_normalize(weak.float())
 
 
-WEAK_TARGETS = ("shares", "video")
+WeakTarget = Literal["shares", "video"]  # the `weak_target` hyperparameter
+WEAK_TARGETS = typing.get_args(WeakTarget)
 
 
 def weak_bce_target(batch: dict[str, Any], kind: str) -> torch.Tensor:
@@ -170,7 +173,7 @@ def weak_bce_target(batch: dict[str, Any], kind: str) -> torch.Tensor:
 
     ``shares`` (default, both authors' ``weakly_supervised_main.py`` with ``prob_label``, and
     PSP's ``Y^weak``, the temporal mean of the segment labels): each class's share of the ten
-    segments, background included, the weak task's ``shares`` batch entry. ``video``: the video
+    segments, background included, the weak setting's ``shares`` batch entry. ``video``: the video
     label l1-normalised (:func:`weak_target`), which departs from both on the videos that have
     background segments (1,107 of AVE's 3,339 training videos)."""
     if kind not in WEAK_TARGETS:
@@ -190,9 +193,12 @@ class PSPEncoderHead(Head):
     ``self.lstm_video = bilstm(embed_dim, lstm_hidden)`` (that order fixes seeded initialisation).
     """
 
-    def _build_encoder(self, *, att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int,
-                       embed_dim: int, lstm_hidden: int) -> None:
-        visual_dim, audio_dim = self.visual_dim, self.audio_dim
+    def _build_encoder(self) -> None:
+        """From ``self.cfg``: ``att_hidden, att_dim, audio_term, embed_hidden, embed_dim,
+        lstm_hidden``."""
+        visual_dim, audio_dim, cfg = self.visual_dim, self.audio_dim, self.cfg
+        att_hidden, att_dim, audio_term = cfg.att_hidden, cfg.att_dim, cfg.audio_term
+        embed_hidden, embed_dim, lstm_hidden = cfg.embed_hidden, cfg.embed_dim, cfg.lstm_hidden
         if self.setting == "fully":
             self.fa = nn.Sequential(nn.Linear(audio_dim, embed_hidden, bias=False),
                                     nn.Linear(embed_hidden, embed_dim, bias=False))
@@ -217,24 +223,25 @@ class PSPEncoderHead(Head):
 
 @register_head("psp")
 class PSP(PSPEncoderHead):
-    DEFAULTS = {
-        "att_hidden": 512,  # AVGA projection width (Sec. 4.2 uses AVGA [28]; code hidden_size=512)
-        "att_dim": 49,  # AVGA scoring-MLP width (code map_size=49 = 7x7 positions)
-        "audio_term": "position",  # AVGA: position (code; H*W = att_dim) | broadcast (AVEL's Eq.)
-        "embed_hidden": 256,  # fully: fa/fv first layer width (code: Ca/Cv -> 256 -> 128)
-        "embed_dim": 128,  # LSTM input width: fa/fv output (fully), linear_v output (weak) (code)
-        "lstm_hidden": 128,  # per-direction Bi-LSTM units, d_l = 2 * 128 (Sec. 4.2; code)
-        "psp_hidden": 256,  # d_h of W_1 in Eq. 1 (code hidden_dim=256)
-        "tau_fully": 0.099,  # Eq. 2 threshold, fully (code --threshold 0.099; Table 3 lists 0.095)
-        "tau_weak": 0.095,  # Eq. 2 threshold, weak (Table 3 best; code --threshold 0.095)
-        "weak_target": "shares",  # weak BCE target: shares (code's prob_label; Y^weak) | video
-        "renormalize_weak": False,  # weak: Eq. 2's second l1-norm (code: false; paper: true)
-        "project_weak": False,  # weak: Eq. 4's W_3 + ReLU + dropout (code: false; paper: true)
-        "weight_relu": True,  # weak: Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
-        "avps_weight": 100.0,  # lambda of Eq. 10 (Sec. 5.1: set to 100)
-        "dropout": 0.1,  # dropout in the PSP linear layers (Sec. 5.1 "dropout"; rate from code)
-        "fc_hidden": 64,  # first classifier FC (Sec. 4.4 "two FC layers"; W_4 in Eq. 5; code 64)
-    }
+    @dataclass(frozen=True)
+    class Config:
+        att_hidden: int = 512  # AVGA projection width (Sec. 4.2 uses AVGA [28]; code hidden_size=512)
+        att_dim: int = 49  # AVGA scoring-MLP width (code map_size=49 = 7x7 positions)
+        audio_term: AudioTerm = "position"  # AVGA: position (code; H*W = att_dim) | broadcast (AVEL's Eq.)
+        embed_hidden: int = 256  # fully: fa/fv first layer width (code: Ca/Cv -> 256 -> 128)
+        embed_dim: int = 128  # LSTM input width: fa/fv output (fully), linear_v output (weak) (code)
+        lstm_hidden: int = 128  # per-direction Bi-LSTM units, d_l = 2 * 128 (Sec. 4.2; code)
+        psp_hidden: int = 256  # d_h of W_1 in Eq. 1 (code hidden_dim=256)
+        tau_fully: float = 0.099  # Eq. 2 threshold, fully (code --threshold 0.099; Table 3 lists 0.095)
+        tau_weak: float = 0.095  # Eq. 2 threshold, weak (Table 3 best; code --threshold 0.095)
+        weak_target: WeakTarget = "shares"  # weak BCE target: shares (code's prob_label; Y^weak) | video
+        renormalize_weak: bool = False  # weak: Eq. 2's second l1-norm (code: false; paper: true)
+        project_weak: bool = False  # weak: Eq. 4's W_3 + ReLU + dropout (code: false; paper: true)
+        weight_relu: bool = True  # weak: Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
+        avps_weight: float = 100.0  # lambda of Eq. 10 (Sec. 5.1: set to 100)
+        dropout: float = 0.1  # dropout in the PSP linear layers (Sec. 5.1 "dropout"; rate from code)
+        fc_hidden: int = 64  # first classifier FC (Sec. 4.4 "two FC layers"; W_4 in Eq. 5; code 64)
+
     SELECTION = {s: Schedule("test", every=5, skip_first=True, later_wins_ties=True,
                           source="jasongief/PSP_CVPR_2021 ({fully,weakly}_supervised_main.py, check_epoch 5): test, epoch % 5 == 0, epoch > 0")
                  for s in ("fully", "weak")}
@@ -253,30 +260,24 @@ class PSP(PSPEncoderHead):
                  "clip_grad": 0.0},
     }
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
-                 att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int, embed_dim: int,
-                 lstm_hidden: int, psp_hidden: int, tau_fully: float, tau_weak: float,
-                 renormalize_weak: bool, project_weak: bool, weight_relu: bool, avps_weight: float,
-                 dropout: float, fc_hidden: int, weak_target: str):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        self.avps_weight, self.weak_target = avps_weight, weak_target
-        if weak_target not in WEAK_TARGETS:
-            raise ValueError(f"{self.name}: weak_target must be one of {WEAK_TARGETS}, got {weak_target!r}")
-        d_l = 2 * lstm_hidden
-        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, audio_term=audio_term,
-                            embed_hidden=embed_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden)
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        d_l = 2 * cfg.lstm_hidden
+        self._build_encoder()
         if setting == "fully":
-            self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_fully, dropout, project=True,
-                                                 project_dropout=dropout)
-            self.L1 = nn.Linear(d_l, fc_hidden, bias=False)
-            self.L2 = nn.Linear(fc_hidden, num_classes + 1, bias=False)
+            self.psp = PositiveSamplePropagation(d_l, cfg.psp_hidden, cfg.tau_fully, cfg.dropout,
+                                                 project=True, project_dropout=cfg.dropout)
+            self.L1 = nn.Linear(d_l, cfg.fc_hidden, bias=False)
+            self.L2 = nn.Linear(cfg.fc_hidden, num_classes + 1, bias=False)
             nn.init.xavier_uniform_(self.L1.weight)
             nn.init.xavier_uniform_(self.L2.weight)
         else:
-            self.psp = PositiveSamplePropagation(d_l, psp_hidden, tau_weak, dropout, project=project_weak,
-                                                 project_dropout=dropout, renormalize=renormalize_weak)
-            self.classifier = WeightedMILClassifier(d_l, fc_hidden, num_classes + 1, weight_relu)
-        self.lstm_video = bilstm(embed_dim, lstm_hidden)
+            self.psp = PositiveSamplePropagation(d_l, cfg.psp_hidden, cfg.tau_weak, cfg.dropout,
+                                                 project=cfg.project_weak, project_dropout=cfg.dropout,
+                                                 renormalize=cfg.renormalize_weak)
+            self.classifier = WeightedMILClassifier(d_l, cfg.fc_hidden, num_classes + 1, cfg.weight_relu)
+        self.lstm_video = bilstm(cfg.embed_dim, cfg.lstm_hidden)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         alpha, psp = self._encode(visual, audio)
@@ -293,9 +294,9 @@ class PSP(PSPEncoderHead):
             labels = batch["labels"].float()
             ce = F.cross_entropy(out["logits"].flatten(0, 1), segment_targets(labels).flatten())  # Eq. 7
             avps = avps_loss(out["v_psp"], out["a_psp"], labels, self.num_classes)  # Eq. 9
-            loss = ce + self.avps_weight * avps  # Eq. 10
+            loss = ce + self.cfg.avps_weight * avps  # Eq. 10
             return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "avps": float(avps.detach())}
-        loss = F.binary_cross_entropy(out["video_prob"], weak_bce_target(batch, self.weak_target))  # Eq. 11
+        loss = F.binary_cross_entropy(out["video_prob"], weak_bce_target(batch, self.cfg.weak_target))  # Eq. 11
         return loss, {"loss": float(loss.detach())}
 
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -323,7 +324,7 @@ class PSP(PSPEncoderHead):
             renames.update({"classifier.W4": "L1", "classifier.W5": "L2", "classifier.W6": "W3"})
             unused = {"temperature": (1, dims["num_classes"] + 1), "W1.weight": (1, 2 * lstm_hidden),
                       "W2.weight": (1, 64)}
-        head = build_head(cls.name, setting=setting, **dims, **{**widths, **overrides})
+        head = authors_head(cls, setting, dims, widths, overrides, sd.what)
         return sd.load_into(head, renames, unused)
 
 

@@ -41,17 +41,20 @@ L_c, no-event video  | class 0                       | undefined            | le
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
-from ._avga import bilstm
-from ._registry import Reported, Schedule, build_head, event_class_probabilities, register_head
-from .psp import (CLASSIFY_UNUSED, PositiveSamplePropagation, PSPEncoderHead, WeightedMILClassifier,
-                  WEAK_TARGETS, avps_loss, encoder_layout, weak_bce_target)
+from ._avga import AudioTerm, bilstm
+from ._registry import Reported, Schedule, authors_head, event_class_probabilities, register_head
+from .psp import (CLASSIFY_UNUSED, PositiveSamplePropagation, PSPEncoderHead, WeakTarget,
+                  WeightedMILClassifier, avps_loss, encoder_layout, weak_bce_target)
+
+IsceWeak = Literal["code", "paper"]  # the `isce_weak` hyperparameter
 
 
 class CERE(nn.Module):
@@ -110,32 +113,32 @@ def smooth_loss(video_prob: torch.Tensor, target: torch.Tensor,
 
 @register_head("vscg")
 class VSCG(PSPEncoderHead):
-    DEFAULTS = {
-        "att_hidden": 512,  # AGVA projection width (Sec. III-C uses AGVA [3]; code hidden_size=512)
-        "att_dim": 49,  # AGVA scoring-MLP width (code map_size=49 = 7x7 positions)
-        "audio_term": "position",  # AGVA: position (code; H*W = att_dim) | broadcast (AVEL's Eq.)
-        "embed_hidden": 256,  # fully: fa/fv first layer width (code, as PSP)
-        "embed_dim": 128,  # LSTM input width (code)
-        "lstm_hidden": 128,  # per-direction Bi-LSTM units, d_s = 256 (Sec. III-C; code)
-        "psp_hidden": 256,  # d_h of PSP's W_1 (code)
-        "psp_tau": 0.099,  # PSP threshold (authors' code passes thr_val=0.099 in both settings)
-        "psp_dropout_fully": 0.2,  # dropout of PSP's branch projections, fully (code p=0.2)
-        "psp_dropout_weak": 0.1,  # dropout of PSP's branch projections, weak (code p=0.1)
-        "r_s": 0.2,  # dropout of the project-and-norm blocks after PSP (Sec. III-C, IV-A: r_s=0.2)
-        "r_i_fully": 0.1,  # dropout after ISCE, Eq. 12, fully (code ESCM p=0.1; Sec. IV-A: 0.2)
-        "r_i_weak": 0.5,  # dropout after ISCE, weak (Sec. IV-A: 0.5; code 0.5)
-        "isce_weak": "code",  # weak ISCE: code (cross-modal linear GRU init, no Eq. 12) | paper (Eqs. 9, 12)
-        "renormalize_weak": False,  # weak: PSP's second l1-norm of Eq. 2 (code: false; paper: true)
-        "weak_target": "shares",  # weak BCE target: shares (code's prob_label) | video (label, l1)
-        "weight_relu": True,  # weak: PSP Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
-        "cere_dim": 128,  # d_e: CERE output channels, GRU hidden, d_i = 2 d_e (Sec. III-D; code)
-        "cere_kernel": 5,  # CERE kernel size T/2 (Eq. 3)
-        "fuse_dim": 256,  # d_f of Eq. 12 (fully; code 256)
-        "fc_hidden": 64,  # weak classifier first FC (PSP weighting branch; code 64)
-        "event_threshold": 0.7,  # tau_b: o_t > tau_b is an event (Sec. III-E: 0.7)
-        "avps_weight": 1.0,  # weight of L_avps in Eq. 18 (Table V: L_c + L_t + L_avps)
-        "smooth_lambda": 2.0,  # lambda of Eq. 19 (Sec. IV-A: 2)
-    }
+    @dataclass(frozen=True)
+    class Config:
+        att_hidden: int = 512  # AGVA projection width (Sec. III-C uses AGVA [3]; code hidden_size=512)
+        att_dim: int = 49  # AGVA scoring-MLP width (code map_size=49 = 7x7 positions)
+        audio_term: AudioTerm = "position"  # AGVA: position (code; H*W = att_dim) | broadcast (AVEL's Eq.)
+        embed_hidden: int = 256  # fully: fa/fv first layer width (code, as PSP)
+        embed_dim: int = 128  # LSTM input width (code)
+        lstm_hidden: int = 128  # per-direction Bi-LSTM units, d_s = 256 (Sec. III-C; code)
+        psp_hidden: int = 256  # d_h of PSP's W_1 (code)
+        psp_tau: float = 0.099  # PSP threshold (authors' code passes thr_val=0.099 in both settings)
+        psp_dropout_fully: float = 0.2  # dropout of PSP's branch projections, fully (code p=0.2)
+        psp_dropout_weak: float = 0.1  # dropout of PSP's branch projections, weak (code p=0.1)
+        r_s: float = 0.2  # dropout of the project-and-norm blocks after PSP (Sec. III-C, IV-A: r_s=0.2)
+        r_i_fully: float = 0.1  # dropout after ISCE, Eq. 12, fully (code ESCM p=0.1; Sec. IV-A: 0.2)
+        r_i_weak: float = 0.5  # dropout after ISCE, weak (Sec. IV-A: 0.5; code 0.5)
+        isce_weak: IsceWeak = "code"  # weak ISCE: code (cross-modal linear GRU init, no Eq. 12) | paper (Eqs. 9, 12)
+        renormalize_weak: bool = False  # weak: PSP's second l1-norm of Eq. 2 (code: false; paper: true)
+        weak_target: WeakTarget = "shares"  # weak BCE target: shares (code's prob_label) | video (label, l1)
+        weight_relu: bool = True  # weak: PSP Eq. 5 phi = sigmoid(relu(.)) (code: true) | sigmoid(.) (paper)
+        cere_dim: int = 128  # d_e: CERE output channels, GRU hidden, d_i = 2 d_e (Sec. III-D; code)
+        cere_kernel: int = 5  # CERE kernel size T/2 (Eq. 3)
+        fuse_dim: int = 256  # d_f of Eq. 12 (fully; code 256)
+        fc_hidden: int = 64  # weak classifier first FC (PSP weighting branch; code 64)
+        event_threshold: float = 0.7  # tau_b: o_t > tau_b is an event (Sec. III-E: 0.7)
+        avps_weight: float = 1.0  # weight of L_avps in Eq. 18 (Table V: L_c + L_t + L_avps)
+        smooth_lambda: float = 2.0  # lambda of Eq. 19 (Sec. IV-A: 2)
     SELECTION = {
         "fully": Schedule("test", every=5, skip_first=True, later_wins_ties=True,
                           source="Bravo5542/VSCG (fully_supervised_main.py): test, "
@@ -166,54 +169,42 @@ class VSCG(PSPEncoderHead):
                     f"video's top event class; every other segment is background")
         return None
 
-    def __init__(self, visual_dim: int, audio_dim: int, num_classes: int, setting: str = "fully", *,
-                 att_hidden: int, att_dim: int, audio_term: str, embed_hidden: int, embed_dim: int,
-                 lstm_hidden: int, psp_hidden: int, psp_tau: float, psp_dropout_fully: float,
-                 psp_dropout_weak: float, r_s: float, r_i_fully: float, r_i_weak: float, isce_weak: str,
-                 renormalize_weak: bool, weight_relu: bool, cere_dim: int, cere_kernel: int,
-                 fuse_dim: int, fc_hidden: int, event_threshold: float, avps_weight: float,
-                 smooth_lambda: float, weak_target: str):
-        super().__init__(visual_dim, audio_dim, num_classes, setting)
-        self.weak_target = weak_target
-        if weak_target not in WEAK_TARGETS:
-            raise ValueError(f"{self.name}: weak_target must be one of {WEAK_TARGETS}, got {weak_target!r}")
-        if isce_weak not in ("code", "paper"):
-            raise ValueError(f"vscg: isce_weak must be 'code' or 'paper', got {isce_weak!r}")
-        self.event_threshold, self.avps_weight, self.smooth_lambda = event_threshold, avps_weight, smooth_lambda
-        self.paper_isce = setting == "fully" or isce_weak == "paper"  # Eqs. 9 and 12
-        d_s, d_i = 2 * lstm_hidden, 2 * cere_dim
-        self._build_encoder(att_hidden=att_hidden, att_dim=att_dim, audio_term=audio_term,
-                            embed_hidden=embed_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden)
+    def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,
+                 setting: str = "fully"):
+        super().__init__(cfg, visual_dim, audio_dim, num_classes, setting)
+        self.paper_isce = setting == "fully" or cfg.isce_weak == "paper"  # Eqs. 9 and 12
+        d_s, d_i = 2 * cfg.lstm_hidden, 2 * cfg.cere_dim
+        self._build_encoder()
         fully = setting == "fully"
-        self.psp = PositiveSamplePropagation(d_s, psp_hidden, psp_tau,
-                                             psp_dropout_fully if fully else psp_dropout_weak,
-                                             project=True, project_dropout=r_s,
-                                             renormalize=fully or renormalize_weak)
+        self.psp = PositiveSamplePropagation(d_s, cfg.psp_hidden, cfg.psp_tau,
+                                             cfg.psp_dropout_fully if fully else cfg.psp_dropout_weak,
+                                             project=True, project_dropout=cfg.r_s,
+                                             renormalize=fully or cfg.renormalize_weak)
         if self.paper_isce:
-            self.a_W1 = nn.Linear(d_i, fuse_dim, bias=False)  # Eq. 12
-            self.v_W1 = nn.Linear(d_i, fuse_dim, bias=False)
+            self.a_W1 = nn.Linear(d_i, cfg.fuse_dim, bias=False)  # Eq. 12
+            self.v_W1 = nn.Linear(d_i, cfg.fuse_dim, bias=False)
             nn.init.xavier_uniform_(self.a_W1.weight)
             nn.init.xavier_uniform_(self.v_W1.weight)
-            out_dim = fuse_dim
+            out_dim = cfg.fuse_dim
         else:
-            self.a_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L1 (weak only)
-            self.v_init = nn.Linear(cere_dim, cere_dim, bias=False)  # code ESCM.L2 (weak only)
+            self.a_init = nn.Linear(cfg.cere_dim, cfg.cere_dim, bias=False)  # code ESCM.L1 (weak only)
+            self.v_init = nn.Linear(cfg.cere_dim, cfg.cere_dim, bias=False)  # code ESCM.L2 (weak only)
             nn.init.xavier_uniform_(self.a_init.weight)
             nn.init.xavier_uniform_(self.v_init.weight)
             out_dim = d_i
-        self.isce_dropout = nn.Dropout(r_i_fully if fully else r_i_weak)
+        self.isce_dropout = nn.Dropout(cfg.r_i_fully if fully else cfg.r_i_weak)
         self.layer_norm = nn.LayerNorm(out_dim, eps=1e-6)  # Eq. 13, shared (code)
         if fully:
-            self.W3 = nn.Linear(fuse_dim, 1)  # Eq. 14: event-relevance score o_t
-            self.W4 = nn.Linear(fuse_dim, num_classes)  # Eq. 15: event category o_c
+            self.W3 = nn.Linear(cfg.fuse_dim, 1)  # Eq. 14: event-relevance score o_t
+            self.W4 = nn.Linear(cfg.fuse_dim, num_classes)  # Eq. 15: event category o_c
             nn.init.xavier_uniform_(self.W3.weight)
             nn.init.xavier_uniform_(self.W4.weight)
         else:
-            self.classifier = WeightedMILClassifier(out_dim, fc_hidden, num_classes + 1, weight_relu)
-        self.lstm_video = bilstm(embed_dim, lstm_hidden)
-        self.cere = CERE(d_s, cere_dim, cere_kernel)  # shared by audio and visual (Sec. III-D1)
-        self.a_gru = nn.GRU(d_s, cere_dim, num_layers=1, batch_first=True, bidirectional=True)
-        self.v_gru = nn.GRU(d_s, cere_dim, num_layers=1, batch_first=True, bidirectional=True)
+            self.classifier = WeightedMILClassifier(out_dim, cfg.fc_hidden, num_classes + 1, cfg.weight_relu)
+        self.lstm_video = bilstm(cfg.embed_dim, cfg.lstm_hidden)
+        self.cere = CERE(d_s, cfg.cere_dim, cfg.cere_kernel)  # shared by audio and visual (Sec. III-D1)
+        self.a_gru = nn.GRU(d_s, cfg.cere_dim, num_layers=1, batch_first=True, bidirectional=True)
+        self.v_gru = nn.GRU(d_s, cfg.cere_dim, num_layers=1, batch_first=True, bidirectional=True)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         alpha, psp = self._encode(visual, audio)
@@ -244,14 +235,14 @@ class VSCG(PSPEncoderHead):
             # AVPS on the fused-branch features, as the code (Eq. 16 names V^ISCE, A^ISCE).
             return negative_pair_filter_loss(out["is_event"], out["event_logits"], out["v_final"],
                                              out["a_final"], batch["labels"].float(), self.num_classes,
-                                             self.avps_weight)
-        return smooth_loss(out["video_prob"], weak_bce_target(batch, self.weak_target), self.smooth_lambda)
+                                             self.cfg.avps_weight)
+        return smooth_loss(out["video_prob"], weak_bce_target(batch, self.cfg.weak_target), self.cfg.smooth_lambda)
 
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.setting == "fully":
             event = out["event_logits"].argmax(-1, keepdim=True).expand_as(out["is_event"])
             background = torch.full_like(event, self.num_classes)
-            return torch.where(torch.sigmoid(out["is_event"]) > self.event_threshold, event, background)
+            return torch.where(torch.sigmoid(out["is_event"]) > self.cfg.event_threshold, event, background)
         return out["logits"].argmax(dim=-1)
 
     @classmethod
@@ -285,7 +276,7 @@ class VSCG(PSPEncoderHead):
             unused = {"W1.weight": (1, d_s), "W2.weight": (1, 64), "L3.weight": (64, widths["lstm_hidden"]),
                       "escm.layer_norm1.weight": (d_e,), "escm.layer_norm1.bias": (d_e,),
                       "escm.a_fc.weight": (256, d_s), "escm.v_fc.weight": (256, d_s)}
-        head = build_head(cls.name, setting=setting, **dims, **{**widths, **overrides})
+        head = authors_head(cls, setting, dims, widths, overrides, sd.what)
         return sd.load_into(head, renames, unused)
 
     def probabilities(self, out: dict[str, torch.Tensor]) -> torch.Tensor:

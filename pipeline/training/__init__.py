@@ -1,8 +1,8 @@
 """The one training loop for every head.
 
-Modules (import the one you need; this package imports nothing): ``config`` (params sections
-``train``, ``heads``, ``evaluate``, ``report``), ``data`` (split tensors), ``tasks`` (the
-settings as task objects, with ``predict`` and ``accuracy``), ``loop`` (``train``),
-``checkpoint`` (save/load/rebuild), ``selection`` (the released scripts' checkpoint choice),
-``run`` (params -> trained head).
+Modules (imported explicitly; this package stays light because ``pipeline.config`` imports
+``pipeline.training.config`` for every stage): ``config`` (params sections), ``data`` (split
+tensors), ``loop`` (``train``, ``Training``, ``run_spec``), ``checkpoint`` (save/load/rebuild),
+``selection`` (the released scripts' checks), ``run`` (params -> trained head). What a setting
+trains on and how it is scored (``predict``, metrics) is :mod:`pipeline.settings`.
 """

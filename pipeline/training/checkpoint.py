@@ -10,6 +10,8 @@ provenance of the two feature files trained on (``{"visual": attrs, "audio": att
 what ``pipeline.localize`` rebuilds the extractors from.
 ``last.pt`` (resume, in ``<paths.resume>/train``): the same without ``val_accuracy``, plus
 ``optimizer, scheduler, rng, best, script_selection, history, fingerprint``.
+``hparams`` is the resolved ``HeadSpec.config`` as a dict, ``recipe`` the typed recipe's
+``as_dict()``; an imported authors' checkpoint also has ``imported_from``.
 Loading goes through :func:`pipeline.files.load_checkpoint` (``weights_only=True``; any failure
 is one line naming the file) and strict ``load_state_dict``; never ``torch.save(model)``.
 Numbers are guarded at both ends: :func:`save` refuses a model with a NaN or inf weight (so no
@@ -56,15 +58,19 @@ def load(path: str | Path) -> dict[str, Any]:
     ckpt = files.load_checkpoint(path, "training checkpoint")
     if ckpt.get("format") != FORMAT or not isinstance(ckpt.get("model"), dict):
         raise InputError(f"{path}: not a training checkpoint of format {FORMAT} (a checkpoint "
-                         "written by the train stage or pipeline.heads.import_checkpoint)")
+                         "written by the train stage or pipeline.import_checkpoint)")
     files.check_finite_state(ckpt["model"], str(path))
     return ckpt
 
 
 def build_from(ckpt: dict[str, Any], device: str | torch.device = "cpu", where: str = "checkpoint"):
-    """Rebuild the head of a checkpoint (registry + stored hyperparameters), strict load."""
-    from pipeline.heads import build_head
-    head = build_head(ckpt["head"], setting=ckpt["setting"], **ckpt["dims"], **ckpt["hparams"])
+    """Rebuild the head of a checkpoint from its stored resolution (``heads.rebuild``: the
+    registry and the stored hyperparameters, no second merge), strict load."""
+    from pipeline.heads import SpecError, rebuild
+    try:
+        head = rebuild(ckpt["head"], ckpt["setting"], ckpt["hparams"], ckpt["dims"])
+    except (KeyError, SpecError) as e:
+        raise InputError(f"{where}: {e.args[0] if e.args else e}") from None
     try:
         head.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

@@ -2,7 +2,9 @@
 
 Training-recipe keys left ``null`` take the head's paper default (``TRAIN_DEFAULTS`` in
 ``pipeline/heads/<paper>.py``); head hyperparameters are overridden per head under
-``heads.<name>`` and checked against the head's ``DEFAULTS`` when it is built.
+``heads.<name>`` and checked against the head's ``Config`` (name, type, range) when params are
+loaded, by the code that checks every other road a value arrives by
+(:mod:`pipeline.heads._config`).
 """
 from __future__ import annotations
 
@@ -10,13 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from pipeline import heads as registry
+from pipeline import settings as setting_registry
+from pipeline.heads._config import HparamError, check_value
 from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
 from pipeline.config import ConfigError, register_check, register_section
 from pipeline.data.ids import safe_filename
 
-# Supervision settings (the registry's SETTINGS): fully = segment labels | weak = video labels
-# only | cml = M2N's cross-modality localization (A2V / V2A; heads whose paper defines it).
-Setting = Literal[registry.SETTINGS]
 
 
 @register_section("train")
@@ -24,7 +25,9 @@ Setting = Literal[registry.SETTINGS]
 class TrainConfig:
     """One training run of one head (stages/train.py)."""
     head: str = registry.DEFAULT_HEAD  # registered head name (pipeline.heads.list_heads())
-    setting: Setting = "fully"  # fully | weak | cml (see Setting); a head lists the ones it has
+    # registered setting (pipeline.settings): fully = segment labels | weak = video labels only |
+    # cml = M2N's cross-modality localization (A2V / V2A); a head lists the ones it has
+    setting: str = "fully"
     visual: str = "vgg19"  # visual feature file ${paths.features}/<visual>.h5
     audio: str = "vggish"  # audio feature file ${paths.features}/<audio>.h5
     seed: Optional[int] = None  # seeds init, shuffling and dropout; null = the authors' seed of the head
@@ -55,11 +58,8 @@ class TrainConfig:
     drop_last: Optional[bool] = None  # drop the last partial batch (AVEL's scripts: yes)
 
     def validate(self, key: str) -> None:
-        check_head(self.head, f"{key}.head")
-        supported = registry.get_head_class(self.head).settings
-        if self.setting not in supported:
-            raise ConfigError(f"{key}.setting: head {self.head!r} has no {self.setting!r} setting; "
-                              f"it supports: {', '.join(supported)}")
+        check_setting(self.setting, f"{key}.setting")
+        check_head(self.head, f"{key}.head")  # the head's settings: _check_recipe (resolution)
         for name in ("visual", "audio"):
             check_file_name(getattr(self, name), f"{key}.{name}")
         for name in ("lr", "weight_decay", "lr_gamma", "clip_grad"):
@@ -84,6 +84,13 @@ def check_head(name: str, key: str) -> None:
         raise ConfigError(f"{key}: unknown head {name!r}; registered: {', '.join(registry.list_heads())}")
 
 
+def check_setting(name: str, key: str) -> None:
+    """``name`` is a registered setting (:func:`pipeline.settings.names` in the error)."""
+    if name not in setting_registry.names():
+        raise ConfigError(f"{key}: {name!r} is not allowed; allowed: "
+                          + ", ".join(repr(n) for n in setting_registry.names()))
+
+
 def check_file_name(name: str, key: str) -> None:
     """``name`` becomes a file name (``<paths.features>/<name>.h5``): no path, nothing to escape."""
     if not name or safe_filename(name) != name:
@@ -94,7 +101,7 @@ def check_file_name(name: str, key: str) -> None:
 @register_section("heads")
 @dataclass(frozen=True)
 class HeadsConfig:
-    """Per-head hyperparameter overrides merged over the head's ``DEFAULTS`` (e.g. psp:
+    """Per-head hyperparameter overrides merged over the head's ``Config`` (e.g. psp:
     {tau_fully: 0.1}), one mapping per registered head; unknown heads and keys are errors
     naming ``heads.<head>.<key>``. From the CLI: ``dvc exp run -S '+heads.psp.tau_fully=0.1'``
     (``+`` adds a key that params.yaml does not list yet; without it for keys already listed)."""
@@ -146,13 +153,15 @@ class ReportConfig:
     cell@<head>-<setting>-<seed>, one each; none while ``heads`` is empty, as in the default
     params)."""
     heads: list[str] = field(default_factory=registry.list_heads)  # rows of the table
-    settings: list[Setting] = field(default_factory=lambda: list(registry.SETTINGS))
+    settings: list[str] = field(default_factory=setting_registry.names)  # registered settings
     epochs: Optional[int] = None  # epochs of every cell (demo profile); null = paper defaults
     # one training run of every cell per entry (a DVC stage each: a new seed runs only its
     # cells); null = the head's default seed. The table pools them: mean, sd, intervals
     seeds: list[Optional[int]] = field(default_factory=lambda: [None])
 
     def validate(self, key: str) -> None:
+        for i, setting in enumerate(self.settings):
+            check_setting(setting, f"{key}.settings[{i}]")
         for i, head in enumerate(self.heads):
             check_head(head, f"{key}.heads[{i}]")
         if not self.seeds:
@@ -167,41 +176,23 @@ class ReportConfig:
 
 
 def check_hparams(head: str, overrides: dict[str, Any], key: str) -> None:
-    """Every key of ``heads.<head>`` is one of the head's ``DEFAULTS``, of the same kind of
-    value (``null``: the paper default)."""
-    defaults = registry.get_head_class(head).DEFAULTS
+    """Every key of ``heads.<head>`` is a field of the head's ``Config``, of its type and range
+    (``null``: the paper default)."""
+    config = registry.get_head_class(head).Config
     for name, value in overrides.items():
-        if name not in defaults:
-            raise ConfigError(f"{key}.{name}: head {head!r} has no hyperparameter {name!r}; "
-                              f"valid: {', '.join(sorted(defaults))}")
-        if value is not None and not _same_kind(value, defaults[name]):
-            raise ConfigError(f"{key}.{name}: expected {_kind(defaults[name])} like the default "
-                              f"{defaults[name]!r}, got {value!r}")
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
-        return value.is_integer()
-    return _kind(value) == _kind(default)
+        if value is None and name in config.__dataclass_fields__:
+            continue
+        try:
+            check_value(config, name, value, head)
+        except HparamError as e:
+            raise ConfigError(f"{key}.{e.key}: {e}") from None
 
 
 def resolve_train(head: str, setting: str, overrides: dict[str, Any], recipe: dict[str, Any],
                   map_hw: Optional[tuple[int, int]] = None, seed: Optional[int] = None) -> HeadSpec:
-    """The one resolution of a training run's head (:func:`pipeline.heads.resolve`) from params:
+    """A training run's head resolved (:func:`pipeline.heads.resolve`) from params:
     ``heads.<head>`` overrides, the non-null ``train.*`` recipe keys and ``train.seed`` (null:
-    the authors' seed); errors name the key."""
+    the authors' seed); errors name the params key."""
     try:
         return registry.resolve(head, setting, overrides, recipe, map_hw, seed)
     except KeyError as e:
@@ -215,7 +206,8 @@ def resolve_train(head: str, setting: str, overrides: dict[str, Any], recipe: di
 
 @register_check("train", "heads")
 def _check_recipe(params: dict[str, Any]) -> None:
-    """The head of ``train.head`` resolves (setting, hyperparameters, recipe) before any data
-    is read."""
+    """The head of ``train.head`` resolves (its settings, hyperparameters, recipe) before any
+    data is read: the stage's resolution (``pipeline.training.run.spec_from_params``) then
+    cannot fail."""
     tc = params["train"]
     resolve_train(tc.head, tc.setting, params["heads"].of(tc.head), tc.recipe_overrides())

@@ -1,10 +1,10 @@
 """Split tensors for training and evaluation, read once into memory.
 
-Rows of a split are the prepared order file of the setting's task (``<split>_order.h5``; the
+Rows of a split are the prepared order file of the setting (``<split>_order.h5``; the
 ``cml`` setting: the cross-modality localization split, ``<split>_order_match.h5``); rows whose
 visual or audio feature is invalid (``valid`` False in either feature file) are excluded,
-counted and printed. The task may leave out more rows, by reason (``cml``: events spanning all
-segments and samples without an event segment), counted in ``SplitData.task_excluded``.
+counted and printed. The setting may leave out more rows, by reason (``cml``: events spanning all
+segments and samples without an event segment), counted in ``SplitData.setting_excluded``.
 
 Video-level labels (the weak setting's targets) are the prepared ``mil_labels.h5`` rows: the
 event class alone, as published. In ``weak``, background-only training samples (the reference
@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import layout
+from pipeline import layout, settings
 from pipeline.config import InputError
 from pipeline.features.store import load_features
 from pipeline.files import read_h5
 from pipeline.layout import SPLITS, feature_file
-from pipeline.training.tasks import get_task
 
 
 @dataclass
@@ -42,11 +41,11 @@ class SplitData:
     audio: torch.Tensor
     labels: torch.Tensor  # one-hot float32 (n, T, C+1)
     video_labels: torch.Tensor  # video-level float32 (n, C+1): mil_labels.h5 rows
-    # split rows the setting's task left out, by reason (cml: "full_length", event over all T
+    # split rows the setting left out, by reason (cml: "full_length", event over all T
     # segments; "no_event", no event segment); empty in fully / weak
-    task_excluded: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    setting_excluded: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     background_only: int = 0  # trailing rows that are background-only samples (row id -1)
-    setting: str = "fully"  # the task the rows were selected for
+    setting: str = "fully"  # the setting the rows were selected for
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -115,12 +114,12 @@ class Dataset:
 
 
 def read_order(prepared: str | Path, split: str, setting: str = "fully") -> np.ndarray:
-    """Line indices of ``split`` from the order file of the setting's task (``<split>_order.h5``;
+    """Line indices of ``split`` from the order file of the setting (``<split>_order.h5``;
     cml: ``<split>_order_match.h5``)."""
-    task = get_task(setting)
-    path = Path(prepared) / task.order_file.format(split=split)
+    kind = settings.get(setting)
+    path = Path(prepared) / kind.order_file.format(split=split)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: split order file missing{task.order_hint}")
+        raise FileNotFoundError(f"{path}: split order file missing{kind.order_hint}")
     return np.asarray(read_h5(path, "order"), dtype=np.int64).reshape(-1)
 
 
@@ -153,11 +152,11 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
                  setting: str = "fully", background_only: bool = False) -> Dataset:
     """Read labels, orders and both feature files once; return the splits as tensors.
 
-    ``setting`` picks the task, which picks the split files and exclusions (see the module doc);
-    with ``background_only`` (tasks that use them: weak), the background-only samples are
+    ``setting`` picks the split files and exclusions (see the module doc);
+    with ``background_only`` (settings that use them: weak), the background-only samples are
     appended to train when their files are present (:func:`read_background_only`)."""
     prepared = Path(prepared)
-    task = get_task(setting)
+    kind = settings.get(setting)
     log = print if verbose else (lambda *a: None)
     labels = np.asarray(read_h5(prepared / layout.LABELS_FILE, "avadataset", (None, None, None)),
                         dtype=np.float32)
@@ -185,7 +184,7 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
         log(f"data: {split}: {len(keep)} rows, {len(dropped)} excluded (invalid features)"
             + (f": rows {dropped[:10].tolist()}{' ...' if len(dropped) > 10 else ''}"
                if len(dropped) else ""))
-        keep, excluded = task.select_rows(split, labels[keep], keep)
+        keep, excluded = kind.select_rows(split, labels[keep], keep)
         if excluded:
             log(f"data: {split} ({setting}): {len(keep)} rows kept; excluded: "
                 + ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in excluded.items()))
@@ -194,7 +193,7 @@ def load_dataset(prepared: str | Path, features: str | Path, visual: str, audio:
                                torch.from_numpy(np.ascontiguousarray(aud.data[keep])),
                                torch.from_numpy(labels[keep]),
                                torch.from_numpy(video_labels[keep]), excluded, setting=setting)
-    if background_only and task.uses_background_only and "train" in out:
+    if background_only and kind.uses_background_only and "train" in out:
         extra = read_background_only(prepared, features, visual, audio, labels.shape[1], log)
         if extra is not None:
             out["train"] = append_rows(out["train"], *extra)

@@ -2,10 +2,10 @@
 
 * Recipe: the head's ``TRAIN_DEFAULTS[setting]`` (the paper's optimizer, lr, schedule, batch
   size, epochs, clipping) with the non-null ``train.*`` params merged over it.
-* Supervision: the setting's task (:mod:`pipeline.training.tasks`) builds each batch for
+* Supervision: the setting (:mod:`pipeline.settings`) builds each batch for
   ``Head.forward_batch`` and ``Head.loss`` (``weak``: no segment labels reach the loss).
-* Validation each epoch: the head's loss on the val split (eval mode, the task's batches) and
-  ``val_accuracy``, the task's selection metric (segment accuracy; ``cml``: the mean of A2V and
+* Validation each epoch: the head's loss on the val split (eval mode, the setting's batches) and
+  ``val_accuracy``, the setting's selection metric (segment accuracy; ``cml``: the mean of A2V and
   V2A window accuracy, M2N Table 1 "Average"). The best epoch by
   ``val_accuracy`` is ``best_val.pt``; the epoch the head's released script would report (its
   schedule of checks, mostly on test: :mod:`pipeline.training.selection`) is ``best_test.pt``;
@@ -36,15 +36,15 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from pipeline import layout, runtime
+from pipeline import layout, runtime, settings
+from pipeline.settings import Setting
 from pipeline.config import ConfigError, InputError
-from pipeline.heads import count_parameters, get_head_class, instantiate
-from pipeline.heads._registry import HeadSpec
+from pipeline.heads import count_parameters, instantiate
+from pipeline.heads._registry import HeadSpec, Recipe
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import resolve_train
 from pipeline.training.data import Dataset, SplitData, feature_stats
 from pipeline.training.selection import ScriptSelection
-from pipeline.training.tasks import Task, get_task
 
 CODE_DIRS = ("pipeline/heads", "pipeline/training")  # hashed into the resume fingerprint
 
@@ -54,16 +54,24 @@ CODE_DIRS = ("pipeline/heads", "pipeline/training")  # hashed into the resume fi
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything one training run needs besides data (resolved from params)."""
-    head: str
-    setting: str
-    hparam_overrides: dict[str, Any] = field(default_factory=dict)  # heads.<head>
-    recipe_overrides: dict[str, Any] = field(default_factory=dict)  # non-null train.* keys
-    seed: Optional[int] = None  # None: the head's authors' seed (Head.SEEDS)
+    """Everything one training run needs besides data: the head resolved once (head class,
+    typed config, setting, typed recipe, seed) and the run's options (:func:`run_spec`)."""
+    head: HeadSpec
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = True
     feature_norm: str = "none"  # none | standardize (train-split statistics, kept in checkpoints)
     select: str = "val"  # best.pt: val (best val epoch) | test (the released script's protocol)
+
+
+def run_spec(head: str, setting: str = "fully", hparam_overrides: Optional[dict[str, Any]] = None,
+             recipe_overrides: Optional[dict[str, Any]] = None, seed: Optional[int] = None,
+             **options: Any) -> RunSpec:
+    """Resolve a run once (:func:`pipeline.training.config.resolve_train`: errors name the
+    params key): ``hparam_overrides`` = ``heads.<head>``, ``recipe_overrides`` = the non-null
+    ``train.*`` recipe keys, ``seed`` ``None`` = the authors' seed; ``options`` are the other
+    :class:`RunSpec` fields."""
+    return RunSpec(resolve_train(head, setting, hparam_overrides or {}, recipe_overrides or {},
+                                 seed=seed), **options)
 
 
 def select_device(choice: str, key: str = "train.device") -> torch.device:
@@ -75,16 +83,16 @@ def select_device(choice: str, key: str = "train.device") -> torch.device:
 # Batches
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def validation_loss(head, data: SplitData, task: Task, device: torch.device, epoch: int,
+def validation_loss(head, data: SplitData, setting: Setting, device: torch.device, epoch: int,
                     epochs: int, batch_size: int = 64) -> float:
-    """The head's training loss on ``data`` (eval mode, the task's batch), averaged over
+    """The head's training loss on ``data`` (eval mode, the setting's batch), averaged over
     videos; NaN for an empty split."""
     was_training = head.training
     head.eval()
     total = 0.0
     for s in range(0, len(data), batch_size):
         idx = torch.arange(s, min(s + batch_size, len(data)))
-        batch = task.batch(data, idx, device, epoch, epochs)
+        batch = setting.batch(data, idx, device, epoch, epochs)
         total += float(head.loss(head.forward_batch(batch), batch)[0]) * len(idx)
     head.train(was_training)
     return total / len(data) if len(data) else float("nan")
@@ -93,31 +101,29 @@ def validation_loss(head, data: SplitData, task: Task, device: torch.device, epo
 # --------------------------------------------------------------------------------------------
 # Optimisation
 # --------------------------------------------------------------------------------------------
-def make_optimizer(params, recipe: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
-    name = recipe["optimizer"]
+    name = recipe.optimizer
     if name == "adam":
-        return torch.optim.Adam(params, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=recipe["lr"], momentum=0.9,
-                               weight_decay=recipe["weight_decay"])
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
     raise ConfigError(f"train.optimizer: {name!r} is not allowed; allowed: 'adam', 'sgd'")
 
 
-def lr_milestones(recipe: dict[str, Any]) -> list[int]:
+def lr_milestones(recipe: Recipe) -> list[int]:
     """Epochs (0-based) from which ``lr`` is multiplied once more by ``lr_gamma``: the recipe's
-    ``lr_milestones``, or ``lr_step``, 2 ``lr_step``, ... below ``epochs`` (resolve_recipe
-    allows only one of the two)."""
-    step = int(recipe["lr_step"] or 0)
-    if step > 0:
-        return list(range(step, int(recipe["epochs"]), step))
-    return list(recipe["lr_milestones"])
+    ``lr_milestones``, or ``lr_step``, 2 ``lr_step``, ... below ``epochs`` (resolution allows
+    only one of the two)."""
+    if recipe.lr_step > 0:
+        return list(range(recipe.lr_step, recipe.epochs, recipe.lr_step))
+    return list(recipe.lr_milestones)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, recipe: dict[str, Any]):
+def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe):
     """``MultiStepLR`` stepped once per epoch (no milestones = constant lr)."""
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=lr_milestones(recipe),
-                                                gamma=recipe["lr_gamma"])
+                                                gamma=recipe.lr_gamma)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,10 +151,11 @@ def data_digest(data: Dataset) -> str:
 def fingerprint(spec: RunSpec, resolved: HeadSpec, data: Dataset, device: torch.device) -> str:
     """Identity of a run: equal fingerprints train the same model from the same inputs."""
     h = hashlib.sha256(json.dumps(
-        [spec.head, spec.setting, resolved.hparams, resolved.recipe, resolved.seed, spec.feature_norm,
-         device.type, torch.__version__], sort_keys=True, default=str).encode())
+        [resolved.head, resolved.setting.name, resolved.hparams, resolved.recipe.as_dict(),
+         resolved.seed, spec.feature_norm, device.type, torch.__version__],
+        sort_keys=True, default=str).encode())
     h.update(runtime.source_digest(*CODE_DIRS).encode())
-    src = inspect.getsourcefile(get_head_class(spec.head))  # a head registered elsewhere too
+    src = inspect.getsourcefile(resolved.head_class)  # a head registered elsewhere too
     if src:
         h.update(Path(src).read_bytes())
     h.update(data_digest(data).encode())
@@ -173,8 +180,8 @@ class TrainResult:
 class _TrainState:
     """What the steps of one training run share."""
     spec: RunSpec
-    resolved: HeadSpec  # the head resolved once: hyperparameters and recipe
-    task: Task
+    resolved: HeadSpec  # the head resolved once, fitted to the visual maps
+    setting: Setting
     device: torch.device
     head: torch.nn.Module
     opt: torch.optim.Optimizer
@@ -197,19 +204,19 @@ class _TrainState:
     resumed: Optional[int] = None
 
     @property
-    def recipe(self) -> dict:
+    def recipe(self) -> Recipe:
         return self.resolved.recipe
 
     @property
     def epochs(self) -> int:
-        return int(self.recipe["epochs"])
+        return self.recipe.epochs
 
     @property
     def steps_per_epoch(self) -> int:
         """Batches an epoch: the last partial one dropped when the recipe says so and a whole
         batch remains (a split smaller than one batch trains on it whole)."""
-        n, bs = len(self.train_split), int(self.recipe["batch_size"])
-        return n // bs if self.recipe["drop_last"] and n >= bs else -(-n // bs)
+        n, bs = len(self.train_split), self.recipe.batch_size
+        return n // bs if self.recipe.drop_last and n >= bs else -(-n // bs)
 
 
 class Training:
@@ -244,7 +251,7 @@ class Training:
 def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | Path | None = None,
           params_snapshot: Optional[dict] = None, resume_dir: str | Path | None = None
           ) -> TrainResult:
-    """Train ``spec.head`` on ``data``; write ``<out_dir>/best.pt`` (and ``best_val.pt``,
+    """Train the head of ``spec`` on ``data``; write ``<out_dir>/best.pt`` (and ``best_val.pt``,
     ``best_test.pt``) and the resume point ``<resume_dir>/last.pt`` (``resume_dir`` defaults
     to ``out_dir``)."""
     run = Training(spec, data, out_dir, live_dir=live_dir, params_snapshot=params_snapshot,
@@ -256,13 +263,13 @@ def train(spec: RunSpec, data: Dataset, out_dir: str | Path, *, live_dir: str | 
 
 def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
            params_snapshot: dict) -> _TrainState:
-    """Resolve the head once, build it, the optimiser and schedule (seeded), check the splits."""
-    resolved = resolve_train(spec.head, spec.setting, spec.hparam_overrides, spec.recipe_overrides,
-                             tuple(data.splits["train"].visual.shape[2:4]), spec.seed)
-    task = get_task(spec.setting)
-    train_split, val_split, test_split, norm = _splits(spec, data)
+    """Fit the resolved head to the visual maps, build it, the optimiser and schedule (seeded),
+    check the splits."""
+    resolved = spec.head.fit_visual_map(tuple(data.splits["train"].visual.shape[2:4]))
+    setting = resolved.setting
+    train_split, val_split, test_split, norm = _splits(resolved, data, spec.feature_norm)
     for note in resolved.notes:
-        print(f"heads.{spec.head}.{note}")
+        print(f"heads.{resolved.head}.{note}")
     hparams, recipe = resolved.hparams, resolved.recipe
     device = select_device(spec.device)
     runtime.seed_everything(resolved.seed)
@@ -271,44 +278,47 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     head = instantiate(resolved, **dims).to(device)
     opt = make_optimizer(head.parameters(), recipe)
     n_params = count_parameters(head)
-    common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
-              "hparams": hparams, "dims": dims, "recipe": recipe, "seed": resolved.seed,
+    common = {"format": ckpt_io.FORMAT, "head": resolved.head, "setting": setting.name,
+              "hparams": hparams, "dims": dims, "recipe": recipe.as_dict(), "seed": resolved.seed,
               "params": params_snapshot,
               "num_parameters": n_params, "categories": list(data.categories), "feature_norm": norm,
-              "cml_excluded": _task_exclusions(data),
+              "cml_excluded": _setting_exclusions(data),
               "features": ckpt_io.feature_provenance(data.visual_meta, data.audio_meta)}
-    script = ScriptSelection(spec.head, spec.setting, int(recipe["epochs"]))
-    print(f"head: {spec.head} ({spec.setting}), trainable parameters: {n_params:,}")
+    script = ScriptSelection(resolved.head_class.SELECTION[setting.name], recipe.epochs)
+    print(f"head: {resolved.head} ({setting.name}), trainable parameters: {n_params:,}")
     print(f"hparams: {hparams}")
-    print(f"recipe: {recipe}")
-    print(f"seed: {resolved.seed}" + (" (the authors' seed; train.seed: null)" if spec.seed is None else ""))
-    if recipe["drop_last"] and len(train_split) < int(recipe["batch_size"]):
+    print(f"recipe: {recipe.as_dict()}")
+    print(f"seed: {resolved.seed}" + (" (the authors' seed; train.seed: null)"
+                                      if resolved.authors_seed else ""))
+    if recipe.drop_last and len(train_split) < recipe.batch_size:
         print(f"recipe: drop_last, but the train split ({len(train_split)} rows) is smaller than "
-              f"one batch ({recipe['batch_size']}): it trains as one partial batch an epoch")
-    print(f"lr schedule: {recipe['lr']:g}, x{recipe['lr_gamma']:g} at epochs "
+              f"one batch ({recipe.batch_size}): it trains as one partial batch an epoch")
+    print(f"lr schedule: {recipe.lr:g}, x{recipe.lr_gamma:g} at epochs "
           f"{lr_milestones(recipe) or 'none'}")
     print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
           f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
-    return _TrainState(spec, resolved, task, device, head, opt, make_scheduler(opt, recipe),
+    return _TrainState(spec, resolved, setting, device, head, opt, make_scheduler(opt, recipe),
                        torch.Generator().manual_seed(resolved.seed),
                        fingerprint(spec, resolved, data, device), dims, train_split, val_split,
                        test_split, script, norm, common, out_dir, resume_dir / layout.LAST)
 
 
-def _splits(spec: RunSpec, data: Dataset
+def _splits(resolved: HeadSpec, data: Dataset, feature_norm: str
             ) -> tuple[SplitData, SplitData, Optional[SplitData], Optional[dict]]:
     """Train, val and test splits (standardised with train statistics when asked); an empty
-    train or val split is an error saying how many rows were excluded and why."""
-    if get_task(spec.setting).order_file != get_task(data.setting).order_file:
-        raise ValueError(f"setting {spec.setting!r} needs the data read for it: "
-                         f"load_dataset(..., setting={spec.setting!r}) (got {data.setting!r})")
+    train or val split is an error saying how many rows were excluded and why. ``data`` is an
+    input: it must have been read from the order files of the run's setting."""
+    name = resolved.setting.name
+    if resolved.setting.order_file != settings.get(data.setting).order_file:
+        raise ValueError(f"setting {name!r} needs the data read for it: "
+                         f"load_dataset(..., setting={name!r}) (got {data.setting!r})")
     train_split, val_split = data.splits["train"], data.splits["val"]
     test_split = data.splits.get("test")
     for split in (train_split, val_split):
         if len(split) == 0:
             raise InputError(f"{split.split} split: no usable rows; {_exclusions(split)}")
     norm = None
-    if spec.feature_norm == "standardize":
+    if feature_norm == "standardize":
         norm = feature_stats(train_split)  # train statistics only; evaluation reuses them
         train_split, val_split = train_split.normalized(norm), val_split.normalized(norm)
         test_split = test_split.normalized(norm) if test_split is not None else None
@@ -319,7 +329,7 @@ def _splits(spec: RunSpec, data: Dataset
 def _exclusions(split: SplitData) -> str:
     """How the rows of ``split`` were lost, for the empty-split error."""
     reasons = {"invalid features (valid = 0 in the visual or audio feature file)": len(split.excluded)}
-    for reason, rows in split.task_excluded.items():
+    for reason, rows in split.setting_excluded.items():
         reasons[f"{reason} ({split.setting})"] = len(rows)
     total = sum(reasons.values())
     if not total:
@@ -354,18 +364,18 @@ def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
     """One pass over the train split (shuffled, and the last partial batch kept, unless the
     recipe says otherwise); the mean of each loss term over batches."""
     run.head.train()
-    bs = int(run.recipe["batch_size"])
+    bs = run.recipe.batch_size
     n = len(run.train_split)
-    perm = torch.randperm(n, generator=run.gen) if run.recipe["shuffle"] else torch.arange(n)
+    perm = torch.randperm(n, generator=run.gen) if run.recipe.shuffle else torch.arange(n)
     sums, n_batches = {}, 0
     for b, s in enumerate(range(0, run.steps_per_epoch * bs, bs)):
-        batch = run.task.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
+        batch = run.setting.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
         loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         ckpt_io.check_step(loss, run.head, epoch, b, batch, run.opt.param_groups[0]["lr"])
-        if run.recipe["clip_grad"]:
-            torch.nn.utils.clip_grad_norm_(run.head.parameters(), run.recipe["clip_grad"])
+        if run.recipe.clip_grad:
+            torch.nn.utils.clip_grad_norm_(run.head.parameters(), run.recipe.clip_grad)
         run.opt.step()
         n_batches += 1
         for k, v in {"loss": float(loss.detach()), **parts}.items():
@@ -379,8 +389,8 @@ def _epoch(run: _TrainState, epoch: int, live) -> None:
     train_means = _train_epoch(run, epoch)
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step()
-    val = run.task.metrics(run.head, run.val_split, run.device, run.dims["num_classes"])
-    val["loss"] = validation_loss(run.head, run.val_split, run.task, run.device, epoch, run.epochs)
+    val = run.setting.metrics(run.head, run.val_split, run.device, run.dims["num_classes"])
+    val["loss"] = validation_loss(run.head, run.val_split, run.setting, run.device, epoch, run.epochs)
     run.seconds += time.perf_counter() - t0
     row = {"epoch": epoch, "lr": lr, **{f"val_{k}": v for k, v in val.items()},
            **{f"train_{k}": v for k, v in train_means.items()}}
@@ -452,16 +462,16 @@ def _script_check(run: _TrainState, epoch: int, val_acc: float) -> Optional[floa
     def accuracy_on(split: str) -> float:
         if split == "val":
             return val_acc
-        return run.task.metrics(run.head, test_split, run.device, run.dims["num_classes"])["accuracy"]
+        return run.setting.metrics(run.head, test_split, run.device, run.dims["num_classes"])["accuracy"]
     return script.update(epoch, accuracy_on, lambda: {k: v.detach().cpu().clone()
                                                       for k, v in run.head.state_dict().items()})
 
 
-def _task_exclusions(data: Dataset) -> dict[str, dict[str, int]]:
-    """Per split, the rows the task left out, by reason (cml: full-length events, no event);
+def _setting_exclusions(data: Dataset) -> dict[str, dict[str, int]]:
+    """Per split, the rows the setting left out, by reason (cml: full-length events, no event);
     {} when it leaves none out. Stored in checkpoints as ``cml_excluded``."""
-    return {split: {k: len(v) for k, v in s.task_excluded.items()}
-            for split, s in data.splits.items() if s.task_excluded}
+    return {split: {k: len(v) for k, v in s.setting_excluded.items()}
+            for split, s in data.splits.items() if s.setting_excluded}
 
 
 def _selection_note(protocol: str, best: dict, script: ScriptSelection) -> dict[str, Any]:

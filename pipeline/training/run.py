@@ -10,19 +10,19 @@ from pipeline import layout
 from pipeline.config import ConfigError, recorded
 from pipeline.runtime import git_revision
 from pipeline.training.data import load_dataset
-from pipeline.training.loop import RunSpec, TrainResult, train
+from pipeline.training.loop import RunSpec, TrainResult, run_spec, train
 
 
 def spec_from_params(params: dict[str, Any], **changes: Any) -> RunSpec:
-    """RunSpec of ``params['train']`` / ``params['heads']``; ``changes`` replace train keys
-    (``head``, ``setting``, ``epochs`` ...) as the report matrix does per cell."""
+    """The run of ``params['train']`` / ``params['heads']`` resolved once; ``changes`` replace
+    train keys (``head``, ``setting``, ``epochs`` ...) as the report matrix does per cell."""
     return _spec(dataclasses.replace(params["train"], **changes), params["heads"])
 
 
 def _spec(tc, heads) -> RunSpec:
-    return RunSpec(head=tc.head, setting=tc.setting, hparam_overrides=heads.of(tc.head),
-                   recipe_overrides=tc.recipe_overrides(), seed=tc.seed, device=tc.device,
-                   resume=tc.resume, feature_norm=tc.feature_norm, select=tc.select)
+    return run_spec(tc.head, tc.setting, heads.of(tc.head), tc.recipe_overrides(), tc.seed,
+                    device=tc.device, resume=tc.resume, feature_norm=tc.feature_norm,
+                    select=tc.select)
 
 
 def train_from_params(params: dict[str, Any], out_dir: str | Path, live_dir: str | Path | None,
@@ -38,7 +38,7 @@ def train_from_params(params: dict[str, Any], out_dir: str | Path, live_dir: str
     spec = _spec(tc, params["heads"])
     paths = params["paths"]
     snapshot = {"paths": recorded("paths", paths), "train": recorded("train", tc),
-                "heads": {tc.head: spec.hparam_overrides},
+                "heads": {tc.head: params["heads"].of(tc.head)},
                 "data": {"min_duration": params["data"].min_duration}}
     print(f"git revision: {git_revision()}")
     print("configuration:\n" + json.dumps({k: snapshot[k] for k in ("paths", "train")}, indent=2)

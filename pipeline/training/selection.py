@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from pipeline.heads import schedule
+from pipeline.heads import Schedule
 
 PROTOCOLS = ("val", "test")  # train.select values: ours | the released scripts'
 
@@ -27,8 +27,8 @@ PROTOCOLS = ("val", "test")  # train.select values: ours | the released scripts'
 class ScriptSelection:
     """Best epoch under a released script's protocol, tracked beside the val selection."""
 
-    def __init__(self, head: str, setting: str, epochs: int):
-        self.schedule = schedule(head, setting)
+    def __init__(self, schedule: Schedule, epochs: int):
+        self.schedule = schedule  # the head's SELECTION[setting]
         self.epochs = epochs
         self.best: Optional[dict[str, Any]] = None  # epoch, accuracy, split, model
         self.checked = 0

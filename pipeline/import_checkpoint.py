@@ -1,12 +1,15 @@
 """Import an authors' checkpoint of a head into a checkpoint that ``evaluate`` reads.
 
-    python -m pipeline.heads.import_checkpoint --head psp --setting fully PSP_fully.pth models/best.pt
-    python -m pipeline.heads.import_checkpoint --head cace --setting fully --set bece_lambda=0 \
+    python -m pipeline.import_checkpoint --head psp --setting fully PSP_fully.pth models/best.pt
+    python -m pipeline.import_checkpoint --head cace --setting fully --set bece_lambda=0 \
         cace.pth models/best.pt
 
 ``--set KEY=VALUE`` (repeatable) gives a hyperparameter that a state dict does not hold (CMBS
 ``alpha``/``beta``/``gamma``, CACE ``psai``/``lambda``/``contrastive``, the PSP threshold): a
-key of the head's ``DEFAULTS``, the value read as a YAML scalar (``0.3``, ``true``, ``code``).
+field of the head's ``Config``, the value read as a YAML scalar (``0.3``, ``true``, ``code``) and
+checked by the code that checks ``heads.<name>`` in params.yaml. Widths come from the
+checkpoint's shapes; a ``--set`` that contradicts one is an error naming the key and both
+values (``pipeline.heads.authors_head``, the one rule of every converter).
 
 ``AUTHORS.pth`` is the state dict of the authors' model (``torch.save(model.state_dict())`` in
 their code), read with ``weights_only=True``; the head's ``from_authors_state_dict`` converts it
@@ -26,37 +29,39 @@ from typing import Any
 
 import torch
 
-from pipeline import files, layout
+from pipeline import files, layout, settings
 from pipeline.cli import stage_main
 from pipeline.config import ConfigError, InputError
 from pipeline.training import checkpoint as ckpt_io
 
-from . import count_parameters, from_authors_state_dict, get_head_class, list_heads
-from ._authors import LayoutError
+from pipeline.heads import count_parameters, from_authors_state_dict, get_head_class, list_heads
+from pipeline.heads._authors import LayoutError
+from pipeline.heads._config import HparamError, check_value
 
 
 def parse_sets(items: list[str], head: str) -> dict[str, Any]:
-    """``["alpha=0.3", ...]`` -> ``{"alpha": 0.3}``: keys of ``head``'s ``DEFAULTS`` (an unknown
-    key is an error listing the valid ones), values parsed as YAML scalars."""
+    """``["alpha=0.3", ...]`` -> ``{"alpha": 0.3}``: fields of ``head``'s ``Config`` (an unknown
+    key is an error listing the valid ones), values parsed as YAML scalars and checked as
+    ``heads.<head>`` values are (type, range)."""
     import yaml
 
-    defaults = get_head_class(head).DEFAULTS
+    config = get_head_class(head).Config
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        if key not in defaults:
-            raise ConfigError(f"--set {key}: head {head!r} has no hyperparameter {key!r}; valid: "
-                             f"{', '.join(sorted(defaults))}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: {text!r} is not a YAML scalar") from None
-        if isinstance(value, (dict, list)) and not isinstance(defaults[key], (list, tuple)):
-            raise ConfigError(f"--set {key}: {text!r} is not a scalar")
-        out[key] = value
+            if key not in config.__dataclass_fields__:  # an unknown key is named first
+                check_value(config, key, None, head)
+            try:
+                value = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError:
+                raise ConfigError(f"--set {key}: {text!r} is not a YAML scalar") from None
+            out[key] = check_value(config, key, value, head)
+        except HparamError as e:
+            raise ConfigError(f"--set {key}: {e}") from None
     return out
 
 
@@ -88,6 +93,8 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
         model = from_authors_state_dict(head, state_dict, setting, **(overrides or {}))
     except (LayoutError, KeyError) as e:
         raise InputError(f"{src}: {e.args[0] if e.args else e}") from None
+    except ValueError as e:  # a --set that the checkpoint contradicts, or a setting it lacks
+        raise ConfigError(f"{src}: {e}") from None
     except NotImplementedError as e:
         raise InputError(f"--head: {e}") from None
     with warnings.catch_warnings():  # line problems are prepare's to report; the order is all we need
@@ -97,7 +104,7 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
         raise InputError(f"{src}: {model.num_classes} classes, but "
                          f"{Path(ave_root) / layout.ANNOTATIONS_FILE} "
                          f"has {len(categories)} categories")
-    ckpt = {"format": ckpt_io.FORMAT, "head": head, "setting": setting, "hparams": dict(model.hparams),
+    ckpt = {"format": ckpt_io.FORMAT, "head": head, "setting": setting, "hparams": model.hparams,
             "dims": {"visual_dim": model.visual_dim, "audio_dim": model.audio_dim,
                      "num_classes": model.num_classes},
             "recipe": {}, "params": {"train": {"visual": visual, "audio": audio}},
@@ -111,16 +118,16 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.heads.import_checkpoint",
+    p = argparse.ArgumentParser(prog="python -m pipeline.import_checkpoint",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--head", required=True, choices=list_heads())
-    p.add_argument("--setting", required=True, choices=["fully", "weak"])
+    p.add_argument("--setting", required=True, choices=settings.names())
     p.add_argument("--ave-root", default="raw/ave", help="AVE root whose Annotations.txt orders the classes")
     p.add_argument("--visual", default="vgg19", help="visual features the authors trained on (train.visual)")
     p.add_argument("--audio", default="vggish", help="audio features the authors trained on (train.audio)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="a hyperparameter the state dict does not hold (repeatable; a key of the "
-                        "head's DEFAULTS, value read as YAML), e.g. --set alpha=0.3")
+                   help="a hyperparameter the state dict does not hold (repeatable; a field of "
+                        "the head's Config, value read as YAML), e.g. --set alpha=0.3")
     p.add_argument("src", help="the authors' state dict (.pth)")
     p.add_argument("dst", help="our checkpoint to write, e.g. models/best.pt")
     args = p.parse_args(argv)

@@ -1,11 +1,17 @@
-"""Supervision protocols ("settings") as objects: what a head trains on and how it is scored.
+"""Settings: the supervision protocols a head trains and is scored under, as objects.
 
-A task owns, for one setting: which split rows it reads (its order files and the rows it leaves
-out), the batch a head's ``loss`` receives (its targets), the selection metric of an epoch, and
-the evaluation of a split. A head lists the settings it supports (``Head.settings``); the
-training loop and ``evaluate`` look the task up by that name and call it, never testing a
-setting's name themselves. Tasks register by name (``@register_task``): ``fully`` and ``weak``
-here, ``cml`` (M2N's cross-modality localization) beside its head in ``pipeline/heads/m2n.py``.
+A setting owns which split rows it reads (its order files and the rows it leaves out), the
+batch a head's ``loss`` receives (its targets), the selection metric of an epoch and the
+evaluation of a split, and what the results table and ``localize`` say about it. A head lists
+the settings its paper defines (``Head.settings``); the training loop, ``evaluate``, the report
+and ``localize`` ask the setting object and never test a setting's name.
+
+A setting is one module: ``pipeline/settings/<name>.py`` (every public module of this folder is
+imported) or a module of another installed package under the entry point group
+``ave_pipeline.settings``, holding a :class:`Setting` subclass decorated with
+``@register_setting``. ``fully`` and ``weak`` are the papers' segment- and video-label settings,
+``cml`` M2N's cross-modality localization. This package imports no heads, training or
+evaluation code: heads build on it, not the reverse.
 """
 from __future__ import annotations
 
@@ -15,29 +21,37 @@ import numpy as np
 import torch
 
 from pipeline import layout
-from pipeline.evaluation import metrics as M
+from pipeline.runtime import discover_plugins
 
-SETTINGS = ("fully", "weak", "cml")  # the settings a head may declare; each is a task below
-_TASKS: dict[str, "Task"] = {}
+from . import metrics as M
+
+ENTRY_POINT_GROUP = "ave_pipeline.settings"  # settings of other installed packages register here
+
+_SETTINGS: dict[str, "Setting"] = {}
 
 
-def register_task(cls: type["Task"]) -> type["Task"]:
-    """Register a task class under ``cls.name`` (one instance; a name is registered once and is
-    one of the registry's ``SETTINGS``, which config validation accepts)."""
-    if cls.name not in SETTINGS:
-        raise ValueError(f"task {cls.name!r} is not one of the settings {SETTINGS}")
-    if cls.name in _TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice")
-    _TASKS[cls.name] = cls()
+def register_setting(cls: type["Setting"]) -> type["Setting"]:
+    """Register one instance of ``cls`` under ``cls.name`` (a name is registered once)."""
+    if not cls.name:
+        raise ValueError(f"setting {cls.__qualname__} has no name")
+    if cls.name in _SETTINGS:
+        raise ValueError(f"setting {cls.name!r} is registered twice "
+                         f"({type(_SETTINGS[cls.name]).__module__} and {cls.__module__})")
+    _SETTINGS[cls.name] = cls()
     return cls
 
 
-def get_task(name: str) -> "Task":
-    import pipeline.heads  # noqa: F401  (heads register the tasks they bring, e.g. cml)
+def names() -> list[str]:
+    """Registered settings, in list order (``Setting.order``, then name): what params accept."""
+    return sorted(_SETTINGS, key=lambda n: (_SETTINGS[n].order, n))
+
+
+def get(name: str) -> "Setting":
+    """The setting object of ``name``; an unknown name is a ``KeyError`` listing the known ones."""
     try:
-        return _TASKS[name]
+        return _SETTINGS[name]
     except KeyError:
-        raise KeyError(f"unknown setting {name!r}; known: {', '.join(_TASKS)}") from None
+        raise KeyError(f"unknown setting {name!r}; known: {', '.join(names())}") from None
 
 
 @torch.no_grad()
@@ -60,14 +74,21 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float((pred == target).float().mean()) if target.numel() else float("nan")
 
 
-class Task:
-    """Segment-level event localization (the base of ``fully`` and ``weak``)."""
+class Setting:
+    """Segment-level event localization (the base of ``fully`` and ``weak``).
+
+    ``data`` arguments are splits in memory (``pipeline.training.data.SplitData``: ``visual``,
+    ``audio``, ``labels``, ``weak``, ``targets``, ``excluded``, ``setting_excluded``)."""
 
     name = ""
+    order = 100  # position in lists (params' report.settings default, errors, tables)
     order_file = layout.ORDER_FILE  # the split order files it reads (``{split}`` formatted)
     order_hint = "; run prepare"  # what to do when one is missing
     uses_background_only = False  # appends the background-only training samples when present
     video_score = "share of the video's segments predicted right"  # what video_scores gives
+    segment_labels = True  # predicts a class per segment (localize can run a head trained in it)
+    table = "segment"  # results-table section: segment (a column group each) | cross_modal
+    paper_params = False  # the papers' parameter counts are of models trained in this setting
 
     def select_rows(self, split: str, labels: np.ndarray, rows: np.ndarray
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -107,7 +128,7 @@ class Task:
         return (pred == true).mean(1) if pred.size else np.zeros(len(pred))
 
     def extra_metrics(self, data, trained: dict[str, Any]) -> dict[str, Any]:
-        """Metrics besides the task's scores (``trained``: the checkpoint)."""
+        """Metrics besides the setting's scores (``trained``: the checkpoint)."""
         return {}
 
     def describe(self, res: dict[str, Any], split: str, data) -> str:
@@ -116,34 +137,19 @@ class Task:
                 f"({len(data)} videos, {len(data.excluded)} excluded); event F1 "
                 f"{res['event']['f1']:.4f}")
 
-
-@register_task
-class Fully(Task):
-    """Segment labels (every head's paper defines it)."""
-    name = "fully"
-
-
-@register_task
-class Weak(Task):
-    """Video labels only: the batch carries no per-segment labels, so no weak loss can use
-    them; background-only training samples are appended when present. Besides ``weak`` (the
-    event class alone, ``mil_labels.h5``) it carries ``shares`` (B, C+1): each class's share of
-    the ten segments, background included, the ``prob_label`` that PSP's and VSCG's weak scripts
-    train on (PSP's ``Y^weak``, the temporal mean of the segment labels)."""
-    name = "weak"
-    uses_background_only = True
-
-    def batch(self, data, idx, device, epoch, epochs):
-        batch = super().batch(data, idx, device, epoch, epochs)
-        batch["shares"] = batch.pop("labels").float().mean(dim=1)
-        return batch
-
-
-def task_names() -> list[str]:
-    """Registered settings, in registration order."""
-    import pipeline.heads  # noqa: F401
-    return list(_TASKS)
+    def table_row(self, result: Optional[dict[str, Any]],
+                  result_test_selected: Optional[dict[str, Any]], reported) -> dict[str, Any]:
+        """What this setting adds to a results-table row (``result`` / ``result_test_selected``:
+        the evaluations of the val- and test-selected checkpoints, ``None`` when not run;
+        ``reported``: the paper's ``Reported`` number, or ``None``)."""
+        return {}
 
 
 def exclusion_counts(excluded: Optional[dict[str, np.ndarray]]) -> dict[str, int]:
     return {k: len(v) for k, v in (excluded or {}).items()}
+
+
+discover_plugins(__name__, __path__, ENTRY_POINT_GROUP)
+
+__all__ = ["ENTRY_POINT_GROUP", "Setting", "accuracy", "exclusion_counts", "get", "names",
+           "predict", "register_setting"]
