@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pipeline import heads as registry
 from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
-from pipeline.config import ConfigError, register_check, register_section
+from pipeline.config import MAX_SEED, ConfigError, check_number, register_check, register_section
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import check_encoder
 
@@ -160,6 +160,8 @@ class ReportConfig:
         for i, seed in enumerate(self.seeds):
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
                 raise ConfigError(f"{key}.seeds[{i}]: must be an integer >= 0 or null, got {seed!r}")
+            if seed is not None and seed > MAX_SEED:
+                raise ConfigError(f"{key}.seeds[{i}]: must be <= {MAX_SEED}, got {seed!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{key}.seeds: lists a seed twice: {self.seeds!r}")
         if self.epochs is not None and self.epochs < 1:
