@@ -168,17 +168,65 @@ class ReportConfig:
             raise ConfigError(f"{key}.epochs: must be >= 1, got {self.epochs!r}")
 
 
-def check_hparams(head: str, overrides: dict[str, Any], key: str) -> None:
+def check_hparams(head: str, overrides: dict[str, Any], key: str, sep: str = ".") -> None:
     """Every key of ``heads.<head>`` is one of the head's ``DEFAULTS``, of the same kind of
-    value (``null``: the paper default)."""
-    defaults = registry.get_head_class(head).DEFAULTS
+    value as its default (a ``None`` default: its value in ``SETTING_DEFAULTS``), and a number
+    is finite and in range (:func:`check_hparam_number`); ``null``: the paper default. The one
+    check of head hyperparameters: params.yaml's ``heads`` (``sep`` ``.``) and the checkpoint
+    converter's ``--set`` (``key`` ``--set``, ``sep`` a space) both use it."""
+    cls = registry.get_head_class(head)
+    defaults = cls.DEFAULTS
     for name, value in overrides.items():
+        where = f"{key}{sep}{name}"
         if name not in defaults:
-            raise ConfigError(f"{key}.{name}: head {head!r} has no hyperparameter {name!r}; "
+            raise ConfigError(f"{where}: head {head!r} has no hyperparameter {name!r}; "
                               f"valid: {', '.join(sorted(defaults))}")
-        if value is not None and not _same_kind(value, defaults[name]):
-            raise ConfigError(f"{key}.{name}: expected {_kind(defaults[name])} like the default "
-                              f"{defaults[name]!r}, got {value!r}")
+        if value is None:
+            continue
+        default = defaults[name]
+        if default is None:  # per setting: the kind of the settings' values
+            default = next((v[name] for v in cls.SETTING_DEFAULTS.values()
+                            if v.get(name) is not None), None)
+        if not _same_kind(value, default):
+            raise ConfigError(f"{where}: expected {_kind(default)} like the default "
+                              f"{default!r}, got {_short(value)}")
+        check_hparam_number(value, default, where)
+
+
+def check_head_values(head: str, setting: str, overrides: dict[str, Any], key: str = "--set",
+                      sep: str = " ", setting_key: str = "--setting") -> None:
+    """A head's setting and hyperparameter overrides checked as params.yaml's are: the setting
+    is one the head has, every value passes :func:`check_hparams`, and the head resolves with
+    them (:func:`pipeline.heads.resolve`); for the checkpoint converters' ``--setting`` and
+    ``--set``. Errors are :class:`ConfigError` naming the option and key."""
+    supported = registry.get_head_class(head).settings
+    if setting not in supported:
+        raise ConfigError(f"{setting_key}: head {head!r} has no {setting!r} setting; it supports: "
+                          f"{', '.join(supported)}")
+    check_hparams(head, overrides, key, sep)
+    try:
+        registry.resolve(head, setting, {k: v for k, v in overrides.items() if v is not None})
+    except SpecError as e:
+        raise ConfigError(f"{key}{sep}{e.key.partition('.')[2] or e.key}: {e}") from None
+
+
+def check_hparam_number(value: Any, default: Any, key: str) -> None:
+    """A head hyperparameter's number: finite, in :data:`pipeline.config.RANGES` of its name,
+    >= 1 where the default is an integer (sizes, counts), >= 0 otherwise, < 1 for a dropout."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    check_number(value, key)
+    if isinstance(default, int) and not isinstance(default, bool) and value < 1:
+        raise ConfigError(f"{key}: must be >= 1 (a size or count), got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+    if "dropout" in key.rsplit(".", 1)[-1] and value >= 1:
+        raise ConfigError(f"{key}: a dropout probability must be < 1, got {value!r}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _kind(value: Any) -> str:
