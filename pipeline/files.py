@@ -84,18 +84,56 @@ def check_writable(*folders: str | os.PathLike) -> None:
                              f"({e.strerror or type(e).__name__}); nothing was written") from None
 
 
-def os_error_text(err: OSError) -> Optional[str]:
+_ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")  # h5py: "... errno = 28, error message = ..."
+_NAME_IN_TEXT = re.compile(r"name = '([^']*)'")
+_WRITE_FAILED = ("file write failed", "No space left", "Read-only file system", "Disk quota")
+
+
+def user_os_errno(err: BaseException) -> Optional[int]:
+    """The errno of ``err`` when it is one of :data:`USER_OS_ERRORS` (read from the message
+    where a library (h5py, torch) kept only the text), else ``None``."""
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = _ERRNO_IN_TEXT.search(str(err))
+        code = int(found.group(1)) if found else None
+    return code if code in USER_OS_ERRORS else None
+
+
+def os_error_text(err: BaseException) -> Optional[str]:
     """One line for an OS error that is the machine's state (read-only, full disk, no
     permission, quota), naming the path; ``None`` for any other error."""
-    if err.errno not in USER_OS_ERRORS:
+    code = user_os_errno(err)
+    if code is None:
         return None
-    path = err.filename if err.filename is not None else "(file not named by the system)"
+    path = getattr(err, "filename", None)
+    if path is None:
+        found = _NAME_IN_TEXT.search(str(err))
+        path = found.group(1) if found else "(a file the system did not name)"
     hint = {errno.ENOSPC: "free space and rerun: the run resumes where it stopped",
             errno.EROFS: "the file system is read-only; point the output elsewhere",
-            }.get(err.errno, "check the permissions and rerun")
-    if err.errno == getattr(errno, "EDQUOT", None):
-        hint = "disk quota exceeded; free space and rerun"
-    return f"{path}: {err.strerror or os.strerror(err.errno)}; {hint}"
+            getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded; free space and rerun",
+            }.get(code, "check the permissions and rerun")
+    return f"{path}: {os.strerror(code)}; {hint}"
+
+
+def write_error(err: BaseException, path: str | os.PathLike) -> Optional[OSError]:
+    """An ``OSError`` naming ``path`` for a failed write of ``path`` that the machine caused
+    (full disk, read-only, quota), also where the writer (torch's zip writer) kept no errno:
+    then the folder's free space decides; ``None`` when ``err`` is something else."""
+    code = user_os_errno(err)
+    if code is None and isinstance(err, (OSError, RuntimeError)) and \
+            any(s in str(err) for s in _WRITE_FAILED):
+        folder = Path(path).parent
+        try:
+            st = os.statvfs(folder)
+            code = errno.ENOSPC if st.f_bavail * st.f_frsize < 2**20 else None
+        except OSError:
+            code = None
+        if code is None and not os.access(folder, os.W_OK):
+            code = errno.EACCES
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(path))
 
 
 # ------------------------------------------------------------------------------------------

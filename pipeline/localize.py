@@ -55,6 +55,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from pipeline.files import check_writable
 from pipeline.cli import stage_main
 from pipeline.config import ConfigError, DataConfig, InputError
 from pipeline.data.ids import safe_filename
@@ -312,6 +313,7 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
 
     model, out_dir = Path(model), Path(out_dir)
     videos = check_videos(videos)  # before anything is loaded
+    check_writable(out_dir)
     try:
         dev = select_device(device, "--device", log=log)
     except (ValueError, RuntimeError) as e:

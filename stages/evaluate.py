@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
+from pipeline.files import check_writable
 from pipeline.runtime import atomic_write_json
 from pipeline.evaluation.evaluate import evaluate
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
     paths, tc, ec = params["paths"], params["train"], params["evaluate"]
+    check_writable(Path(paths.reports) / "evaluate")
     res = evaluate(Path(paths.models) / "best.pt", paths.prepared, paths.features, tc.visual,
                    tc.audio, Path(paths.reports) / "evaluate", split=ec.split, batch_size=ec.batch_size,
                    timelines=ec.timelines, device=tc.device)

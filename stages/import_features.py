@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
+from pipeline.files import check_writable
 from pipeline.features.published import import_background_only, import_published
 from pipeline.features.store import load_features
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
     paths, cfg, root = params["paths"], params["published"], params["data"].root
+    check_writable(paths.features)
     if args.noisy:
         out, done = import_background_only(args.name, cfg, paths.prepared, paths.features, root)
         print(f"import_noisy[{args.name}]: {done}")

@@ -12,6 +12,7 @@ import argparse
 import typing
 
 from pipeline.cli import stage_main
+from pipeline.files import check_writable
 from pipeline.config import load_params
 from pipeline.evaluation.matrix import cell, table
 from pipeline.training.config import Setting
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("table")
     args = p.parse_args(argv)
     params = load_params(args.params)
+    check_writable(params["paths"].reports)
     if args.cmd == "cell":
         cell(params, args.head, args.setting, args.seed)
     else:

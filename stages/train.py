@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
+from pipeline.files import check_writable
 from pipeline.runtime import atomic_write_json
 from pipeline.training.run import train_from_params
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
     paths = params["paths"]
+    check_writable(paths.models, Path(paths.reports) / "train", Path(paths.resume) / "train")
     res = train_from_params(params, out_dir=paths.models, live_dir=Path(paths.reports) / "train",
                             resume_dir=Path(paths.resume) / "train")
     atomic_write_json(Path(paths.reports) / "train.json",

@@ -41,18 +41,22 @@ from pipeline import layout
 from pipeline.config import InputError
 from pipeline.features.config import CommunityFile, PublishedConfig
 from pipeline.features.store import DATASET, community_kind, import_community
-from pipeline.files import open_h5, read_h5
+from pipeline.files import contained, open_h5, read_h5
 from pipeline.layout import BACKGROUND_SUFFIX
 
 LABELS = "labels.h5"  # published per-segment labels (4143, 10, 29), compared when present
 NOISY_LABELS = "labels_noisy.h5"  # published video labels of the noisy videos (178, 29)
 
 
-def _read(path: Path, dataset: str = DATASET) -> np.ndarray:
+def _read(path: Path, dataset: str = DATASET, root: Path | None = None) -> np.ndarray:
+    if root is not None:
+        contained(path, root, "published file")
     return read_h5(path, dataset)
 
 
-def _shape(path: Path) -> tuple[int, ...]:
+def _shape(path: Path, root: Path | None = None) -> tuple[int, ...]:
+    if root is not None:
+        contained(path, root, "published feature file")
     with open_h5(path, DATASET) as f:
         return tuple(f[DATASET].shape)
 
@@ -60,9 +64,9 @@ def _shape(path: Path) -> tuple[int, ...]:
 def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
     """Rows the file must have; raises when it or the published labels disagree with prepare."""
     if name.endswith(BACKGROUND_SUFFIX):
-        rows = _shape(src)[0]
+        rows = _shape(src, root)[0]
         if (root / NOISY_LABELS).is_file():
-            noisy, classes = _read(root / NOISY_LABELS), _read(prepared / LABELS).shape[-1]
+            noisy, classes = _read(root / NOISY_LABELS, root=root), _read(prepared / LABELS).shape[-1]
             if noisy.ndim != 2 or noisy.shape[1] != classes:
                 raise InputError(f"{root / NOISY_LABELS}: shape {noisy.shape}, expected (rows, "
                                  f"{classes}) video labels as {prepared / LABELS}")
@@ -74,7 +78,7 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
         return rows
     labels = _read(prepared / LABELS)
     if (root / LABELS).is_file():
-        published = _read(root / LABELS)
+        published = _read(root / LABELS, root=root)
         if published.shape != labels.shape or not np.array_equal(published.astype(np.float32),
                                                                   labels.astype(np.float32)):
             raise InputError(f"{root / LABELS}: {published.shape} differs from {prepared / LABELS} "
@@ -125,8 +129,9 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
     if not (prepared / LABELS).is_file():
         raise FileNotFoundError(f"{prepared / LABELS}: missing; run prepare first "
                                 "(with data.source: features no video is read)")
+    contained(src, root, "published feature file")
     rows = check_rows(name, src, root, prepared)
-    shape = _shape(src)
+    shape = _shape(src, root)
     if shape[0] != rows:
         raise InputError(f"{src}: {shape[0]} rows but {prepared / LABELS} has {rows} "
                          "(one row per Annotations.txt line)")
@@ -159,7 +164,7 @@ def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path
     if not main.is_file():
         raise FileNotFoundError(f"{main}: missing; put the published file {entry.file} in "
                                 f"{root}/ (data.root), or remove published.files.{name}")
-    shape = _shape(main)
+    shape = _shape(main, root)
     out = layout.feature_file(features, noisy)
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / src.name

@@ -15,10 +15,11 @@ import h5py
 import numpy as np
 import torch.distributed as dist
 
+from pipeline.files import check_writable
 from pipeline import layout
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, recorded, to_dict
 from pipeline.data.prepare import load_manifest
-from pipeline.encoders.spec import ModelSpec
+from pipeline.encoders.spec import ModelSpec, weights_inside
 from pipeline.features.engine import DIST_TIMEOUT_S, extract
 from pipeline.features.store import DATASET, read_meta, write_features
 from pipeline.finetune.run import weights_file
@@ -72,6 +73,9 @@ def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, 
                           f"{', '.join(cfg.models)}")
     else:
         spec = cfg.models[name]
+    check_writable(paths.features)
+    weights_inside(spec.weights, f"extract.models.{name}.weights" if finetuned is None
+                   else f"finetune ({finetuned})", Path(params_path).resolve().parent)
     env = dist_env()
     log = print if env.main else (lambda msg: None)
     device = select_device(cfg.device, "extract.device", env.local_rank, log=log)
