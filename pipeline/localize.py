@@ -324,6 +324,9 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
                          "localize needs a head trained in the fully or weak setting")
     ext = extractors_from_checkpoint(ckpt, model, dev, visual_weights=visual_weights,
                                      audio_weights=audio_weights, allow_download=allow_download)
+    ckpt_io.check_feature_dims(ckpt, model, {
+        "visual": (ext.visual.feature_shape(), f"the visual encoder ({ext.visual.name})"),
+        "audio": (ext.audio.feature_shape(), f"the audio encoder ({ext.audio.name})")})
     for note in ext.notes:
         log(f"localize: {note}")
     min_duration, source = min_duration_of(ckpt)

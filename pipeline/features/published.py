@@ -139,9 +139,29 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
         kind = community_kind(shape)
     except ValueError as e:
         raise InputError(f"{src}: {e}") from None
+    expected, why = expected_kind(name, entry)
+    if expected is not None and kind != expected:
+        raise InputError(f"{src}: shape {shape} is {kind} features, but it is imported as "
+                         f"{expected} features ({why}); not imported")
     out = layout.feature_file(features, name)
     import_community(src, out, kind, cfg.dtype, **provenance(entry, kind))
     return out
+
+
+def expected_kind(name: str, entry: CommunityFile) -> tuple[str | None, str]:
+    """``(kind, why)``: the modality an entry is imported as, from its ``encoder`` (the encoder
+    registry's modality) or AVE's file names (``visual_feature*.h5``, ``audio_feature*.h5``);
+    ``(None, "")`` when neither says."""
+    if entry.encoder:
+        from pipeline.encoders.base import encoder_modality
+        try:
+            return encoder_modality(entry.encoder), f"published.files.{name}.encoder: {entry.encoder}"
+        except (KeyError, ValueError):
+            pass
+    for kind in ("visual", "audio"):
+        if entry.file.startswith(f"{kind}_feature"):
+            return kind, f"published.files.{name}.file: {entry.file}, AVE's {kind} file name"
+    return None, ""
 
 
 def noisy_file(entry: CommunityFile) -> str:

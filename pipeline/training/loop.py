@@ -337,8 +337,12 @@ def _resume(run: _TrainState) -> None:
         print(f"resume: {run.last_path} is from a different run (fingerprint "
               f"{last.get('fingerprint')} != {run.fingerprint}); starting fresh")
         return
-    run.head.load_state_dict(last["model"], strict=True)
-    run.opt.load_state_dict(last["optimizer"])
+    try:
+        run.head.load_state_dict(last["model"], strict=True)
+        run.opt.load_state_dict(last["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise InputError(f"{run.last_path}: its model does not fit this run's ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); delete it to start fresh") from None
     run.sched.load_state_dict(last["scheduler"])
     torch.set_rng_state(last["rng"]["torch"])
     if run.device.type == "cuda" and "cuda" in last["rng"]:
