@@ -127,7 +127,10 @@ def test_prepare_opens_nothing_outside_the_root(ave_root, tmp_path):
     shutil.move(video, outside / video.name)
     os.symlink(outside / video.name, video)
     (outside / "passwd").write_text(SECRET + "\n")
-    os.symlink(outside / "passwd", root / "backgroundSet.txt")  # read after the annotations
+    background = root / "backgroundSet.txt"
+    kept = background.read_bytes() if background.exists() else b""
+    background.unlink(missing_ok=True)
+    os.symlink(outside / "passwd", background)  # read after the annotations
     out = tmp_path / "prepared"
     script = f"""
 import sys
@@ -147,8 +150,9 @@ print("OPENED", [p for p in opened if os.path.realpath(p).startswith({str(outsid
                           timeout=300)
     assert "OPENED []" in proc.stdout, proc.stdout + proc.stderr
     assert f"REFUSED {root / 'backgroundSet.txt'}: the AVE text file resolves to" in proc.stdout
-    # without the hostile background list, prepare runs; the outside video is never opened
-    (root / "backgroundSet.txt").unlink()
+    # with the real background list, prepare runs; the outside video is never opened
+    background.unlink()
+    background.write_bytes(kept)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           timeout=300)
     assert "OPENED []" in proc.stdout and "REFUSED" not in proc.stdout, proc.stdout + proc.stderr
@@ -294,7 +298,8 @@ BAD_VALUES = [
     ("train: [1, 2]\n", r"train: expected a mapping, got \[1, 2\]"),
     ("train: 5\n", r"train: expected a mapping, got 5"),
     ("heads:\n  psp:\n    tau_fully: .nan\n", r"heads\.psp\.tau_fully: must be a finite number, got nan"),
-    ("heads:\n  psp:\n    dropout: 1.5\n", r"heads\.psp\.dropout: a dropout probability must be < 1, got 1\.5"),
+    ("heads:\n  psp:\n    dropout: 1.5\n", r"heads\.psp\.dropout: must be <= 1, got 1\.5"),
+    ("heads:\n  psp:\n    dropout: 1\n", r"heads\.psp\.dropout: a dropout probability must be < 1, got 1"),
     ("heads:\n  cmbs:\n    alpha: abc\n", r"heads\.cmbs\.alpha: expected a number like the default 0\.1, got 'abc'"),
     ("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n",
      r"train\.lr: duplicate key \(lines \d+ and \d+; YAML would keep the last silently\)"),
