@@ -242,6 +242,10 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{key}.{name}" if key else name)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{key + '.' if key else ''}{missing[0]}: required; it has no default")
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
@@ -331,9 +335,13 @@ def read_yaml(path: Path) -> dict:
                           "UTF-8 text")
     text = "\n".join(t or "" for _, t in lines)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        check_duplicate_keys(node)
-        raw = yaml.safe_load(text) or {}
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+        try:
+            node = loader.get_single_node()
+            check_duplicate_keys(node)
+            raw = (loader.construct_document(node) if node is not None else None) or {}
+        finally:
+            loader.dispose()
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
