@@ -268,7 +268,12 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     runtime.seed_everything(resolved.seed)
     dims = {"visual_dim": data.visual_dim, "audio_dim": data.audio_dim,
             "num_classes": data.num_classes}
-    head = instantiate(resolved, **dims).to(device)
+    try:
+        head = instantiate(resolved, **dims).to(device)
+    except (AssertionError, ValueError) as e:  # torch's checks of sizes (e.g. heads | d_model)
+        raise ConfigError(f"heads.{spec.head}: {spec.head} ({spec.setting}) cannot be built with "
+                          f"{spec.hparam_overrides or 'its defaults'} on features {dims}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
     opt = make_optimizer(head.parameters(), recipe)
     n_params = count_parameters(head)
     common = {"format": ckpt_io.FORMAT, "head": spec.head, "setting": spec.setting,
