@@ -86,7 +86,10 @@ def check_writable(*folders: str | os.PathLike) -> None:
 
 _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")  # h5py: "... errno = 28, error message = ..."
 _NAME_IN_TEXT = re.compile(r"name = '([^']*)'")
-_WRITE_FAILED = ("file write failed", "No space left", "Read-only file system", "Disk quota")
+# what writers that keep no errno say (h5py, torch's zip writer: PytorchStreamWriter /
+# inline_container "unexpected pos" when a write came up short)
+_WRITE_FAILED = ("file write failed", "No space left", "Read-only file system", "Disk quota",
+                 "PytorchStreamWriter", "inline_container", "write failed")
 
 
 def user_os_errno(err: BaseException) -> Optional[int]:
@@ -111,7 +114,7 @@ def os_error_text(err: BaseException) -> Optional[str]:
         path = found.group(1) if found else "(a file the system did not name)"
     hint = {errno.ENOSPC: "free space and rerun: the run resumes where it stopped",
             errno.EROFS: "the file system is read-only; point the output elsewhere",
-            getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded; free space and rerun",
+            getattr(errno, "EDQUOT", errno.ENOSPC): "free space within the quota and rerun",
             }.get(code, "check the permissions and rerun")
     return f"{path}: {os.strerror(code)}; {hint}"
 
@@ -126,7 +129,8 @@ def write_error(err: BaseException, path: str | os.PathLike) -> Optional[OSError
         folder = Path(path).parent
         try:
             st = os.statvfs(folder)
-            code = errno.ENOSPC if st.f_bavail * st.f_frsize < 2**20 else None
+            code = (errno.EROFS if st.f_flag & os.ST_RDONLY else
+                    errno.ENOSPC if st.f_bavail * st.f_frsize < 2**20 else None)
         except OSError:
             code = None
         if code is None and not os.access(folder, os.W_OK):

@@ -51,6 +51,7 @@ def one_error(main, argv, capsys, pattern: str) -> str:
     assert code == 2 and len(err) == 1, (code, err)
     assert re.fullmatch(f"error: {pattern}", err[0]), err[0]
     assert "internal" not in err[0] and "Traceback" not in err[0]
+    print(err[0])  # shown by pytest -rP: the line each case prints
     return err[0]
 
 
@@ -488,6 +489,7 @@ def test_a_read_only_output_folder_is_one_line_before_work(stage, args, folder, 
                              [str(REPO / "stages" / f"{stage}.py"), *args, "--params", str(params)],
                              tmp_path)
     where = re.escape(named.format(out=out))
+    print(err)
     assert code == 2 and len(err) == 1, (code, err)
     assert re.fullmatch(rf"error: {where}: output folder not writable \(Read-only file system\); "
                         r"nothing was written", err[0]), err[0]
@@ -500,6 +502,7 @@ def test_localize_into_a_read_only_folder(ave_root, tmp_path):
     code, err = in_namespace(out, f"mount -o remount,ro '{out}'",
                              ["-m", "pipeline.localize", "--model", str(tmp_path / "absent.pt"),
                               "--out", str(out / "loc"), str(video)], tmp_path)
+    print(err)
     assert code == 2 and err == [f"error: {out / 'loc'}: output folder not writable (Read-only "
                                  "file system); nothing was written"], (code, err)
 
@@ -525,7 +528,43 @@ def test_a_full_disk_is_one_line_and_the_old_output_stays(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                           cwd=tmp_path, timeout=300)
     err = proc.stderr.strip().splitlines()
+    print(err)
     assert "rc=2" in proc.stdout and proc.stdout.strip().endswith("old"), proc.stdout + proc.stderr
     assert len(err) == 1 and re.fullmatch(rf"error: {re.escape(str(out))}/\S+: No space left on "
                                           r"device; free space and rerun: the run resumes where "
                                           r"it stopped", err[0]), err
+
+
+@pytest.mark.parametrize("err,line", [
+    (OSError(30, "Read-only file system", "/data/out/labels.h5"),
+     "/data/out/labels.h5: Read-only file system; the file system is read-only; point the output elsewhere"),
+    (OSError(28, "No space left on device", "/data/f.h5"),
+     "/data/f.h5: No space left on device; free space and rerun: the run resumes where it stopped"),
+    (OSError(122, "Disk quota exceeded", "/data/f.h5"),
+     "/data/f.h5: Disk quota exceeded; free space within the quota and rerun"),
+    (OSError("Unable to synchronously create file (unable to open file: name = '/data/x.h5', "
+             "errno = 30, error message = 'Read-only file system', flags = 13, o_flags = 242)"),
+     "/data/x.h5: Read-only file system; the file system is read-only; point the output elsewhere"),
+])
+def test_an_os_error_anywhere_is_one_line_naming_the_path(err, line, capsys):
+    """As the OS (or h5py, which keeps only the text) raises them, from anywhere in a stage."""
+    from pipeline.cli import stage_main
+
+    def main(argv):
+        raise err
+
+    one_error(stage_main(main), [], capsys, re.escape(line))
+
+
+@needs_unshare
+def test_a_checkpoint_written_to_a_full_disk_names_its_file(tmp_path):
+    """torch's zip writer keeps no errno ('file write failed'): the atomic write names the
+    file."""
+    out = tmp_path / "out"
+    script = ("import torch, sys; from pipeline.cli import stage_main; "
+              "from pipeline.runtime import atomic_torch_save; "
+              f'stage_main(lambda a: atomic_torch_save({{"x": torch.zeros(200000)}}, "{out}/last.pt"))([])')
+    code, err = in_namespace(out, f"echo old > '{out}/last.pt'", ["-c", script], tmp_path)
+    print(err)
+    assert code == 2 and err == [f"error: {out / 'last.pt'}: No space left on device; free space "
+                                 "and rerun: the run resumes where it stopped"], (code, err)
