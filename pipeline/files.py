@@ -67,18 +67,23 @@ def contained(path: str | os.PathLike, root: str | os.PathLike, what: str = "fil
 
 
 def check_writable(*folders: str | os.PathLike) -> None:
-    """Each folder exists (created) and a file can be written in it, checked before a stage's
-    long work; else an :class:`InputError` naming the folder and the reason."""
+    """Each folder (or, when it does not exist yet, the nearest folder above it, where it will
+    be created) accepts a new file, checked before a stage's long work and without creating
+    anything that stays; else an :class:`InputError` naming the folder and the reason."""
+    import tempfile
+
     for folder in folders:
         folder = Path(folder)
+        probe_dir = folder
+        while not probe_dir.exists() and probe_dir != probe_dir.parent:
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            raise InputError(f"{folder}: output folder cannot be made: {probe_dir} is not a folder")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-check-{os.getpid()}"
-            with open(probe, "wb") as f:
+            with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".write-check-") as f:
                 f.write(b"0")
                 f.flush()
                 os.fsync(f.fileno())
-            probe.unlink()
         except OSError as e:
             raise InputError(f"{folder}: output folder not writable "
                              f"({e.strerror or type(e).__name__}); nothing was written") from None
