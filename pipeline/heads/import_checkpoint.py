@@ -35,12 +35,6 @@ from . import count_parameters, from_authors_state_dict, get_head_class, list_he
 from ._authors import LayoutError
 
 
-def check_head_values(head: str, setting: str, overrides: dict[str, Any]) -> None:
-    from pipeline.training.config import check_head_values as check  # (imports this package)
-
-    check(head, setting, overrides)
-
-
 def parse_sets(items: list[str], head: str) -> dict[str, Any]:
     """``["alpha=0.3", ...]`` -> ``{"alpha": 0.3}``: keys of ``head``'s ``DEFAULTS`` (an unknown
     key is an error listing the valid ones), values parsed as YAML scalars."""
@@ -94,10 +88,10 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
         model = from_authors_state_dict(head, state_dict, setting, **(overrides or {}))
     except (LayoutError, KeyError, ValueError) as e:
         raise InputError(f"{src}: {e.args[0] if e.args else e}") from None
-    except (AssertionError, RuntimeError) as e:  # torch's checks of the sizes --set gave
-        raise InputError(f"{src}: {head} ({setting}) cannot be built with {overrides}: {e}") from None
     except NotImplementedError as e:
         raise InputError(f"--head: {e}") from None
+    except (AssertionError, RuntimeError) as e:  # torch's checks of the sizes --set gave
+        raise InputError(f"{src}: {head} ({setting}) cannot be built with {overrides}: {e}") from None
     with warnings.catch_warnings():  # line problems are prepare's to report; the order is all we need
         warnings.simplefilter("ignore")
         categories = load_annotations(ave_root, splits=False).categories
@@ -132,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dst", help="our checkpoint to write, e.g. models/best.pt")
     args = p.parse_args(argv)
     overrides = parse_sets(args.sets, args.head)
-    check_head_values(args.head, args.setting, overrides)  # the rules of params.yaml's heads
+    from pipeline.training.config import check_head_values  # params.yaml's rules (imports this package)
+    check_head_values(args.head, args.setting, overrides)
     ckpt = import_checkpoint(args.head, args.setting, args.src, args.dst, ave_root=args.ave_root,
                              visual=args.visual, audio=args.audio, overrides=overrides)
     print(f"{args.dst}: {args.head} ({args.setting}) from {args.src}, {ckpt['num_parameters']:,} "
