@@ -157,7 +157,7 @@ def _coerce_container(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {_short(value)}")
         vt = args[1] if args else Any
-        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, vt, f"{key}.{key_text(k)}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}: expected a list, got {_short(value)}")
     et = args[0] if args else Any
@@ -220,6 +220,14 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
     return check_number(float(value) if tp is float else value, key)
 
 
+def key_text(key: Any) -> str:
+    """A key as written in a message: plain names as they are, anything else (blanks, control
+    characters, not a string) quoted, so that a message stays one unambiguous line."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key and len(key) <= 80:
+        return key
+    return _short(key)
+
+
 def _short(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters (errors stay one short line)."""
     text = repr(value)
@@ -237,7 +245,7 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         where = f"{key}." if key else ""
-        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys"
+        raise ConfigError(f"unknown key {where}{key_text(unknown[0])}; allowed keys"
                           f"{' of ' + key if key else ''}: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
@@ -307,7 +315,7 @@ def check_duplicate_keys(node: Any, key: str = "") -> None:
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
-            dotted = f"{key}.{name}" if key else str(name)
+            dotted = f"{key}.{key_text(name)}" if key else key_text(name)
             line = key_node.start_mark.line + 1
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 if name in seen:
@@ -399,13 +407,14 @@ def _apply_runtime(raw: dict) -> tuple[dict, dict[str, set[str]]]:
     moved: dict[str, set[str]] = {}
     for section, values in runtime.items():
         if not isinstance(section, str) or section not in RUNTIME_KEYS:
-            raise ConfigError(f"unknown key runtime.{section}; allowed: {', '.join(RUNTIME_KEYS)}")
+            raise ConfigError(f"unknown key runtime.{key_text(section)}; allowed: "
+                              f"{', '.join(RUNTIME_KEYS)}")
         values = values or {}
         if not isinstance(values, dict):
             raise ConfigError(f"runtime.{section}: expected a mapping, got {_short(values)}")
         unknown = sorted(set(values) - set(RUNTIME_KEYS[section]), key=str)
         if unknown:
-            raise ConfigError(f"unknown key runtime.{section}.{unknown[0]}; allowed: "
+            raise ConfigError(f"unknown key runtime.{section}.{key_text(unknown[0])}; allowed: "
                               f"{', '.join(RUNTIME_KEYS[section])}")
         out[section] = {**(out.get(section) or {}), **values}
         moved[section] = set(values)
@@ -432,7 +441,7 @@ def validate(raw: dict) -> dict[str, Any]:
     sections = _all_sections()
     unknown = sorted(set(raw) - set(sections), key=str)
     if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; allowed: {', '.join(sections)}")
+        raise ConfigError(f"unknown section {_short(unknown[0])}; allowed: {', '.join(sections)}")
     params = {name: _section(name, cls, raw.get(name), moved.get(name, set()))
               for name, cls in sections.items()}
     for check in _CHECKS:

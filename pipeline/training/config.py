@@ -11,7 +11,8 @@ from typing import Any, Literal, Optional
 
 from pipeline import heads as registry
 from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
-from pipeline.config import MAX_SEED, ConfigError, check_number, register_check, register_section
+from pipeline.config import (MAX_SEED, ConfigError, check_number, key_text, register_check,
+                             register_section)
 from pipeline.data.ids import safe_filename
 from pipeline.encoders.base import check_encoder
 
@@ -110,7 +111,7 @@ class HeadsConfig:
         out = {}
         for head, values in data.items():
             if str(head) not in registry.list_heads():
-                raise ConfigError(f"unknown key {key}.{head}; allowed keys of {key}: "
+                raise ConfigError(f"unknown key {key}.{key_text(head)}; allowed keys of {key}: "
                                   f"{', '.join(registry.list_heads())}")
             values = values or {}
             if not isinstance(values, dict):
@@ -179,7 +180,7 @@ def check_hparams(head: str, overrides: dict[str, Any], key: str, sep: str = "."
     for name, value in overrides.items():
         where = f"{key}{sep}{name}"
         if name not in defaults:
-            raise ConfigError(f"{where}: head {head!r} has no hyperparameter {name!r}; "
+            raise ConfigError(f"{key}{sep}{key_text(name)}: head {head!r} has no hyperparameter {_short(name)}; "
                               f"valid: {', '.join(sorted(defaults))}")
         if value is None:
             continue
