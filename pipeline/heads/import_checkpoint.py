@@ -28,7 +28,7 @@ import torch
 
 from pipeline import files
 from pipeline.cli import stage_main
-from pipeline.config import ConfigError, InputError
+from pipeline.config import ConfigError, InputError, key_text
 from pipeline.training import checkpoint as ckpt_io
 
 from . import count_parameters, from_authors_state_dict, get_head_class, list_heads
@@ -48,7 +48,7 @@ def parse_sets(items: list[str], head: str) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         if key not in defaults:
-            raise ConfigError(f"--set {key}: head {head!r} has no hyperparameter {key!r}; valid: "
+            raise ConfigError(f"--set {key_text(key)}: head {head!r} has no hyperparameter {key!r}; valid: "
                              f"{', '.join(sorted(defaults))}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
