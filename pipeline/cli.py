@@ -3,7 +3,10 @@
 Every ``stages/<name>.py`` wraps its ``main`` with :func:`stage_main`. An error the user can
 fix (bad params, a missing or unreadable input file, unsafe data) prints
 ``error: <file or key>: <what is wrong>`` and exits with status 2; any other exception prints
-``error: internal: <type>: <message>`` and exits with status 1. ``--debug`` (anywhere on the
+``error: internal: <type>: <message>`` and exits with status 1. An OS error that is the
+machine's state (read-only file system, full disk, no permission, quota: ``EROFS``, ``ENOSPC``,
+``EACCES``, ``EDQUOT``), wherever it happens, is one line naming the path, exit status 2
+(:func:`pipeline.files.os_error_text`); atomic writes leave the resume point intact. ``--debug`` (anywhere on the
 command line) or the environment variable ``AVE_DEBUG=1`` re-raises instead, with the full
 traceback.
 """
@@ -38,6 +41,18 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+def _os_error_text(err: BaseException) -> Optional[str]:
+    """:func:`pipeline.files.os_error_text` of ``err`` or of the error it was raised from."""
+    from pipeline.files import os_error_text
+
+    while err is not None:
+        text = os_error_text(err)
+        if text is not None:
+            return text
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def stage_main(main: Callable[[Optional[list[str]]], Any]) -> Callable[[Optional[list[str]]], Any]:
     """Wrap a stage's ``main(argv)``: errors become one line and an exit status (see module doc)."""
     @functools.wraps(main)
@@ -60,6 +75,10 @@ def stage_main(main: Callable[[Optional[list[str]]], Any]) -> Callable[[Optional
         except Exception as e:
             if debug:
                 raise
+            machine = _os_error_text(e)
+            if machine is not None:
+                print(f"error: {machine}", file=sys.stderr, flush=True)
+                raise SystemExit(EXIT_INPUT) from None
             print(f"error: internal: {type(e).__name__}: {one_line(e)} (rerun with {DEBUG_FLAG} "
                   f"or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_INTERNAL) from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -125,7 +127,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce_union(value, typing.get_args(tp), key)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: "
+            raise ConfigError(f"{key}: {_short(value)} is not allowed; allowed: "
                               + ", ".join(repr(a) for a in typing.get_args(tp)))
         return value
     if dataclasses.is_dataclass(tp):
@@ -153,17 +155,57 @@ def _coerce_container(value: Any, tp: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_short(value)}")
         vt = args[1] if args else Any
-        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, vt, f"{key}.{key_text(k)}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{key}: expected a list, got {value!r}")
+        raise ConfigError(f"{key}: expected a list, got {_short(value)}")
     et = args[0] if args else Any
     items = [_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)]
     return items if origin is list else tuple(items)
 
 
 _SCALARS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+# Ranges of numbers by key name (the last part of the dotted key), checked wherever the name
+# appears (params sections, head hyperparameters, the converter's --set): (low, high,
+# low excluded). Every number is also finite, and every integer below MAX_INT.
+MAX_INT = 2**31 - 1
+MAX_SEED = 2**32 - 1  # numpy's and torch's seed range
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "seed": (0, MAX_SEED, False),
+    "lr": (0, 1e3, False), "lr_encoder": (0, 1e3, False), "lr_head": (0, 1e3, False),
+    "weight_decay": (0, 1e3, False), "clip_grad": (0, math.inf, False),
+    "grad_clip": (0, math.inf, False), "lr_gamma": (0, 1e3, False),
+    "temperature": (0, 1e3, True), "bece_temperature": (0, 1e3, True),
+    "input_dropout": (0, 1, False), "dropout": (0, 1, False),
+    "batch_size": (1, MAX_INT, False), "epochs": (1, 10**6, False),
+    "width": (1, 8192, False), "height": (1, 8192, False), "image_size": (1, 8192, False),
+    "fps": (0, 1000, True), "sample_rate": (1, 10**6, False),
+    "frames_per_segment": (1, 1000, False),
+}
+
+
+def check_number(value: Any, key: str) -> Any:
+    """``value`` (an int or float) finite, below :data:`MAX_INT` (integers) and within
+    :data:`RANGES` of its name: else a :class:`ConfigError` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    name = re.sub(r"\[\d+\]$", "", re.split(r"[. ]", key)[-1])
+    low, high, open_low = RANGES.get(name, (-math.inf, math.inf, False))
+    if isinstance(value, int) and name not in ("seed", "seeds") and abs(value) > MAX_INT:
+        raise ConfigError(f"{key}: must be at most {MAX_INT} in size, got {value!r}")
+    if value < low or (open_low and value == low):
+        raise ConfigError(f"{key}: must be {'>' if open_low else '>='} {_num(low)}, got {value!r}")
+    if value > high:
+        raise ConfigError(f"{key}: must be <= {_num(high)}, got {value!r}")
+    return value
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
@@ -174,8 +216,22 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           str: isinstance(value, str)}[tp]
     if not ok:
-        raise ConfigError(f"{key}: expected {_SCALARS[tp]}, got {value!r}")
-    return float(value) if tp is float else value
+        raise ConfigError(f"{key}: expected {_SCALARS[tp]}, got {_short(value)}")
+    return check_number(float(value) if tp is float else value, key)
+
+
+def key_text(key: Any) -> str:
+    """A key as written in a message: plain names as they are, anything else (blanks, control
+    characters, not a string) quoted, so that a message stays one unambiguous line."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key and len(key) <= 80:
+        return key
+    return _short(key)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (errors stay one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def from_dict(cls: type, data: Any, key: str = "") -> Any:
@@ -183,17 +239,21 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{key or 'params'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{key or 'params'}: expected a mapping, got {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         where = f"{key}." if key else ""
-        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys"
+        raise ConfigError(f"unknown key {where}{key_text(unknown[0])}; allowed keys"
                           f"{' of ' + key if key else ''}: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{key}.{name}" if key else name)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{key + '.' if key else ''}{missing[0]}: required; it has no default")
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
@@ -230,6 +290,9 @@ SECTION_MODULES: dict[str, str] = {
 }
 
 
+MAX_PARAMS_BYTES = 2**20  # a params.yaml is a few KB
+
+
 def _sections(names: Iterable[str]) -> dict[str, type]:
     """The dataclasses of the sections ``names`` (importing a section's module registers it)."""
     for mod in sorted({SECTION_MODULES[n] for n in names}):
@@ -247,21 +310,69 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Optional[dict] = N
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = read_yaml(path)
     if overrides:
         raw = _merge(raw, overrides)
     try:
         return validate(raw, sections)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def check_duplicate_keys(node: Any, key: str = "") -> None:
+    """Walk a composed YAML node: a key written twice in one mapping (YAML would keep the last
+    silently) is a :class:`ConfigError` naming the dotted key and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
+            dotted = f"{key}.{key_text(name)}" if key else key_text(name)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if name in seen:
+                    raise ConfigError(f"{dotted}: duplicate key (lines {seen[name]} and {line}; "
+                                      "YAML would keep the last silently)")
+                seen[name] = line
+            check_duplicate_keys(value_node, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            check_duplicate_keys(item, f"{key}[{i}]")
+
+
+def read_yaml(path: Path) -> dict:
+    """The top-level mapping of the YAML file ``path``: read as bytes (bounded), UTF-8 (a BOM
+    honoured), duplicate keys refused; every error a :class:`ConfigError` naming the file."""
+    from pipeline.files import InputError as _InputError, decode_lines, read_text_bytes
+
+    try:
+        lines, bad = decode_lines(read_text_bytes(path, MAX_PARAMS_BYTES), path,
+                                  max_line=MAX_PARAMS_BYTES)
+    except _InputError as e:
+        raise ConfigError(str(e)) from None
+    if bad:
+        raise ConfigError(f"{bad[0].replace('; line left out', '')}; a params file must be "
+                          "UTF-8 text")
+    text = "\n".join(t or "" for _, t in lines)
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+        try:
+            node = loader.get_single_node()
+            check_duplicate_keys(node)
+            raw = (loader.construct_document(node) if node is not None else None) or {}
+        finally:
+            loader.dispose()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
 Check = Callable[[dict[str, Any]], None]
@@ -302,8 +413,11 @@ def _apply_runtime(raw: dict) -> tuple[dict, dict[str, set[str]]]:
     keys that came from ``runtime``."""
     runtime = raw.get("runtime") or {}
     if not isinstance(runtime, dict):
-        raise ConfigError(f"runtime: expected a mapping, got {runtime!r}")
+        raise ConfigError(f"runtime: expected a mapping, got {_short(runtime)}")
     out = {k: v for k, v in raw.items() if k != "runtime"}
+    for section, values in out.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a mapping, got {_short(values)}")
     for section, keys in RUNTIME_KEYS.items():
         inline = sorted(set(out.get(section) or {}) & set(keys))
         if inline:
@@ -311,14 +425,15 @@ def _apply_runtime(raw: dict) -> tuple[dict, dict[str, set[str]]]:
                               f"output); set it as runtime.{section}.{inline[0]}")
     moved: dict[str, set[str]] = {}
     for section, values in runtime.items():
-        if section not in RUNTIME_KEYS:
-            raise ConfigError(f"unknown key runtime.{section}; allowed: {', '.join(RUNTIME_KEYS)}")
+        if not isinstance(section, str) or section not in RUNTIME_KEYS:
+            raise ConfigError(f"unknown key runtime.{key_text(section)}; allowed: "
+                              f"{', '.join(RUNTIME_KEYS)}")
         values = values or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"runtime.{section}: expected a mapping, got {values!r}")
-        unknown = sorted(set(values) - set(RUNTIME_KEYS[section]))
+            raise ConfigError(f"runtime.{section}: expected a mapping, got {_short(values)}")
+        unknown = sorted(set(values) - set(RUNTIME_KEYS[section]), key=str)
         if unknown:
-            raise ConfigError(f"unknown key runtime.{section}.{unknown[0]}; allowed: "
+            raise ConfigError(f"unknown key runtime.{section}.{key_text(unknown[0])}; allowed: "
                               f"{', '.join(RUNTIME_KEYS[section])}")
         out[section] = {**(out.get(section) or {}), **values}
         moved[section] = set(values)
@@ -342,9 +457,9 @@ def validate(raw: dict, sections: Optional[Iterable[str]] = None) -> dict[str, A
     """Runtime knobs merged into their sections, the sections ``sections`` (None: all) built and
     checked, then the cross-section checks among them (errors name the key)."""
     raw, moved = _apply_runtime(raw)
-    unknown = sorted(set(raw) - set(SECTION_MODULES))
+    unknown = sorted(set(raw) - set(SECTION_MODULES), key=str)
     if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; allowed: {', '.join(SECTION_MODULES)}")
+        raise ConfigError(f"unknown section {_short(unknown[0])}; allowed: {', '.join(SECTION_MODULES)}")
     names = set(SECTION_MODULES if sections is None else sections)
     bad = sorted(names - set(SECTION_MODULES))
     if bad:

@@ -1,5 +1,15 @@
 """Every file a user hands us is opened here: checkpoints, weights files, HDF5 feature and label
-files.
+files, and the text files (annotations, splits, params).
+
+Containment. A file named by data or params is opened only inside its root, symlinks resolved
+(:func:`contained`): ``error: <root>/Annotations.txt: the AVE text file resolves to /etc/passwd,
+outside <root>; not read``. Output folders are checked writable before long work
+(:func:`check_writable`).
+
+Text. :func:`read_text_lines` reads bytes and decodes them under one policy: a UTF-8 or UTF-16
+BOM is honoured (UTF-8 otherwise); a line that does not decode, or holds control characters, is
+a ``file:line`` warning and left out; a file that is mostly not text, larger than
+:data:`MAX_TEXT_BYTES` or with a line longer than :data:`MAX_LINE_BYTES` is refused in one line.
 
 Each failure (a missing or unreadable file, a pickle that is not plain tensors, a truncated zip
 or HDF5 file, a missing dataset, a wrong shape, non-finite numbers) is an
@@ -16,6 +26,8 @@ it left out. A checkpoint holding non-finite weights is refused (:func:`check_fi
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
 import warnings
 from pathlib import Path
@@ -26,6 +38,205 @@ import numpy as np
 from pipeline.config import InputError
 
 ROWS_PER_BLOCK = 256  # rows checked at a time for non-finite values (bounded memory)
+# Text files a user hands us. AVE's largest (Annotations.txt) is 144 KB with lines under 60
+# bytes; a params.yaml is a few KB. Far beyond that is not an AVE file: refused before anything
+# is parsed or written.
+MAX_TEXT_BYTES = 8 * 2**20  # 8 MB
+MAX_LINE_BYTES = 4096
+BINARY_SHARE = 0.5  # more than this share of lines undecodable / control characters: not text
+# OS errors that are the machine's state, not our bug: one line naming the path, exit 2
+USER_OS_ERRORS = frozenset({errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM,
+                            getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class OutsideRootError(InputError):
+    """A file resolves (symlinks followed) outside the folder it must lie in."""
+
+
+# ------------------------------------------------------------------------------------------
+# Containment and writable folders
+# ------------------------------------------------------------------------------------------
+def contained(path: str | os.PathLike, root: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` with symlinks resolved; :class:`OutsideRootError` (an :class:`InputError`)
+    unless it lies inside ``root`` (itself resolved: a root that is a symlink to another disk
+    is fine): ``<path>: the <what> resolves to <real>, outside <root>; not read``."""
+    real, base = Path(path).resolve(), Path(root).resolve()
+    if real != base and base not in real.parents:
+        raise OutsideRootError(f"{path}: the {what} resolves to {real}, outside {root}; not read")
+    return real
+
+
+def check_writable(*folders: str | os.PathLike) -> None:
+    """Each folder (or, when it does not exist yet, the nearest folder above it, where it will
+    be created) accepts a new file, checked before a stage's long work and without creating
+    anything that stays; else an :class:`InputError` naming the folder and the reason."""
+    import tempfile
+
+    for folder in folders:
+        folder = Path(folder)
+        probe_dir = folder
+        while not probe_dir.exists() and probe_dir != probe_dir.parent:
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            raise InputError(f"{folder}: output folder cannot be made: {probe_dir} is not a folder")
+        try:
+            with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".write-check-") as f:
+                f.write(b"0")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise InputError(f"{folder}: output folder not writable "
+                             f"({e.strerror or type(e).__name__}); nothing was written") from None
+
+
+_ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")  # h5py: "... errno = 28, error message = ..."
+_NAME_IN_TEXT = re.compile(r"name = '([^']*)'")
+# what writers that keep no errno say (h5py, torch's zip writer: PytorchStreamWriter /
+# inline_container "unexpected pos" when a write came up short)
+_WRITE_FAILED = ("file write failed", "No space left", "Read-only file system", "Disk quota",
+                 "PytorchStreamWriter", "inline_container", "write failed")
+
+
+def user_os_errno(err: BaseException) -> Optional[int]:
+    """The errno of ``err`` when it is one of :data:`USER_OS_ERRORS` (read from the message
+    where a library (h5py, torch) kept only the text), else ``None``."""
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = _ERRNO_IN_TEXT.search(str(err))
+        code = int(found.group(1)) if found else None
+    return code if code in USER_OS_ERRORS else None
+
+
+def os_error_text(err: BaseException) -> Optional[str]:
+    """One line for an OS error that is the machine's state (read-only, full disk, no
+    permission, quota), naming the path; ``None`` for any other error."""
+    code = user_os_errno(err)
+    if code is None:
+        return None
+    path = getattr(err, "filename", None)
+    if path is None:
+        found = _NAME_IN_TEXT.search(str(err))
+        path = found.group(1) if found else "(a file the system did not name)"
+    hint = {errno.ENOSPC: "free space and rerun: the run resumes where it stopped",
+            errno.EROFS: "the file system is read-only; point the output elsewhere",
+            getattr(errno, "EDQUOT", errno.ENOSPC): "free space within the quota and rerun",
+            }.get(code, "check the permissions and rerun")
+    return f"{path}: {os.strerror(code)}; {hint}"
+
+
+def write_error(err: BaseException, path: str | os.PathLike) -> Optional[OSError]:
+    """An ``OSError`` naming ``path`` for a failed write of ``path`` that the machine caused
+    (full disk, read-only, quota), also where the writer (torch's zip writer) kept no errno:
+    then the folder's free space decides; ``None`` when ``err`` is something else."""
+    code = user_os_errno(err)
+    if code is None and isinstance(err, (OSError, RuntimeError)) and \
+            any(s in str(err) for s in _WRITE_FAILED):
+        folder = Path(path).parent
+        try:
+            st = os.statvfs(folder)
+            code = (errno.EROFS if st.f_flag & os.ST_RDONLY else
+                    errno.ENOSPC if st.f_bavail * st.f_frsize < 2**20 else None)
+        except OSError:
+            code = None
+        if code is None and not os.access(folder, os.W_OK):
+            code = errno.EACCES
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(path))
+
+
+# ------------------------------------------------------------------------------------------
+# Text files
+# ------------------------------------------------------------------------------------------
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _size_bound(path: Path, data_len: int, limit: int) -> None:
+    if data_len > limit:
+        raise InputError(f"{path}: {data_len:,} bytes, more than the {limit:,} a text file of "
+                         "this kind can have; not read")
+
+
+def read_text_bytes(path: str | os.PathLike, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of ``path``, refused when it is larger than ``limit`` (before reading it)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    _size_bound(path, path.stat().st_size, limit)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except PermissionError as e:
+        raise InputError(f"{path}: not readable: {e.strerror}") from None
+    _size_bound(path, len(data), limit)
+    return data
+
+
+def decode_lines(data: bytes, path: str | os.PathLike, *, max_line: int = MAX_LINE_BYTES
+                 ) -> tuple[list[tuple[int, Optional[str]]], list[str]]:
+    """``([(1-based line number, text without its line end)], [warnings])`` of ``data`` under
+    the module's text policy (see the module doc). A line that does not decode has text
+    ``None`` (its caller leaves it out; it keeps its number) and a ``file:line`` warning.
+    :class:`InputError` naming ``path`` for a file that is mostly not text (undecodable lines
+    and lines with control characters) or has a line longer than ``max_line`` bytes."""
+    encoding = "UTF-8"
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            data = data[len(bom):]
+            if enc != "utf-8":
+                if len(data) % 2:
+                    raise InputError(f"{path}: not text: a UTF-16 file (BOM) of an odd number "
+                                     "of bytes; not read")
+                # UTF-16 -> UTF-8 bytes, an undecodable unit as a lone surrogate (caught below)
+                data = _utf16_to_utf8(data, enc)
+                encoding = "UTF-16"
+            break
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    lines: list[tuple[int, Optional[str]]] = []
+    warnings_, bad = [], 0
+    for n, raw in enumerate(raw_lines, start=1):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if len(raw) > max_line:
+            raise InputError(f"{path}:{n}: a line of {len(raw):,} bytes, more than {max_line:,}; "
+                             "not a text file of this kind; not read")
+        try:
+            text: Optional[str] = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad += 1
+            warnings_.append(f"{path}:{n}: not {encoding} text (byte 0x{raw[e.start]:02x} at "
+                             f"column {e.start + 1}); line left out")
+            lines.append((n, None))
+            continue
+        if _CONTROL.search(text):
+            bad += 1  # kept (its parser says what is wrong), but counted as not text
+        lines.append((n, text))
+    if bad and bad > BINARY_SHARE * len(raw_lines):
+        raise InputError(f"{path}: not a text file ({bad} of {len(raw_lines)} lines are not "
+                         f"{encoding} text); not read")
+    return lines, warnings_
+
+
+def _utf16_to_utf8(data: bytes, encoding: str) -> bytes:
+    """UTF-16 ``data`` as UTF-8 bytes; a unit that does not decode becomes a byte that is not
+    UTF-8 (0xff), so that its line is reported like any other undecodable line."""
+    text = data.decode(encoding, errors="replace")
+    return text.encode("utf-8").replace("\ufffd".encode("utf-8"), b"\xff")
+
+
+def read_text_lines(path: str | os.PathLike, root: Optional[str | os.PathLike] = None,
+                    what: str = "text file", *, limit: int = MAX_TEXT_BYTES
+                    ) -> tuple[list[tuple[int, str]], list[str]]:
+    """:func:`decode_lines` of the file ``path``, which must lie inside ``root`` when given
+    (:func:`contained`)."""
+    if root is not None and Path(path).exists():
+        contained(path, root, what)
+    return decode_lines(read_text_bytes(path, limit), path)
+
 
 
 # ------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 
 from pipeline import files, layout, settings
 from pipeline.cli import stage_main
-from pipeline.config import ConfigError, InputError
+from pipeline.config import ConfigError, InputError, key_text
 from pipeline.training import checkpoint as ckpt_io
 
 from pipeline.heads import count_parameters, from_authors_state_dict, get_head_class, list_heads
@@ -91,12 +91,14 @@ def import_checkpoint(head: str, setting: str, src: str | Path, dst: str | Path,
     state_dict = read_state_dict(src)
     try:
         model = from_authors_state_dict(head, state_dict, setting, **(overrides or {}))
-    except (LayoutError, KeyError) as e:
+    except (LayoutError, KeyError, ValueError) as e:
         raise InputError(f"{src}: {e.args[0] if e.args else e}") from None
     except ValueError as e:  # a --set that the checkpoint contradicts, or a setting it lacks
         raise ConfigError(f"{src}: {e}") from None
     except NotImplementedError as e:
         raise InputError(f"--head: {e}") from None
+    except (AssertionError, RuntimeError) as e:  # torch's checks of the sizes --set gave
+        raise InputError(f"{src}: {head} ({setting}) cannot be built with {overrides}: {e}") from None
     with warnings.catch_warnings():  # line problems are prepare's to report; the order is all we need
         warnings.simplefilter("ignore")
         categories = load_annotations(ave_root, splits=False).categories
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dst", help="our checkpoint to write, e.g. models/best.pt")
     args = p.parse_args(argv)
     overrides = parse_sets(args.sets, args.head)
+    from pipeline.training.config import check_head_values  # params.yaml's rules (imports this package)
+    check_head_values(args.head, args.setting, overrides)
     ckpt = import_checkpoint(args.head, args.setting, args.src, args.dst, ave_root=args.ave_root,
                              visual=args.visual, audio=args.audio, overrides=overrides)
     print(f"{args.dst}: {args.head} ({args.setting}) from {args.src}, {ckpt['num_parameters']:,} "

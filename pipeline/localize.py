@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from pipeline import layout
+from pipeline.files import check_writable
 from pipeline.cli import stage_main
 from pipeline.config import ConfigError, DataConfig, InputError, Paths
 from pipeline.data.ids import safe_filename
@@ -314,6 +315,7 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
 
     model, out_dir = Path(model), Path(out_dir)
     videos = check_videos(videos)  # before anything is loaded
+    check_writable(out_dir)
     try:
         dev = select_device(device, "--device", log=log)
     except (ValueError, RuntimeError) as e:
@@ -325,6 +327,9 @@ def localize(videos: list[str | Path], model: str | Path, out_dir: str | Path, *
                          f"localize needs a head trained in a setting that does ({labelled})")
     ext = extractors_from_checkpoint(ckpt, model, dev, visual_weights=visual_weights,
                                      audio_weights=audio_weights, allow_download=allow_download)
+    ckpt_io.check_feature_dims(ckpt, model, {
+        "visual": (ext.visual.feature_shape(), f"the visual encoder ({ext.visual.name})"),
+        "audio": (ext.audio.feature_shape(), f"the audio encoder ({ext.audio.name})")})
     for note in ext.notes:
         log(f"localize: {note}")
     min_duration, source = min_duration_of(ckpt)

@@ -196,8 +196,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        from pipeline.files import write_error
+        named = write_error(e, path) if isinstance(e, Exception) else None
+        if named is not None:  # full disk, read-only, quota: one line naming the file
+            raise named from e
         raise
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.cli import stage_main
 from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.files import check_writable
 from pipeline.runtime import atomic_write_json
 from pipeline.evaluation.evaluate import evaluate
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "train", "evaluate"))
     paths, tc, ec = params["paths"], params["train"], params["evaluate"]
+    check_writable(Path(paths.reports) / layout.EVALUATE_DIR)
     res = evaluate(layout.best_checkpoint(paths.models), paths.prepared, paths.features, tc.visual,
                    tc.audio, Path(paths.reports) / layout.EVALUATE_DIR, split=ec.split,
                    batch_size=ec.batch_size, timelines=ec.timelines, device=tc.device)

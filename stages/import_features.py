@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.cli import stage_main
 from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.files import check_writable
 from pipeline.features.published import import_background_only, import_published
 from pipeline.features.store import load_features
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "data", "published"))
     paths, cfg, root = params["paths"], params["published"], params["data"].root
+    check_writable(paths.features)
     if args.background_only:
         out, done = import_background_only(args.name, cfg, paths.prepared, paths.features, root)
         print(f"import_background_only[{args.name}]: {done}")

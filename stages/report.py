@@ -13,6 +13,7 @@ import argparse
 from pipeline import settings
 from pipeline.cli import stage_main
 from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.files import check_writable
 from pipeline.evaluation.matrix import cell, table
 
 
@@ -36,9 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "cell":
         params = load_params(args.params, sections=("paths", "data", "train", "heads", "evaluate",
                                                     "report"))
+        check_writable(params["paths"].reports)
         cell(params, args.head, args.setting, args.seed)
     else:
-        table(load_params(args.params, sections=("paths", "report")))
+        params = load_params(args.params, sections=("paths", "report"))
+        check_writable(params["paths"].reports)
+        table(params)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.cli import params_restore_hint, stage_main
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
+from pipeline.files import check_writable
 from pipeline.runtime import atomic_write_text
 from pipeline.training.run import check_feature_names, resolved_run
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         raise ConfigError(f"{e}{params_restore_hint(args.params)}") from None
     out = Path(params["paths"].reports) / layout.RUN_FILE
+    check_writable(out.parent)
     atomic_write_text(out, json.dumps(resolved_run(params), indent=1) + "\n")
     tc = params["train"]
     print(f"resolve: {tc.head} ({tc.setting}) on {tc.visual} + {tc.audio} -> {out}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.cli import stage_main
 from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.files import check_writable
 from pipeline.runtime import atomic_write_json
 from pipeline.training.run import train_from_params
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "data", "train", "heads"))
     paths = params["paths"]
+    check_writable(paths.models, Path(paths.reports) / layout.TRAIN_DIR,
+                   Path(paths.resume) / layout.TRAIN_RESUME_DIR)
     res = train_from_params(params, out_dir=paths.models,
                             live_dir=Path(paths.reports) / layout.TRAIN_DIR,
                             resume_dir=Path(paths.resume) / layout.TRAIN_RESUME_DIR)

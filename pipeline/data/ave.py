@@ -21,7 +21,14 @@ Policy for bad input (each case is a ``AnnotationWarning`` naming file and line,
   published ``labels.h5`` does;
 * a split line that is not in ``Annotations.txt`` (unknown category or video), has an unsafe
   video id, or repeats an earlier split line: left out of the split;
-* an annotation line repeated verbatim: kept (it is its own index), warned about.
+* an annotation line repeated verbatim: kept (it is its own index), warned about;
+* text (:func:`pipeline.files.read_text_lines`): every file is read as bytes from inside the
+  root (symlinks resolved: a file resolving elsewhere is an error, never read); a UTF-8 or
+  UTF-16 BOM is honoured; a line that does not decode is a ``file:line`` warning and is left
+  out (it takes no index); a file that is mostly not text, or far beyond AVE's size, is refused;
+* an ``Annotations.txt`` most of whose lines are unusable (more than :data:`UNUSABLE_SHARE`, at
+  least :data:`UNUSABLE_MIN`), or whose label tensor would exceed :data:`MAX_LABEL_BYTES`
+  (AVE's: 4.8 MB), is not an AVE annotation file: refused before anything is written.
 
 Cross-modality localization split (``<root>/cml/{train,val,test}Set.txt``, optional): the
 partition the AVE reference code uses for A2V / V2A (its ``{train,val,test}_order_match.h5``),
@@ -46,11 +53,17 @@ import h5py
 import numpy as np
 
 from pipeline import layout
+from pipeline.config import InputError
+from pipeline.files import read_text_lines
 from pipeline.data.ids import UnsafePathError, inside, video_id_problem
 from pipeline.layout import (ANNOTATIONS_FILE, BACKGROUND_FILE, CML_DIR, SPLITS, VIDEO_DIR)
 from pipeline.runtime import NUM_SEGMENTS
 SPLIT_FILES = {split: layout.SPLIT_FILE.format(split=split) for split in SPLITS}
 HEADER_PREFIX = "Category&VideoID"
+UNUSABLE_SHARE = 0.5  # more unusable lines than this share: not an AVE annotation file
+UNUSABLE_MIN = 20  # ... when at least this many (a tiny file with two bad lines is still read)
+MAX_LABEL_BYTES = 64 * 2**20  # labels.h5 bound (AVE: 4143 x 10 x 29 float32 = 4.8 MB)
+QUOTE_CHARS = 80  # characters of a bad line quoted in a warning
 
 
 class AnnotationWarning(UserWarning):
@@ -144,16 +157,31 @@ def _warn(problems: list[str], msg: str) -> None:
     warnings.warn(msg, AnnotationWarning, stacklevel=3)
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """(1-based file line number, stripped text) of non-empty lines, header skipped."""
-    out = []
-    with open(path, encoding="utf-8-sig") as f:
-        for n, raw in enumerate(f, start=1):
-            text = raw.strip()
-            if not text or (n == 1 and text.startswith(HEADER_PREFIX)):
-                continue
-            out.append((n, text))
+def _read_lines(path: Path, root: Path, problems: list[str],
+                undecodable: bool = False) -> list[tuple[int, str | None]]:
+    """(1-based file line number, stripped text) of non-empty lines, header skipped; ``path``
+    read inside ``root`` under the text policy. A line that does not decode is warned about;
+    it is left out, or kept with text ``None`` when ``undecodable`` (an annotation line keeps
+    its index)."""
+    lines, bad = read_text_lines(path, root, "AVE text file")
+    for msg in bad:
+        _warn(problems, msg)
+    out: list[tuple[int, str | None]] = []
+    for n, raw in lines:
+        if raw is None:
+            if undecodable:
+                out.append((n, None))
+            continue
+        text = raw.strip()
+        if not text or (n == 1 and text.startswith(HEADER_PREFIX)):
+            continue
+        out.append((n, text))
     return out
+
+
+def _quote(text: str) -> str:
+    """``text`` quoted for a warning, at most :data:`QUOTE_CHARS` characters of it."""
+    return repr(text) if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]!r}..."
 
 
 def parse_annotation_line(
@@ -162,22 +190,22 @@ def parse_annotation_line(
     """Parse one ``Category&VideoID&Quality&StartTime&EndTime`` line under the module's policy."""
     parts = text.split("&")
     if len(parts) != 5:
-        _warn(problems, f"{where}: expected 5 '&'-separated fields, got {len(parts)}: {text!r}; "
+        _warn(problems, f"{where}: expected 5 '&'-separated fields, got {len(parts)}: {_quote(text)}; "
                         "line unusable (all background, left out of splits)")
         return None
     category, video_id, quality, s_txt, e_txt = (p.strip() for p in parts)
     try:
         start, end = int(s_txt), int(e_txt)
     except ValueError:
-        _warn(problems, f"{where}: StartTime/EndTime not integers ({s_txt!r}, {e_txt!r}); "
+        _warn(problems, f"{where}: StartTime/EndTime not integers ({_quote(s_txt)}, {_quote(e_txt)}); "
                         "line unusable (all background, left out of splits)")
         return None
     if not category or not video_id:
-        _warn(problems, f"{where}: empty category or video id: {text!r}; line unusable")
+        _warn(problems, f"{where}: empty category or video id: {_quote(text)}; line unusable")
         return None
     problem = video_id_problem(video_id)
     if problem:
-        _warn(problems, f"{where}: unsafe video id {video_id!r} ({problem}); line unusable "
+        _warn(problems, f"{where}: unsafe video id {_quote(video_id)} ({problem}); line unusable "
                         "(all background, left out of splits)")
         return None
     if start > end:
@@ -208,9 +236,11 @@ def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
         raise FileNotFoundError(f"{ann_path}: no AVE annotation file (expected "
                                 f"'{ANNOTATIONS_FILE}' with Category&VideoID&Quality&Start&End lines)")
     problems: list[str] = []
-    lines = _read_lines(ann_path)
+    lines = _read_lines(ann_path, root, problems, undecodable=True)
     samples, seen, unusable = [], {}, {}
     for index, (n, text) in enumerate(lines):
+        if text is None:  # reported by the reader; unusable, its index kept
+            continue
         s = parse_annotation_line(text, index, f"{ann_path}:{n}", problems, num_segments)
         if s is None:
             unusable.setdefault(_normalized(text), f"{ann_path}:{n}")
@@ -221,36 +251,52 @@ def load_annotations(root: str | Path, num_segments: int = NUM_SEGMENTS,
         seen.setdefault(s.line, n)
         samples.append(s)
     categories = list(dict.fromkeys(s.category for s in samples))
+    _check_size(ann_path, len(lines), len(samples), len(categories), num_segments)
     ann = AVEAnnotations(root, len(lines), samples, categories, problems=problems)
     if splits:
         for split in SPLITS:
             path = root / SPLIT_FILES[split]
             if path.is_file():
-                ann.splits[split] = _match_split(path, samples, categories, problems, unusable)
+                ann.splits[split] = _match_split(path, root, samples, categories, problems,
+                                                 unusable)
             else:
                 ann.splits[split] = []
                 _warn(problems, f"{path}: split file missing; split '{split}' is empty")
         if (root / CML_DIR).is_dir():
-            ann.cml_splits = _read_cml_splits(root / CML_DIR, samples, categories, problems,
-                                              unusable)
+            ann.cml_splits = _read_cml_splits(root, samples, categories, problems, unusable)
     return ann
 
 
-def _read_cml_splits(cml_dir: Path, samples: list[Sample], categories: list[str],
+def _check_size(path: Path, lines: int, usable: int, categories: int, num_segments: int) -> None:
+    """Refuse an annotation file that is mostly not AVE lines, or whose label tensor would be
+    far beyond AVE's, before anything is written."""
+    unusable = lines - usable
+    if unusable >= UNUSABLE_MIN and unusable > UNUSABLE_SHARE * lines:
+        raise InputError(f"{path}: {unusable} of {lines} lines are not "
+                         "Category&VideoID&Quality&StartTime&EndTime lines; not an AVE annotation "
+                         "file")
+    size = lines * num_segments * (categories + 1) * 4
+    if size > MAX_LABEL_BYTES:
+        raise InputError(f"{path}: {lines} lines x {categories} categories would make a "
+                         f"{size / 2**20:.0f} MB labels.h5 (AVE: 4143 x 28, 4.8 MB; limit "
+                         f"{MAX_LABEL_BYTES // 2**20} MB); not an AVE annotation file")
+
+
+def _read_cml_splits(root: Path, samples: list[Sample], categories: list[str],
                      problems: list[str], unusable: dict[str, str]) -> dict[str, list[int]]:
     """The cml split files, matched like the standard ones (a missing file: an empty split)."""
     out = {}
     for split in SPLITS:
-        path = cml_dir / SPLIT_FILES[split]
+        path = root / CML_DIR / SPLIT_FILES[split]
         if path.is_file():
-            out[split] = _match_split(path, samples, categories, problems, unusable)
+            out[split] = _match_split(path, root, samples, categories, problems, unusable)
         else:
             out[split] = []
             _warn(problems, f"{path}: cml split file missing; cml split '{split}' is empty")
     return out
 
 
-def _match_split(path: Path, samples: list[Sample], categories: list[str],
+def _match_split(path: Path, root: Path, samples: list[Sample], categories: list[str],
                  problems: list[str], unusable: dict[str, str] | None = None) -> list[int]:
     """Map each split line to the index of the Annotations.txt line it copies: the line as
     written there (so a line repaired on parsing keeps its split), or its repaired text. A
@@ -263,7 +309,7 @@ def _match_split(path: Path, samples: list[Sample], categories: list[str],
             candidates.setdefault(key, []).append(s.index)
     known = set(categories)
     order, taken, used = [], set(), {}
-    for n, text in _read_lines(path):
+    for n, text in _read_lines(path, root, problems):
         key = _normalized(text)
         parts = key.split("&")
         index = next((i for i in candidates.get(key, ()) if i not in taken), None)
@@ -274,16 +320,16 @@ def _match_split(path: Path, samples: list[Sample], categories: list[str],
         elif key in used:
             _warn(problems, f"{path}:{n}: repeats split line {used[key]}; left out")
         elif len(parts) > 1 and video_id_problem(parts[1]):
-            _warn(problems, f"{path}:{n}: unsafe video id {parts[1]!r} "
+            _warn(problems, f"{path}:{n}: unsafe video id {_quote(parts[1])} "
                             f"({video_id_problem(parts[1])}); left out of the split")
         elif key in unusable:
             _warn(problems, f"{path}:{n}: its annotation line {unusable[key]} is unusable (reported "
                             "there); left out of the split")
         elif parts[0] not in known:
-            _warn(problems, f"{path}:{n}: unknown category {parts[0]!r} (not in "
+            _warn(problems, f"{path}:{n}: unknown category {_quote(parts[0])} (not in "
                             f"{ANNOTATIONS_FILE}); left out of the split")
         else:
-            _warn(problems, f"{path}:{n}: line not found in {ANNOTATIONS_FILE}: {text!r}; "
+            _warn(problems, f"{path}:{n}: line not found in {ANNOTATIONS_FILE}: {_quote(text)}; "
                             "left out of the split")
     return order
 
@@ -297,10 +343,10 @@ def background_video_ids(root: str | Path, problems: list[str] | None = None) ->
         return []
     problems = [] if problems is None else problems
     ids = []
-    for n, text in _read_lines(path):
+    for n, text in _read_lines(path, Path(root), problems):
         problem = video_id_problem(text)
         if problem:
-            _warn(problems, f"{path}:{n}: unsafe video id {text!r} ({problem}); left out")
+            _warn(problems, f"{path}:{n}: unsafe video id {_quote(text)} ({problem}); left out")
             continue
         ids.append(text)
     return list(dict.fromkeys(ids))

@@ -17,13 +17,16 @@ import os
 import re
 from pathlib import Path
 
+from pipeline.config import InputError
+from pipeline.files import contained
+
 MAX_ID_LENGTH = 64  # YouTube ids are 11 characters; anything far longer is not an id
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_.-]")
 MAX_NAME_LENGTH = 80  # file-name component length kept from the text (plus a hash if changed)
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(InputError):
     """A path built from data would leave the folder it belongs to."""
 
 
@@ -49,10 +52,10 @@ def video_id_problem(video_id: str) -> str | None:
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
     """``path`` with symlinks resolved; :class:`UnsafePathError` unless it lies inside ``folder``
     (itself resolved, so a data folder that is a symlink to another disk is fine)."""
-    real, base = Path(path).resolve(), Path(folder).resolve()
-    if real != base and base not in real.parents:
-        raise UnsafePathError(f"{path} resolves to {real}, outside {base}")
-    return real
+    try:
+        return contained(path, folder)
+    except InputError as e:
+        raise UnsafePathError(str(e)) from None
 
 
 def safe_filename(text: str, max_length: int = MAX_NAME_LENGTH) -> str:

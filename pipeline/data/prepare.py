@@ -68,7 +68,7 @@ from pipeline import layout
 from pipeline.data.ave import (AVEAnnotations, background_video_ids, load_annotations,
                                write_label_files)
 from pipeline.data.ids import UnsafePathError
-from pipeline.files import read_h5
+from pipeline.files import check_writable, contained, read_h5
 from pipeline.media.decode import (FLAG_NO_AUDIO, FLAG_PADDED_AUDIO, FLAG_PADDED_SHORT, FLAG_VFR,
                                    VideoInfo, audio_flags)
 from pipeline.media.pool import probe_many
@@ -182,6 +182,7 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, *, min_duration
     ``unprobed`` and the labels, orders and manifest come from the annotation files alone."""
     t0 = time.time()
     root, out_dir = Path(root), Path(out_dir)
+    check_writable(out_dir.parent)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each one is in ann.problems, hence in the report
         ann = load_annotations(root)
@@ -245,6 +246,7 @@ def _write_background(out: Path, ann: AVEAnnotations, result: PrepareResult, roo
         with h5py.File(out / layout.BACKGROUND_LABELS_FILE, "w") as f:
             f.create_dataset("avadataset", data=labels)
     elif published.is_file():
+        contained(published, root, "published label file")
         labels = np.asarray(read_h5(published, "avadataset"), dtype=np.float32)
         if labels.ndim != 2 or labels.shape[1] != ann.num_classes + 1 or \
                 not (labels[:, ann.background] == 1).all() or labels[:, :ann.background].any():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pipeline.config import ConfigError
@@ -21,6 +22,18 @@ def check_weights(value: str, key: str) -> None:
         raise ConfigError(f"{key}: {value!r} is neither {' nor '.join(WEIGHTS_KEYWORDS)} nor a "
                           f"checkpoint path (a folder/file, or a name ending in "
                           f"{', '.join(CHECKPOINT_SUFFIXES)})")
+
+
+def weights_inside(value: str, key: str, root: str | Path) -> None:
+    """A weights path named in params lies inside the project ``root`` (the folder of
+    params.yaml, where DVC tracks it), symlinks resolved; checked by the stages before any
+    encoder is built (:func:`pipeline.files.contained`)."""
+    if value in WEIGHTS_KEYWORDS:
+        return
+    from pipeline.files import contained
+
+    path = Path(value).expanduser()
+    contained(path if path.is_absolute() else Path(root) / path, root, f"weights file ({key})")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from torch import nn
 from torch.hub import download_url_to_file
 
 from pipeline.config import InputError
-from pipeline.files import load_checkpoint  # noqa: F401  (the one checkpoint reader)
+from pipeline.files import check_finite_state, load_checkpoint  # noqa: F401  (the one checkpoint reader)
 
 CacheKind = Literal["torch_hub", "panns", "hf"]
 HASH_PREFIX = re.compile(r"-([a-f0-9]{6,64})\.")  # torch.hub convention: name-<sha256 prefix>.ext
@@ -221,5 +221,7 @@ def materialize(create: Callable[[], nn.Module], weights: str, seed: int,
     with seeded(seed):
         module = create()
     if resolved.path is not None:
-        load_strict(module, remap(load_checkpoint(resolved.path)), str(resolved.path))
+        state = remap(load_checkpoint(resolved.path))
+        check_finite_state(state, str(resolved.path))  # before any extraction
+        load_strict(module, state, str(resolved.path))
     return module, resolved

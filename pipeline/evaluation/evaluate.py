@@ -61,6 +61,11 @@ def evaluate(checkpoint: str | Path, prepared: str | Path, features: str | Path,
         if trained_on.get(key) not in (None, name):
             raise InputError(f"{checkpoint}: trained on train.{key}={trained_on[key]!r}, "
                              f"evaluation asked for {name!r}")
+    ckpt_io.check_feature_dims(ckpt, checkpoint, {
+        role: (ckpt_io.feature_file_shape(layout.feature_file(features, name)),
+               str(layout.feature_file(features, name)))
+        for role, name in (("visual", visual), ("audio", audio))
+        if layout.feature_file(features, name).is_file()})
     data = load_dataset(prepared, features, visual, audio, splits=(split,),
                         setting=ckpt["setting"])
     if data.num_classes != ckpt["dims"]["num_classes"]:

@@ -41,18 +41,22 @@ from pipeline import layout
 from pipeline.config import InputError
 from pipeline.features.config import CommunityFile, PublishedConfig
 from pipeline.features.store import DATASET, community_kind, import_community
-from pipeline.files import open_h5, read_h5
+from pipeline.files import contained, open_h5, read_h5
 from pipeline.layout import BACKGROUND_SUFFIX
 
 LABELS = layout.LABELS_FILE  # published per-segment labels (4143, 10, 29), compared when present
 BACKGROUND_LABELS = layout.BACKGROUND_LABELS_FILE  # video labels of the background-only videos (178, 29)
 
 
-def _read(path: Path, dataset: str = DATASET) -> np.ndarray:
+def _read(path: Path, dataset: str = DATASET, root: Path | None = None) -> np.ndarray:
+    if root is not None:
+        contained(path, root, "published file")
     return read_h5(path, dataset)
 
 
-def _shape(path: Path) -> tuple[int, ...]:
+def _shape(path: Path, root: Path | None = None) -> tuple[int, ...]:
+    if root is not None:
+        contained(path, root, "published feature file")
     with open_h5(path, DATASET) as f:
         return tuple(f[DATASET].shape)
 
@@ -60,9 +64,9 @@ def _shape(path: Path) -> tuple[int, ...]:
 def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
     """Rows the file must have; raises when it or the published labels disagree with prepare."""
     if name.endswith(BACKGROUND_SUFFIX):
-        rows = _shape(src)[0]
+        rows = _shape(src, root)[0]
         if (root / BACKGROUND_LABELS).is_file():
-            background = _read(root / BACKGROUND_LABELS)
+            background = _read(root / BACKGROUND_LABELS, root=root)
             classes = _read(prepared / LABELS).shape[-1]
             if background.ndim != 2 or background.shape[1] != classes:
                 raise InputError(f"{root / BACKGROUND_LABELS}: shape {background.shape}, expected (rows, "
@@ -76,7 +80,7 @@ def check_rows(name: str, src: Path, root: Path, prepared: Path) -> int:
         return rows
     labels = _read(prepared / LABELS)
     if (root / LABELS).is_file():
-        published = _read(root / LABELS)
+        published = _read(root / LABELS, root=root)
         if published.shape != labels.shape or not np.array_equal(published.astype(np.float32),
                                                                   labels.astype(np.float32)):
             raise InputError(f"{root / LABELS}: {published.shape} differs from {prepared / LABELS} "
@@ -128,8 +132,9 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
     if not (prepared / LABELS).is_file():
         raise FileNotFoundError(f"{prepared / LABELS}: missing; run prepare first "
                                 "(with data.source: features no video is read)")
+    contained(src, root, "published feature file")
     rows = check_rows(name, src, root, prepared)
-    shape = _shape(src)
+    shape = _shape(src, root)
     if shape[0] != rows:
         raise InputError(f"{src}: {shape[0]} rows but {prepared / LABELS} has {rows} "
                          "(one row per Annotations.txt line)")
@@ -137,9 +142,29 @@ def import_published(name: str, cfg: PublishedConfig, prepared: str | Path,
         kind = community_kind(shape)
     except ValueError as e:
         raise InputError(f"{src}: {e}") from None
+    expected, why = expected_kind(name, entry)
+    if expected is not None and kind != expected:
+        raise InputError(f"{src}: shape {shape} is {kind} features, but it is imported as "
+                         f"{expected} features ({why}); not imported")
     out = layout.feature_file(features, name)
     import_community(src, out, kind, cfg.dtype, **provenance(entry, kind))
     return out
+
+
+def expected_kind(name: str, entry: CommunityFile) -> tuple[str | None, str]:
+    """``(kind, why)``: the modality an entry is imported as, from its ``encoder`` (the encoder
+    registry's modality) or AVE's file names (``visual_feature*.h5``, ``audio_feature*.h5``);
+    ``(None, "")`` when neither says."""
+    if entry.encoder:
+        from pipeline.encoders.base import encoder_modality
+        try:
+            return encoder_modality(entry.encoder), f"published.files.{name}.encoder: {entry.encoder}"
+        except (KeyError, ValueError):
+            pass
+    for kind in ("visual", "audio"):
+        if entry.file.startswith(f"{kind}_feature"):
+            return kind, f"published.files.{name}.file: {entry.file}, AVE's {kind} file name"
+    return None, ""
 
 
 def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path,
@@ -158,7 +183,7 @@ def import_background_only(name: str, cfg: PublishedConfig, prepared: str | Path
     if not main.is_file():
         raise FileNotFoundError(f"{main}: missing; put the published file {entry.file} in "
                                 f"{root}/ (data.root), or remove published.files.{name}")
-    shape = _shape(main)
+    shape = _shape(main, root)
     out = layout.feature_file(features, background)
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / src.name

@@ -15,10 +15,11 @@ import h5py
 import numpy as np
 import torch.distributed as dist
 
+from pipeline.files import check_writable
 from pipeline import layout
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params, recorded, to_dict
 from pipeline.data.manifest import load_manifest
-from pipeline.encoders.spec import ModelSpec
+from pipeline.encoders.spec import ModelSpec, weights_inside
 from pipeline.features.engine import DIST_TIMEOUT_S, extract
 from pipeline.features.store import DATASET, read_meta, write_features
 from pipeline.runtime import dist_env, git_revision, init_distributed, select_device
@@ -69,6 +70,9 @@ def run_stage(name: Optional[str], params_path: str | Path = DEFAULT_PARAMS, *, 
                           f"{', '.join(cfg.models)}")
     else:
         spec = cfg.models[name]
+    check_writable(paths.features)
+    weights_inside(spec.weights, f"extract.models.{name}.weights" if finetuned is None
+                   else f"finetune ({finetuned})", Path(params_path).resolve().parent)
     env = dist_env()
     log = print if env.main else (lambda msg: None)
     device = select_device(cfg.device, "extract.common.device", env.local_rank, log=log)

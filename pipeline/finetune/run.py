@@ -11,10 +11,11 @@ from typing import Callable
 from dvclive import Live
 
 from pipeline import layout
+from pipeline.files import check_writable
 from pipeline.config import recorded
 from pipeline.data.manifest import load_manifest
 from pipeline.encoders.base import lookup
-from pipeline.encoders.spec import ModelSpec
+from pipeline.encoders.spec import ModelSpec, weights_inside
 from pipeline.encoders.weights import seeded
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.data import stream_clips, videos
@@ -106,6 +107,9 @@ def run(params: dict) -> dict:
     """Fine-tune as ``params['finetune']`` says; rank 0 writes weights, summary and metrics."""
     cfg: FinetuneConfig = params["finetune"]
     paths = params["paths"]
+    check_writable(paths.finetune, Path(paths.reports) / "finetune", paths.resume)
+    for role in ("visual", "audio"):  # DVC runs the stage in the project folder
+        weights_inside(getattr(cfg, f"{role}_weights"), f"finetune.{role}_weights", Path.cwd())
     env = start(cfg.device)
     log = (lambda s: print(s, flush=True)) if env.main else (lambda s: None)
     log(f"finetune: git {git_revision()}, rank {env.rank}/{env.world} on {env.device}\n"

@@ -14,6 +14,7 @@ the checkpoint importer, the values a converter reads from an authors' checkpoin
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Mapping, Optional
@@ -74,9 +75,15 @@ def check_value(config_cls: type, name: str, value: Any, head: str = "") -> Any:
         like = (f" like the default {default!r}"
                 if default is not None and default is not dataclasses.MISSING else "")
         raise HparamError(name, f"expected {_kind(tp)}{like}, got {value!r}")
-    low = f.metadata.get("min", 0)
-    if isinstance(out, (int, float)) and not isinstance(out, bool) and out < low:
-        raise HparamError(name, f"must be >= {low}, got {value!r}")
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
+        if not math.isfinite(out):
+            raise HparamError(name, f"must be a finite number, got {value!r}")
+        low = f.metadata.get("min", 0)
+        if out < low:
+            raise HparamError(name, f"must be >= {low}, got {value!r}")
+        high = f.metadata.get("max", 1 if "dropout" in name else None)
+        if high is not None and out >= high:
+            raise HparamError(name, f"must be < {high}, got {value!r}")
     return out
 
 

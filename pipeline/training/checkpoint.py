@@ -79,6 +79,25 @@ def build_from(ckpt: dict[str, Any], device: str | torch.device = "cpu", where: 
     return head.to(device)
 
 
+def check_feature_dims(ckpt: dict[str, Any], where: str | Path,
+                       given: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """The features given (``{role: (per-row shape, source)}``, role ``visual``/``audio``) have
+    the channel width the checkpoint was trained on (``dims.<role>_dim``); else an
+    :class:`InputError` naming both, raised before any data is read or model run."""
+    for role, (shape, source) in given.items():
+        want = (ckpt.get("dims") or {}).get(f"{role}_dim")
+        if want is not None and shape and int(shape[-1]) != int(want):
+            raise InputError(f"{source}: {role} features of width {shape[-1]} (shape "
+                             f"{tuple(shape)}), but {where} was trained on {role} features of "
+                             f"width {want}")
+
+
+def feature_file_shape(path: str | Path) -> tuple[int, ...]:
+    """The per-row shape of a feature file's ``avadataset`` (no data read)."""
+    with files.open_h5(path, "avadataset") as f:
+        return tuple(f["avadataset"].shape[1:])
+
+
 def load_head(path: str | Path, device: str | torch.device = "cpu"):
     """``(head, checkpoint)`` from ``best.pt``/``last.pt``; the head is in eval mode."""
     ckpt = load(path)

@@ -15,7 +15,8 @@ from pipeline import heads as registry
 from pipeline import settings as setting_registry
 from pipeline.heads._config import HparamError, check_value
 from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
-from pipeline.config import ConfigError, register_check, register_section
+from pipeline.config import (MAX_SEED, ConfigError, check_number, key_text, register_check,
+                             register_section)
 from pipeline.data.ids import safe_filename
 
 
@@ -117,7 +118,7 @@ class HeadsConfig:
         out = {}
         for head, values in data.items():
             if str(head) not in registry.list_heads():
-                raise ConfigError(f"unknown key {key}.{head}; allowed keys of {key}: "
+                raise ConfigError(f"unknown key {key}.{key_text(head)}; allowed keys of {key}: "
                                   f"{', '.join(registry.list_heads())}")
             values = values or {}
             if not isinstance(values, dict):
@@ -169,15 +170,19 @@ class ReportConfig:
         for i, seed in enumerate(self.seeds):
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
                 raise ConfigError(f"{key}.seeds[{i}]: must be an integer >= 0 or null, got {seed!r}")
+            if seed is not None and seed > MAX_SEED:
+                raise ConfigError(f"{key}.seeds[{i}]: must be <= {MAX_SEED}, got {seed!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{key}.seeds: lists a seed twice: {self.seeds!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"{key}.epochs: must be >= 1, got {self.epochs!r}")
 
 
-def check_hparams(head: str, overrides: dict[str, Any], key: str) -> None:
+def check_hparams(head: str, overrides: dict[str, Any], key: str, sep: str = ".") -> None:
     """Every key of ``heads.<head>`` is a field of the head's ``Config``, of its type and range
-    (``null``: the paper default)."""
+    (``null``: the paper default). The one check of head hyperparameters: params.yaml's
+    ``heads`` (``sep`` ``.``) and the checkpoint converter's ``--set`` (``key`` ``--set``,
+    ``sep`` a space) both use it."""
     config = registry.get_head_class(head).Config
     for name, value in overrides.items():
         if value is None and name in config.__dataclass_fields__:
@@ -185,7 +190,24 @@ def check_hparams(head: str, overrides: dict[str, Any], key: str) -> None:
         try:
             check_value(config, name, value, head)
         except HparamError as e:
-            raise ConfigError(f"{key}.{e.key}: {e}") from None
+            raise ConfigError(f"{key}{sep}{key_text(e.key)}: {e}") from None
+
+
+def check_head_values(head: str, setting: str, overrides: dict[str, Any], key: str = "--set",
+                      sep: str = " ", setting_key: str = "--setting") -> None:
+    """A head's setting and hyperparameter overrides checked as params.yaml's are: the setting
+    is one the head has, every value passes :func:`check_hparams`, and the head resolves with
+    them (:func:`pipeline.heads.resolve`); for the checkpoint converter's ``--setting`` and
+    ``--set``. Errors are :class:`ConfigError` naming the option and key."""
+    supported = registry.get_head_class(head).settings
+    if setting not in supported:
+        raise ConfigError(f"{setting_key}: head {head!r} has no {setting!r} setting; it supports: "
+                          f"{', '.join(supported)}")
+    check_hparams(head, overrides, key, sep)
+    try:
+        registry.resolve(head, setting, {k: v for k, v in overrides.items() if v is not None})
+    except SpecError as e:
+        raise ConfigError(f"{key}{sep}{e.key.partition('.')[2] or e.key}: {e}") from None
 
 
 def resolve_train(head: str, setting: str, overrides: dict[str, Any], recipe: dict[str, Any],

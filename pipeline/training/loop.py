@@ -275,7 +275,12 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     runtime.seed_everything(resolved.seed)
     dims = {"visual_dim": data.visual_dim, "audio_dim": data.audio_dim,
             "num_classes": data.num_classes}
-    head = instantiate(resolved, **dims).to(device)
+    try:
+        head = instantiate(resolved, **dims).to(device)
+    except (AssertionError, ValueError) as e:  # torch's checks of sizes (e.g. heads | d_model)
+        raise ConfigError(f"heads.{spec.head}: {spec.head} ({spec.setting}) cannot be built with "
+                          f"{spec.hparam_overrides or 'its defaults'} on features {dims}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
     opt = make_optimizer(head.parameters(), recipe)
     n_params = count_parameters(head)
     common = {"format": ckpt_io.FORMAT, "head": resolved.head, "setting": setting.name,
@@ -347,8 +352,12 @@ def _resume(run: _TrainState) -> None:
         print(f"resume: {run.last_path} is from a different run (fingerprint "
               f"{last.get('fingerprint')} != {run.fingerprint}); starting fresh")
         return
-    run.head.load_state_dict(last["model"], strict=True)
-    run.opt.load_state_dict(last["optimizer"])
+    try:
+        run.head.load_state_dict(last["model"], strict=True)
+        run.opt.load_state_dict(last["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise InputError(f"{run.last_path}: its model does not fit this run's ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); delete it to start fresh") from None
     run.sched.load_state_dict(last["scheduler"])
     torch.set_rng_state(last["rng"]["torch"])
     if run.device.type == "cuda" and "cuda" in last["rng"]:
