@@ -172,7 +172,7 @@ set_values = st.one_of(st.text(max_size=10), numbers.map(str), st.sampled_from(
 
 @given(st.sampled_from(sorted(HEADS)), st.sampled_from(["fully", "weak", "cml"]), st.data())
 def test_converter_set(head, setting, data):
-    from pipeline.heads.import_checkpoint import parse_sets
+    from pipeline.import_checkpoint import parse_sets
     from pipeline.training.config import check_head_values
 
     keys = st.one_of(st.sampled_from(HEADS[head] or ["x"]), st.text(max_size=6))

@@ -358,7 +358,7 @@ CONVERTER = [
 
 @pytest.mark.parametrize("args,src,pattern", CONVERTER, ids=[" ".join(a[1:]) for a, _, _ in CONVERTER])
 def test_converter_values_are_checked_as_params(args, src, pattern, converter_inputs, capsys):
-    from pipeline.heads.import_checkpoint import main
+    from pipeline.import_checkpoint import main
 
     root, folder = converter_inputs
     src_path = folder / f"{src}.pth"
@@ -428,7 +428,8 @@ def test_a_published_file_of_the_wrong_kind_is_refused_at_import(entry, prepared
 
 def test_encoder_weights_holding_nan_are_refused_before_extraction(tmp_path, capsys):
     from pipeline.cli import stage_main
-    from pipeline.encoders import ModelSpec, build_encoder
+    from pipeline.encoders.base import build_encoder
+    from pipeline.encoders.spec import ModelSpec
 
     enc = build_encoder(ModelSpec("vggish", weights="random"), allow_download=False)
     state = enc.export_state_dict()
