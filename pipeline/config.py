@@ -21,13 +21,8 @@ import yaml
 DEFAULT_PARAMS = "params.yaml"
 
 
-class ConfigError(ValueError):
-    """Invalid params.yaml: the message names the key and the allowed values."""
-
-
-class InputError(ValueError):
-    """An input file (annotations, features, checkpoint, weights) cannot be used; the message
-    names the file and the reason."""
+from pipeline.errors import ConfigError, InputError  # noqa: F401  (their home for most callers)
+from pipeline.files import decode_lines, read_text_bytes
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,12 +337,10 @@ def check_duplicate_keys(node: Any, key: str = "") -> None:
 def read_yaml(path: Path) -> dict:
     """The top-level mapping of the YAML file ``path``: read as bytes (bounded), UTF-8 (a BOM
     honoured), duplicate keys refused; every error a :class:`ConfigError` naming the file."""
-    from pipeline.files import InputError as _InputError, decode_lines, read_text_bytes
-
     try:
         lines, bad = decode_lines(read_text_bytes(path, MAX_PARAMS_BYTES), path,
                                   max_line=MAX_PARAMS_BYTES)
-    except _InputError as e:
+    except InputError as e:
         raise ConfigError(str(e)) from None
     if bad:
         raise ConfigError(f"{bad[0].replace('; line left out', '')}; a params file must be "

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pipeline.config import InputError
+from pipeline.errors import InputError
 
 ROWS_PER_BLOCK = 256  # rows checked at a time for non-finite values (bounded memory)
 # Text files a user hands us. AVE's largest (Annotations.txt) is 144 KB with lines under 60

@@ -90,17 +90,13 @@ def test_imports_resolves_relative_and_package_imports(tmp_path):
 
 
 # At 9763deb: heads -> training.tasks -> heads, heads (m2n) -> evaluation.metrics, and
-# training.tasks -> evaluation.metrics while evaluation -> training. Passes once the settings
-# (tasks and their metrics) sit below heads, training and evaluation (issue 27, part 4).
-@pytest.mark.xfail(reason="circles through training.tasks until the settings package below "
-                          "heads lands (issue 27, part 4)", strict=False)
+# training.tasks -> evaluation.metrics while evaluation -> training (issue 27). The settings now
+# sit below heads, training and evaluation.
 def test_no_import_circle_among_library_packages():
     cycle = find_cycle(package_graph())
     assert not cycle, " -> ".join(cycle)
 
 
-@pytest.mark.xfail(reason="heads imports training.tasks until the settings package below heads "
-                          "lands (issue 27, part 4)", strict=False)
 def test_heads_import_neither_training_nor_evaluation():
     assert not package_graph()["heads"] & {"training", "evaluation"}, package_graph()["heads"]
 
