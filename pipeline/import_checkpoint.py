@@ -58,10 +58,10 @@ def parse_sets(items: list[str], head: str) -> dict[str, Any]:
             try:
                 value = yaml.safe_load(text) if text.strip() else None
             except yaml.YAMLError:
-                raise ConfigError(f"--set {key}: {text!r} is not a YAML scalar") from None
+                raise ConfigError(f"--set {key_text(key)}: {text!r} is not a YAML scalar") from None
             out[key] = check_value(config, key, value, head)
         except HparamError as e:
-            raise ConfigError(f"--set {key}: {e}") from None
+            raise ConfigError(f"--set {key_text(key)}: {e}") from None
     return out
 
 

@@ -15,7 +15,7 @@ from pipeline import heads as registry
 from pipeline import settings as setting_registry
 from pipeline.heads._config import HparamError, check_value
 from pipeline.heads._registry import TRAIN_KEYS, HeadSpec, SpecError
-from pipeline.config import (MAX_SEED, ConfigError, check_number, key_text, register_check,
+from pipeline.config import (MAX_SEED, ConfigError, key_text, register_check,
                              register_section)
 from pipeline.data.ids import safe_filename
 
