@@ -17,7 +17,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping
 
 
 class HparamError(ValueError):
