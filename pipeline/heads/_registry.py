@@ -406,9 +406,6 @@ def authors_head(cls: type[Head], setting: str, dims: dict[str, int], fixed: dic
     code), and ``overrides`` (``--set``) for the rest. An override that contradicts a fixed
     value is an error naming the key and both values; every value is checked by the code that
     checks ``heads.<name>`` in params.yaml."""
-    if setting not in cls.settings:
-        raise ValueError(f"head {cls.name!r} has no {setting!r} setting; it supports: "
-                         f"{', '.join(cls.settings)}")
     for key in sorted(overrides):
         _config.check_value(cls.Config, key, overrides[key], cls.name)  # unknown key / type
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
@@ -441,8 +438,13 @@ def build_head(name: str, *, visual_dim: int, audio_dim: int, num_classes: int,
 def from_authors_state_dict(name: str, state_dict: dict[str, torch.Tensor], setting: str = "fully",
                             **overrides: Any) -> Head:
     """Head ``name`` converted from the authors' ``state_dict`` (see
-    :meth:`Head.from_authors_state_dict`)."""
-    return get_head_class(name).from_authors_state_dict(state_dict, setting, **overrides)
+    :meth:`Head.from_authors_state_dict`); a setting the head lacks is refused before the
+    state dict is read."""
+    cls = get_head_class(name)
+    if setting not in cls.settings:
+        raise ValueError(f"head {name!r} has no {setting!r} setting; it supports: "
+                         f"{', '.join(cls.settings)}")
+    return cls.from_authors_state_dict(state_dict, setting, **overrides)
 
 
 def count_parameters(model: nn.Module) -> int:
