@@ -6,9 +6,9 @@ fix (bad params, a missing or unreadable input file, unsafe data) prints
 ``error: internal: <type>: <message>`` and exits with status 1. An OS error that is the
 machine's state (read-only file system, full disk, no permission, quota: ``EROFS``, ``ENOSPC``,
 ``EACCES``, ``EDQUOT``), wherever it happens, is one line naming the path, exit status 2
-(:func:`pipeline.files.os_error_text`); atomic writes leave the resume point intact. ``--debug`` (anywhere on the
-command line) or the environment variable ``AVE_DEBUG=1`` re-raises instead, with the full
-traceback.
+(:func:`pipeline.files.os_error_text`); atomic writes leave the resume point intact.
+``--debug`` (anywhere on the command line) or the environment variable ``AVE_DEBUG=1``
+re-raises instead, with the full traceback.
 """
 from __future__ import annotations
 
