@@ -283,23 +283,43 @@ def relevance_targets(labels: torch.Tensor) -> torch.Tensor:
     return 1.0 - labels[..., -1]
 
 
-def video_event_class(labels: torch.Tensor) -> torch.Tensor:
-    """One-hot ``(B, T, C+1)`` -> the video's event class ``(B,)`` in ``0..C-1`` (authors' code:
-    the foreground class present in the video)."""
-    return labels[..., :-1].sum(1).argmax(-1)
+VIDEO_CLASS_RULES = ("most_frequent", "max_index")
+
+
+def video_event_class(labels: torch.Tensor, rule: str = "most_frequent") -> torch.Tensor:
+    """One-hot ``(B, T, C+1)`` -> the video's event class ``(B,)`` in ``0..C-1``, the ``L_c``
+    target (recipe switch ``video_class``):
+
+    * ``most_frequent``: the foreground class of most segments (ties: the smaller index);
+    * ``max_index``: the largest foreground class index present, as the authors' CMBS, CACE-Net
+      and VSCG scripts compute it (``labels_foreground.max(-1)`` per segment, then ``.max(-1)``
+      over segments).
+
+    The two differ only on a video with two event classes. A video without an event gets 0 in
+    both (as the scripts do)."""
+    fg = labels[..., :-1]
+    if rule == "most_frequent":
+        return fg.sum(1).argmax(-1)
+    if rule == "max_index":
+        per_segment = fg.max(-1)  # values (B, T), indices (B, T); a background segment: 0
+        index = torch.where(per_segment.values > 0, per_segment.indices, 0)
+        return index.max(-1).values
+    raise ValueError(f"video_class must be one of {', '.join(VIDEO_CLASS_RULES)}, got {rule!r}")
 
 
 def fully_loss(class_logits: torch.Tensor, relevance_logits: torch.Tensor, gate_av: torch.Tensor,
                labels: torch.Tensor, av_score: torch.Tensor | None = None,
-               gate_on_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+               gate_on_logits: bool = False, video_class: str = "most_frequent"
+               ) -> tuple[torch.Tensor, dict[str, float]]:
     """CMBS Eq. 9 (CACE-Net Eq. 12 without ``L_contrast``): CE of the video's event class +
     mean_t BCE of the relevance logits + mean_t BCE of the gate ``g_av`` (a probability).
 
     Authors' code: ``av_score`` given adds its CE (the extra term of their ``supv_main.py``), and
     ``gate_on_logits`` applies ``BCEWithLogits`` to the already-sigmoided ``g_av`` as they do.
+    ``video_class``: the rule of the class target (:func:`video_event_class`).
     """
     rel = relevance_targets(labels)
-    event = video_event_class(labels)
+    event = video_event_class(labels, video_class)
     l_c = F.cross_entropy(class_logits, event)
     l_r = F.binary_cross_entropy_with_logits(relevance_logits, rel)
     l_g = (F.binary_cross_entropy_with_logits(gate_av, rel) if gate_on_logits
