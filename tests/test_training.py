@@ -256,7 +256,8 @@ def test_params_override_recipe_and_hparams(toyset, tmp_path):
     params = validate({"train": {"head": "toy", "epochs": 1, "lr": 0.01, "device": "cpu"},
                        "heads": {}})
     spec = spec_from_params(params)
-    assert spec.recipe_overrides == {"lr": 0.01, "epochs": 1} and spec.hparam_overrides == {}
+    assert spec.recipe_overrides == {"lr": 0.01, "epochs": 1, "recipe": "authors"}
+    assert spec.hparam_overrides == {}
     spec = spec_from_params(params, setting="weak", epochs=2)
     assert spec.setting == "weak" and spec.recipe_overrides["epochs"] == 2
     train(spec, toyset[0], tmp_path)
