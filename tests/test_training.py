@@ -363,7 +363,7 @@ def test_lr_follows_milestones_exactly_and_params_override_them(toyset, tmp_path
     params = validate({"train": {"head": "toy_milestones", "device": "cpu", "lr_milestones": [1, 5]},
                        "heads": {}})
     spec = spec_from_params(params)
-    assert spec.recipe_overrides == {"lr_milestones": [1, 5]}
+    assert spec.recipe_overrides == {"lr_milestones": [1, 5], "recipe": "authors"}
     res = train(spec, data, tmp_path / "c")
     assert [r["lr"] for r in res.history] == [0.05, 0.025, 0.025, 0.025, 0.025, 0.0125]
     assert ckpt_io.load(tmp_path / "c" / "best.pt")["recipe"]["lr_milestones"] == [1, 5]
