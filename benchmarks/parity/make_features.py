@@ -18,7 +18,7 @@ pipeline ``prepared/`` (labels, orders, categories) and ``features/`` (links nam
 feature files (CMBS and CACE-Net run their models in float64 on the arrays as stored).
 
 The authors' val/test loaders read exactly 402 videos (``batch_size=402``), so val and test hold
-402 each.
+402 each (``--eval``: fewer, for scripts that take any size, e.g. CMBS and CACE-Net).
 
     python benchmarks/parity/make_features.py OUT --train 600 --seed 0 [--float64]
 """
@@ -94,12 +94,14 @@ def main() -> None:
     ap.add_argument("--two-class", type=float, default=0.1, help="share of videos with two classes")
     ap.add_argument("--amp", type=float, default=1.0, help="cue amplitude (noise sd 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval", type=int, default=EVAL, help="val and test videos each (PSP, VSCG, "
+                    "AVEL scripts: 402)")
     ap.add_argument("--float64", action="store_true")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     protos_a = rng.normal(0, 1, (C, DA)).astype(np.float32)
     protos_v = np.abs(rng.normal(0, 1, (C, DV))).astype(np.float32)
-    n = args.train + 2 * EVAL
+    n = args.train + 2 * args.eval
     visual, audio, labels, kind = make(n, rng, protos_a, protos_v, args.classes, args.two_class,
                                        amp=args.amp)
     bv, ba, bl, _ = make(args.background_only, rng, protos_a, protos_v, args.classes, 0,
@@ -120,8 +122,8 @@ def main() -> None:
         write(out / name, arr, valid=False)
         os.symlink(f"../{name}", out / "prepared" / name) if not (out / "prepared" / name).exists() else None
     perm = rng.permutation(n)
-    splits = {"train": perm[:args.train], "val": perm[args.train:args.train + EVAL],
-              "test": perm[args.train + EVAL:]}
+    splits = {"train": perm[:args.train], "val": perm[args.train:args.train + args.eval],
+              "test": perm[args.train + args.eval:]}
     for split, rows in splits.items():
         with h5py.File(out / f"{split}_order.h5", "w") as f:
             f["order"] = np.sort(rows).astype(np.int64)
@@ -135,7 +137,7 @@ def main() -> None:
         for name in ("visual_feature", "audio_feature", "visual_feature_noisy", "audio_feature_noisy"):
             with h5py.File(out / f"{name}.h5", "r") as f:
                 write(out / "f64" / f"{name}.h5", f["avadataset"][:].astype(np.float64))
-    stats = {"videos": n, "train": args.train, "val": EVAL, "test": EVAL,
+    stats = {"videos": n, "train": args.train, "val": args.eval, "test": args.eval,
              "background_only": len(bl), "classes": args.classes,
              "two_class_videos": int(((labels[..., :C].sum(1) > 0).sum(-1) > 1).sum()),
              **{f"{k} (test)": round(v, 4) for k, v in

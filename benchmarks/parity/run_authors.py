@@ -9,7 +9,9 @@ Only the runtime is patched, never a line of their code:
 * the seed: ``--seed`` replaces the argument of their ``random.seed`` / ``np.random.seed`` /
   ``torch.manual_seed`` calls (omitted: their own seed);
 * ``DataLoader(num_workers=...)`` is 0 (CMBS, CACE-Net: 8 workers; the batches are the same,
-  the shuffling draws from the main process's generator either way).
+  the shuffling draws from the main process's generator either way);
+* ``tensorboardX.SummaryWriter`` (CMBS, CACE-Net logging) writes nothing when tensorboardX is
+  not installed.
 
 Their stdout goes to ``<out>.log``; the checks it prints (val / test accuracy by epoch) to
 ``<out>`` as JSON: ``{"checks": [{"epoch": e, "split": "val" | "test", "accuracy": a}], ...}``,
@@ -61,6 +63,14 @@ def patch_runtime(seed: int | None) -> None:
         k["pin_memory"] = False
         orig_init(self, *a, **k)
     tud.DataLoader.__init__ = init
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        import types
+        stub = types.ModuleType("tensorboardX")
+        stub.SummaryWriter = type("SummaryWriter", (), {
+            "__init__": lambda self, *a, **k: None, "__getattr__": lambda self, name: (lambda *a, **k: None)})
+        sys.modules["tensorboardX"] = stub
 
 
 def prepare_run_dir(repo: Path, run_dir: Path, data: Path, data_subdir: str, float64: bool) -> Path:
@@ -108,7 +118,8 @@ def main() -> None:
     sys.argv = [script.name, *rest]
     patch_runtime(args.seed)
     log_path = out.with_suffix(".log")
-    with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log):
+    with (open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log),
+          contextlib.redirect_stderr(log)):
         try:
             runpy.run_path(str(root / script.name), run_name="__main__")
         finally:
@@ -121,7 +132,7 @@ def main() -> None:
     print(f"{out}: {len(checks)} checks")
 
 
-CMBS_TEST = re.compile(r"\*\*\*\*\* Accuracy:\s*([0-9.]+)")  # filled in by parse_cmbs's caller
+CMBS_TEST = re.compile(r"Evaluation results \(acc\):\s*([0-9.]+)%")
 
 
 def parse_cmbs(log: str) -> list[dict]:
