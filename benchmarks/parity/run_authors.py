@@ -11,7 +11,8 @@ Only the runtime is patched, never a line of their code:
 * ``DataLoader(num_workers=...)`` is 0 (CMBS, CACE-Net: 8 workers; the batches are the same,
   the shuffling draws from the main process's generator either way);
 * ``tensorboardX.SummaryWriter`` (CMBS, CACE-Net logging) writes nothing when tensorboardX is
-  not installed.
+  not installed; ``ruamel.yaml.load`` / ``dump`` with the ``Loader=`` / ``Dumper=`` arguments
+  (their config loader) map to the current ruamel API, which removed those functions.
 
 Their stdout goes to ``<out>.log``; the checks it prints (val / test accuracy by epoch) to
 ``<out>`` as JSON: ``{"checks": [{"epoch": e, "split": "val" | "test", "accuracy": a}], ...}``,
@@ -71,6 +72,14 @@ def patch_runtime(seed: int | None) -> None:
         stub.SummaryWriter = type("SummaryWriter", (), {
             "__init__": lambda self, *a, **k: None, "__getattr__": lambda self, name: (lambda *a, **k: None)})
         sys.modules["tensorboardX"] = stub
+    from ruamel import yaml as ryaml
+
+    def load(stream, Loader=None, **k):
+        return ryaml.YAML(typ="rt").load(stream)
+
+    def dump(data, stream=None, Dumper=None, indent=None, **k):
+        ryaml.YAML(typ="rt").dump(data, stream)
+    ryaml.load, ryaml.dump = load, dump
 
 
 def prepare_run_dir(repo: Path, run_dir: Path, data: Path, data_subdir: str, float64: bool) -> Path:
