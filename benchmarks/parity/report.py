@@ -6,7 +6,8 @@ authors' script checks (and where at least one run has a value), the val and tes
 mean ± sd over seeds, and the last check's numbers; the plot draws the same curves, one panel a
 head and setting, the seeds' spread shaded.
 
-    python benchmarks/parity/report.py RUNS_DIR --md parity.md --png docs/parity.png
+    python benchmarks/parity/report.py RUNS_DIR --md parity.md --png docs/parity.png \
+        --stats SET/stats.json
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def final(key, runs: dict) -> list[str]:
     return rows
 
 
-def plot(data: dict, path: Path) -> None:
+def plot(data: dict, path: Path, ceilings: dict | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,6 +98,9 @@ def plot(data: dict, path: Path) -> None:
                 ax.plot(epochs, mean, style, marker="o" if side == "theirs" else None, ms=4,
                         color=colors.get(side), label=f"{side} {split}")
                 ax.fill_between(epochs, mean - sd, mean + sd, color=colors.get(side), alpha=0.15)
+        for name, value in (ceilings or {}).items():  # the set's single-modality ceilings
+            ax.axhline(value, color="grey", lw=0.8, ls=":")
+            ax.annotate(name, (ax.get_xlim()[0], value), fontsize=7, color="grey", va="bottom")
         ax.set_title(f"{key[0].upper()} {key[1]}")
         ax.set_xlabel("epoch (0-based)")
         ax.set_ylabel("segment accuracy")
@@ -111,6 +115,7 @@ def main() -> None:
     ap.add_argument("runs", type=Path)
     ap.add_argument("--md", type=Path)
     ap.add_argument("--png", type=Path)
+    ap.add_argument("--stats", type=Path, help="the set's stats.json: its ceilings on the plot")
     args = ap.parse_args()
     data = load(args.runs)
     parts = [table(k, data[k]) for k in sorted(data)]
@@ -121,7 +126,8 @@ def main() -> None:
     if args.md:
         args.md.write_text(text)
     if args.png:
-        plot(data, args.png)
+        stats = json.loads(args.stats.read_text()) if args.stats else {}
+        plot(data, args.png, {k.replace(" (test)", ""): v for k, v in stats.items() if "ceiling" in k})
 
 
 if __name__ == "__main__":
