@@ -63,7 +63,6 @@ def table(key, runs: dict) -> str:
 def final(key, runs: dict) -> list[str]:
     """One row per side: the last check both sides have."""
     rows = []
-    theirs = runs.get("theirs", {})
     common = None
     for s in runs:
         eps = {e for c in runs[s].values() for (split, e) in c if split == "test"}
