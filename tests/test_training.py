@@ -259,7 +259,7 @@ def test_params_override_recipe_and_hparams(toyset, tmp_path):
     params = validate({"train": {"head": "toy", "epochs": 1, "lr": 0.01, "device": "cpu"},
                        "heads": {}})
     spec = spec_from_params(params)
-    assert (spec.head.recipe.lr, spec.head.recipe.epochs) == (0.01, 1)
+    assert (spec.head.recipe.lr, spec.head.recipe.epochs, spec.head.recipe.recipe) == (0.01, 1, "authors")
     assert spec.head.config == get_head_class("toy").Config()  # no heads.toy overrides
     spec = spec_from_params(params, setting="weak", epochs=2)
     assert spec.head.setting.name == "weak" and spec.head.recipe.epochs == 2
@@ -596,11 +596,11 @@ def test_each_head_defaults_to_its_authors_seed_and_the_run_records_it(toyset, t
 
 def test_avel_walks_the_train_split_in_order_without_the_last_partial_batch(toyset, tmp_path):
     """AVEL's scripts: no shuffling, whole batches only (``shuffle: false, drop_last: true``);
-    every other head: shuffled batches, the last partial one kept."""
+    CMBS's: shuffled batches, the last partial one kept."""
     from pipeline.heads import resolve
     assert {k: getattr(resolve("avel", s).recipe, k) for s in ("fully", "weak")
             for k in ("shuffle", "drop_last")} == {"shuffle": False, "drop_last": True}
-    assert resolve("psp").recipe.shuffle and not resolve("psp").recipe.drop_last
+    assert resolve("cmbs").recipe.shuffle and not resolve("cmbs").recipe.drop_last
     data = toyset[0]
     train_audio = data.splits["train"].audio.float()
     seen = []

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.settings.targets import relevance_targets, video_event_class  # noqa: F401 (used by the heads)
+from pipeline.settings.targets import (VIDEO_CLASS_RULES, relevance_targets,  # noqa: F401 (used by the heads)
+                                       video_event_class)
 
 
 # --------------------------------------------------------------------------- CMGA (Sec. 3.3)
@@ -282,15 +283,17 @@ class CMBSTrunk(nn.Module):
 # ----------------------------------------------------------------------------- labels, losses
 def fully_loss(class_logits: torch.Tensor, relevance_logits: torch.Tensor, gate_av: torch.Tensor,
                labels: torch.Tensor, av_score: torch.Tensor | None = None,
-               gate_on_logits: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+               gate_on_logits: bool = False, video_class: str = "most_frequent"
+               ) -> tuple[torch.Tensor, dict[str, float]]:
     """CMBS Eq. 9 (CACE-Net Eq. 12 without ``L_contrast``): CE of the video's event class +
     mean_t BCE of the relevance logits + mean_t BCE of the gate ``g_av`` (a probability).
 
     Authors' code: ``av_score`` given adds its CE (the extra term of their ``supv_main.py``), and
     ``gate_on_logits`` applies ``BCEWithLogits`` to the already-sigmoided ``g_av`` as they do.
+    ``video_class``: the rule of the class target (:func:`video_event_class`).
     """
     rel = relevance_targets(labels)
-    event = video_event_class(labels)
+    event = video_event_class(labels, video_class)
     l_c = F.cross_entropy(class_logits, event)
     l_r = F.binary_cross_entropy_with_logits(relevance_logits, rel)
     l_g = (F.binary_cross_entropy_with_logits(gate_av, rel) if gate_on_logits

@@ -44,6 +44,33 @@ from pipeline.settings import Setting
 from . import _config
 from ._config import HparamError
 
+# The training-side switches: how the released scripts load batches, build targets and seed,
+# where that differs from the papers' description. ``recipe`` picks all of them at once:
+# ``authors`` (the code that produced the published numbers, the default) or ``paper``; a head
+# declares its switches and their value in each mode in ``Head.SWITCHES``; a switch set under
+# ``train.<key>`` overrides the mode.
+RECIPES = ("authors", "paper")
+SWITCH_VALUES = {
+    "shuffle": (True, False),  # draw the train batches from a shuffled split
+    "drop_last": (True, False),  # drop the last partial batch of an epoch
+    # epoch: the whole split reshuffled every epoch | first_batch: batch 0 a random draw of
+    # batch_size rows, batches 1..n-1 the stored rows (PSP/VSCG AVE_Weakly_Dataset.get_batch)
+    "shuffle_scope": ("epoch", "first_batch"),
+    # indicator: the batch's event indicator, l1-normalised (PSP Eqs. 8-9) | buffer: the PSP/VSCG
+    # loader's per-slot buffer, never reset (pipeline.heads.psp.AVPSBuffer)
+    "avps_target": ("indicator", "buffer"),
+    # most_frequent: the class of most event segments | max_index: the largest class index
+    # present (CMBS, CACE, VSCG: labels_foreground.max(-1) then .max(-1))
+    "video_class": ("most_frequent", "max_index"),
+    # seed: torch seeded with the run's seed | drawn: torch seeded from a fresh random draw,
+    # recorded in the run (AVEL's scripts seed only Python's random module)
+    "torch_seed": ("seed", "drawn"),
+}
+# A switch that a head does not declare takes its ``Recipe`` default (also the ``paper`` value
+# where a paper is silent): batches drawn from a shuffled train split, reshuffled every epoch,
+# the last partial batch kept; the paper's targets; torch seeded.
+DEFAULT_RECIPE = "authors"
+
 ENTRY_POINT_GROUP = "ave_pipeline.heads"  # heads of other installed packages register here
 
 _HEADS: dict[str, type["Head"]] = {}
@@ -108,6 +135,9 @@ class Head(nn.Module):
     # What a head knows about itself besides its model (everything else derives from these):
     SELECTION: dict[str, Schedule] = {}  # setting -> the released script's checks (best_test.pt)
     SEEDS: dict[str, int] = {}  # setting -> the seed of the authors' script (absent: 0)
+    # setting -> {switch: (value in the ``authors`` recipe, value in the ``paper`` recipe)}: the
+    # training-side differences of the released scripts (keys of SWITCH_VALUES)
+    SWITCHES: dict[str, dict[str, tuple[Any, Any]]] = {}
     REPORTED: dict[str, Reported] = {}  # setting -> the paper's reported test accuracy
     REPORTED_PARAMS_M: Optional[float] = None  # trainable parameters (millions) its paper reports
     REPORTED_PARAMS_SOURCE: str = ""  # where that count is printed
@@ -192,6 +222,14 @@ def register_head(name: str):
         unknown = set(k for s in cls.TRAIN_DEFAULTS.values() for k in s) - set(TRAIN_KEYS)
         if unknown:
             raise ValueError(f"head {name!r}: unknown TRAIN_DEFAULTS keys {sorted(unknown)}")
+        for s, switches in cls.SWITCHES.items():
+            for k, modes in switches.items():
+                if k not in SWITCH_VALUES or len(modes) != 2 or any(v not in SWITCH_VALUES[k] for v in modes):
+                    raise ValueError(f"head {name!r}: SWITCHES[{s!r}][{k!r}] = {modes!r}; a switch "
+                                     f"is one of {sorted(SWITCH_VALUES)} with (authors, paper) values")
+            clash = sorted(set(switches) & set(cls.TRAIN_DEFAULTS.get(s, {})))
+            if clash:
+                raise ValueError(f"head {name!r}: {clash} are in both SWITCHES and TRAIN_DEFAULTS[{s!r}]")
         for attr in ("TRAIN_DEFAULTS", "SELECTION"):  # every setting declares its recipe and checks
             missing = [s for s in cls.settings if s not in getattr(cls, attr)]
             if missing:
@@ -253,6 +291,12 @@ class Recipe:
     clip_grad: float  # max global grad norm (0 = none)
     shuffle: bool = True  # batches from a shuffled train split
     drop_last: bool = False  # drop the last partial batch
+    # The training-side switches (SWITCH_VALUES; their value in each mode: Head.SWITCHES):
+    recipe: Literal["authors", "paper"] = "authors"  # the mode that set the switches below
+    shuffle_scope: Literal["epoch", "first_batch"] = "epoch"
+    avps_target: Literal["indicator", "buffer"] = "indicator"
+    video_class: Literal["most_frequent", "max_index"] = "most_frequent"
+    torch_seed: Literal["seed", "drawn"] = "seed"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain types (what checkpoints and the fingerprint hold)."""
@@ -338,14 +382,30 @@ class SpecError(ValueError):
         self.key = key
 
 
+def recipe_switches(cls: type[Head], setting: str, mode: str) -> Recipe:
+    """The value of every switch of ``SWITCH_VALUES`` for head ``cls`` in ``setting`` under
+    ``train.recipe: mode`` (before ``train.<switch>`` overrides)."""
+    if mode not in RECIPES:
+        raise SpecError("recipe.recipe", f"must be one of {', '.join(RECIPES)}, got {mode!r}")
+    declared = {k: v[RECIPES.index(mode)] for k, v in cls.SWITCHES.get(setting, {}).items()}
+    return {**{k: RECIPE_DEFAULTS[k] for k in SWITCH_VALUES}, **declared}
+
+
 def _resolve_recipe(cls: type[Head], setting: str, overrides: dict[str, Any]) -> Recipe:
-    """``TRAIN_DEFAULTS[setting]`` with the non-null ``overrides``; the schedule is one of
+    """``TRAIN_DEFAULTS[setting]``, the switches of ``recipe`` (``overrides['recipe']``, default
+    ``authors``: :func:`recipe_switches`) and the non-null ``overrides``; the schedule is one of
     ``lr_step`` / ``lr_milestones`` (strictly increasing epochs >= 1)."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(overrides) - set(TRAIN_KEYS))
     if unknown:
         raise SpecError(f"recipe.{unknown[0]}", f"not a recipe key; valid: {', '.join(TRAIN_KEYS)}")
-    recipe = {**RECIPE_DEFAULTS, **copy.deepcopy(cls.TRAIN_DEFAULTS[setting]), **overrides}
+    for k, v in overrides.items():
+        if k in SWITCH_VALUES and v not in SWITCH_VALUES[k]:
+            raise SpecError(f"recipe.{k}", f"must be one of {', '.join(map(str, SWITCH_VALUES[k]))}, "
+                                           f"got {v!r}")
+    mode = overrides.get("recipe", DEFAULT_RECIPE)
+    recipe = {**RECIPE_DEFAULTS, **copy.deepcopy(cls.TRAIN_DEFAULTS[setting]),
+              **recipe_switches(cls, setting, mode), **overrides, "recipe": mode}
     origin = {k: "train" if k in overrides else f"{cls.name} TRAIN_DEFAULTS[{setting!r}]"
               for k in TRAIN_KEYS}
     missing = [k for k in TRAIN_KEYS if k not in recipe]

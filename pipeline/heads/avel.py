@@ -25,6 +25,17 @@ AVGA audio term   | per position (H*W = 49)       | broadcast (Eq.) | code      
 layer sizes, init | 512/49/LSTM 128/64, Xavier    | not all stated  | code         | widths in Config 
 fully loss        | MultiLabelSoftMargin(softmax) | not stated      | code         | -
 weak pooling      | max over time, softmax        | MIL             | code         | -
+
+Training-side switches (``train.recipe``: authors | paper; ``train.<switch>`` overrides one):
+
+switch     | authors        | paper       | why
+-----------+----------------+-------------+-----------------------------------------------------
+shuffle    | false          | true        | both scripts read batch i as rows i*64..i*64+63 of the
+           |                |             | stored split every epoch; the paper says nothing
+drop_last  | true           | false       | nb_batch = len // batch_size (52 of 3339/64 fully)
+torch_seed | drawn          | seed (3344) | the scripts call random.seed(3344) only, torch is
+           |                |             | unseeded: a fresh seed is drawn and recorded in the
+           |                |             | checkpoint (``seed``); train.seed set = that seed
 """
 from __future__ import annotations
 
@@ -54,13 +65,16 @@ class AVEL(Head):
     # best_val_acc, so it keeps the last check: we follow the evident intent, the best one.
     SELECTION = {s: Schedule("val", every=5, source="YapengTian/AVE-ECCV18 (supervised_main.py, weak_supervised_main.py): val, epoch % 5 == 0")
                  for s in ("fully", "weak")}
-    SEEDS = {"fully": 3344, "weak": 3344}  # both scripts: torch.manual_seed(3344)
+    # Both scripts call random.seed(3344) only: no torch (nor numpy) seed, and the random module
+    # is never used afterwards, so init and dropout are unseeded (torch_seed: drawn, recorded).
+    SEEDS = {"fully": 3344, "weak": 3344}
     REPORTED = {"fully": Reported(72.7, "VSCG Table I / CACE-Net Table 5 (AVEL, audio-guided attention)"),
                 "weak": Reported(66.7, "PSP Table 4 / CMBS Table 2 / VSCG Table I")}
     # Both scripts walk the train split in its stored order, whole batches only
     # (``for i in range(nb_batch)`` with ``nb_batch = len // batch_size``): no shuffling, the last
-    # partial batch dropped.
-    _LOADER = {"shuffle": False, "drop_last": True}
+    # partial batch dropped; torch is never seeded. train.recipe: (authors, paper) values.
+    SWITCHES = {s: {"shuffle": (False, True), "drop_last": (True, False),
+                    "torch_seed": ("drawn", "seed")} for s in ("fully", "weak")}
     TRAIN_DEFAULTS = {
         # supervised_main.py: Adam 1e-3, batch 64, 300 epochs, StepLR(step_size=15000 iterations,
         # gamma=0.1) stepped per batch: a periodic decay every 15000 / (3339 // 64 = 52) = 288.5
@@ -68,13 +82,13 @@ class AVEL(Head):
         # epochs it decays once, at 288.
         "fully": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64,
                   "epochs": 300, "lr_step": 288, "lr_milestones": [], "lr_gamma": 0.1,
-                  "clip_grad": 0.0, **_LOADER},
+                  "clip_grad": 0.0},
         # weak_supervised_main.py: Adam 1e-3, batch 64, 250 epochs, the same 15000-iteration
         # StepLR: with the 178 extra background videos, 15000 / (3517 // 64 = 54) = 277.8 -> every
         # 278 epochs, never reached in 250 (constant lr unless epochs is raised).
         "weak": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64,
                  "epochs": 250, "lr_step": 278, "lr_milestones": [], "lr_gamma": 0.1,
-                 "clip_grad": 0.0, **_LOADER},
+                 "clip_grad": 0.0},
     }
 
     def __init__(self, cfg: Config, visual_dim: int, audio_dim: int, num_classes: int,

@@ -39,6 +39,16 @@ tau, noise std, lambda    0.01, 0.1, 0.6 (run_supp.sh)   lambda 0.6 best (Table 
 weak setting              does not run                   not defined                  none      (none)
 precision                 float64 (``model.double()``)   (not specified)              float32   (none)
 ========================  =============================  ===========================  ========  ============
+
+Training-side switches (``train.recipe``: authors | paper; ``train.<switch>`` overrides one):
+
+switch              | authors   | paper         | why
+--------------------+-----------+---------------+----------------------------------------------
+video_class (fully) | max_index | most_frequent | ``CACE/supv_main.py``: ``labels_foreground.max(-1)``
+                    |           |               | then ``.max(-1)``: the largest class index of
+                    |           |               | the video; differs on two-class videos only
+(loader)            |           |               | ``CACE/supv_main.py``: DataLoader(shuffle=True),
+                    |           |               | last batch kept: as ours, no switch
 """
 from __future__ import annotations
 
@@ -145,6 +155,7 @@ class CACENet(Head):
     SELECTION = {"fully": Schedule("test", source="Brain-Cog-Lab/CACE-Net (supv_main.py, eval_freq 1): "
                                                  "test, every epoch")}
     SEEDS = {"fully": 3917}  # supv_main.py: seed 3917
+    SWITCHES = {"fully": {"video_class": ("max_index", "most_frequent")}}
     REPORTED = {"fully": Reported(80.8, "CACE-Net Table 5 (VGG-like, VGG-19)")}
     TRAIN_DEFAULTS = {
         # Sec. 4: Adam, lr 7e-4 halved at epochs 10, 20 and 30 (authors' MultiStepLR), then
@@ -203,7 +214,8 @@ class CACENet(Head):
         # Eq. 12 without L_contrast: CE + BCE(relevance) + BCE(g_av) (+ the code's CE on av_score,
         # and its BCEWithLogits on the sigmoided gate)
         loss, parts = fully_loss(out["class_logits"], rel_logits, out["gate_av"], batch["labels"],
-                                 av_score=out.get("av_score"), gate_on_logits=self.cfg.variant == "code")
+                                 av_score=out.get("av_score"), gate_on_logits=self.cfg.variant == "code",
+                                 video_class=batch.get("video_class", "most_frequent"))
         if active:
             if self.training:
                 self.bece_trained.fill_(True)

@@ -40,6 +40,17 @@ alpha / beta / gamma      0.1/0.4/0.3; weak 0.2/0.5/0.5 alpha 0.2 best (Table 4)
 weak recipe               lr 6e-4, decay 10, 20, 40     lr 7e-4, decay 10, 20, 30   code       train params
 precision                 float64 (``model.double()``)  (not specified)             float32    (none)
 ========================  ============================  ==========================  =========  ============
+
+Training-side switches (``train.recipe``: authors | paper; ``train.<switch>`` overrides one):
+
+switch              | authors   | paper         | why
+--------------------+-----------+---------------+----------------------------------------------
+video_class (fully) | max_index | most_frequent | ``supv_main.py``: ``labels_foreground.max(-1)``
+                    |           |               | then ``.max(-1)``: the largest class index of
+                    |           |               | the video; differs on two-class videos only
+(none, weak)        |           |               | ``weakly_main.py`` trains on the video labels:
+                    |           |               | no class rule; its DataLoader shuffles each
+                    |           |               | epoch and keeps the last batch, as ours
 """
 from __future__ import annotations
 
@@ -106,6 +117,7 @@ class CMBS(Head):
     }
     SELECTION = {s: Schedule("test", source="marmot-xy/CMBS (supv_main.py, weakly_main.py, eval_freq 1): test, every epoch") for s in ("fully", "weak")}
     SEEDS = {"fully": 43, "weak": 666}  # supv_main.py: 43; weakly_main.py: 666
+    SWITCHES = {"fully": {"video_class": ("max_index", "most_frequent")}}
     REPORTED = {"fully": Reported(79.3, "CMBS Table 1"), "weak": Reported(74.2, "CMBS Table 2")}
     REPORTED_PARAMS_M, REPORTED_PARAMS_SOURCE = 14.4, "VSCG Table II"
     TRAIN_DEFAULTS = {
@@ -192,7 +204,8 @@ class CMBS(Head):
         code = self.cfg.variant == "code"
         if self.setting == "fully":  # Eq. 9 (+ the code's CE on av_score)
             return fully_loss(out["class_logits"], out["relevance"], out["gate_av"], batch["labels"],
-                              av_score=out.get("av_score"), gate_on_logits=code)
+                              av_score=out.get("av_score"), gate_on_logits=code,
+                              video_class=batch.get("video_class", "most_frequent"))
         if code:  # weakly_main.py: MultiLabelSoftMarginLoss on the softmax output
             loss = F.multilabel_soft_margin_loss(F.softmax(out["video_logits"], -1), batch["weak"])
         else:

@@ -29,9 +29,21 @@ Eq. 2 indicator       | beta > tau                    | beta - tau >= 0      | c
 Eq. 2 2nd l1-norm     | fully yes, weak no            | both ("again")       | code         | renormalize_weak: true
 Eq. 4 W_3 in weak     | absent                        | present              | code         | project_weak: true
 Eq. 5 weighting       | sigmoid(relu(f^h W_6))        | sigmoid(f^h W_6)     | code         | weight_relu: false
-AVPS target (Eq. 8-9) | buffer never reset (broken)   | event indicator, l1  | paper        | -
 weak target (Eq. 11)  | prob_label (segment shares)   | Y^weak = mean Y^fully| code         | weak_target: video
 threshold tau         | 0.099 fully, 0.095 weak       | 0.095 (Table 3)      | code         | tau_fully, tau_weak
+
+Training-side switches (``train.recipe``: authors | paper; ``train.<switch>`` overrides one):
+
+switch              | authors     | paper     | why
+--------------------+-------------+-----------+--------------------------------------------------
+avps_target (fully) | buffer      | indicator | ``AVE_Fully_Dataset.get_segment_wise_relation``
+                    |             |           | writes into one (batch, 10) buffer allocated once
+                    |             |           | and never reset (:class:`AVPSBuffer`); Eqs. 8-9
+                    |             |           | define the batch's own event indicator
+drop_last           | true        | false     | both scripts: nb_batch = len // batch_size
+shuffle_scope (weak)| first_batch | epoch     | ``AVE_Weakly_Dataset.get_batch`` shuffles at batch
+                    |             |           | 0 only and maps later ids through the shuffled
+                    |             |           | list: batches 1..n-1 are the stored rows
 """
 from __future__ import annotations
 
@@ -67,19 +79,59 @@ def positive_connections(beta: torch.Tensor, tau: float, renormalize: bool = Tru
     return l1_normalize(gamma) if renormalize else gamma
 
 
-def avps_loss(v: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def avps_indicator(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The paper's AVPS target (Eqs. 8-9, ``avps_target: indicator``): each video's event
+    indicator (segment not background), l1-normalised; ``(B, T, C+1)`` one-hot -> ``(B, T)``
+    (all zeros for a video without an event)."""
+    return l1_normalize((labels[..., :num_classes].sum(-1) > 0).float())
+
+
+class AVPSBuffer:
+    """The authors' AVPS target (``avps_target: buffer``): PSP's ``AVE_Fully_Dataset`` (and
+    VSCG's copy) allocates one ``(batch_size, T)`` array once and, for each batch, writes only
+    the segments of one class per slot (``get_segment_wise_relation``): for the video in slot
+    ``i``, ``c`` is the smallest class index it holds (its event class; background only for a
+    video without an event) and ``buffer[i, t] = 1 / |{t: y_tc = 1}|`` on the segments of ``c``.
+    The other entries of the slot are never reset: they keep the values written for earlier
+    videos in that slot (batches of earlier steps and epochs). :meth:`update` applies one batch
+    and returns the target of its rows."""
+
+    def __init__(self, batch_size: int, num_segments: int):
+        self.buffer = torch.zeros(batch_size, num_segments)
+
+    def update(self, labels: torch.Tensor) -> torch.Tensor:
+        """Write the batch's ``labels`` ``(B, T, C+1)`` (B <= batch_size, in slots 0..B-1);
+        the batch's target ``(B, T)`` (a copy, on ``labels``' device)."""
+        labels = labels.detach().cpu()
+        b = len(labels)
+        present = labels.sum(1) > 0  # (B, C+1)
+        index = torch.arange(labels.shape[-1]).expand_as(present)
+        first = torch.where(present, index, labels.shape[-1]).min(-1).values.clamp_max(labels.shape[-1] - 1)
+        rows = labels[torch.arange(b), :, first] > 0  # (B, T): segments of that class
+        share = 1.0 / rows.sum(1, keepdim=True).clamp_min(1).float()
+        self.buffer[:b] = torch.where(rows, share, self.buffer[:b])
+        return self.buffer[:b].clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"buffer": self.buffer.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.buffer = state["buffer"].clone()
+
+
+def avps_loss(v: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, num_classes: int,
+              target: torch.Tensor | None = None) -> torch.Tensor:
     """Audio-visual pair similarity loss (Eqs. 8-9) for ``v, a`` ``(B, T, D)``, ``labels`` ``(B,T,C+1)``.
 
     Eq. 8 leaves the per-segment similarity open; as in the authors' code (``AVSimilarity`` +
     ``AVPSLoss``) it is the cosine similarity of ``v_t`` and ``a_t``, ReLU'd and l1-normalised
-    over the T segments, computed on the LayerNorm'd outputs of the PSP block. ``G`` is the event
-    indicator (segment not background), l1-normalised, computed afresh for every batch as the
-    paper defines it (the authors' data loader never resets its target buffer, so entries of
-    earlier videos stay in later batches: a bug not reproduced).
+    over the T segments, computed on the LayerNorm'd outputs of the PSP block. ``target`` is
+    ``G`` when given (the training loop passes the authors' :class:`AVPSBuffer` under
+    ``avps_target: buffer``); otherwise the paper's :func:`avps_indicator` of ``labels``.
     """
     s = l1_normalize(F.relu(F.cosine_similarity(v, a, dim=-1, eps=1e-12)))
-    g = l1_normalize((labels[..., :num_classes].sum(-1) > 0).to(v.dtype))
-    return F.mse_loss(s, g)
+    g = avps_indicator(labels, num_classes) if target is None else target
+    return F.mse_loss(s, g.to(s.dtype))
 
 
 class PositiveSamplePropagation(nn.Module):
@@ -246,6 +298,8 @@ class PSP(PSPEncoderHead):
                           source="jasongief/PSP_CVPR_2021 ({fully,weakly}_supervised_main.py, check_epoch 5): test, epoch % 5 == 0, epoch > 0")
                  for s in ("fully", "weak")}
     SEEDS = {"fully": 123, "weak": 123}  # both scripts: seed 123
+    SWITCHES = {"fully": {"avps_target": ("buffer", "indicator"), "drop_last": (True, False)},
+                "weak": {"shuffle_scope": ("first_batch", "epoch"), "drop_last": (True, False)}}
     REPORTED = {"fully": Reported(77.8, "PSP Table 4"), "weak": Reported(73.5, "PSP Table 4")}
     REPORTED_PARAMS_M, REPORTED_PARAMS_SOURCE = 1.7, "VSCG Table II"
     TRAIN_DEFAULTS = {
@@ -293,7 +347,8 @@ class PSP(PSPEncoderHead):
         if self.setting == "fully":
             labels = batch["labels"].float()
             ce = F.cross_entropy(out["logits"].flatten(0, 1), segment_targets(labels).flatten())  # Eq. 7
-            avps = avps_loss(out["v_psp"], out["a_psp"], labels, self.num_classes)  # Eq. 9
+            avps = avps_loss(out["v_psp"], out["a_psp"], labels, self.num_classes,
+                             batch.get("avps_target"))  # Eq. 9
             loss = ce + self.cfg.avps_weight * avps  # Eq. 10
             return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "avps": float(avps.detach())}
         loss = F.binary_cross_entropy(out["video_prob"], weak_bce_target(batch, self.cfg.weak_target))  # Eq. 11

@@ -36,8 +36,21 @@ weak ISCE            | linear cross h0, no Eq. 12    | E^av h0, Eq. 12      | co
 weak PSP 2nd l1-norm | absent                        | PSP's Eq. 2          | code         | renormalize_weak: true
 weak weighting       | sigmoid(relu(.))              | PSP's Eq. 5          | code         | weight_relu: false
 weak target          | prob_label (segment shares)   | video label          | code         | weak_target: video
-AVPS target (Eq. 16) | buffer never reset (broken)   | y_tl                 | paper        | -
-L_c, no-event video  | class 0                       | undefined            | left out     | -
+
+Training-side switches (``train.recipe``: authors | paper; ``train.<switch>`` overrides one):
+
+switch              | authors     | paper         | why
+--------------------+-------------+---------------+------------------------------------------------
+avps_target (fully) | buffer      | indicator     | the loader is PSP's ``AVE_Fully_Dataset``: its
+                    |             |               | target buffer is never reset (psp.AVPSBuffer);
+                    |             |               | Eq. 16 uses the segment labels ``y_tl``
+video_class (fully) | max_index   | most_frequent | ``fully_supervised_main.py``: the largest class
+                    |             |               | index present (``.max(-1)`` twice), class 0 for
+                    |             |               | a video without an event; paper: o_c's class,
+                    |             |               | such a video (undefined) left out of ``L_c``
+drop_last           | true        | false         | both scripts: nb_batch = len // batch_size
+shuffle_scope (weak)| first_batch | epoch         | PSP's ``AVE_Weakly_Dataset.get_batch``: batch 0
+                    |             |               | shuffled, batches 1..n-1 the stored rows
 """
 from __future__ import annotations
 
@@ -50,6 +63,7 @@ from torch.nn import functional as F
 
 from ._authors import AuthorsStateDict
 from ._avga import AudioTerm, bilstm
+from ._cmbs_blocks import video_event_class
 from ._registry import Reported, Schedule, authors_head, event_class_probabilities, register_head
 from .psp import (CLASSIFY_UNUSED, PositiveSamplePropagation, PSPEncoderHead, WeakTarget,
                   WeightedMILClassifier, avps_loss, encoder_layout, weak_bce_target)
@@ -79,24 +93,30 @@ class CERE(nn.Module):
 
 def negative_pair_filter_loss(is_event: torch.Tensor, event_logits: torch.Tensor, v: torch.Tensor,
                               a: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                              avps_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+                              avps_weight: float = 1.0, video_class: str = "most_frequent",
+                              avps_target: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eqs. 16-18: ``L_c + L_t + L_avps``.
 
     ``is_event`` ``(B, T)`` logits ``o_t``; ``event_logits`` ``(B, C)`` video-level ``o_c`` (Eq. 15);
     ``v, a`` ``(B, T, D)``; ``labels`` ``(B, T, C+1)`` one-hot. ``L_c``: cross-entropy of ``o_c``
     against the video's event category (Eq. 17 writes it per segment, but ``o_c`` is one vector
-    per video; the code uses the video class); videos without any event are left out of ``L_c``.
-    ``L_t``: BCE of ``sigmoid(o_t)`` against the segment's event indicator (Eq. 18). ``L_avps``:
-    PSP's AVPS loss on ``v, a`` (Eq. 16; see :func:`.psp.avps_loss`).
+    per video; the code uses the video class): ``video_class`` ``max_index`` is the code's rule
+    (the largest class index present; class 0 for a video without an event), ``most_frequent``
+    the class of most segments, with videos without any event left out of ``L_c`` (the paper
+    leaves them undefined). ``L_t``: BCE of ``sigmoid(o_t)`` against the segment's event
+    indicator (Eq. 18). ``L_avps``: PSP's AVPS loss on ``v, a`` (Eq. 16; see
+    :func:`.psp.avps_loss`; ``avps_target``: the authors' buffer, when given).
     """
     foreground = labels[..., :num_classes]
     is_fg = (foreground.sum(-1) > 0).to(is_event.dtype)  # y_t
-    video_class = foreground.sum(1).argmax(-1)
-    video_class = torch.where(is_fg.sum(1) > 0, video_class, torch.full_like(video_class, -100))
-    l_c = (F.cross_entropy(event_logits, video_class, ignore_index=-100) if (video_class >= 0).any()
+    target = video_event_class(labels, video_class)
+    if video_class == "most_frequent":
+        target = torch.where(is_fg.sum(1) > 0, target, torch.full_like(target, -100))
+    l_c = (F.cross_entropy(event_logits, target, ignore_index=-100) if (target >= 0).any()
            else event_logits.sum() * 0.0)
     l_t = F.binary_cross_entropy_with_logits(is_event, is_fg)
-    l_avps = avps_loss(v, a, labels, num_classes)
+    l_avps = avps_loss(v, a, labels, num_classes, avps_target)
     loss = l_c + l_t + avps_weight * l_avps
     return loss, {"loss": float(loss.detach()), "l_c": float(l_c.detach()), "l_t": float(l_t.detach()),
                   "l_avps": float(l_avps.detach())}
@@ -147,6 +167,9 @@ class VSCG(PSPEncoderHead):
                          source="Bravo5542/VSCG (weakly_supervised_main.py): test, every epoch > 50"),
     }
     SEEDS = {"fully": 123, "weak": 123}  # both scripts: seed 123
+    SWITCHES = {"fully": {"avps_target": ("buffer", "indicator"),
+                          "video_class": ("max_index", "most_frequent"), "drop_last": (True, False)},
+                "weak": {"shuffle_scope": ("first_batch", "epoch"), "drop_last": (True, False)}}
     REPORTED = {"fully": Reported(79.7, "VSCG Table I"), "weak": Reported(74.8, "VSCG Table I")}
     REPORTED_PARAMS_M, REPORTED_PARAMS_SOURCE = 2.6, "VSCG Table II"
     TRAIN_DEFAULTS = {
@@ -235,7 +258,8 @@ class VSCG(PSPEncoderHead):
             # AVPS on the fused-branch features, as the code (Eq. 16 names V^ISCE, A^ISCE).
             return negative_pair_filter_loss(out["is_event"], out["event_logits"], out["v_final"],
                                              out["a_final"], batch["labels"].float(), self.num_classes,
-                                             self.cfg.avps_weight)
+                                             self.cfg.avps_weight, batch.get("video_class", "most_frequent"),
+                                             batch.get("avps_target"))
         return smooth_loss(out["video_prob"], weak_bce_target(batch, self.cfg.weak_target), self.cfg.smooth_lambda)
 
     def predict(self, out: dict[str, torch.Tensor]) -> torch.Tensor:

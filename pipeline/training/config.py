@@ -55,8 +55,23 @@ class TrainConfig:
     lr_milestones: Optional[list[int]] = None  # epochs (0-based) where lr *= lr_gamma ([] = none)
     lr_gamma: Optional[float] = None  # decay factor at each milestone / step
     clip_grad: Optional[float] = None  # max global grad norm (0 = no clipping)
+    # The training-side switches of the released scripts (each head's docstring table):
+    # authors = the code that produced the published numbers | paper = the papers' description
+    recipe: Literal["authors", "paper"] = "authors"
+    # Each switch below, when set, overrides the recipe's value (null = the recipe's):
     shuffle: Optional[bool] = None  # draw batches from a shuffled train split (AVEL's scripts: no)
-    drop_last: Optional[bool] = None  # drop the last partial batch (AVEL's scripts: yes)
+    drop_last: Optional[bool] = None  # drop the last partial batch (AVEL, PSP, VSCG scripts: yes)
+    # epoch: reshuffle the whole split every epoch | first_batch: batch 0 a random draw, batches
+    # 1..n-1 the stored rows (PSP/VSCG weak loader)
+    shuffle_scope: Optional[Literal["epoch", "first_batch"]] = None
+    # indicator: each batch's event indicator (PSP Eqs. 8-9) | buffer: the PSP/VSCG loader's
+    # never-reset target buffer (PSP, VSCG fully)
+    avps_target: Optional[Literal["indicator", "buffer"]] = None
+    # L_c video class: most_frequent | max_index (largest class present: CMBS, CACE, VSCG code)
+    video_class: Optional[Literal["most_frequent", "max_index"]] = None
+    # seed: torch seeded with the run's seed | drawn: a fresh seed, recorded (AVEL's scripts;
+    # only when train.seed is null)
+    torch_seed: Optional[Literal["seed", "drawn"]] = None
 
     def validate(self, key: str) -> None:
         check_setting(self.setting, f"{key}.setting")

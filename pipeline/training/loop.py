@@ -11,7 +11,14 @@
   schedule of checks, mostly on test: :mod:`pipeline.training.selection`) is ``best_test.pt``;
   ``best.pt`` is the one ``select`` names.
 * Reproducible: one seed for init, shuffling (own generator) and dropout (global RNG); both RNG
-  states are in ``last.pt`` so a resumed run equals an uninterrupted one.
+  states are in ``last.pt`` so a resumed run equals an uninterrupted one. Under the recipe
+  switch ``torch_seed: drawn`` (AVEL's scripts, which never seed torch) with ``train.seed``
+  empty, torch's seed is drawn afresh and recorded (``torch_seed`` in every checkpoint).
+* Recipe switches (``train.recipe``: authors | paper, :data:`pipeline.heads._registry.SWITCH_VALUES`):
+  the batch order of an epoch (``shuffle``, ``shuffle_scope``: :func:`batch_order`), ``drop_last``,
+  the AVPS target (``avps_target: buffer``: the authors' never-reset loader buffer,
+  :class:`pipeline.heads.psp.AVPSBuffer`, passed as ``batch["avps_target"]``; its state is in
+  ``last.pt``) and the ``L_c`` class rule (``batch["video_class"]``).
 * Resume: ``last.pt`` (in ``resume_dir``: the stage keeps it in the git-ignored
   ``<paths.resume>/train``, never a stage output) is written every epoch and is resumed only when
   its fingerprint equals this run's: head, setting, hyperparameters, recipe, seed, feature
@@ -41,6 +48,7 @@ from pipeline.settings import Setting
 from pipeline.config import ConfigError, InputError
 from pipeline.heads import count_parameters, instantiate
 from pipeline.heads._registry import HeadSpec, Recipe
+from pipeline.heads.psp import AVPSBuffer
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.config import resolve_train
 from pipeline.training.data import Dataset, SplitData, feature_stats
@@ -82,17 +90,35 @@ def select_device(choice: str, key: str = "train.device") -> torch.device:
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
+def batch_order(n: int, batch_size: int, shuffle: bool, scope: str,
+                gen: torch.Generator) -> torch.Tensor:
+    """Row indices of one epoch, batch after batch (a training step takes the next
+    ``batch_size``): the stored order (``shuffle`` false), a fresh permutation (``scope``
+    ``epoch``), or ``first_batch``, PSP's and VSCG's ``AVE_Weakly_Dataset.get_batch``: batch 0
+    is a random draw of ``batch_size`` rows (it shuffles the id list, then reads each id at its
+    position in the list before the shuffle) and batches 1..n-1 are rows ``batch_size..n-1`` in
+    stored order (later ids are read at their positions in the list just shuffled, i.e. the
+    stored rows), every epoch."""
+    if not shuffle:
+        return torch.arange(n)
+    if scope == "epoch":
+        return torch.randperm(n, generator=gen)
+    if scope == "first_batch":
+        return torch.cat([torch.randperm(n, generator=gen)[:batch_size], torch.arange(batch_size, n)])
+    raise ValueError(f"shuffle_scope must be 'epoch' or 'first_batch', got {scope!r}")
+
+
 @torch.no_grad()
 def validation_loss(head, data: SplitData, setting: Setting, device: torch.device, epoch: int,
-                    epochs: int, batch_size: int = 64) -> float:
-    """The head's training loss on ``data`` (eval mode, the setting's batch), averaged over
-    videos; NaN for an empty split."""
+                    epochs: int, batch_size: int = 64, extra: Optional[dict] = None) -> float:
+    """The head's training loss on ``data`` (eval mode, the setting's batch with ``extra``
+    entries), averaged over videos; NaN for an empty split."""
     was_training = head.training
     head.eval()
     total = 0.0
     for s in range(0, len(data), batch_size):
         idx = torch.arange(s, min(s + batch_size, len(data)))
-        batch = setting.batch(data, idx, device, epoch, epochs)
+        batch = {**setting.batch(data, idx, device, epoch, epochs), **(extra or {})}
         total += float(head.loss(head.forward_batch(batch), batch)[0]) * len(idx)
     head.train(was_training)
     return total / len(data) if len(data) else float("nan")
@@ -194,6 +220,7 @@ class _TrainState:
     test_split: Optional[SplitData]  # for the released scripts' checks on test (best_test.pt)
     script: ScriptSelection
     norm: Optional[dict]  # train-split feature statistics (feature_norm: standardize)
+    avps: Optional[AVPSBuffer]  # the authors' AVPS target buffer (avps_target: buffer)
     common: dict  # what every checkpoint of the run carries
     out_dir: Path
     last_path: Path  # the resume point
@@ -210,6 +237,11 @@ class _TrainState:
     @property
     def epochs(self) -> int:
         return self.recipe.epochs
+
+    @property
+    def batch_extra(self) -> dict:
+        """Batch entries every loss call of the run gets: the ``L_c`` class rule."""
+        return {"video_class": self.recipe.video_class}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -273,6 +305,10 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     hparams, recipe = resolved.hparams, resolved.recipe
     device = select_device(spec.device)
     runtime.seed_everything(resolved.seed)
+    torch_seed = resolved.seed
+    if recipe.torch_seed == "drawn" and resolved.authors_seed:
+        torch_seed = int(torch.seed() % 2**31)  # fresh entropy, as an unseeded script
+        torch.manual_seed(torch_seed)
     dims = {"visual_dim": data.visual_dim, "audio_dim": data.audio_dim,
             "num_classes": data.num_classes}
     try:
@@ -285,6 +321,7 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     n_params = count_parameters(head)
     common = {"format": ckpt_io.FORMAT, "head": resolved.head, "setting": setting.name,
               "hparams": hparams, "dims": dims, "recipe": recipe.as_dict(), "seed": resolved.seed,
+              "torch_seed": torch_seed,
               "params": params_snapshot,
               "num_parameters": n_params, "categories": list(data.categories), "feature_norm": norm,
               "cml_excluded": _setting_exclusions(data),
@@ -294,7 +331,13 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
     print(f"hparams: {hparams}")
     print(f"recipe: {recipe.as_dict()}")
     print(f"seed: {resolved.seed}" + (" (the authors' seed; train.seed: null)"
-                                      if resolved.authors_seed else ""))
+                                      if resolved.authors_seed else "")
+          + (f"; torch seed {torch_seed} drawn (torch_seed: drawn, as the unseeded scripts)"
+             if torch_seed != resolved.seed else ""))
+    print(f"recipe: {recipe.recipe} (train.recipe); batches: "
+          + (f"shuffled ({recipe.shuffle_scope})" if recipe.shuffle else "stored order")
+          + f", drop_last {recipe.drop_last}, avps_target {recipe.avps_target}, "
+          f"video_class {recipe.video_class}")
     if recipe.drop_last and len(train_split) < recipe.batch_size:
         print(f"recipe: drop_last, but the train split ({len(train_split)} rows) is smaller than "
               f"one batch ({recipe.batch_size}): it trains as one partial batch an epoch")
@@ -302,10 +345,12 @@ def _setup(spec: RunSpec, data: Dataset, out_dir: Path, resume_dir: Path,
           f"{lr_milestones(recipe) or 'none'}")
     print(f"selection: best_val.pt every epoch on val; best_test.pt as the released script: "
           f"{script.schedule.source}; best.pt = best_{spec.select}.pt (train.select)")
+    avps = (AVPSBuffer(recipe.batch_size, train_split.labels.shape[1])
+            if recipe.avps_target == "buffer" else None)
     return _TrainState(spec, resolved, setting, device, head, opt, make_scheduler(opt, recipe),
                        torch.Generator().manual_seed(resolved.seed),
                        fingerprint(spec, resolved, data, device), dims, train_split, val_split,
-                       test_split, script, norm, common, out_dir, resume_dir / layout.LAST)
+                       test_split, script, norm, avps, common, out_dir, resume_dir / layout.LAST)
 
 
 def _splits(resolved: HeadSpec, data: Dataset, feature_norm: str
@@ -363,6 +408,9 @@ def _resume(run: _TrainState) -> None:
     if run.device.type == "cuda" and "cuda" in last["rng"]:
         torch.cuda.set_rng_state(last["rng"]["cuda"], run.device)
     run.gen.set_state(last["rng"]["shuffle"])
+    if run.avps is not None:
+        run.avps.load_state_dict(last["avps"])
+    run.common["torch_seed"] = last.get("torch_seed", run.common["torch_seed"])
     run.start, run.best, run.history = last["epoch"] + 1, last["best"], list(last["history"])
     run.seconds, run.resumed = float(last["train_seconds"]), last["epoch"]
     run.script.load_state(last.get("script_selection"))
@@ -370,15 +418,18 @@ def _resume(run: _TrainState) -> None:
 
 
 def _train_epoch(run: _TrainState, epoch: int) -> dict[str, float]:
-    """One pass over the train split (shuffled, and the last partial batch kept, unless the
-    recipe says otherwise); the mean of each loss term over batches."""
+    """One pass over the train split in the recipe's order (:func:`batch_order`; the last
+    partial batch kept unless ``drop_last``); the mean of each loss term over batches."""
     run.head.train()
     bs = run.recipe.batch_size
     n = len(run.train_split)
-    perm = torch.randperm(n, generator=run.gen) if run.recipe.shuffle else torch.arange(n)
+    perm = batch_order(n, bs, run.recipe.shuffle, run.recipe.shuffle_scope, run.gen)
     sums, n_batches = {}, 0
     for b, s in enumerate(range(0, run.steps_per_epoch * bs, bs)):
-        batch = run.setting.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs)
+        batch = {**run.setting.batch(run.train_split, perm[s:s + bs], run.device, epoch, run.epochs),
+                 **run.batch_extra}
+        if run.avps is not None and "labels" in batch:  # a setting without segment labels: none
+            batch["avps_target"] = run.avps.update(batch["labels"]).to(run.device)
         loss, parts = run.head.loss(run.head.forward_batch(batch), batch)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -399,7 +450,8 @@ def _epoch(run: _TrainState, epoch: int, live) -> None:
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step()
     val = run.setting.metrics(run.head, run.val_split, run.device, run.dims["num_classes"])
-    val["loss"] = validation_loss(run.head, run.val_split, run.setting, run.device, epoch, run.epochs)
+    val["loss"] = validation_loss(run.head, run.val_split, run.setting, run.device, epoch, run.epochs,
+                                  extra=run.batch_extra)
     run.seconds += time.perf_counter() - t0
     row = {"epoch": epoch, "lr": lr, **{f"val_{k}": v for k, v in val.items()},
            **{f"train_{k}": v for k, v in train_means.items()}}
@@ -428,6 +480,7 @@ def _save_epoch(run: _TrainState, epoch: int, improved: bool) -> None:
     ckpt_io.save({**common, "epoch": epoch, "model": run.head.state_dict(),
                   "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
                   "rng": _rng_state(run.gen, run.device), "best": run.best,
+                  **({"avps": run.avps.state_dict()} if run.avps is not None else {}),
                   "script_selection": run.script.state(),
                   "history": run.history, "fingerprint": run.fingerprint}, run.last_path)
 

@@ -1,0 +1,155 @@
+"""Run an authors' training script, unmodified, on a feature set from make_features.py (CPU).
+
+The script runs from a fresh copy of the authors' repository (a clone outside this one; none of
+their code is kept here) whose ``data/`` folder links the set's files under the names it opens.
+Only the runtime is patched, never a line of their code:
+
+* ``.cuda()`` of tensors and modules is the identity (``nn.DataParallel`` without GPUs already
+  calls its module);
+* the seed: ``--seed`` replaces the argument of their ``random.seed`` / ``np.random.seed`` /
+  ``torch.manual_seed`` calls (omitted: their own seed);
+* ``DataLoader(num_workers=...)`` is 0 (CMBS, CACE-Net: 8 workers; the batches are the same,
+  the shuffling draws from the main process's generator either way);
+* ``tensorboardX.SummaryWriter`` (CMBS, CACE-Net logging) writes nothing when tensorboardX is
+  not installed; ``ruamel.yaml.load`` / ``dump`` with the ``Loader=`` / ``Dumper=`` arguments
+  (their config loader) map to the current ruamel API, which removed those functions.
+
+Their stdout goes to ``<out>.log``; the checks it prints (val / test accuracy by epoch) to
+``<out>`` as JSON: ``{"checks": [{"epoch": e, "split": "val" | "test", "accuracy": a}], ...}``,
+epochs 0-based as in their loops.
+
+    python benchmarks/parity/run_authors.py --repo ../authors/PSP_CVPR_2021 \\
+        --script fully_supervised_main.py --data SET --out runs/psp-fully-theirs-123.json \\
+        [--seed 1] [--float64] -- --train --nb_epoch 31
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+# What each script prints at a check: (split, regex with the accuracy and the 0-based epoch)
+PATTERNS = [
+    ("val", re.compile(r"^val accuracy:\s*([0-9.]+)\s+epoch=\s*(\d+)")),  # PSP, VSCG
+    ("test", re.compile(r"^test accuracy:\s*([0-9.]+)\s+epoch=\s*(\d+)")),
+]
+# Data files each repository opens from data/ (float64 copies for CMBS and CACE-Net)
+DATA_FILES = ["visual_feature.h5", "audio_feature.h5", "labels.h5", "right_labels.h5",
+              "mil_labels.h5", "prob_label.h5", "train_order.h5", "val_order.h5", "test_order.h5",
+              "visual_feature_noisy.h5", "audio_feature_noisy.h5", "labels_noisy.h5"]
+
+
+def patch_runtime(seed: int | None) -> None:
+    import numpy as np
+    import random
+    import torch
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    if seed is not None:
+        for mod, name in ((random, "seed"), (np.random, "seed"), (torch, "manual_seed")):
+            orig = getattr(mod, name)
+            setattr(mod, name, lambda *a, _orig=orig, **k: _orig(seed))
+        torch.cuda.manual_seed = lambda *a, **k: None
+    import torch.utils.data as tud
+    orig_init = tud.DataLoader.__init__
+
+    def init(self, *a, **k):
+        k["num_workers"] = 0
+        k["pin_memory"] = False
+        orig_init(self, *a, **k)
+    tud.DataLoader.__init__ = init
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        import types
+        stub = types.ModuleType("tensorboardX")
+        stub.SummaryWriter = type("SummaryWriter", (), {
+            "__init__": lambda self, *a, **k: None, "__getattr__": lambda self, name: (lambda *a, **k: None)})
+        sys.modules["tensorboardX"] = stub
+    from ruamel import yaml as ryaml
+
+    def load(stream, Loader=None, **k):
+        return ryaml.YAML(typ="rt").load(stream)
+
+    def dump(data, stream=None, Dumper=None, indent=None, **k):
+        ryaml.YAML(typ="rt").dump(data, stream)
+    ryaml.load, ryaml.dump = load, dump
+
+
+def prepare_run_dir(repo: Path, run_dir: Path, data: Path, data_subdir: str, float64: bool) -> Path:
+    """A copy of ``repo`` (without its data/) in ``run_dir``; ``<data_subdir>/data`` links the set."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(repo, run_dir, ignore=shutil.ignore_patterns(".git", "data", "*.h5", "*.pt", "*.pth"))
+    root = run_dir / data_subdir
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for name in DATA_FILES:
+        src = data / "f64" / name if float64 and (data / "f64" / name).exists() else data / name
+        os.symlink(src.resolve(), root / "data" / name)
+    return root
+
+
+def parse(log: str) -> list[dict]:
+    checks = []
+    for line in log.splitlines():
+        for split, pat in PATTERNS:
+            m = pat.match(line.strip())
+            if m:
+                checks.append({"epoch": int(m.group(2)), "split": split, "accuracy": float(m.group(1))})
+    return checks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repo", type=Path, required=True)
+    ap.add_argument("--script", required=True, help="path inside the repository")
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--float64", action="store_true", help="link the set's f64/ feature files")
+    ap.add_argument("--parser", default="psp", help="psp (PSP, VSCG output) | cmbs (CMBS, CACE)")
+    ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the script's own arguments")
+    args = ap.parse_args()
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    out = args.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = out.with_suffix(".run")
+    script = Path(args.script)
+    root = prepare_run_dir(args.repo, run_dir, args.data, str(script.parent), args.float64)
+    os.chdir(root)
+    sys.path.insert(0, str(root))
+    sys.argv = [script.name, *rest]
+    patch_runtime(args.seed)
+    log_path = out.with_suffix(".log")
+    with (open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log),
+          contextlib.redirect_stderr(log)):
+        try:
+            runpy.run_path(str(root / script.name), run_name="__main__")
+        finally:
+            sys.stdout.flush()
+    text = log_path.read_text()
+    checks = parse(text) if args.parser == "psp" else parse_cmbs(text)
+    out.write_text(json.dumps({"repo": args.repo.name, "script": args.script, "seed": args.seed,
+                               "args": rest, "checks": checks}, indent=1))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"{out}: {len(checks)} checks")
+
+
+CMBS_TEST = re.compile(r"Evaluation results \(acc\):\s*([0-9.]+)%")
+
+
+def parse_cmbs(log: str) -> list[dict]:
+    """CMBS / CACE-Net: every epoch ``validate_epoch`` on test; the epoch counter is the order
+    of the checks (one an epoch, eval_freq 1)."""
+    return [{"epoch": e, "split": "test", "accuracy": float(m.group(1))}
+            for e, m in enumerate(CMBS_TEST.finditer(log))]
+
+
+if __name__ == "__main__":
+    main()
