@@ -162,7 +162,7 @@ def test_lean_stages(recorded_repo):
     ("pipeline/heads/psp.py", {"train", "evaluate"},
      {"synth", "prepare", "extract@vgg19", "extract@vggish", "finetune", "extract_finetuned@visual"}),
     ("pipeline/features/store.py", {"train"}, {"synth", "prepare"}),
-    ("pipeline/evaluation/metrics.py", {"train"}, {"synth", "prepare", "extract@vgg19", "finetune"}),
+    ("pipeline/settings/metrics.py", {"train"}, {"synth", "prepare", "extract@vgg19", "finetune"}),
 ])
 def test_a_code_change_reruns_the_stages_that_load_it(recorded_repo, edit, must, must_not):
     root, _, sh = recorded_repo
