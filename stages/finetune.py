@@ -11,20 +11,18 @@ Reads ``finetune`` and ``paths``; writes the tuned encoders to ``<paths.finetune
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
 
-from pipeline.cli import stage_main  # noqa: E402
+from pipeline.cli import stage_main, stage_parser  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p = stage_parser(__doc__)
     args = p.parse_args(argv)
     from pipeline.finetune.run import run  # here: decode workers re-import this script, not torch
     run(load_params(args.params))

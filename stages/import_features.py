@@ -7,10 +7,9 @@ from ${data.root}/<file stem>_noisy.h5, zero rows when absent. Decodes and extra
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from pipeline.cli import stage_main
+from pipeline.cli import stage_main, stage_parser
 from pipeline.config import load_params
 from pipeline.features.published import import_background_only, import_published
 from pipeline.features.store import load_features
@@ -18,9 +17,8 @@ from pipeline.features.store import load_features
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = stage_parser(__doc__)
     p.add_argument("name", help="a key of published.files in params.yaml (e.g. published_vgg19)")
-    p.add_argument("--params", default="params.yaml")
     p.add_argument("--noisy", action="store_true",
                    help="the entry's background-only videos (<file>_noisy.h5; zero rows when absent)")
     args = p.parse_args(argv)

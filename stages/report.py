@@ -8,10 +8,9 @@ ${paths.reports}/results.json, results.md and results.html.
 """
 from __future__ import annotations
 
-import argparse
 import typing
 
-from pipeline.cli import stage_main
+from pipeline.cli import stage_main, stage_parser
 from pipeline.config import load_params
 from pipeline.evaluation.matrix import cell, table
 from pipeline.training.config import Setting
@@ -23,8 +22,7 @@ def _seed(text: str) -> int | None:
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+    p = stage_parser(__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cell")
     c.add_argument("--head", required=True)

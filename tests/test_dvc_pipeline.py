@@ -192,15 +192,16 @@ def test_a_mistyped_head_is_one_line_and_removes_nothing(tiny_repo):
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0
         errors = [line for line in out.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and "unknown head 'cbms'" in errors[0], out
+        assert len(errors) == 1 and "unknown head 'cbms' (did you mean cmbs?)" in errors[0], out
         assert "registered: audio_only, avel, cace, cmbs" in errors[0], out
         assert "missing from" not in out and "Traceback" not in out, out
         assert set(re.findall(r"Running stage '([^']+)'", out)) == {"resolve"}, out
         after = (root / "params.yaml").read_text()
-        if after != before:  # the one command the line gives restores it
-            assert "`git show HEAD:params.yaml > params.yaml` restores" in errors[0], out
-            sh("sh", "-c", "git show HEAD:params.yaml > params.yaml")
-            assert (root / "params.yaml").read_text() == before
+        if after != before:  # the line names the one key to set back, and its committed value
+            assert "params.yaml keeps it: set train.head back to psp" in errors[0], out
+            assert "git status" not in out, out
+            changed = [b for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+            assert [c.split("#")[0].strip() for c in changed] == ["head: cbms"], changed
         assert {p: p.read_bytes() for p in (root / "models").glob("best*.pt")} == models
         assert (root / "reports" / "train" / "metrics.json").is_file()
     finally:

@@ -29,7 +29,7 @@ HEADS = r"registered: [a-z0-9_, ]*avel, [a-z0-9_, ]*psp"  # the registry's list 
 
 # (dotted key path, new value, regex of the message after "error: <params file>: ")
 BAD_PARAMS = [
-    ("train.head", "cmbss", rf"train\.head: unknown head 'cmbss'; {HEADS}"),
+    ("train.head", "cmbss", rf"train\.head: unknown head 'cmbss' \(did you mean cmbs\?\); {HEADS}"),
     ("train.setting", "cml", r"train\.setting: head 'psp' has no 'cml' setting; it supports: fully, weak"),
     ("train.setting", "semi", r"train\.setting: 'semi' is not allowed; allowed: 'fully', 'weak', 'cml'"),
     ("train.visual", "../x", r"train\.visual: '\.\./x' is not a plain name"),
@@ -283,7 +283,7 @@ def test_subprocess_exit_code_and_traceback_only_on_debug(stage, env, debug, bas
         assert proc.returncode == 2, proc.stderr
         err = proc.stderr.strip().splitlines()
         assert len(err) == 1 and re.fullmatch(
-            rf"error: {re.escape(str(path))}: train\.head: unknown head 'cmbss'; {HEADS}.*", err[0]), err
+            rf"error: {re.escape(str(path))}: train\.head: unknown head 'cmbss' \(did you mean cmbs\?\); {HEADS}.*", err[0]), err
         assert proc.stdout == ""
 
 

@@ -6,6 +6,7 @@ Training-recipe keys left ``null`` take the head's paper default (``TRAIN_DEFAUL
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -80,8 +81,11 @@ class TrainConfig:
 
 def check_head(name: str, key: str) -> None:
     """``name`` is a registered head (the registry's list in the error)."""
-    if name not in registry.list_heads():
-        raise ConfigError(f"{key}: unknown head {name!r}; registered: {', '.join(registry.list_heads())}")
+    heads = registry.list_heads()
+    if name not in heads:
+        near = difflib.get_close_matches(str(name), heads, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"{key}: unknown head {name!r}{hint}; registered: {', '.join(heads)}")
 
 
 def check_file_name(name: str, key: str) -> None:
