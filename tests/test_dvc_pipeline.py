@@ -270,3 +270,46 @@ def test_an_experiment_is_compared_with_the_committed_baseline(tiny_repo):
         assert "up to date" in _dvc(sh, "status").stdout
     finally:
         _clean(sh)
+
+
+def test_a_lock_from_another_machine_then_readme_command_1(tiny_repo):
+    """The case the repository no longer ships: a dvc.lock made on another CPU, whose feature
+    files differ in their last bits (simulated: their hashes perturbed in the committed lock).
+    README command 1 ends with `dvc repro && git add dvc.lock reports && git commit`: it re-runs
+    what differs and commits this machine's run. Then, after `git checkout -- .`, a queued
+    head-only experiment runs resolve, train and evaluate alone, and `dvc exp show
+    --only-changed` shows no column of a dependency the user did not change."""
+    root, sh = tiny_repo
+    _dvc(sh, "queue", "remove", "--all")
+    _dvc(sh, "exp", "remove", "--all-commits")
+    text = (root / "dvc.lock").read_text()
+    perturbed, n = re.subn(r"(path: data/features/\S+\.h5\n\s+hash: md5\n\s+md5: )([0-9a-f])",
+                           lambda m: m.group(1) + ("0" if m.group(2) != "0" else "1"), text)
+    assert n >= 8, text  # every feature file, as outputs and as dependencies
+    (root / "dvc.lock").write_text(perturbed)
+    sh("git", "commit", "-q", "-am", "a baseline made on another machine")
+    assert "extract" in _dvc(sh, "status").stdout
+
+    repro = _dvc(sh, "repro").stdout
+    assert {"train", "evaluate"} <= set(re.findall(r"Running stage '([^']+)'", repro)), repro
+    sh("git", "add", "dvc.lock", "reports")
+    sh("git", "commit", "-q", "-m", "Baseline: the demo run on this machine")
+    sh("git", "checkout", "--", ".")
+    assert "up to date" in _dvc(sh, "status").stdout
+
+    _dvc(sh, "exp", "run", "--queue", "-n", "other-head", "-S", "train.head=avel")
+    t0 = time.monotonic()
+    _dvc(sh, "queue", "start", "-j", "1")
+    while time.monotonic() - t0 < 3600:
+        status = _dvc(sh, "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    log = _dvc(sh, "queue", "logs", "other-head").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"resolve", "train", "evaluate"}, log
+    md = _dvc(sh, "exp", "show", "--only-changed", "--md").stdout
+    header = next(line for line in md.splitlines() if line.startswith("|"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert not [c for c in columns if c.startswith(("data/", "raw/"))], columns
+    assert "train.head" in columns, columns
+    _dvc(sh, "queue", "stop", check=False)
