@@ -14,7 +14,7 @@ from pipeline.media.write import write_mp4
 
 pytest.importorskip("decord")  # the reference; the PyAV path alone is what other platforms run
 
-FEATURE_COSINE = 0.9999  # the stated tolerance (docs/ARCHITECTURE.md, "Media")
+FEATURE_COSINE = 0.9999  # the stated tolerance (docs/ARCHITECTURE.md, pipeline/media/)
 AUDIO_ATOL = 1.5e-7  # same rate: float rounding only
 
 

@@ -14,7 +14,7 @@ decord returns for them:
   At the file's own rate it equals decord's to float rounding (<= 1.5e-7). When it resamples,
   decord flushes its resampler after every compressed audio frame (a discontinuity every
   ~64 ms); this backend resamples the track continuously, so those samples differ
-  (docs/ARCHITECTURE.md, "Media": the stated tolerance is on features).
+  (the stated tolerance is on features: docs/ARCHITECTURE.md, `pipeline/media/`).
 """
 from __future__ import annotations
 
