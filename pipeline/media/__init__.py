@@ -1,4 +1,5 @@
-"""Decoding (decord, or PyAV where decord has no wheel: decode.decoder_name): probe, per-segment frame sampling, audio, worker pool with timeout.
+"""Decoding (decord, or PyAV where decord has no wheel: ``decode.decoder_name``): probe,
+per-segment frame sampling, audio, worker pool with timeout.
 
 Public API (docs/ARCHITECTURE.md "Media"):
 ``probe``, ``probe_many``, ``VideoInfo``, ``segment_frame_indices``, ``decode_video``,
