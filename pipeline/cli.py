@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from pipeline.config import ConfigError, InputError
+from pipeline.config import DEFAULT_PARAMS, ConfigError, InputError
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "AVE_DEBUG"
@@ -85,14 +85,16 @@ def stage_main(main: Callable[[Optional[list[str]]], Any]) -> Callable[[Optional
     return wrapper
 
 
-def params_restore_hint(path: str) -> str:
+def params_restore_hint(path: str, message: str = "") -> str:
     """``'; <what to do>'`` when the params file ``path`` differs from the experiment's baseline
     (``DVC_EXP_BASELINE_REV``) or the last commit: a failed ``dvc exp run -S`` leaves its values
-    there. Compares bytes: after such a run git's index can hold the new file's size and time
-    with the old content, so ``git status`` may not show it and ``git checkout`` skips it."""
+    there. ``message`` is the error (``'<key>: ...'``): the hint names that one key and the
+    committed value, so other changes (an applied experiment's) are kept."""
     import os
     import subprocess
     from pathlib import Path
+
+    import yaml
 
     rev = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
     try:
@@ -102,6 +104,42 @@ def params_restore_hint(path: str) -> str:
         return ""
     if proc.returncode != 0 or proc.stdout == current:
         return ""
-    return (f"; {path} keeps these values (`git status` may not show it); "
-            f"`git show HEAD:{path} > {path}` restores the last commit's")
+    message = message.removeprefix(f"{path}: ")  # load_params names the file first
+    key = message.split(":", 1)[0].strip() if ":" in message else ""
+    try:
+        committed, now = yaml.safe_load(proc.stdout), yaml.safe_load(current)
+    except yaml.YAMLError:
+        committed = now = None
+    missing = object()
 
+    def lookup(tree, dotted: str):
+        for part in dotted.split("."):
+            if not isinstance(tree, dict) or part not in tree:
+                return missing
+            tree = tree[part]
+        return tree
+
+    if not key or " " in key or lookup(now, key) is missing:
+        return f"; {path} differs from the last commit (`git diff {path}` shows how)"
+    old = lookup(committed, key)
+    if old is missing:
+        return f"; remove {key} from {path} (the last commit has no such key)"
+    if old == lookup(now, key):
+        return ""
+    shown = "null" if old is None else str(old).lower() if isinstance(old, bool) else old
+    return f"; {path} keeps it: set {key} back to {shown}, the last commit's value"
+
+
+PARAMS_HELP = ("the params file the stage reads its sections from (default: params.yaml, the one "
+               "dvc.yaml lists; another file is for running the stage by hand)")
+
+
+def stage_parser(doc: str):
+    """The argument parser of a stage: its docstring's first paragraph as the description, and
+    ``--params``."""
+    import argparse
+
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    p = argparse.ArgumentParser(description=first)
+    p.add_argument("--params", default=DEFAULT_PARAMS, metavar="FILE", help=PARAMS_HELP)
+    return p

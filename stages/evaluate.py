@@ -7,12 +7,11 @@ event_f1; cml: accuracy = the A2V/V2A average).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.cli import stage_main
-from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.cli import stage_main, stage_parser
+from pipeline.config import load_params
 from pipeline.files import check_writable
 from pipeline.runtime import atomic_write_json
 from pipeline.evaluation.evaluate import evaluate
@@ -20,8 +19,7 @@ from pipeline.evaluation.evaluate import evaluate
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default=DEFAULT_PARAMS)
+    p = stage_parser(__doc__)
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "train", "evaluate"))
     paths, tc, ec = params["paths"], params["train"], params["evaluate"]

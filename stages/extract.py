@@ -10,23 +10,20 @@ Reads ``extract.common``, ``extract.<kind>``, the model's entry (``--finetuned``
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
 
-from pipeline.cli import stage_main  # noqa: E402
-from pipeline.config import DEFAULT_PARAMS  # noqa: E402
+from pipeline.cli import stage_main, stage_parser  # noqa: E402
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = stage_parser(__doc__)
     p.add_argument("model", nargs="?", help="a key of extract.models in params.yaml (e.g. vgg19, vggish)")
     p.add_argument("--finetuned", choices=("visual", "audio"),
                    help="instead of a model: the finetune stage's tuned encoder -> <encoder>_ft.h5")
-    p.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
     if (args.model is None) == (args.finetuned is None):

@@ -1,7 +1,7 @@
 """DVC stage ``finetune``: CACE contrastive fine-tuning of the visual and audio encoders.
 
-    python stages/finetune.py                                        # one process (CPU or one GPU)
-    torchrun --standalone --nproc_per_node=4 stages/finetune.py      # DDP over 4 GPUs (finetune.nproc)
+    python stages/finetune.py     # finetune.nproc processes: one in-process, more through torchrun
+    torchrun --standalone --nproc_per_node=4 stages/finetune.py      # the same, started by hand
 
 Reads ``finetune`` and ``paths``; writes the tuned encoders to ``<paths.finetune>/<encoder>.pth``
 (the native format of the weights resolver, read by stage ``extract_finetuned@<role>``),
@@ -11,23 +11,30 @@ Reads ``finetune`` and ``paths``; writes the tuned encoders to ``<paths.finetune
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `python stages/...`
 
-from pipeline.cli import stage_main  # noqa: E402
-from pipeline.config import DEFAULT_PARAMS, load_params  # noqa: E402
+from pipeline.cli import stage_main, stage_parser  # noqa: E402
+from pipeline.config import ConfigError, load_params  # noqa: E402
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    p = stage_parser(__doc__)
     args = p.parse_args(argv)
+    params = load_params(args.params, sections=("paths", "data", "finetune"))
+    if params["data"].source == "features":  # checked here: a rank's error is torchrun's traceback
+        raise ConfigError("data.source: 'features' has no videos to fine-tune on; the published "
+                          "route runs `dvc exp run evaluate` (docs/published-features.md)")
+    nproc = params["finetune"].nproc
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # params checked: now one process per rank
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={nproc}", __file__, *argv])
     from pipeline.finetune.run import run  # here: decode workers re-import this script, not torch
-    run(load_params(args.params, sections=("paths", "finetune")))
+    run(params)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ absent. Decodes and extracts nothing.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from pipeline.cli import stage_main
-from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.cli import stage_main, stage_parser
+from pipeline.config import load_params
 from pipeline.files import check_writable
 from pipeline.features.published import import_background_only, import_published
 from pipeline.features.store import load_features
@@ -20,9 +19,8 @@ from pipeline.features.store import load_features
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = stage_parser(__doc__)
     p.add_argument("name", help="a key of published.files in params.yaml (e.g. published_vgg19)")
-    p.add_argument("--params", default=DEFAULT_PARAMS)
     p.add_argument("--background-only", action="store_true",
                    help="the entry's background-only videos (<file>_noisy.h5; zero rows when absent)")
     args = p.parse_args(argv)

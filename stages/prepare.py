@@ -7,19 +7,17 @@ report.md (every problem and what was done about it); bad videos never stop the 
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.cli import stage_main
-from pipeline.config import DEFAULT_PARAMS, load_params, to_dict
+from pipeline.cli import stage_main, stage_parser
+from pipeline.config import load_params, to_dict
 from pipeline.data.prepare import prepare
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default=DEFAULT_PARAMS)
+    p = stage_parser(__doc__)
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "data"))
     cfg, out = params["data"], params["paths"].prepared

@@ -8,11 +8,9 @@ ${paths.reports}/results.json, results.md and results.html.
 """
 from __future__ import annotations
 
-import argparse
-
 from pipeline import settings
-from pipeline.cli import stage_main
-from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.cli import stage_main, stage_parser
+from pipeline.config import load_params
 from pipeline.files import check_writable
 from pipeline.evaluation.matrix import cell, table
 
@@ -23,8 +21,7 @@ def _seed(text: str) -> int | None:
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default=DEFAULT_PARAMS)
+    p = stage_parser(__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cell")
     c.add_argument("--head", required=True)

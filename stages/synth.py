@@ -5,18 +5,16 @@ valSet.txt, testSet.txt, synth.json, AVE/<VideoID>.mp4}, replaced atomically.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
-from pipeline.cli import stage_main
-from pipeline.config import DEFAULT_PARAMS, load_params, to_dict
+from pipeline.cli import stage_main, stage_parser
+from pipeline.config import load_params, to_dict
 from pipeline.data.synth import generate
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default=DEFAULT_PARAMS)
+    p = stage_parser(__doc__)
     args = p.parse_args(argv)
     cfg = load_params(args.params, sections=("synth",))["synth"]
     print(f"synth: {to_dict(cfg)}")

@@ -9,12 +9,11 @@ fingerprint matches).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.cli import stage_main
-from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.cli import stage_main, stage_parser
+from pipeline.config import load_params
 from pipeline.files import check_writable
 from pipeline.runtime import atomic_write_json
 from pipeline.training.run import train_from_params
@@ -22,8 +21,7 @@ from pipeline.training.run import train_from_params
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default=DEFAULT_PARAMS)
+    p = stage_parser(__doc__)
     args = p.parse_args(argv)
     params = load_params(args.params, sections=("paths", "data", "train", "heads"))
     paths = params["paths"]

@@ -192,15 +192,16 @@ def test_a_mistyped_head_is_one_line_and_removes_nothing(tiny_repo):
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0
         errors = [line for line in out.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and "unknown head 'cbms'" in errors[0], out
+        assert len(errors) == 1 and "unknown head 'cbms' (did you mean cmbs?)" in errors[0], out
         assert "registered: audio_only, avel, cace, cmbs" in errors[0], out
         assert "missing from" not in out and "Traceback" not in out, out
         assert set(re.findall(r"Running stage '([^']+)'", out)) == {"resolve"}, out
         after = (root / "params.yaml").read_text()
-        if after != before:  # the one command the line gives restores it
-            assert "`git show HEAD:params.yaml > params.yaml` restores" in errors[0], out
-            sh("sh", "-c", "git show HEAD:params.yaml > params.yaml")
-            assert (root / "params.yaml").read_text() == before
+        if after != before:  # the line names the one key to set back, and its committed value
+            assert "params.yaml keeps it: set train.head back to psp" in errors[0], out
+            assert "git status" not in out, out
+            changed = [b for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+            assert [c.split("#")[0].strip() for c in changed] == ["head: cbms"], changed
         assert {p: p.read_bytes() for p in (root / "models").glob("best*.pt")} == models
         assert (root / "reports" / "train" / "metrics.json").is_file()
     finally:
@@ -269,3 +270,46 @@ def test_an_experiment_is_compared_with_the_committed_baseline(tiny_repo):
         assert "up to date" in _dvc(sh, "status").stdout
     finally:
         _clean(sh)
+
+
+def test_a_lock_from_another_machine_then_readme_command_1(tiny_repo):
+    """The case the repository no longer ships: a dvc.lock made on another CPU, whose feature
+    files differ in their last bits (simulated: their hashes perturbed in the committed lock).
+    README command 1 ends with `dvc repro && git add dvc.lock reports && git commit`: it re-runs
+    what differs and commits this machine's run. Then, after `git checkout -- .`, a queued
+    head-only experiment runs resolve, train and evaluate alone, and `dvc exp show
+    --only-changed` shows no column of a dependency the user did not change."""
+    root, sh = tiny_repo
+    _dvc(sh, "queue", "remove", "--all")
+    _dvc(sh, "exp", "remove", "--all-commits")
+    text = (root / "dvc.lock").read_text()
+    perturbed, n = re.subn(r"(path: data/features/\S+\.h5\n\s+hash: md5\n\s+md5: )([0-9a-f])",
+                           lambda m: m.group(1) + ("0" if m.group(2) != "0" else "1"), text)
+    assert n >= 8, text  # every feature file, as outputs and as dependencies
+    (root / "dvc.lock").write_text(perturbed)
+    sh("git", "commit", "-q", "-am", "a baseline made on another machine")
+    assert "extract" in _dvc(sh, "status").stdout
+
+    repro = _dvc(sh, "repro").stdout
+    assert {"train", "evaluate"} <= set(re.findall(r"Running stage '([^']+)'", repro)), repro
+    sh("git", "add", "dvc.lock", "reports")
+    sh("git", "commit", "-q", "-m", "Baseline: the demo run on this machine")
+    sh("git", "checkout", "--", ".")
+    assert "up to date" in _dvc(sh, "status").stdout
+
+    _dvc(sh, "exp", "run", "--queue", "-n", "other-head", "-S", "train.head=avel")
+    t0 = time.monotonic()
+    _dvc(sh, "queue", "start", "-j", "1")
+    while time.monotonic() - t0 < 3600:
+        status = _dvc(sh, "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    log = _dvc(sh, "queue", "logs", "other-head").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"resolve", "train", "evaluate"}, log
+    md = _dvc(sh, "exp", "show", "--only-changed", "--md").stdout
+    header = next(line for line in md.splitlines() if line.startswith("|"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert not [c for c in columns if c.startswith(("data/", "raw/"))], columns
+    assert "train.head" in columns, columns
+    _dvc(sh, "queue", "stop", check=False)

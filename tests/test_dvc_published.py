@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 
 import h5py
 import pytest
@@ -54,3 +55,45 @@ def test_published_route_from_another_root_without_background_only_files(tmp_pat
     assert rows["fully"]["accuracy"] is not None and rows["weak"]["accuracy"] is not None
     with h5py.File(root / "data" / "features" / "published_vgg19.h5") as f:
         assert f["avadataset"].dtype == "float32"  # the default stored dtype
+
+
+def test_queued_experiment_on_the_published_route_with_files_tracked_by_dvc(tmp_path):
+    """docs/published-features.md: the published files given to DVC (`dvc add`) and committed, a
+    queued experiment on the route (its own clean copy) has them: it imports, trains and
+    evaluates, and runs nothing that needs a video."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    run = tiny_copy(root)
+    data = root / "raw" / "ave"  # the route's data root, as README; a small annotation set
+    _annotations(data)
+    export_labels(data, tmp_path / "labels")
+    with h5py.File(tmp_path / "labels" / "labels.h5") as f:
+        labels = f["avadataset"][()]
+    _published(data, data, labels)
+
+    def sh(*cmd: str) -> str:
+        proc = run(*cmd, timeout=1800)
+        return proc.stdout + proc.stderr
+
+    files = sorted(p.relative_to(root).as_posix() for p in data.glob("*.h5"))
+    sh(sys.executable, "-m", "dvc", "add", *files)
+    sh("git", "add", "-A")
+    sh("git", "commit", "-q", "-m", "Published AVE features, tracked by DVC")
+    sh(sys.executable, "-m", "dvc", "exp", "run", "--queue", "-n", "published", "evaluate",
+       "-S", "data.root=raw/ave", "-S", "data.source=features",
+       "-S", "+published.files.published_vgg19={file: visual_feature.h5}",
+       "-S", "+published.files.published_vggish={file: audio_feature.h5}",
+       "-S", "train.visual=published_vgg19", "-S", "train.audio=published_vggish",
+       "-S", "train.feature_norm=none")
+    sh(sys.executable, "-m", "dvc", "queue", "start", "-j", "1")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1800:
+        status = sh(sys.executable, "-m", "dvc", "queue", "status")
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    log = sh(sys.executable, "-m", "dvc", "queue", "logs", "published")
+    assert re.search(r"published\s.*Success", status), status + log
+    ran = set(re.findall(r"Running stage '([^']+)'", log))
+    assert {"import@published_vgg19", "train", "evaluate"} <= ran, log
+    assert not any(s.startswith(("synth", "extract", "finetune")) for s in ran), ran

@@ -34,7 +34,7 @@ HEADS = r"registered: [a-z0-9_, ]*avel, [a-z0-9_, ]*psp"  # the registry's list 
 
 # (dotted key path, new value, regex of the message after "error: <params file>: ")
 BAD_PARAMS = [
-    ("train.head", "cmbss", rf"train\.head: unknown head 'cmbss'; {HEADS}"),
+    ("train.head", "cmbss", rf"train\.head: unknown head 'cmbss' \(did you mean cmbs\?\); {HEADS}"),
     ("train.setting", "cml", r"train\.setting: head 'psp' has no 'cml' setting; it supports: fully, weak"),
     ("train.setting", "semi", r"train\.setting: 'semi' is not allowed; allowed: 'fully', 'weak', 'cml'"),
     ("train.visual", "../x", r"train\.visual: '\.\./x' is not a plain name"),
@@ -278,6 +278,38 @@ def test_stage_arguments_are_checked_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "reports").exists()
 
 
+def test_finetune_on_the_published_route_is_one_line(tmp_path):
+    """finetune needs videos: with data.source=features it stops in one line (exit 2) before
+    torchrun or any work, instead of a rank's traceback."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["source"] = "features"
+    raw["finetune"]["nproc"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "finetune.py"), "--params", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: data.source: 'features' has no videos to fine-tune on; the published route runs "
+        "`dvc exp run evaluate` (docs/published-features.md)"]
+
+
+def test_stage_help_describes_every_option():
+    """Each stage's --help: the first paragraph of its docstring, whole, and --params described."""
+    import ast
+
+    from pipeline.cli import stage_parser
+
+    for script in sorted((REPO / "stages").glob("*.py")):
+        source = script.read_text()
+        assert "stage_parser(__doc__)" in source, script.name
+        text = stage_parser(ast.get_docstring(ast.parse(source))).format_help()
+        flat = " ".join(text.split())
+        assert "--params FILE the params file the stage reads its sections from" in flat, text
+        description = text.split("\n\n")[1]
+        assert description.rstrip().endswith((".", ")")), (script.name, description)
+
+
 @pytest.mark.parametrize("stage, env, debug", [("train", {}, False), ("resolve", {}, False),
                                                 ("evaluate", {"AVE_DEBUG": "1"}, True),
                                                 ("train", {}, "--debug")])
@@ -296,7 +328,7 @@ def test_subprocess_exit_code_and_traceback_only_on_debug(stage, env, debug, bas
         assert proc.returncode == 2, proc.stderr
         err = proc.stderr.strip().splitlines()
         assert len(err) == 1 and re.fullmatch(
-            rf"error: {re.escape(str(path))}: train\.head: unknown head 'cmbss'; {HEADS}.*", err[0]), err
+            rf"error: {re.escape(str(path))}: train\.head: unknown head 'cmbss' \(did you mean cmbs\?\); {HEADS}.*", err[0]), err
         assert proc.stdout == ""
 
 

@@ -45,6 +45,7 @@ from pipeline.encoders.base import Encoder, build_encoder
 from pipeline.encoders.spec import ModelSpec
 from pipeline.features.config import ExtractConfig
 from pipeline.features.store import StoreWriter
+from pipeline.media.decode import decoder_name
 from pipeline.media.pool import threaded_prefetch
 from pipeline.runtime import NUM_SEGMENTS, atomic_path, select_device, source_digest
 
@@ -380,6 +381,7 @@ def _metadata(name: str, spec: ModelSpec, encoder: Encoder, cfg: ExtractConfig,
         "dtype": cfg.dtype,
         "amp": str(amp).replace("torch.", "") if amp else "none",
         "device_type": device.type,
+        "decoder": decoder_name(),  # decord | pyav (pipeline.media.decode)
         "code_version": code_version(),
         "created_by": f"pipeline.features.engine.extract ({torch.__version__})",
         "model_spec": to_dict(spec),

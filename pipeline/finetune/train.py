@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from pipeline import files, layout
 from pipeline.config import to_dict
@@ -339,10 +340,15 @@ def _train_epoch(run: _Fit, train: ClipBank | ClipStream, sampler: GlobalBatchSa
     core.head_visual.reset_stats()
     core.head_audio.reset_stats()
     losses = []
-    for frames, audio in train.batches(sampler, run.env.device):
-        run.opt.zero_grad(set_to_none=True)
-        losses.append(train_step(run.encoders, core, frames, audio, cfg, run.scaler))
-        _optimizer_step(run)
+    bar = tqdm(total=len(sampler), desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=not run.env.main, leave=False, dynamic_ncols=True)  # progress within an epoch
+    with bar:
+        for frames, audio in train.batches(sampler, run.env.device):
+            run.opt.zero_grad(set_to_none=True)
+            losses.append(train_step(run.encoders, core, frames, audio, cfg, run.scaler))
+            _optimizer_step(run)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            bar.update(1)
     return sum(losses) / len(losses)  # the global loss: same on every rank
 
 

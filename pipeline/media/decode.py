@@ -1,4 +1,9 @@
-"""In-process decoding with decord: probe, sampled video frames, mono audio segments.
+"""In-process decoding: probe, sampled video frames, mono audio segments.
+
+The decoder is decord where it is installed, else PyAV (:mod:`pipeline.media.pyav`: macOS arm64
+and Linux aarch64 have no decord wheel); ``AVE_DECODER=pyav`` (or ``decord``) forces one.
+:func:`decoder_name` says which; feature files record it (attribute ``decoder``). Both read
+through the same rules below.
 
 These functions run inside :class:`pipeline.media.pool.DecodePool` workers (decord can hang
 or crash on some files); call them directly only on files you trust.
@@ -25,11 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import decord
 import numpy as np
 
+from pipeline.config import ConfigError
 from pipeline.runtime import NUM_SEGMENTS, SEGMENT_SECONDS
 
+try:
+    import decord
+except ImportError:  # no wheel for this platform: PyAV decodes
+    decord = None
+
+from . import pyav
 from .sampling import Rule, is_variable_rate, segment_frame_indices, sample_times
 
 # Flags attached to decoded data (also used in manifest.csv `flags`).
@@ -99,6 +110,23 @@ class VideoInfo:
     audio_duration: float = 0.0  # seconds of decodable audio (0 without an audio stream)
 
 
+DECODERS = ("decord", "pyav")
+DECODER_ENV = "AVE_DECODER"  # forces a decoder (e.g. to test the PyAV path where decord exists)
+
+
+def decoder_name() -> str:
+    """``"decord"`` when installed, else ``"pyav"``; ``AVE_DECODER`` forces one."""
+    forced = os.environ.get(DECODER_ENV, "").strip().lower()
+    if not forced:
+        return "decord" if decord is not None else "pyav"
+    if forced not in DECODERS:
+        raise ConfigError(f"{DECODER_ENV}: {forced!r} is not a decoder; one of: {', '.join(DECODERS)}")
+    if forced == "decord" and decord is None:
+        raise ConfigError(f"{DECODER_ENV}: decord is not installed (no wheel for this platform); "
+                          "unset it to decode with PyAV")
+    return forced
+
+
 def _decord():
     decord.logging.set_level(decord.logging.QUIET)  # errors reach us as exceptions
     return decord
@@ -122,13 +150,16 @@ def _short(err: Exception) -> str:
 
 
 def _open_video(path: str, size: Optional[tuple[int, int]] = None):
-    decord = _decord()
     kwargs = {}
     if size is not None:
         h, w = int(size[0]), int(size[1])
         kwargs = {"width": w, "height": h}
+    backend = decoder_name()
     try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **kwargs)
+        if backend == "pyav":
+            vr = pyav.VideoReader(path, **kwargs)
+        else:
+            vr = _decord().VideoReader(path, ctx=decord.cpu(0), num_threads=1, **kwargs)
     except Exception as e:  # decord raises DECORDError / RuntimeError with the ffmpeg reason
         msg = _short(e)
         if "video stream" in msg:
@@ -188,11 +219,14 @@ def audio_flags(audio_seconds: float, num_segments: int = NUM_SEGMENTS) -> tuple
 
 
 def _open_audio(path: str, sample_rate: int):
-    """decord ``AudioReader`` (mono, resampled), or ``None`` when the file has no audio
+    """An ``AudioReader`` (mono, resampled), or ``None`` when the file has no audio
     stream; an audio stream that cannot be opened raises ``DecodeFailure("corrupt")``."""
-    decord = _decord()
+    backend = decoder_name()
     try:
-        ar = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=sample_rate, mono=True)
+        if backend == "pyav":
+            ar = pyav.AudioReader(path, sample_rate)
+        else:
+            ar = _decord().AudioReader(path, ctx=decord.cpu(0), sample_rate=sample_rate, mono=True)
     except Exception as e:
         msg = _short(e)
         if "audio stream" not in msg:

@@ -8,6 +8,7 @@ loaded, by the code that checks every other road a value arrives by
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -96,8 +97,11 @@ class TrainConfig:
 
 def check_head(name: str, key: str) -> None:
     """``name`` is a registered head (the registry's list in the error)."""
-    if name not in registry.list_heads():
-        raise ConfigError(f"{key}: unknown head {name!r}; registered: {', '.join(registry.list_heads())}")
+    heads = registry.list_heads()
+    if name not in heads:
+        near = difflib.get_close_matches(str(name), heads, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"{key}: unknown head {name!r}{hint}; registered: {', '.join(heads)}")
 
 
 def check_setting(name: str, key: str) -> None:
