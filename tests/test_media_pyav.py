@@ -84,7 +84,8 @@ def test_features_match_decord_and_record_the_decoder(prepared_dir, tmp_path, mo
     import h5py
 
     from pipeline.data.prepare import load_manifest
-    from pipeline.encoders import ModelSpec, build_encoder
+    from pipeline.encoders.base import build_encoder
+    from pipeline.encoders.spec import ModelSpec
     from pipeline.features.config import ExtractConfig
     from pipeline.features.engine import extract
     from pipeline.features.store import load_features
