@@ -78,7 +78,7 @@ def test_every_layout_name_has_a_user():
     for name in (n for n in vars(layout) if not n.startswith("_") and n not in ("Path", "annotations")):
         if re.search(rf"\b{name}\b", code):
             continue
-        users = re.findall(rf"^def (\w+)\(.*?(?=^def |\Z)", own, re.M | re.S)
+        users = re.findall(r"^def (\w+)\(.*?(?=^def |\Z)", own, re.M | re.S)
         if any(re.search(rf"\b{name}\b", body) and re.search(rf"\b{fn}\b", code)
                for fn, body in zip(users, re.split(r"^def ", own, flags=re.M)[1:])):
             continue

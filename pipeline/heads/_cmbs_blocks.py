@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.settings.targets import (VIDEO_CLASS_RULES, relevance_targets,  # noqa: F401 (used by the heads)
-                                       video_event_class)
+from pipeline.settings.targets import relevance_targets, video_event_class  # noqa: F401 (used by the heads)
 
 
 # --------------------------------------------------------------------------- CMGA (Sec. 3.3)
