@@ -623,3 +623,27 @@ def test_avel_walks_the_train_split_in_order_without_the_last_partial_batch(toys
     train(run_spec("toy_recording", "fully", device="cpu", recipe_overrides={
         "epochs": 1, "batch_size": bs}), data, tmp_path / "b")
     assert sum(len(b) for b in seen) == n and not torch.equal(torch.cat(seen), train_audio)
+
+
+def test_standardize_centres_a_channel_constant_on_train_and_stays_finite_in_float16():
+    """A channel constant on the train split (a dead unit of a random-init encoder) is centred,
+    not divided by ~0 (scikit-learn's rule); a val value far from it stays finite in float16."""
+    from pipeline.training.data import SplitData, feature_stats
+
+    def split(name, visual, audio):
+        n = len(visual)
+        return SplitData(name, np.arange(n), np.array([], dtype=int), visual, audio,
+                         torch.zeros(n, 10, 3), torch.zeros(n, 3))
+    visual = (torch.randn(4, 10, 1, 1, 2) * 0.01).half()  # channel 0: std about 0.01
+    visual[..., 1] = 3.0  # channel 1: constant on train
+    train_split = split("train", visual, torch.randn(4, 10, 2).half())
+    stats = feature_stats(train_split)
+    assert float(stats["visual_std"][1]) == 1.0 and float(stats["visual_mean"][1]) == 3.0
+    val_visual = torch.randn(2, 10, 1, 1, 2).half()
+    val_visual[..., 1] = 40000.0
+    val = split("val", val_visual, torch.randn(2, 10, 2).half()).normalized(stats)
+    assert torch.isfinite(val.visual).all() and val.visual.dtype == torch.float16
+    assert torch.allclose(val.visual[..., 1].float(), torch.full((2, 10, 1, 1), 39997.0), rtol=1e-3)
+    huge = split("val", torch.full((1, 10, 1, 1, 2), 60000.0).half(), torch.zeros(1, 10, 2).half())
+    z = huge.normalized(stats).visual  # channel 0: 60000 / 0.01 is beyond float16's 65504
+    assert torch.isfinite(z).all() and float(z[..., 0].max()) == 65504.0

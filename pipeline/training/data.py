@@ -66,8 +66,11 @@ class SplitData:
         their stored dtype."""
         def z(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
             out = torch.empty_like(x)
+            big = torch.finfo(x.dtype).max if x.is_floating_point() else None
             for s in range(0, len(x), CHUNK):  # chunks: no float32 copy of a whole split
-                out[s:s + CHUNK] = ((x[s:s + CHUNK].float() - mean) / std).to(x.dtype)
+                v = (x[s:s + CHUNK].float() - mean) / std
+                # kept finite in the stored dtype (float16 ends at 65504)
+                out[s:s + CHUNK] = (v.clamp(-big, big) if big is not None else v).to(x.dtype)
             return out
         return dataclasses.replace(
             self, visual=z(self.visual, stats["visual_mean"], stats["visual_std"]),
@@ -91,8 +94,11 @@ def feature_stats(split: SplitData, eps: float = 1e-6) -> dict[str, torch.Tensor
             n += len(v)
         mean = total / max(n, 1)
         var = (sq / max(n, 1) - mean * mean).clamp_min(0)
+        std = var.sqrt().float()
         out[f"{name}_mean"] = mean.float()
-        out[f"{name}_std"] = var.sqrt().float().clamp_min(eps)
+        # a channel constant on the train split is centred, not scaled (scikit-learn's
+        # StandardScaler rule): dividing by ~0 would blow its val/test values up to inf
+        out[f"{name}_std"] = torch.where(std < eps, torch.ones_like(std), std)
     return out
 
 
