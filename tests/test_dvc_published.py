@@ -55,6 +55,11 @@ def test_published_route_from_another_root_without_background_only_files(tmp_pat
     assert rows["fully"]["accuracy"] is not None and rows["weak"]["accuracy"] is not None
     with h5py.File(root / "data" / "features" / "published_vgg19.h5") as f:
         assert f["avadataset"].dtype == "float32"  # the default stored dtype
+    # after the run the route reads up to date: no stage that always runs, no hash-info warning
+    status = sh(sys.executable, "-m", "dvc", "status", "report")
+    assert "Data and pipelines are up to date." in status and "hash info" not in status, status
+    again = sh(sys.executable, "-m", "dvc", "repro", "report")
+    assert "Running stage" not in again, again
 
 
 def test_queued_experiment_on_the_published_route_with_files_tracked_by_dvc(tmp_path):
