@@ -185,7 +185,7 @@ def test_params_named_weights_outside_the_project_are_not_read(outside, tmp_path
     torch.save({"w": torch.zeros(1)}, outside.parent / "vgg.pth")
     os.symlink(outside.parent / "vgg.pth", project / "vgg.pth")
     params = write_params(project, project / "raw",
-                          extract={"models": {"vgg19": {"encoder": "vgg19", "weights": "vgg.pth"}}})
+                          extract={"models": {"vgg19": {"encoder": "vgg19", "kind": "visual", "weights": "vgg.pth"}}})
     one_error(_stage("extract").main, ["vgg19", "--params", str(params)], capsys,
               rf"{re.escape(str(project / 'vgg.pth'))}: the weights file "
               rf"\(extract\.models\.vgg19\.weights\) resolves to "
@@ -299,22 +299,23 @@ BAD_VALUES = [
     ("train: [1, 2]\n", r"train: expected a mapping, got \[1, 2\]"),
     ("train: 5\n", r"train: expected a mapping, got 5"),
     ("heads:\n  psp:\n    tau_fully: .nan\n", r"heads\.psp\.tau_fully: must be a finite number, got nan"),
-    ("heads:\n  psp:\n    dropout: 1.5\n", r"heads\.psp\.dropout: must be <= 1, got 1\.5"),
-    ("heads:\n  psp:\n    dropout: 1\n", r"heads\.psp\.dropout: a dropout probability must be < 1, got 1"),
-    ("heads:\n  cmbs:\n    alpha: abc\n", r"heads\.cmbs\.alpha: expected a number like the default 0\.1, got 'abc'"),
+    ("heads:\n  psp:\n    dropout: 1.5\n", r"heads\.psp\.dropout: must be < 1, got 1\.5"),
+    ("heads:\n  psp:\n    dropout: 1\n", r"heads\.psp\.dropout: must be < 1, got 1"),
+    ("heads:\n  cmbs:\n    alpha: abc\n", r"heads\.cmbs\.alpha: expected a number, got 'abc'"),
     ("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n",
      r"train\.lr: duplicate key \(lines \d+ and \d+; YAML would keep the last silently\)"),
 ]
 
 
 @pytest.mark.parametrize("text,pattern", BAD_VALUES, ids=[p.split(":")[0] for _, p in BAD_VALUES])
-def test_a_bad_value_is_one_line_naming_the_key(text, pattern, prepare_stage, tmp_path, capsys):
+def test_a_bad_value_is_one_line_naming_the_key(text, pattern, tmp_path, capsys):
+    """Stage ``resolve`` checks every section before any other stage runs."""
     params = write_params(tmp_path, tmp_path / "root")
     raw = yaml.safe_load(params.read_text())
     for section in yaml.safe_load(text.replace("lr: 0.2\n", "")):
         raw.pop(section, None)
     params.write_text(yaml.safe_dump(raw, sort_keys=False) + text)
-    one_error(prepare_stage.main, ["--params", str(params)], capsys,
+    one_error(_stage("resolve").main, ["--params", str(params)], capsys,
               rf"{re.escape(str(params))}: {pattern}")
 
 
@@ -338,21 +339,23 @@ def converter_inputs(tmp_path):
 
 CONVERTER = [
     (["--head", "cmbs", "--setting", "fully", "--set", "alpha=abc"], "cmbs",
-     r"--set alpha: expected a number like the default 0\.1, got 'abc'"),
+     r"--set alpha: expected a number, got 'abc'"),
     (["--head", "psp", "--setting", "fully", "--set", "tau_fully=.nan"], "psp",
      r"--set tau_fully: must be a finite number, got nan"),
     (["--head", "psp", "--setting", "fully", "--set", "dropout=-1"], "psp",
      r"--set dropout: must be >= 0, got -1"),
     (["--head", "psp", "--setting", "fully", "--set", "embed_hidden=0"], "psp",
-     r"--set embed_hidden: must be >= 1 \(a size or count\), got 0"),
+     r"--set embed_hidden: must be >= 1, got 0"),
     (["--head", "cace", "--setting", "weak"], "cace",
      r"--setting: head 'cace' has no 'weak' setting; it supports: fully"),
     (["--head", "cmbs", "--setting", "fully", "--set", "d_model=32"], "cmbs",
-     r"{src}: cmbs \(fully\): 'd_model' is fixed by the authors' checkpoint \(\d+\)"),
+     r"{src}: cmbs \(fully\): 'd_model' is fixed by the authors' checkpoint \(\d+\); --set d_model=32 "
+     r"contradicts it"),
     (["--head", "cmbs", "--setting", "fully", "--set", "heads=3"], "cmbs",
      r"{src}: cmbs \(fully\) cannot be built with \{{'heads': 3\}}: embed_dim must be divisible by num_heads"),
     (["--head", "psp", "--setting", "fully", "--set", "embed_hidden=100"], "psp",
-     r"{src}: psp \(fully\): 'fa\.0\.weight' has shape \[256, 128\], expected \[100, 128\]"),
+     r"{src}: psp \(fully\): 'embed_hidden' is fixed by the authors' checkpoint \(256\); --set "
+     r"embed_hidden=100 contradicts it"),
 ]
 
 
@@ -396,7 +399,7 @@ def test_evaluate_refuses_features_of_another_width(prepared_dir, tmp_path, caps
     params = write_params(tmp_path, tmp_path / "root")
     raw = yaml.safe_load(params.read_text())
     raw["paths"].update(prepared=str(prepared_dir), models=str(models), features=str(features))
-    raw["train"]["head"] = "audio_only"
+    raw["train"].update(head="audio_only", visual="vgg19", audio="vggish")
     params.write_text(yaml.safe_dump(raw))
     one_error(_stage("evaluate").main, ["--params", str(params)], capsys,
               rf"{re.escape(str(features / 'vggish.h5'))}: audio features of width 100 \(shape "

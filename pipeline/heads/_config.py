@@ -78,7 +78,9 @@ def check_value(config_cls: type, name: str, value: Any, head: str = "") -> Any:
     if isinstance(out, (int, float)) and not isinstance(out, bool):
         if not math.isfinite(out):
             raise HparamError(name, f"must be a finite number, got {value!r}")
-        low = f.metadata.get("min", 0)
+        # a size or count (an int field whose default is >= 1) is at least 1
+        size = tp is int and isinstance(default, int) and not isinstance(default, bool) and default >= 1
+        low = f.metadata.get("min", 1 if size else 0)
         if out < low:
             raise HparamError(name, f"must be >= {low}, got {value!r}")
         high = f.metadata.get("max", 1 if "dropout" in name else None)
