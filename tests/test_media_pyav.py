@@ -83,7 +83,7 @@ def test_a_wrong_or_missing_decoder_is_one_line(monkeypatch):
 def test_features_match_decord_and_record_the_decoder(prepared_dir, tmp_path, monkeypatch, name):
     import h5py
 
-    from pipeline.data.prepare import load_manifest
+    from pipeline.data.manifest import load_manifest
     from pipeline.encoders.base import build_encoder
     from pipeline.encoders.spec import ModelSpec
     from pipeline.features.config import ExtractConfig
