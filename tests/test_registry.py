@@ -74,32 +74,38 @@ def _install_plugin(site: Path) -> None:
     (dist / "entry_points.txt").write_text("[ave_pipeline.heads]\nlinear = ave_plugin_head\n")
 
 
-def test_a_head_of_another_package_trains_evaluates_and_is_tabled(tmp_path):
+def plugin_run(tmp_path, install, head: str, setting: str, report_settings: list[str]):
+    """A tiny feature set, a params file training ``head`` in ``setting`` (hidden width 6), and
+    a function running a stage script on it with the plugin package ``install(site)`` wrote on
+    PYTHONPATH: ``(params, stage)``."""
     from test_training import write_set
 
     site = tmp_path / "site"
     site.mkdir()
-    _install_plugin(site)
+    install(site)
     prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
         "paths": {"prepared": str(prepared), "features": str(feats),
                   "models": str(tmp_path / "models"), "reports": str(tmp_path / "reports"),
                   "resume": str(tmp_path / "resume")},
-        "train": {"head": "plugin_linear", "visual": "vis", "audio": "aud", "device": "cpu",
-                  "epochs": None},
-        "heads": {"plugin_linear": {"hidden": 6}},
+        "train": {"head": head, "setting": setting, "visual": "vis", "audio": "aud",
+                  "device": "cpu", "epochs": None},
+        "heads": {head: {"hidden": 6}},
         "evaluate": {"timelines": 0},
-        "report": {"heads": ["plugin_linear"], "settings": ["fully", "weak"], "epochs": None}}))
+        "report": {"heads": [head], "settings": report_settings, "epochs": None}}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
 
     def stage(script: str, *args: str) -> str:
         proc = subprocess.run([sys.executable, script, "--params", str(params), *args], cwd=REPO,
-                              env=env,
-                              capture_output=True, text=True, timeout=600)
+                              env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return proc.stdout
+    return params, stage
 
+
+def test_a_head_of_another_package_trains_evaluates_and_is_tabled(tmp_path):
+    _, stage = plugin_run(tmp_path, _install_plugin, "plugin_linear", "fully", ["fully", "weak"])
     out = stage("stages/train.py")
     assert "head: plugin_linear (fully)" in out and "plugin script: test, epoch % 2 == 0" in out
     stage("stages/evaluate.py")

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline import settings
 
@@ -95,30 +94,10 @@ def _install_plugin(site: Path) -> None:
 
 
 def test_a_setting_of_another_package_trains_evaluates_and_is_tabled(tmp_path):
-    from test_training import write_set
+    from test_registry import plugin_run
 
-    site = tmp_path / "site"
-    site.mkdir()
-    _install_plugin(site)
-    prepared, feats = write_set(tmp_path / "set", n_per_split=(16, 8, 8))
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "paths": {"prepared": str(prepared), "features": str(feats),
-                  "models": str(tmp_path / "models"), "reports": str(tmp_path / "reports"),
-                  "resume": str(tmp_path / "resume")},
-        "train": {"head": "sparse_linear", "setting": "sparse", "visual": "vis", "audio": "aud",
-                  "device": "cpu", "epochs": None},
-        "heads": {"sparse_linear": {"hidden": 6}},
-        "evaluate": {"timelines": 0},
-        "report": {"heads": ["sparse_linear"], "settings": ["fully", "sparse"], "epochs": None}}))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
-
-    def stage(script: str, *args: str) -> str:
-        proc = subprocess.run([sys.executable, script, "--params", str(params), *args], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        return proc.stdout
-
+    params, stage = plugin_run(tmp_path, _install_plugin, "sparse_linear", "sparse",
+                               ["fully", "sparse"])
     out = stage("stages/train.py")
     assert "head: sparse_linear (sparse)" in out and "sparse: test, every epoch" in out
     stage("stages/evaluate.py")
