@@ -3,8 +3,9 @@
 Files are named ``<head>-<setting>-<side>-<seed>.json`` (side: ``theirs``, ``ours``, or any other
 label, e.g. ``ours_paper``). For each head and setting the table gives, at every epoch where the
 authors' script checks (and where at least one run has a value), the val and test accuracy as
-mean ± sd over seeds, and the last check's numbers; the plot draws the same curves, one panel a
-head and setting, the seeds' spread shaded.
+mean ± sd over seeds; then each side's final numbers, and at how many checks ours' seed mean lies
+within theirs' seed range. The plot draws the same curves, one panel a head and setting, the
+seeds' spread shaded.
 
     python benchmarks/parity/report.py RUNS_DIR --md parity.md --png docs/parity.png \
         --stats SET/stats.json
@@ -60,20 +61,67 @@ def table(key, runs: dict) -> str:
     return "\n".join(lines)
 
 
+def selected_epoch(key, checks: dict) -> int | None:
+    """The epoch whose test accuracy a script reports. AVE-ECCV18 tests one saved model: fully the
+    best val check (``>``: the first of equal ones), weak the last val check (its
+    ``best_val_acc`` is never updated); the others report their last test check here."""
+    if key[0] == "avel":
+        vals = sorted((e, a) for (split, e), a in checks.items() if split == "val" and e % 5 == 0)
+        if not vals:
+            return None
+        return vals[-1][0] if key[1] == "weak" else max(vals, key=lambda ea: (ea[1], -ea[0]))[0]
+    tests = [e for (split, e) in checks if split == "test"]
+    return max(tests) if tests else None
+
+
 def final(key, runs: dict) -> list[str]:
-    """One row per side: the last check both sides have."""
+    """One row per side: val at the last val check both sides have; test of the model the
+    script reports (:func:`selected_epoch`; for scripts that test during training, the last
+    test check both sides have)."""
+    def common(split):
+        eps = None
+        for s in runs:
+            e = {e for c in runs[s].values() for (sp, e) in c if sp == split}
+            eps = e if eps is None else eps & e
+        return max(eps) if eps else None
+    last_val, last_test = common("val"), common("test")
     rows = []
-    common = None
-    for s in runs:
-        eps = {e for c in runs[s].values() for (split, e) in c if split == "test"}
-        common = eps if common is None else common & eps
-    last = max(common) if common else None
     for s in side_order(runs):
-        vals = {split: [c[(split, last)] for c in runs[s].values() if (split, last) in c]
-                for split in ("val", "test")}
-        rows.append(f"| {key[0]} | {key[1]} | {s} | {last} | {len(runs[s])} | {stat(vals['val'])} | "
-                    f"{stat(vals['test'])} |")
+        val = [c[("val", last_val)] for c in runs[s].values() if ("val", last_val) in c]
+        if key[0] == "avel":
+            test = [c[("test", e)] for c in runs[s].values()
+                    if (e := selected_epoch(key, c)) is not None and ("test", e) in c]
+            at = "selected"
+        else:
+            test = [c[("test", last_test)] for c in runs[s].values() if ("test", last_test) in c]
+            at = last_test
+        rows.append(f"| {key[0]} | {key[1]} | {s} | {len(runs[s])} | {last_val} | {stat(val)} | "
+                    f"{at} | {stat(test)} |")
     return rows
+
+
+def verdict(key, runs: dict) -> str:
+    """Ours' seed mean against theirs' seed range (min..max) at every check both have."""
+    if "theirs" not in runs or "ours" not in runs:
+        return ""
+    inside, total, out = 0, 0, []
+    points = sorted({k for c in runs["theirs"].values() for k in c}
+                    & {k for c in runs["ours"].values() for k in c}, key=lambda k: (k[1], k[0]))
+    if key[0] == "avel":  # theirs test only the selected model: compare val checks
+        points = [k for k in points if k[0] == "val"]
+    for k in points:
+        theirs = [c[k] for c in runs["theirs"].values() if k in c]
+        ours = [c[k] for c in runs["ours"].values() if k in c]
+        if len(theirs) < 2 or not ours:
+            continue
+        total += 1
+        m = sum(ours) / len(ours)
+        if min(theirs) <= m <= max(theirs):
+            inside += 1
+        else:
+            out.append(f"{k[0]} {k[1]}")
+    return (f"| {key[0]} | {key[1]} | {inside} of {total} | "
+            + (", ".join(out) if out else "–") + " |")
 
 
 def plot(data: dict, path: Path, ceilings: dict | None = None) -> None:
@@ -82,9 +130,13 @@ def plot(data: dict, path: Path, ceilings: dict | None = None) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
     keys = sorted(data)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
     colors = {"theirs": "tab:red", "ours": "tab:blue", "ours_paper": "tab:green"}
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes.flat, keys):
         for side in side_order(data[key]):
             for split, style in (("val", "-"), ("test", "--")):
                 epochs = sorted({e for c in data[key][side].values() for (sp, e) in c if sp == split})
@@ -118,8 +170,12 @@ def main() -> None:
     args = ap.parse_args()
     data = load(args.runs)
     parts = [table(k, data[k]) for k in sorted(data)]
-    parts.append("| head | setting | side | epoch | seeds | val | test |\n|---|---|---|---|---|---|---|\n"
+    parts.append("| head | setting | side | seeds | val epoch | val | test epoch | test |\n"
+                 "|---|---|---|---|---|---|---|---|\n"
                  + "\n".join(r for k in sorted(data) for r in final(k, data[k])))
+    parts.append("Ours' seed mean within theirs' seed range (min..max), checks both have:\n\n"
+                 "| head | setting | within | outside |\n|---|---|---|---|\n"
+                 + "\n".join(v for k in sorted(data) if (v := verdict(k, data[k]))))
     text = "\n\n".join(parts) + "\n"
     print(text)
     if args.md:
