@@ -61,7 +61,7 @@ avel weak 40
 psp weak 16
 vscg fully 16
 vscg weak 16
-cmbs fully 6
-cace fully 6
-cmbs weak 6
+cmbs fully 4
+cace fully 4
+cmbs weak 4
 EOF
