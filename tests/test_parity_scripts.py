@@ -93,10 +93,10 @@ def _write_run(folder: Path, name: str, checks: list[tuple[int, str, float]]) ->
 def test_report_final_numbers_and_verdict(tmp_path):
     report = _module("report")
     runs = tmp_path / "runs"
-    for seed, (v5, v10) in {"1": (0.5, 0.7), "2": (0.6, 0.9)}.items():
+    for seed, (v5, v10) in {"1": (0.5, 0.70), "2": (0.6, 0.72)}.items():
         _write_run(runs, f"psp-fully-theirs-{seed}", [(5, "val", v5), (5, "test", v5), (10, "val", v10), (10, "test", v10)])
-    # ours: the mean at epoch 5 (0.55) lies within theirs' range, at epoch 10 (0.95) above it
-    _write_run(runs, "psp-fully-ours-1", [(5, "val", 0.55), (5, "test", 0.55), (10, "val", 0.95), (10, "test", 0.95)])
+    for seed, (v5, v10) in {"1": (0.55, 0.90), "2": (0.65, 0.92)}.items():
+        _write_run(runs, f"psp-fully-ours-{seed}", [(5, "val", v5), (5, "test", v5), (10, "val", v10), (10, "test", v10)])
     # AVEL weak reports the last val check's model, fully the best (the first of equal ones)
     _write_run(runs, "avel-weak-theirs-1", [(0, "val", 0.4), (5, "val", 0.6), (10, "val", 0.5), (10, "test", 0.45)])
     _write_run(runs, "avel-fully-ours-1", [(0, "val", 0.4), (0, "test", 0.3), (5, "val", 0.6), (5, "test", 0.61),
@@ -105,8 +105,10 @@ def test_report_final_numbers_and_verdict(tmp_path):
     assert report.selected_epoch(("avel", "weak"), data[("avel", "weak")]["theirs"]["1"]) == 10
     assert report.selected_epoch(("avel", "fully"), data[("avel", "fully")]["ours"]["1"]) == 5
     rows = report.final(("psp", "fully"), data[("psp", "fully")])
-    assert rows[0] == "| psp | fully | theirs | 2 | 10 | 0.800 ± 0.141 | 10 | 0.800 ± 0.141 |"
-    assert rows[1] == "| psp | fully | ours | 1 | 10 | 0.950 | 10 | 0.950 |"
+    assert rows[0] == "| psp | fully | theirs | 2 | 10 | 0.710 ± 0.014 | 10 | 0.710 ± 0.014 |"
+    assert rows[1] == "| psp | fully | ours | 2 | 10 | 0.910 ± 0.014 | 10 | 0.910 ± 0.014 |"
+    # epoch 5: means differ by 0.05, 2 SE = 2 * sqrt(0.005 / 2 + 0.005 / 2) = 0.141 -> within;
+    # epoch 10: 0.20 against 2 SE = 0.028 -> outside, on val and test
     assert report.verdict(("psp", "fully"), data[("psp", "fully")]) == \
-        "| psp | fully | 2 of 4 | test 10, val 10 |"
+        "| psp | fully | 2 of 4 | test 10: +0.200 (2 SE 0.028); val 10: +0.200 (2 SE 0.028) |"
     assert report.final(("avel", "fully"), data[("avel", "fully")])[0].endswith("| selected | 0.610 |")
