@@ -95,9 +95,13 @@ def final(key, runs: dict) -> list[str]:
         else:
             test = [c[("test", last_test)] for c in runs[s].values() if ("test", last_test) in c]
             at = last_test
-        rows.append(f"| {key[0]} | {key[1]} | {s} | {len(runs[s])} | {last_val} | {stat(val)} | "
-                    f"{at} | {stat(test)} |")
+        rows.append(f"| {key[0]} | {key[1]} | {s} | {max(len(val), len(test))} | {_or_dash(last_val)} | {stat(val)} | "
+                    f"{_or_dash(at)} | {stat(test)} |")
     return rows
+
+
+def _or_dash(value) -> str:
+    return "–" if value is None else str(value)
 
 
 def verdict(key, runs: dict) -> str:

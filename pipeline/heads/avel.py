@@ -32,7 +32,9 @@ switch     | authors        | paper       | why
 -----------+----------------+-------------+-----------------------------------------------------
 shuffle    | false          | true        | both scripts read batch i as rows i*64..i*64+63 of the
            |                |             | stored split every epoch; the paper says nothing
-drop_last  | true           | false       | nb_batch = len // batch_size (52 of 3339/64 fully)
+drop_last  | true           | false       | nb_batch = len // batch_size (52 of 3339/64 fully);
+           |                |             | weak appends the 178 background-only videos last,
+           |                |             | so the last 61 are never trained on (3517 - 54*64)
 torch_seed | drawn          | seed (3344) | the scripts call random.seed(3344) only, torch is
            |                |             | unseeded: a fresh seed is drawn and recorded in the
            |                |             | checkpoint (``seed``); train.seed set = that seed
