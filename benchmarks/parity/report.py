@@ -135,6 +135,7 @@ def plot(data: dict, path: Path, ceilings: dict | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     import numpy as np
     keys = sorted(data)
     cols = min(3, len(keys))
@@ -151,6 +152,11 @@ def plot(data: dict, path: Path, ceilings: dict | None = None) -> None:
                     continue
                 vals = [[c[(split, e)] for c in data[key][side].values() if (split, e) in c]
                         for e in epochs]
+                if key[0] == "avel" and side == "theirs" and split == "test":
+                    # the one model each run tests, at the epoch its val check chose: points
+                    ax.scatter([e for e, v in zip(epochs, vals) for _ in v], [a for v in vals for a in v],
+                               marker="x", color=colors.get(side), label=f"{side} test (tested model)")
+                    continue
                 mean = np.array([np.mean(v) for v in vals])
                 sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals])
                 ax.plot(epochs, mean, style, marker="o" if side == "theirs" else None, ms=4,
@@ -161,6 +167,7 @@ def plot(data: dict, path: Path, ceilings: dict | None = None) -> None:
             ax.annotate(name, (ax.get_xlim()[0], value), fontsize=7, color="grey", va="bottom")
         ax.set_title(f"{key[0].upper()} {key[1]}")
         ax.set_xlabel("epoch (0-based)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("segment accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

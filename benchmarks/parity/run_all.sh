@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The parity runs of docs/fidelity.md: each head and setting with released training code, the
-# authors' script (run_authors.py) and ours (run_ours.py), seeds 1 2 3, two runs at a time on one
+# authors' script (run_authors.py) and ours (run_ours.py), seeds 1 2 3 (or $SEEDS), two runs at a time on one
 # thread each. A run whose JSON exists is skipped, so the script resumes after an interruption.
 #
 #   AUTHORS=../authors SET=OUT SET64=OUT64 RUNS=runs JOBS=2 bash benchmarks/parity/run_all.sh
@@ -51,7 +51,7 @@ fi
 export AUTHORS SET SET64 RUNS=${RUNS:-runs}
 mkdir -p "$RUNS"
 while read -r head setting epochs; do
-  for seed in 1 2 3; do
+  for seed in ${SEEDS:-1 2 3}; do
     echo "$head $setting theirs $seed $epochs"
     echo "$head $setting ours $seed $epochs"
   done
