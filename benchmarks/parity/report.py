@@ -61,17 +61,22 @@ def table(key, runs: dict) -> str:
     return "\n".join(lines)
 
 
+# Heads whose scripts test one saved model per run (chosen on val), not the model at each check
+TESTS_ONE_MODEL = ("avel",)
+
+
+def tests_one_model(key) -> bool:
+    return key[0] in TESTS_ONE_MODEL
+
+
 def selected_epoch(key, checks: dict) -> int | None:
-    """The epoch whose test accuracy a script reports. AVE-ECCV18 tests one saved model: fully the
-    best val check (``>``: the first of equal ones), weak the last val check (its
-    ``best_val_acc`` is never updated); the others report their last test check here."""
-    if key[0] == "avel":
-        vals = sorted((e, a) for (split, e), a in checks.items() if split == "val" and e % 5 == 0)
-        if not vals:
-            return None
-        return vals[-1][0] if key[1] == "weak" else max(vals, key=lambda ea: (ea[1], -ea[0]))[0]
-    tests = [e for (split, e) in checks if split == "test"]
-    return max(tests) if tests else None
+    """The epoch of the one model AVE-ECCV18 tests, among its val checks (every 5 epochs):
+    fully the best (``>``: the first of equal ones), weak the last (its ``best_val_acc`` is
+    never updated)."""
+    vals = sorted((e, a) for (split, e), a in checks.items() if split == "val" and e % 5 == 0)
+    if not vals:
+        return None
+    return vals[-1][0] if key[1] == "weak" else max(vals, key=lambda ea: (ea[1], -ea[0]))[0]
 
 
 def final(key, runs: dict) -> list[str]:
@@ -88,15 +93,15 @@ def final(key, runs: dict) -> list[str]:
     rows = []
     for s in side_order(runs):
         val = [c[("val", last_val)] for c in runs[s].values() if ("val", last_val) in c]
-        if key[0] == "avel":
+        if tests_one_model(key):
             test = [c[("test", e)] for c in runs[s].values()
                     if (e := selected_epoch(key, c)) is not None and ("test", e) in c]
             at = "selected"
         else:
             test = [c[("test", last_test)] for c in runs[s].values() if ("test", last_test) in c]
             at = last_test
-        rows.append(f"| {key[0]} | {key[1]} | {s} | {max(len(val), len(test))} | {_or_dash(last_val)} | {stat(val)} | "
-                    f"{_or_dash(at)} | {stat(test)} |")
+        rows.append(f"| {key[0]} | {key[1]} | {s} | {max(len(val), len(test))} | {_or_dash(last_val)} | "
+                    f"{stat(val)} | {_or_dash(at)} | {stat(test)} |")
     return rows
 
 
@@ -114,7 +119,7 @@ def verdict(key, runs: dict) -> str:
     inside, total, out = 0, 0, []
     points = sorted({k for c in runs["theirs"].values() for k in c}
                     & {k for c in runs["ours"].values() for k in c}, key=lambda k: (k[1], k[0]))
-    if key[0] == "avel":
+    if tests_one_model(key):
         points = [k for k in points if k[0] == "val"]
     for k in points:
         theirs = [c[k] for c in runs["theirs"].values() if k in c]
@@ -152,7 +157,7 @@ def plot(data: dict, path: Path, ceilings: dict | None = None) -> None:
                     continue
                 vals = [[c[(split, e)] for c in data[key][side].values() if (split, e) in c]
                         for e in epochs]
-                if key[0] == "avel" and side == "theirs" and split == "test":
+                if tests_one_model(key) and side == "theirs" and split == "test":
                     # the one model each run tests, at the epoch its val check chose: points
                     ax.scatter([e for e, v in zip(epochs, vals) for _ in v], [a for v in vals for a in v],
                                marker="x", color=colors.get(side), label=f"{side} test (tested model)")

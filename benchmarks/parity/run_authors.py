@@ -135,13 +135,14 @@ def parse(log: str, bare: bool = False) -> list[dict]:
     (AVEL). A check printed twice at one epoch (PSP's ``[test]acc:`` and ``test accuracy:``)
     is kept once."""
     checks, epoch, seen = [], None, set()
+    patterns = CHECKS + ([("val", BARE)] if bare else [])
     for line in log.splitlines():
         line = line.strip()
         m = EPOCH.match(line)
         if m:
             epoch = int(m.group(1))
             continue
-        for split, pat in CHECKS + ([("val", BARE)] if bare else []):
+        for split, pat in patterns:
             m = pat.match(line)
             if m and epoch is not None and (split, epoch) not in seen:
                 acc = float(m.group(1))
